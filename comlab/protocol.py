@@ -1,0 +1,118 @@
+"""Every message comlab puts on a socket, in one place.
+
+Encoding is msgpack (measured here: 0.56 M msg/s against 0.19 M for send_json, and it carries
+integers and bytes without text round trips); never pickle. Each message is one frame holding a
+msgpack array whose first two items are the protocol VERSION and a one-letter type. Lists inside
+are columnar (one list per field) because msgpack packs and unpacks a list of ints far faster than
+a list of small lists, and the hot paths never build per-task objects.
+
+All stamps are integers from ``time.monotonic_ns()`` (CLOCK_MONOTONIC, shared by every process on
+a Linux host).
+
+Client -> server (client PUSH, server PULL):
+  HELLO   [V, "H", reply_url]                              ask for WELCOME on reply_url
+  BATCH   [V, "B", batch_id, reply_url, t_sent, task_ids, keys]
+          keys are "ip:command" strings, task_ids ints; reply_url "" = the server's default.
+
+Server -> client (server PUSH to reply_url):
+  WELCOME [V, "O", info]                                   info: dict (server version, workers)
+  RESULTS (below), sent by the server itself for tasks no worker needs to run
+          (unknown, unreachable, and failed after a lost worker).
+
+Server <-> worker (server ROUTER, worker DEALER; the Guide's load-balancing pattern):
+  READY   [V, "Y", name, host, pid]                        worker -> server, once at start
+  DONE    [V, "D", batch_id]                               worker -> server: batch sent, ready again
+  WORK    [V, "W", batch_id, reply_url, strategy, t_sent, t_server_in, t_enqueued, attempt,
+           task_ids, responses, waits]                     server -> worker
+  CONNECT [V, "C", reply_url]                              server -> worker: pre-connect to a client
+  STOP    [V, "S"]                                         server -> worker
+
+Worker (or server) -> client:
+  RESULTS [V, "R", batch_id, worker, host, attempt, t_sent, t_server_in, t_enqueued,
+           task_ids, statuses, responses, t_started, t_finished, errors]
+          statuses are STATUS codes; errors is None or a list of str/None per task.
+
+Control (lab -> server, REQ/REP over the control URL):
+  [V, "ping"] -> [V, "pong", info]
+  [V, "strategy", name] -> [V, "ok", name]
+  [V, "stats"] -> [V, "stats", dict]
+"""
+
+from __future__ import annotations
+
+import msgpack
+
+VERSION = 1
+
+HELLO, WELCOME, BATCH, READY, DONE, WORK, CONNECT, STOP, RESULTS = "HOBYDWCSR"
+
+# Status codes on the wire; names are what records and reports use.
+OK, UNKNOWN, UNREACHABLE, FAILED, LOST = range(5)
+STATUS_NAMES = ("ok", "unknown", "unreachable", "failed", "lost")
+
+# Bound on any message a comlab socket accepts (libzmq drops the peer above it).
+MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+
+_packer = msgpack.Packer(use_bin_type=True)
+pack = _packer.pack
+
+
+class ProtocolError(ValueError):
+    """A message that is not a comlab message of this version."""
+
+
+def unpack(frame: bytes) -> list:
+    """Decode one frame; reject anything that is not a versioned comlab array."""
+    try:
+        msg = msgpack.unpackb(frame, raw=False, strict_map_key=False, use_list=True)
+    except Exception as exc:  # msgpack raises several types for garbage
+        raise ProtocolError(f"undecodable message ({len(frame)} bytes): {exc}") from None
+    if not isinstance(msg, list) or len(msg) < 2:
+        raise ProtocolError(f"not a comlab message: {_preview(msg)}")
+    if msg[0] != VERSION:
+        raise ProtocolError(f"protocol version {msg[0]!r}, expected {VERSION}")
+    return msg
+
+
+def _preview(obj, limit: int = 60) -> str:
+    text = repr(obj)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def hello(reply_url: str) -> bytes:
+    return pack([VERSION, HELLO, reply_url])
+
+
+def welcome(info: dict) -> bytes:
+    return pack([VERSION, WELCOME, info])
+
+
+def batch(batch_id: int, reply_url: str, t_sent: int, task_ids: list, keys: list) -> bytes:
+    return pack([VERSION, BATCH, batch_id, reply_url, t_sent, task_ids, keys])
+
+
+def ready(name: str, host: str, pid: int) -> bytes:
+    return pack([VERSION, READY, name, host, pid])
+
+
+def done(batch_id: int) -> bytes:
+    return pack([VERSION, DONE, batch_id])
+
+
+def connect(reply_url: str) -> bytes:
+    return pack([VERSION, CONNECT, reply_url])
+
+
+STOP_MESSAGE = pack([VERSION, STOP])
+
+
+def check_batch(msg: list) -> tuple:
+    """Validate a BATCH; return (batch_id, reply_url, t_sent, task_ids, keys)."""
+    if len(msg) != 7:
+        raise ProtocolError(f"BATCH with {len(msg)} fields, expected 7")
+    _, _, batch_id, reply_url, t_sent, task_ids, keys = msg
+    if not (isinstance(batch_id, int) and isinstance(reply_url, str) and isinstance(t_sent, int)
+            and isinstance(task_ids, list) and isinstance(keys, list)
+            and len(task_ids) == len(keys)):
+        raise ProtocolError(f"malformed BATCH {_preview(msg)}")
+    return batch_id, reply_url, t_sent, task_ids, keys

@@ -1,0 +1,403 @@
+"""The server: takes batches from clients, looks every task up once, and hands batches to workers.
+
+Clients PUSH batches to its PULL socket. Each task key ("ip:command") is looked up in one dict;
+tasks it cannot run (unknown key, address outside ``networks``) are answered at once from here,
+the rest become one work item. Work items wait in ``pending`` (the queue shared by all workers)
+until a worker asks for one: workers connect a DEALER to the server's ROUTER and ask by sending
+READY, then DONE after each batch (the Guide's load-balancing pattern), so the server always knows
+which batch each worker holds. That is what lets it retry the batch of a worker that died (once;
+a second loss marks its tasks failed). ``pending`` is bounded: when it is full the server stops
+reading its PULL socket and ZeroMQ's high-water marks push back on the client.
+
+The local pool is started (forkserver: fast and safe from a threaded parent) and ready before the
+server reports ready, so start-up is never part of a measurement. Remote worker hosts may join on
+``workers_url`` at any time.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import logging
+import multiprocessing
+import os
+import shutil
+import signal
+import tempfile
+import threading
+import time
+from collections import OrderedDict, deque
+
+import zmq
+
+from . import __version__
+from . import protocol as P
+from . import strategies
+from .role import HOST, Role
+from . import worker as worker_mod
+
+log = logging.getLogger("comlab.server")
+now = time.monotonic_ns
+
+READY_TIMEOUT_S = 30.0
+STOP_GRACE_S = 1.0
+
+
+class Server(Role):
+    linger_ms = 0
+
+    def __init__(self, table: dict, bind_url: str, reply_url: str = "", max_workers: int = 1, *,
+                 strategy: str = strategies.DEFAULT, networks=(), workers_url: str | None = None,
+                 control_url: str | None = None, watch_fd: int | None = None,
+                 on_ready=None, security=None, max_pending: int | None = None,
+                 start_method: str = "forkserver", log_level: int = logging.WARNING) -> None:
+        super().__init__()
+        self.table = table
+        self.bind_url = bind_url
+        self.reply_url = reply_url
+        self.max_workers = max_workers
+        self.strategy = strategies.check(strategy)
+        self.networks = [ipaddress.ip_network(n, strict=False) for n in networks]
+        self.workers_url = workers_url
+        self.control_url = control_url
+        self.watch_fd = watch_fd
+        self.on_ready = on_ready
+        self.security = security
+        self.max_pending = max_pending or 2 * max(max_workers, 1) + 16
+        self.mp = multiprocessing.get_context(start_method)
+        self.log_level = log_level
+        self.pending: deque[list] = deque()
+        self.idle: deque[bytes] = deque()
+        self.busy: dict[bytes, list] = {}
+        self.workers: dict[bytes, dict] = {}      # routing id -> name, host, pid
+        self.procs: dict[int, tuple] = {}         # sentinel fd -> (Process, routing id)
+        self.clients: OrderedDict[str, zmq.Socket] = OrderedDict()
+        self.ip_status: dict[str, int] = {}
+        self.stats = dict.fromkeys(("batches", "tasks", "unknown", "unreachable", "dropped",
+                                    "retried", "failed", "worker_deaths"), 0)
+        self._next_worker = 0
+        self.startup_s = None
+
+    # -- setup ------------------------------------------------------------------------------
+    def setup(self):
+        t0 = time.perf_counter()
+        self.pull = self.socket(zmq.PULL, bind=self.bind_url, curve_server=True)
+        self.bound_url = self.pull.getsockopt_string(zmq.LAST_ENDPOINT)
+        self.router = self.socket(zmq.ROUTER, router_mandatory=1, curve_server=True)
+        self._ipc_dir = tempfile.mkdtemp(prefix="comlab-")
+        self.local_url = f"ipc://{self._ipc_dir}/workers"
+        self.router.bind(self.local_url)
+        if self.workers_url:
+            from .role import bind_or_explain
+            bind_or_explain(self.router, self.workers_url)
+        self.control = None
+        if self.control_url:
+            self.control = self.socket(zmq.REP, bind=self.control_url)
+        self.poller = zmq.Poller()
+        self.poller.register(self.router, zmq.POLLIN)
+        self.poller.register(self.pull, zmq.POLLIN)
+        self._pull_on = True
+        if self.control is not None:
+            self.poller.register(self.control, zmq.POLLIN)
+        if self.watch_fd is not None:
+            self.poller.register(self.watch_fd, zmq.POLLIN)
+        if self.max_workers:
+            if self.mp.get_start_method() == "forkserver":
+                self.mp.set_forkserver_preload(["comlab.worker"])
+            for _ in range(self.max_workers):
+                self.start_worker()
+            self.wait_for_workers(self.max_workers)
+        self.startup_s = time.perf_counter() - t0
+        if self.on_ready is not None:
+            self.on_ready(self.info())
+
+    def info(self) -> dict:
+        return {"version": __version__, "pid": os.getpid(), "host": HOST, "bind": self.bound_url,
+                "workers_url": self.workers_url, "control": self.control_url,
+                "workers": len(self.workers), "strategy": self.strategy,
+                "startup_s": self.startup_s}
+
+    def start_worker(self) -> None:
+        name = f"w{self._next_worker}"
+        self._next_worker += 1
+        proc = self.mp.Process(target=worker_mod.main, name=f"comlab-{name}", daemon=True,
+                               args=(self.local_url, name, self.log_level, self.security))
+        proc.start()
+        self.procs[proc.sentinel] = (proc, name.encode())
+        self.poller.register(proc.sentinel, zmq.POLLIN)
+
+    def wait_for_workers(self, n: int) -> None:
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        while len(self.workers) < n:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError(f"only {len(self.workers)} of {n} workers ready "
+                                   f"after {READY_TIMEOUT_S:.0f} s")
+            for sock, _ in self.poller.poll(left * 1000):
+                if sock is self.router:
+                    self.on_worker_message(*self.router.recv_multipart())
+                elif sock in self.procs:
+                    proc, _ = self.procs[sock]
+                    raise RuntimeError(f"worker {proc.name} exited with code {proc.exitcode} "
+                                       "before it was ready")
+
+    # -- loop --------------------------------------------------------------------------------
+    def loop(self):
+        router, pull, control = self.router, self.pull, self.control
+        while True:
+            want_pull = len(self.pending) < self.max_pending
+            if want_pull != self._pull_on:
+                self.poller.modify(pull, zmq.POLLIN if want_pull else 0)
+                self._pull_on = want_pull
+            for sock, _ in self.poller.poll():
+                if sock is router:
+                    self.drain(router, lambda: self.on_worker_message(*router.recv_multipart(
+                        zmq.NOBLOCK)))
+                elif sock is pull:
+                    self.drain(pull, lambda: self.on_client_message(pull.recv(zmq.NOBLOCK)),
+                               while_=lambda: len(self.pending) < self.max_pending)
+                elif sock is control and control is not None:
+                    control.send(P.pack(self.on_control(control.recv())))
+                elif sock == self.watch_fd:
+                    if not os.read(self.watch_fd, 4096):
+                        log.info("parent gone (watched fd closed): stopping")
+                        return
+                elif sock in self.procs:
+                    self.on_worker_exit(sock)
+
+    @staticmethod
+    def drain(sock, step, while_=lambda: True, most: int = 256) -> None:
+        """Handle up to `most` queued messages per wake-up: fewer polls under load."""
+        for _ in range(most):
+            if not while_():
+                return
+            try:
+                step()
+            except zmq.Again:
+                return
+
+    # -- clients ---------------------------------------------------------------------------
+    def on_client_message(self, frame: bytes) -> None:
+        t_in = now()
+        try:
+            msg = P.unpack(frame)
+            kind = msg[1]
+            if kind == P.BATCH:
+                self.on_batch(t_in, *P.check_batch(msg))
+            elif kind == P.HELLO and len(msg) == 3 and isinstance(msg[2], str):
+                self.on_hello(msg[2] or self.reply_url)
+            else:
+                raise P.ProtocolError(f"unexpected message type {kind!r} from a client")
+        except (P.ProtocolError, TypeError) as exc:
+            self.stats["dropped"] += 1
+            log.warning("dropped a client message (%d bytes): %s", len(frame), exc)
+
+    def on_hello(self, reply_url: str) -> None:
+        for ident in self.workers:
+            self.to_worker(ident, P.connect(reply_url))
+        self.to_client(reply_url, P.welcome(self.info()))
+
+    def on_batch(self, t_in, batch_id, reply_url, t_sent, task_ids, keys) -> None:
+        reply_url = reply_url or self.reply_url
+        get = self.table.get
+        entries = [get(k) for k in keys]
+        if None in entries:
+            entries = self.answer_misses(t_in, batch_id, reply_url, t_sent, task_ids, keys,
+                                         entries)
+            task_ids = [t for t, e in zip(task_ids, entries) if e is not None]
+            entries = [e for e in entries if e is not None]
+        self.stats["batches"] += 1
+        self.stats["tasks"] += len(keys)
+        if entries:
+            self.dispatch([P.VERSION, P.WORK, batch_id, reply_url, self.strategy, t_sent, t_in,
+                           now(), 0, task_ids, [e[0] for e in entries], [e[1] for e in entries]])
+
+    def answer_misses(self, t_in, batch_id, reply_url, t_sent, task_ids, keys, entries) -> list:
+        """Answer tasks no worker can run (unknown key, unreachable address) at once."""
+        ids, statuses = [], []
+        for tid, key, entry in zip(task_ids, keys, entries):
+            if entry is None:
+                if not isinstance(key, str):
+                    raise P.ProtocolError(f"task key {key!r} is not a string")
+                ids.append(tid)
+                statuses.append(self.status_of(key))
+        for status in statuses:
+            self.stats[P.STATUS_NAMES[status]] += 1
+        t = now()
+        n = len(ids)
+        self.to_client(reply_url, P.pack([
+            P.VERSION, P.RESULTS, batch_id, "server", HOST, 0, t_sent, t_in, t, ids, statuses,
+            [None] * n, [t] * n, [t] * n, None]))
+        return entries
+
+    def status_of(self, key: str) -> int:
+        ip = key.partition(":")[0]
+        status = self.ip_status.get(ip)
+        if status is None:
+            status = P.UNKNOWN
+            if self.networks:
+                try:
+                    addr = ipaddress.ip_address(ip)
+                    if not any(addr in net for net in self.networks):
+                        status = P.UNREACHABLE
+                except ValueError:
+                    status = P.UNREACHABLE
+            if len(self.ip_status) < 1_000_000:
+                self.ip_status[ip] = status
+        return status
+
+    def to_client(self, url: str, frame: bytes) -> None:
+        sock = self.clients.get(url)
+        if sock is None:
+            sock = self.socket(zmq.PUSH, curve_server=False)
+            sock.connect(url)
+            self.clients[url] = sock
+            if len(self.clients) > worker_mod.MAX_CLIENT_SOCKETS:
+                self.close_socket(self.clients.popitem(last=False)[1])
+        try:
+            sock.send(frame, zmq.NOBLOCK)
+        except zmq.Again:
+            self.stats["dropped"] += 1
+            log.error("client %s is not taking results: one message dropped", url)
+
+    # -- workers ---------------------------------------------------------------------------
+    def dispatch(self, work: list) -> None:
+        while self.idle:
+            ident = self.idle.popleft()
+            if self.to_worker(ident, P.pack(work)):
+                self.busy[ident] = work
+                return
+        self.pending.append(work)
+
+    def to_worker(self, ident: bytes, frame: bytes) -> bool:
+        try:
+            self.router.send_multipart([ident, frame])
+            return True
+        except zmq.ZMQError as exc:  # EHOSTUNREACH: the worker is gone
+            if exc.errno != zmq.EHOSTUNREACH:
+                raise
+            self.forget_worker(ident)
+            return False
+
+    def on_worker_message(self, ident: bytes, frame: bytes = b"", *rest) -> None:
+        try:
+            msg = P.unpack(frame)
+            kind = msg[1]
+        except P.ProtocolError as exc:
+            self.stats["dropped"] += 1
+            log.warning("dropped a worker message from %r: %s", ident, exc)
+            return
+        if kind == P.DONE:
+            self.busy.pop(ident, None)
+        elif kind == P.READY:
+            self.workers[ident] = {"name": msg[2], "host": msg[3], "pid": msg[4]}
+        else:
+            self.stats["dropped"] += 1
+            log.warning("unexpected message type %r from worker %r", kind, ident)
+            return
+        if self.pending:
+            work = self.pending.popleft()
+            if self.to_worker(ident, P.pack(work)):
+                self.busy[ident] = work
+            else:
+                self.pending.appendleft(work)
+        else:
+            self.idle.append(ident)
+
+    def on_worker_exit(self, sentinel: int) -> None:
+        proc, ident = self.procs.pop(sentinel)
+        self.poller.unregister(sentinel)
+        proc.join(0)
+        self.stats["worker_deaths"] += 1
+        log.warning("worker %s (pid %s) exited with code %s; starting a replacement",
+                    proc.name, proc.pid, proc.exitcode)
+        self.forget_worker(ident)
+        self.start_worker()
+
+    def forget_worker(self, ident: bytes) -> None:
+        """A worker is gone: retry its batch once, or answer its tasks as failed."""
+        self.workers.pop(ident, None)
+        try:
+            self.idle.remove(ident)
+        except ValueError:
+            pass
+        work = self.busy.pop(ident, None)
+        if work is None:
+            return
+        name = ident.decode(errors="replace")
+        if work[8] == 0:
+            self.stats["retried"] += 1
+            retry = list(work)
+            retry[8] = 1
+            log.warning("batch %s lost with worker %s: retrying it", work[2], name)
+            self.pending.appendleft(retry)
+            while self.idle and self.pending:
+                self.dispatch(self.pending.popleft())
+        else:
+            self.stats["failed"] += len(work[9])
+            t = now()
+            n = len(work[9])
+            log.error("batch %s lost twice (last with worker %s): its tasks fail", work[2], name)
+            self.to_client(work[3], P.pack([
+                P.VERSION, P.RESULTS, work[2], name, HOST, work[8], work[5], work[6], work[7],
+                work[9], [P.FAILED] * n, [None] * n, [t] * n, [t] * n,
+                [f"worker {name} died running this batch (attempt {work[8] + 1})"] * n]))
+
+    # -- control ---------------------------------------------------------------------------
+    def on_control(self, frame: bytes) -> list:
+        try:
+            msg = P.unpack(frame)
+            kind = msg[1]
+            if kind == "ping":
+                return [P.VERSION, "pong", self.info()]
+            if kind == "strategy":
+                self.strategy = strategies.check(msg[2])
+                return [P.VERSION, "ok", self.strategy]
+            if kind == "stats":
+                return [P.VERSION, "stats", {**self.stats, "pending": len(self.pending),
+                                             "busy": len(self.busy), "idle": len(self.idle),
+                                             "workers": list(self.workers.values())}]
+            raise P.ProtocolError(f"unknown control request {kind!r}")
+        except (P.ProtocolError, ValueError, IndexError) as exc:
+            return [P.VERSION, "error", str(exc)]
+
+    # -- teardown --------------------------------------------------------------------------
+    def teardown(self):
+        with ignored_signals(signal.SIGINT, signal.SIGTERM):
+            try:
+                for ident in list(self.workers):
+                    self.to_worker(ident, P.STOP_MESSAGE)
+                stop_processes([p for p, _ in self.procs.values()], STOP_GRACE_S)
+            finally:
+                shutil.rmtree(getattr(self, "_ipc_dir", ""), ignore_errors=True)
+
+
+@contextlib.contextmanager
+def ignored_signals(*signums):
+    """A second Ctrl-C must not interrupt the teardown that the first one started."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    old = {s: signal.signal(s, signal.SIG_IGN) for s in signums}
+    try:
+        yield
+    finally:
+        for s, handler in old.items():
+            signal.signal(s, handler)
+
+
+def stop_processes(procs, grace_s: float) -> None:
+    """Wait for processes to stop, then terminate, then kill: bounded, nothing survives."""
+    deadline = time.monotonic() + grace_s
+    for p in procs:
+        p.join(max(0.0, deadline - time.monotonic()))
+    for p in procs:
+        if p.is_alive():
+            p.terminate()
+    deadline = time.monotonic() + 0.3
+    for p in procs:
+        p.join(max(0.0, deadline - time.monotonic()))
+    for p in procs:
+        if p.is_alive():
+            p.kill()
+            p.join(1.0)

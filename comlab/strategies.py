@@ -1,0 +1,203 @@
+"""How a worker runs a batch: the strategies the server can name in a work item.
+
+A worker knows nothing of them beyond ``get(spec)``; the server picks the spec (``name`` or
+``name:param``) per batch, so it can change between batches. Every strategy emulates a task the
+same way: wait ``wait`` seconds (sleep, or busy work for cpu-bound), then answer ``response``.
+A task with wait 0 completes inline without calling sleep (sleep(0) costs ~78 us here).
+
+``run(responses, waits)`` returns columns (statuses, responses, t_started, t_finished, errors);
+errors is None when every task succeeded, else one str-or-None per task. A task that raises is
+``failed`` with the error text; the batch and the worker go on.
+"""
+
+from __future__ import annotations
+
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+from .protocol import FAILED, OK
+
+now = time.monotonic_ns
+
+
+class Strategy:
+    name = ""
+    doc = ""
+
+    def __init__(self, param: str | None = None) -> None:
+        self.param = param
+
+    def task(self, response, wait):
+        """The emulated task: what a strategy calls for each task."""
+        if wait > 0:
+            time.sleep(wait)
+        return response
+
+    def timed(self, response, wait) -> tuple:
+        t0 = now()
+        try:
+            out = self.task(response, wait)
+            err = None
+        except Exception as exc:  # the task's failure is data, not the worker's
+            out, err = None, f"{type(exc).__name__}: {exc}"
+        return out, t0, now(), err
+
+    def run(self, responses: list, waits: list) -> tuple:
+        return _columns(self.map(responses, waits))
+
+    def map(self, responses: list, waits: list) -> list:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        pass
+
+
+def _columns(rows: list) -> tuple:
+    outs, starts, ends, errs = (list(col) for col in zip(*rows)) if rows else ([], [], [], [])
+    if any(e is not None for e in errs):
+        statuses = [OK if e is None else FAILED for e in errs]
+        return statuses, outs, starts, ends, errs
+    return [OK] * len(outs), outs, starts, ends, None
+
+
+class Sequential(Strategy):
+    name = "sequential"
+    doc = "one task after another on the worker's main thread"
+
+    def map(self, responses, waits):
+        timed = self.timed
+        return [timed(r, w) for r, w in zip(responses, waits)]
+
+
+class _Threaded(Strategy):
+    """Runs waiting tasks on a kept executor; zero-wait tasks inline (no thread hop)."""
+
+    max_threads = 4096
+
+    def __init__(self, param=None):
+        super().__init__(param)
+        self.pool = ThreadPoolExecutor(self.max_threads, thread_name_prefix=self.name)
+
+    def map(self, responses, waits):
+        timed = self.timed
+        submit = self.pool.submit
+        rows = [submit(timed, r, w) if w > 0 else timed(r, w) for r, w in zip(responses, waits)]
+        return [row.result() if not isinstance(row, tuple) else row for row in rows]
+
+    def close(self):
+        self.pool.shutdown(wait=False, cancel_futures=True)
+
+
+class ThreadPerTask(_Threaded):
+    """Every task of a batch on a thread of its own at once (the seed's design).
+
+    ThreadPoolExecutor only starts a thread when none is idle, and threads are kept between
+    batches, so no task waits for a thread and no thread is started per task once warm.
+    """
+
+    name = "thread-per-task"
+    doc = "every task of a batch at once on its own (reused) thread"
+
+
+class ThreadPool(_Threaded):
+    name = "thread-pool"
+    doc = "a bounded pool of N threads (thread-pool:N, default 4); tasks queue for threads"
+
+    def __init__(self, param=None):
+        self.max_threads = int(param) if param else 4
+        if self.max_threads < 1:
+            raise ValueError("thread-pool needs at least 1 thread")
+        super().__init__(param)
+
+
+class CpuBound(_Threaded):
+    """Busy work worth ``wait`` seconds of one core instead of a sleep, one thread per task.
+
+    The work is a fixed count of loop iterations (calibrated once), not a spin on the clock,
+    so threads of one process contend for the GIL and a batch takes the sum of its waits.
+    """
+
+    name = "cpu-bound"
+    doc = "busy work worth `wait` seconds of CPU per task, thread per task (shows the GIL)"
+    _rate = None  # loop iterations per second, shared by instances in a process
+
+    def __init__(self, param=None):
+        super().__init__(param)
+        if CpuBound._rate is None:
+            CpuBound._rate = _calibrate()
+
+    def task(self, response, wait):
+        _spin(int(wait * self._rate))
+        return response
+
+
+def _spin(n: int) -> None:
+    x = 0
+    for _ in range(n):
+        x += 1
+
+
+def _calibrate(n: int = 200_000) -> float:
+    best = float("inf")
+    for _ in range(3):
+        t0 = time.perf_counter()
+        _spin(n)
+        best = min(best, time.perf_counter() - t0)
+    return n / best
+
+
+class Faulty(Sequential):
+    """Fault injection: every Nth task of a batch (faulty:N, default 2) raises."""
+
+    name = "faulty"
+    doc = "sequential, but every Nth task of a batch raises (faulty:N): for fault experiments"
+
+    def __init__(self, param=None):
+        super().__init__(param)
+        self.every = int(param) if param else 2
+
+    def map(self, responses, waits):
+        rows = []
+        for i, (r, w) in enumerate(zip(responses, waits)):
+            if (i + 1) % self.every == 0:
+                t = now()
+                rows.append((None, t, t, f"RuntimeError: injected fault in task {i} of the batch"))
+            else:
+                rows.append(self.timed(r, w))
+        return rows
+
+
+STRATEGIES = {cls.name: cls for cls in (ThreadPerTask, ThreadPool, Sequential, CpuBound, Faulty)}
+DEFAULT = ThreadPerTask.name
+
+
+def check(spec: str) -> str:
+    """Validate a strategy spec early (server start), so a typo is not a worker's surprise."""
+    name, _, param = spec.partition(":")
+    if name not in STRATEGIES:
+        raise ValueError(f"unknown strategy {spec!r}; known: {', '.join(STRATEGIES)}")
+    if param and name in ("thread-pool", "faulty"):
+        if not param.isdigit() or int(param) < 1:
+            raise ValueError(f"strategy {spec!r}: parameter must be a positive integer")
+    elif param:
+        raise ValueError(f"strategy {name!r} takes no parameter")
+    return spec
+
+
+class Cache:
+    """One instance per spec for the life of a worker, so pools and threads are kept."""
+
+    def __init__(self) -> None:
+        self._made: dict[str, Strategy] = {}
+
+    def get(self, spec: str) -> Strategy:
+        strategy = self._made.get(spec)
+        if strategy is None:
+            name, _, param = check(spec).partition(":")
+            strategy = self._made[spec] = STRATEGIES[name](param or None)
+        return strategy
+
+    def close(self) -> None:
+        for strategy in self._made.values():
+            strategy.close()
+        self._made.clear()

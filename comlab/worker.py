@@ -1,0 +1,139 @@
+"""A worker process: asks the server for work, runs it with the named strategy, pushes results.
+
+The worker holds one batch at a time: it announces itself (READY), and after each batch sends
+its results straight to the client's URL, then DONE to the server, which is also its request for
+the next batch (the ZeroMQ Guide's load-balancing pattern, so no batch waits behind a busy
+worker). It never knows what it runs beyond the strategy spec in the work item.
+
+It dies with its parent: PR_SET_PDEATHSIG where Linux offers it, and the parent's sentinel in
+its poll set everywhere, so a SIGKILLed server leaves no worker behind.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import multiprocessing
+import os
+import signal
+import sys
+from collections import OrderedDict
+
+import zmq
+
+from . import protocol as P
+from .role import HOST, Role
+from .strategies import Cache, now
+
+log = logging.getLogger("comlab.worker")
+
+RESULT_SEND_TIMEOUT_MS = 10_000  # a client gone for this long gets its results dropped
+MAX_CLIENT_SOCKETS = 32
+
+
+class Worker(Role):
+    linger_ms = 1000  # results in flight at shutdown still get a chance to leave
+
+    def __init__(self, server_url: str, name: str, *, watch_parent: bool = True,
+                 security=None) -> None:
+        super().__init__()
+        self.server_url = server_url
+        self.name = name
+        self.watch_parent = watch_parent
+        self.security = security
+        self.strategies = Cache()
+        self.clients: OrderedDict[str, zmq.Socket] = OrderedDict()
+
+    def setup(self):
+        self.server = self.socket(zmq.DEALER, connect=None, routing_id=self.name.encode(),
+                                  curve_server=False)
+        self.server.connect(self.server_url)
+        self.server.send(P.ready(self.name, HOST, os.getpid()))
+        self.poller = zmq.Poller()
+        self.poller.register(self.server, zmq.POLLIN)
+        parent = multiprocessing.parent_process() if self.watch_parent else None
+        self.parent_fd = parent.sentinel if parent is not None else None
+        if self.parent_fd is not None:
+            self.poller.register(self.parent_fd, zmq.POLLIN)
+
+    def loop(self):
+        recv, handle = self.server.recv, self.handle
+        while True:
+            events = dict(self.poller.poll())
+            if self.parent_fd is not None and self.parent_fd in events:
+                log.info("%s: parent gone, exiting", self.name)
+                return
+            if self.server in events and not handle(recv()):
+                return
+
+    def handle(self, frame: bytes) -> bool:
+        """Act on one message from the server; False means stop."""
+        try:
+            msg = P.unpack(frame)
+            kind = msg[1]
+        except P.ProtocolError as exc:
+            log.warning("%s: dropped message from server: %s", self.name, exc)
+            return True
+        if kind == P.WORK:
+            self.work(msg)
+        elif kind == P.CONNECT:
+            self.client(msg[2])
+        elif kind == P.STOP:
+            return False
+        else:
+            log.warning("%s: unexpected message type %r", self.name, kind)
+        return True
+
+    def work(self, msg: list) -> None:
+        (_, _, batch_id, reply_url, spec, t_sent, t_in, t_enq, attempt,
+         task_ids, responses, waits) = msg
+        try:
+            statuses, outs, starts, ends, errors = self.strategies.get(spec).run(responses, waits)
+        except Exception as exc:  # a broken strategy fails its batch, not the worker
+            t = now()
+            n = len(task_ids)
+            statuses, outs, starts, ends = [P.FAILED] * n, [None] * n, [t] * n, [t] * n
+            errors = [f"strategy {spec!r}: {type(exc).__name__}: {exc}"] * n
+        result = P.pack([P.VERSION, P.RESULTS, batch_id, self.name, HOST, attempt, t_sent, t_in,
+                         t_enq, task_ids, statuses, outs, starts, ends, errors])
+        try:
+            self.client(reply_url).send(result)
+        except zmq.Again:
+            log.error("%s: client %s took no results for %.0f s; batch %s dropped",
+                      self.name, reply_url, RESULT_SEND_TIMEOUT_MS / 1000, batch_id)
+        self.server.send(P.done(batch_id))
+
+    def client(self, url: str) -> zmq.Socket:
+        """The PUSH socket to a client, kept (a few) so each client is connected once."""
+        sock = self.clients.get(url)
+        if sock is None:
+            sock = self.socket(zmq.PUSH, sndtimeo=RESULT_SEND_TIMEOUT_MS, curve_server=False)
+            sock.connect(url)
+            self.clients[url] = sock
+            if len(self.clients) > MAX_CLIENT_SOCKETS:
+                _, old = self.clients.popitem(last=False)
+                self.close_socket(old)
+        else:
+            self.clients.move_to_end(url)
+        return sock
+
+    def teardown(self):
+        self.strategies.close()
+
+
+def die_with_parent() -> None:
+    """Ask Linux to SIGKILL this process when its parent dies (no-op elsewhere)."""
+    if sys.platform.startswith("linux"):
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        except (OSError, AttributeError):
+            pass
+
+
+def main(server_url: str, name: str, log_level: int = logging.WARNING, security=None) -> None:
+    """Entry point of a worker process (a multiprocessing target: lives in the package)."""
+    die_with_parent()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the server's to handle
+    logging.basicConfig(level=log_level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    Worker(server_url, name, security=security).run()
