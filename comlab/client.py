@@ -1,0 +1,239 @@
+"""The client: sends batches of tasks to the server and collects one result per task.
+
+One thread does both: it PUSHes batches whenever the socket takes them (no sleeps between sends;
+ZeroMQ's high-water mark is the only brake) and drains results from its bound PULL socket in the
+same poll, until every task is accounted for or the deadline passes. Before the clock starts it
+says HELLO and waits for the server's WELCOME on its own PULL socket, which proves a server is
+there and that the return path works, and lets the server tell its workers to connect to us.
+
+With ``rate`` (tasks per second) the client is open-loop: batch b is due at t0 + b * size / rate
+and its latency is measured from that intended time, so a stall cannot hide (coordinated
+omission). The hot loop only stores raw result messages; per-task columns are built afterwards.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import zmq
+
+from . import protocol as P
+from .role import Role
+
+now = time.monotonic_ns
+
+
+class NoServer(RuntimeError):
+    """No server answered the handshake before the deadline."""
+
+
+@dataclass
+class ClientRun:
+    """What one client run saw: raw result messages plus the stamps only the client has."""
+
+    keys: list
+    batch_size: int
+    server_url: str
+    t_start: int = 0                 # clock start (after the handshake)
+    t_sent: list = field(default_factory=list)        # per batch
+    t_intended: list | None = None                    # per batch, open-loop only
+    messages: list = field(default_factory=list)      # decoded RESULTS
+    t_received: list = field(default_factory=list)    # per message
+    duplicates: int = 0
+    garbage: int = 0
+    server_info: dict = field(default_factory=dict)
+
+    @property
+    def n_tasks(self) -> int:
+        return len(self.keys)
+
+    def columns(self) -> dict:
+        """Per-task columns (index = task id); a task with no result keeps status LOST."""
+        n = self.n_tasks
+        missing = np.full(n, -1, dtype=np.int64)
+        cols = {
+            "task_id": np.arange(n, dtype=np.int64),
+            "batch_id": np.arange(n, dtype=np.int64) // self.batch_size,
+            "status": np.full(n, P.LOST, dtype=np.int8),
+            "response": np.zeros(n, dtype=np.int64),
+            "has_response": np.zeros(n, dtype=bool),
+            "attempt": np.zeros(n, dtype=np.int8),
+            "t_server_in": missing.copy(), "t_enqueued": missing.copy(),
+            "t_started": missing.copy(), "t_finished": missing.copy(),
+            "t_received": missing.copy(),
+            "worker": np.full(n, None, dtype=object), "host": np.full(n, None, dtype=object),
+            "error": np.full(n, None, dtype=object),
+        }
+        sent = np.asarray(self.t_sent, dtype=np.int64)
+        cols["t_sent"] = np.full(n, -1, dtype=np.int64)
+        cols["t_sent"][: len(sent) * self.batch_size] = np.repeat(sent, self.batch_size)[:n]
+        if self.t_intended is not None:
+            cols["t_intended"] = np.repeat(np.asarray(self.t_intended, np.int64),
+                                           self.batch_size)[:n]
+        for msg, t_rx in zip(self.messages, self.t_received):
+            (_, _, _, worker, host, attempt, _, t_in, t_enq, ids, statuses, responses,
+             starts, ends, errors) = msg
+            idx = np.asarray(ids, dtype=np.int64)
+            fresh = cols["status"][idx] == P.LOST  # a retried batch may answer twice: first wins
+            if not fresh.all():
+                idx, keep = idx[fresh], np.flatnonzero(fresh)
+                statuses = [statuses[i] for i in keep]
+                responses = [responses[i] for i in keep]
+                starts = [starts[i] for i in keep]
+                ends = [ends[i] for i in keep]
+                errors = None if errors is None else [errors[i] for i in keep]
+            if not len(idx):
+                continue
+            cols["status"][idx] = statuses
+            has = np.fromiter((r is not None for r in responses), bool, len(responses))
+            cols["has_response"][idx] = has
+            cols["response"][idx[has]] = [r for r in responses if r is not None]
+            cols["attempt"][idx] = attempt
+            cols["t_server_in"][idx] = t_in
+            cols["t_enqueued"][idx] = t_enq
+            cols["t_started"][idx] = starts
+            cols["t_finished"][idx] = ends
+            cols["t_received"][idx] = t_rx
+            cols["worker"][idx] = worker
+            cols["host"][idx] = host
+            if errors is not None:
+                cols["error"][idx] = errors
+        return cols
+
+    def summary(self) -> dict:
+        """The figures the command line prints: counts per status, sum, elapsed."""
+        cols = self.columns()
+        counts = np.bincount(cols["status"], minlength=len(P.STATUS_NAMES))
+        ok = cols["status"] == P.OK
+        received = cols["t_received"][cols["t_received"] >= 0]
+        first = min(self.t_sent) if self.t_sent else 0
+        elapsed = (received.max() - first) / 1e9 if len(received) else float("nan")
+        return {"tasks": self.n_tasks, **{name: int(c) for name, c in
+                                          zip(P.STATUS_NAMES, counts)},
+                "sum": int(cols["response"][ok].sum()), "elapsed_s": round(float(elapsed), 6),
+                "duplicates": self.duplicates, "garbage": self.garbage}
+
+
+class Client(Role):
+    linger_ms = 0
+
+    def __init__(self, keys: list, batch_size: int, bind_url: str, server_url: str, *,
+                 timeout: float = 60.0, rate: float | None = None,
+                 hello_timeout: float | None = None, advertise: str | None = None,
+                 security=None) -> None:
+        super().__init__()
+        if batch_size < 1:
+            raise ValueError("batch size must be at least 1")
+        if not keys:
+            raise ValueError("no tasks to send")
+        if rate is not None and rate <= 0:
+            raise ValueError("rate must be positive")
+        self.keys = keys
+        self.batch_size = batch_size
+        self.bind_url = bind_url
+        self.server_url = server_url
+        self.timeout = timeout
+        self.rate = rate
+        self.hello_timeout = min(timeout, 10.0) if hello_timeout is None else hello_timeout
+        self.advertise = advertise
+        self.security = security
+
+    def setup(self):
+        self.pull = self.socket(zmq.PULL, bind=self.bind_url, rcvhwm=0, curve_server=True)
+        bound = self.pull.getsockopt_string(zmq.LAST_ENDPOINT)
+        wildcard = "://0.0.0.0:" in bound or "://*:" in bound or "[::]" in bound
+        self.reply_url = self.advertise or ("" if wildcard else bound)
+        self.push = self.socket(zmq.PUSH, connect=self.server_url, curve_server=False)
+        self.result = ClientRun(self.keys, self.batch_size, self.server_url)
+        self.handshake()
+
+    def handshake(self) -> None:
+        """HELLO -> WELCOME with a deadline; stray results of an earlier run are skipped."""
+        deadline = time.monotonic() + self.hello_timeout
+        if not self.push.poll(self.hello_timeout * 1000, zmq.POLLOUT):
+            raise NoServer(f"no server at {self.server_url} (nothing connected within "
+                           f"{self.hello_timeout:g} s)")
+        self.push.send(P.hello(self.reply_url))
+        while (left := deadline - time.monotonic()) > 0:
+            if not self.pull.poll(left * 1000):
+                break
+            try:
+                msg = P.unpack(self.pull.recv())
+            except P.ProtocolError:
+                continue
+            if msg[1] == P.WELCOME:
+                self.result.server_info = msg[2] if isinstance(msg[2], dict) else {}
+                return
+        raise NoServer(f"no server at {self.server_url} answered within "
+                       f"{self.hello_timeout:g} s")
+
+    def loop(self) -> ClientRun:
+        run = self.result
+        keys, size, n = self.keys, self.batch_size, len(self.keys)
+        n_batches = -(-n // size)
+        pull, push, reply_url = self.pull, self.push, self.reply_url
+        messages, received, t_sent = run.messages, run.t_received, run.t_sent
+        seen: set = set()
+        poller = zmq.Poller()
+        poller.register(pull, zmq.POLLIN)
+        poller.register(push, zmq.POLLOUT)
+        push_on = True
+        sent = accounted = 0
+        t0 = run.t_start = now()
+        deadline = t0 + int(self.timeout * 1e9)
+        intended = None
+        if self.rate:
+            step = size / self.rate * 1e9
+            intended = run.t_intended = [t0 + int(b * step) for b in range(n_batches)]
+        while accounted < n:
+            t = now()
+            if t >= deadline:
+                break
+            wait_ns = deadline - t
+            want_push = sent < n_batches and (intended is None or intended[sent] <= t)
+            if intended is not None and sent < n_batches and not want_push:
+                wait_ns = min(wait_ns, intended[sent] - t)
+            if want_push != push_on:
+                poller.modify(push, zmq.POLLOUT if want_push else 0)
+                push_on = want_push
+            events = poller.poll(max(wait_ns / 1e6, 0.001) if wait_ns > 0 else 0)
+            for sock, _ in events:
+                if sock is push:
+                    while sent < n_batches:
+                        if intended is not None and intended[sent] > now():
+                            break
+                        lo, hi = sent * size, min(n, (sent + 1) * size)
+                        ts = now()
+                        try:
+                            push.send(P.batch(sent, reply_url, ts, list(range(lo, hi)),
+                                              keys[lo:hi]), zmq.NOBLOCK)
+                        except zmq.Again:
+                            break
+                        t_sent.append(ts)
+                        sent += 1
+                else:
+                    while True:
+                        try:
+                            frame = pull.recv(zmq.NOBLOCK)
+                        except zmq.Again:
+                            break
+                        t_rx = now()
+                        try:
+                            msg = P.unpack(frame)
+                            if msg[1] != P.RESULTS or len(msg) != 15:
+                                raise P.ProtocolError("not RESULTS")
+                            ids = msg[9]
+                            key = (msg[2], ids[0] if ids else None)
+                        except (P.ProtocolError, TypeError, IndexError):
+                            run.garbage += 1
+                            continue
+                        if key in seen:
+                            run.duplicates += 1
+                            continue
+                        seen.add(key)
+                        messages.append(msg)
+                        received.append(t_rx)
+                        accounted += len(ids)
+        return run

@@ -1,0 +1,68 @@
+"""Command line of the client: ``python -m comlab.run_client COMMANDS_FILE TASKS_PER_BATCH BIND_URL REMOTE_URL``.
+
+Prints the sum of the responses and the time taken; with --json, one JSON object as the last line.
+Exit status 0 only when every task came back ok, unknown or unreachable.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from . import data
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("commands_file", help="tasks: lines ip:command")
+    p.add_argument("batch_size", type=int, metavar="TASKS_PER_BATCH")
+    p.add_argument("bind_url", help="where results come back, e.g. tcp://127.0.0.1:5556")
+    p.add_argument("remote_url", help="the server, e.g. tcp://127.0.0.1:5557")
+    p.add_argument("--timeout", type=float, default=60.0,
+                   help="seconds to wait for all results (default 60)")
+    p.add_argument("--rate", type=float, help="open loop: send this many tasks per second")
+    p.add_argument("--advertise", help="result URL to give the server, when binding a wildcard")
+    p.add_argument("--lenient", action="store_true", help="skip malformed lines (reported)")
+    p.add_argument("--curve-keys", metavar="DIR", help="CurveZMQ keys directory")
+    p.add_argument("--json", action="store_true", help="print a JSON summary as the last line")
+
+
+def run(args: argparse.Namespace) -> int:
+    from .client import Client, NoServer
+    from .role import AddressInUse
+    try:
+        tasks = data.read_commands(args.commands_file, lenient=args.lenient)
+        security = None
+        if args.curve_keys:
+            from .security import Curve
+            security = Curve.load(args.curve_keys, role="client")
+        client = Client([f"{ip}:{cmd}" for ip, cmd in tasks], args.batch_size, args.bind_url,
+                        args.remote_url, timeout=args.timeout, rate=args.rate,
+                        advertise=args.advertise, security=security)
+        result = client.run()
+    except (data.DataError, ValueError, NoServer, AddressInUse, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    summary = result.summary()
+    print(f"sum of responses: {summary['sum']}")
+    print(f"time taken: {summary['elapsed_s']:.4f} s")
+    bad = summary["failed"] + summary["lost"]
+    if bad:
+        print(f"error: {summary['lost']} tasks lost (no result within {args.timeout:g} s), "
+              f"{summary['failed']} failed", file=sys.stderr)
+    if args.json:
+        print(json.dumps({k: summary[k] for k in ("tasks", "ok", "unknown", "unreachable",
+                                                  "failed", "lost", "sum", "elapsed_s")}))
+    return 1 if bad else 0
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m comlab.run_client", description=__doc__)
+    add_arguments(p)
+    return run(p.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,90 @@
+"""Command line of the server: ``python -m comlab.run_server MAP_FILE BIND_URL REMOTE_URL MAX_WORKERS``.
+
+Runs until SIGINT or SIGTERM, then stops its workers and exits (bounded: within 2 s).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import sys
+
+from . import data, strategies
+from .role import AddressInUse
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("map_file", help="server map: lines ip:command:response:wait")
+    p.add_argument("bind_url", help="where clients send batches, e.g. tcp://127.0.0.1:5557")
+    p.add_argument("remote_url", help="default client result URL, for batches that name none")
+    p.add_argument("max_workers", type=int, help="local worker processes (0: remote only)")
+    p.add_argument("--strategy", default=strategies.DEFAULT,
+                   help=f"how workers run a batch: {', '.join(strategies.STRATEGIES)} "
+                        f"(default {strategies.DEFAULT})")
+    p.add_argument("--network", action="append", default=[], metavar="CIDR",
+                   help="addresses within reach (repeatable); tasks outside are 'unreachable'")
+    p.add_argument("--workers-url", help="also accept remote worker hosts here, "
+                                         "e.g. tcp://0.0.0.0:5558")
+    p.add_argument("--control", dest="control_url", help="control endpoint (used by the lab)")
+    p.add_argument("--lenient", action="store_true", help="skip malformed map lines (reported)")
+    p.add_argument("--curve-keys", metavar="DIR", help="CurveZMQ keys directory (see comlab keys)")
+    p.add_argument("--watch-stdin", action="store_true",
+                   help="exit when standard input closes (the lab's parent-alive pipe)")
+    p.add_argument("--ready-json", action="store_true",
+                   help="print one JSON line on stdout when ready")
+    p.add_argument("-v", "--verbose", action="count", default=0)
+
+
+def _stop(signum, frame):
+    raise KeyboardInterrupt
+
+
+def run(args: argparse.Namespace) -> int:
+    level = logging.WARNING - 10 * args.verbose
+    logging.basicConfig(level=level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    from .server import Server
+    try:
+        table = data.read_server_map(args.map_file, lenient=args.lenient).flat()
+        strategies.check(args.strategy)
+        if args.max_workers < 0:
+            raise ValueError("MAX_WORKERS must be >= 0")
+        security = None
+        if args.curve_keys:
+            from .security import Curve
+            security = Curve.load(args.curve_keys, role="server")
+    except (data.DataError, ValueError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+    def on_ready(info):
+        if args.ready_json:
+            print(json.dumps(info), flush=True)
+        print(f"comlab server ready on {info['bind']} with {info['workers']} workers "
+              f"(strategy {info['strategy']}, started in {info['startup_s']:.2f} s)",
+              file=sys.stderr, flush=True)
+
+    signal.signal(signal.SIGTERM, _stop)
+    server = Server(table, args.bind_url, args.remote_url, args.max_workers,
+                    strategy=args.strategy, networks=args.network, workers_url=args.workers_url,
+                    control_url=args.control_url, watch_fd=0 if args.watch_stdin else None,
+                    on_ready=on_ready, security=security, log_level=level)
+    try:
+        server.run()
+    except KeyboardInterrupt:
+        pass
+    except AddressInUse as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m comlab.run_server", description=__doc__)
+    add_arguments(p)
+    return run(p.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
