@@ -1,0 +1,165 @@
+"""Background processes of the lab: a server (with its pool) and the client agent.
+
+Both are plain subprocesses of ``sys.executable -m ...``: nothing is pickled, nothing depends on
+the caller's ``__main__`` (so a notebook or a script without a main guard is fine), and each gets
+its own session so a terminal's Ctrl-C reaches the lab, which then tears them down in order.
+Each watches a stdin pipe from the lab: if the lab dies, the pipe closes and they exit, the
+server taking its workers with it (dask's "parent alive" pipe).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import selectors
+import subprocess
+import sys
+import tempfile
+import time
+
+from . import agent as agent_mod
+
+
+def _tail(path: str, lines: int = 15) -> str:
+    try:
+        with open(path, errors="replace") as f:
+            return "".join(f.readlines()[-lines:])
+    except OSError:
+        return ""
+
+
+class _Child:
+    """A subprocess with its stderr in a log file, stopped by closing stdin, then SIGTERM."""
+
+    def __init__(self, args: list, log_path: str) -> None:
+        self.log_path = log_path
+        self._log = open(log_path, "wb")
+        self.proc = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     stderr=self._log, start_new_session=True,
+                                     env={**os.environ, "PYTHONUNBUFFERED": "1"})
+
+    def failure(self, what: str) -> RuntimeError:
+        return RuntimeError(f"{what} (exit code {self.proc.poll()}); its log "
+                            f"{self.log_path}:\n{_tail(self.log_path)}")
+
+    def stop(self, grace_s: float = 2.0) -> None:
+        """Close stdin (the polite stop), then SIGTERM, then SIGKILL: bounded."""
+        proc = self.proc
+        if proc.poll() is None:
+            try:
+                proc.stdin.close()
+            except OSError:
+                pass
+            try:
+                proc.wait(grace_s / 2)
+            except subprocess.TimeoutExpired:
+                proc.terminate()
+                try:
+                    proc.wait(grace_s / 2)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+        for stream in (proc.stdin, proc.stdout):
+            try:
+                stream.close()
+            except (OSError, ValueError):
+                pass
+        self._log.close()
+
+
+class ServerProcess(_Child):
+    """``python -m comlab.run_server`` with a control socket, ready when its pool is."""
+
+    def __init__(self, map_file: str, workers: int, workdir: str, *, transport: str = "tcp",
+                 networks=(), workers_url: str | None = None, strategy: str | None = None,
+                 ready_timeout: float = 60.0) -> None:
+        self.workdir = workdir
+        bind = f"ipc://{workdir}/server" if transport == "ipc" else "tcp://127.0.0.1:*"
+        self.control_url = f"ipc://{workdir}/control"
+        args = [sys.executable, "-m", "comlab.run_server", map_file, bind, "", str(workers),
+                "--control", self.control_url, "--watch-stdin", "--ready-json"]
+        if strategy:
+            args += ["--strategy", strategy]
+        for net in networks:
+            args += ["--network", net]
+        if workers_url:
+            args += ["--workers-url", workers_url]
+        t0 = time.perf_counter()
+        super().__init__(args, os.path.join(workdir, f"server-{workers}-{transport}.log"))
+        self.info = self._read_ready(ready_timeout)
+        self.start_s = time.perf_counter() - t0
+        self.url = self.info["bind"]
+        self._ctl = None
+
+    def _read_ready(self, timeout: float) -> dict:
+        sel = selectors.DefaultSelector()
+        sel.register(self.proc.stdout, selectors.EVENT_READ)
+        deadline = time.monotonic() + timeout
+        buf = b""
+        try:
+            while (left := deadline - time.monotonic()) > 0:
+                if not sel.select(left):
+                    break
+                chunk = os.read(self.proc.stdout.fileno(), 65536)
+                if not chunk:
+                    raise self.failure("the server exited before it was ready")
+                buf += chunk
+                if b"\n" in buf:
+                    return json.loads(buf.split(b"\n", 1)[0])
+        finally:
+            sel.close()
+        raise self.failure(f"the server was not ready within {timeout:g} s")
+
+    def control(self, *request, timeout: float = 10.0):
+        """One request on the control socket; the answer's payload."""
+        import zmq
+        from . import protocol as P
+        if self._ctl is None:
+            self._zctx = zmq.Context()
+            self._ctl = self._zctx.socket(zmq.REQ)
+            self._ctl.setsockopt(zmq.LINGER, 0)
+            self._ctl.connect(self.control_url)
+        self._ctl.send(P.pack([P.VERSION, *request]))
+        if not self._ctl.poll(timeout * 1000):
+            raise self.failure(f"the server did not answer {request[0]!r} within {timeout:g} s")
+        answer = P.unpack(self._ctl.recv())
+        if answer[1] == "error":
+            raise ValueError(answer[2])
+        return answer[2]
+
+    def stop(self, grace_s: float = 2.0) -> None:
+        if self._ctl is not None:
+            self._ctl.close(0)
+            self._zctx.term()
+            self._ctl = None
+        super().stop(grace_s)
+
+
+class AgentProcess(_Child):
+    """``python -m comlab.agent``: runs clients on request (see comlab.agent)."""
+
+    def __init__(self, workdir: str) -> None:
+        super().__init__([sys.executable, "-m", "comlab.agent"],
+                         os.path.join(workdir, "client.log"))
+        self._keys_sent = None
+
+    def run(self, keys: list, **spec) -> dict:
+        request = dict(spec)
+        if keys is not self._keys_sent:
+            request["keys"] = keys
+        try:
+            agent_mod.write_frame(self.proc.stdin, request)
+            self._keys_sent = keys
+            answer = agent_mod.read_frame(self.proc.stdout)
+        except BrokenPipeError:
+            answer = None
+        if answer is None:
+            raise self.failure("the client process died")
+        if not answer["ok"]:
+            raise RuntimeError(f"client run failed: {answer['error']}")
+        return answer
+
+
+def workdir() -> str:
+    """A private directory for ipc endpoints and logs (short path: ipc paths are limited)."""
+    return tempfile.mkdtemp(prefix="comlab-lab-")

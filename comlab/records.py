@@ -1,0 +1,91 @@
+"""Per-task records (one row per task per run) and the per-run summary.
+
+Stamps arrive as integer monotonic nanoseconds from one host clock; records hold float seconds
+since the run's start (the client's clock start, after the handshake), NaN where a stage never
+happened (a lost task). ``latency_s`` runs from the send (or, open-loop, from the intended send),
+``overhead_s`` is what the system added on top of the task's own wait.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from . import ideal, protocol as P
+
+STAMPS = ("t_sent", "t_server_in", "t_enqueued", "t_started", "t_finished", "t_received")
+AXES = ("batch_size", "workers", "strategy", "transport")
+STATUS = pd.CategoricalDtype(list(P.STATUS_NAMES))
+CATEGORIES = ("experiment", "strategy", "transport", "ip", "command", "worker", "host")
+
+
+class InvariantError(RuntimeError):
+    """A run broke 'every task sent ends in exactly one record'."""
+
+
+def build(columns: dict, t_start: int, *, keys: list, waits: np.ndarray, run_info: dict,
+          open_loop: bool = False) -> pd.DataFrame:
+    """Records of one run from the client's columns; checks the one-record-per-task invariant."""
+    n = len(keys)
+    ids = columns["task_id"]
+    if len(ids) != n or not np.array_equal(ids, np.arange(n)):
+        raise InvariantError(f"run {run_info.get('run')}: {len(ids)} records for {n} tasks")
+    ip, _, command = zip(*(k.partition(":") for k in keys))
+    status_codes = columns["status"]
+    df = pd.DataFrame({
+        **{k: v for k, v in run_info.items()},
+        "task_id": ids, "batch_id": columns["batch_id"],
+        "ip": ip, "command": command,
+        "response": pd.array(np.where(columns["has_response"], columns["response"], 0),
+                             dtype="Int64"),
+        "wait_s": waits,
+        "status": pd.Categorical.from_codes(status_codes, dtype=STATUS),
+        "attempt": columns["attempt"],
+        "worker": columns["worker"], "host": columns["host"],
+    })
+    df.loc[~columns["has_response"], "response"] = pd.NA
+    for name in STAMPS + (("t_intended",) if open_loop else ()):
+        raw = columns[name]
+        df[name] = np.where(raw >= 0, (raw - t_start) / 1e9, np.nan)
+    origin = df["t_intended"] if open_loop else df["t_sent"]
+    df["latency_s"] = df["t_received"] - origin
+    df["overhead_s"] = df["latency_s"] - df["wait_s"]
+    df["error"] = columns["error"]
+    for name in CATEGORIES:
+        if name in df:
+            df[name] = df[name].astype("category")
+    return df
+
+
+def summarize(df: pd.DataFrame, cpus: int | None = None) -> pd.DataFrame:
+    """One row per run: axes, counts per status, makespan, ideal, efficiency, percentiles."""
+    rows = []
+    axes = [a for a in AXES + ("repeat", "rate") if a in df.columns]
+    for run, g in df.groupby("run", sort=True, observed=True):
+        first = g.iloc[0]
+        counts = g["status"].value_counts()
+        received = g["t_received"].max()
+        origin = g["t_intended"].min() if "t_intended" in g and g["t_intended"].notna().any() \
+            else g["t_sent"].min()
+        makespan = received - origin
+        ok = g[g["status"] == "ok"]
+        waits = g.sort_values("task_id").groupby("batch_id", sort=True)["wait_s"].agg(list)
+        releases = None
+        if "t_intended" in g and g["t_intended"].notna().any():
+            releases = (g.groupby("batch_id", sort=True)["t_intended"].min() - origin).tolist()
+        ideal_s = ideal.ideal_makespan(waits.tolist(), int(first["workers"]),
+                                       str(first["strategy"]), releases=releases, cpus=cpus)
+        row = {"run": run, **{a: first[a] for a in axes}, "n_tasks": len(g),
+               **{f"n_{s}": int(counts.get(s, 0)) for s in P.STATUS_NAMES},
+               "makespan_s": makespan, "ideal_s": ideal_s,
+               "efficiency": ideal_s / makespan if makespan > 0 else np.nan,
+               "throughput_tps": len(g) / makespan if makespan > 0 else np.nan}
+        for col in ("latency", "overhead"):
+            values = ok[f"{col}_s"]
+            row[f"{col}_p50_s"] = values.quantile(0.5)
+            row[f"{col}_p99_s"] = values.quantile(0.99)
+        rows.append(row)
+    out = pd.DataFrame(rows)
+    if "experiment" in df:
+        out.insert(0, "experiment", df["experiment"].iloc[0] if len(df) else None)
+    return out
