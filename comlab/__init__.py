@@ -2,10 +2,19 @@
 
 __version__ = "0.1.0"
 
-from .data import DataError, generate as generate_data, read_commands, read_server_map
-from .lab import run_experiment
-from .records import InvariantError, summarize
-from .results import load_meta, load_results
+# The lab API is imported lazily: worker and server processes import this package too, and must
+# not pay for pandas (start-up time and tens of MiB per worker).
+_LAZY = {
+    "run_experiment": "lab", "summarize": "records", "InvariantError": "records",
+    "load_results": "results", "load_meta": "results", "read_commands": "data",
+    "read_server_map": "data", "DataError": "data", "generate_data": "data",
+}
+__all__ = [*_LAZY, "__version__"]
 
-__all__ = ["run_experiment", "summarize", "load_results", "load_meta", "read_commands",
-           "read_server_map", "generate_data", "DataError", "InvariantError", "__version__"]
+
+def __getattr__(name):
+    if name in _LAZY:
+        import importlib
+        module = importlib.import_module(f"{__name__}.{_LAZY[name]}")
+        return getattr(module, "generate" if name == "generate_data" else name)
+    raise AttributeError(f"module 'comlab' has no attribute {name!r}")
