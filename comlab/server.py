@@ -73,6 +73,10 @@ class Server(Role):
         self.procs: dict[int, tuple] = {}         # sentinel fd -> (Process, routing id)
         self.clients: OrderedDict[str, zmq.Socket] = OrderedDict()
         self.ip_status: dict[str, int] = {}
+        if self.networks:
+            # An address out of reach is unreachable even when the map knows it: drop such keys
+            # from the table once, so the per-task look-up stays a single dict get.
+            self.table = {k: v for k, v in table.items() if self.status_of(k) != P.UNREACHABLE}
         self.stats = dict.fromkeys(("batches", "tasks", "unknown", "unreachable", "dropped",
                                     "retried", "failed", "worker_deaths"), 0)
         self._next_worker = 0
@@ -101,6 +105,9 @@ class Server(Role):
             self.poller.register(self.control, zmq.POLLIN)
         if self.watch_fd is not None:
             self.poller.register(self.watch_fd, zmq.POLLIN)
+        self.signal_fd = self.wake_on_signals()
+        if self.signal_fd is not None:
+            self.poller.register(self.signal_fd, zmq.POLLIN)
         if self.max_workers:
             if self.mp.get_start_method() == "forkserver":
                 self.mp.set_forkserver_preload(["comlab.worker"])
@@ -110,6 +117,18 @@ class Server(Role):
         self.startup_s = time.perf_counter() - t0
         if self.on_ready is not None:
             self.on_ready(self.info())
+
+    def wake_on_signals(self) -> int | None:
+        """A pipe Python's C signal handler writes to (signal.set_wakeup_fd), polled with the
+        sockets: a signal landing between Python's signal check and zmq_poll() would otherwise
+        wait, unhandled, for the next message (a SIGTERM to an idle server was lost)."""
+        if threading.current_thread() is not threading.main_thread():
+            return None
+        r, w = os.pipe()
+        os.set_blocking(r, False)
+        os.set_blocking(w, False)
+        self._wakeup = (r, w, signal.set_wakeup_fd(w, warn_on_full_buffer=False))
+        return r
 
     def info(self) -> dict:
         return {"version": __version__, "pid": os.getpid(), "host": HOST, "bind": self.bound_url,
@@ -134,7 +153,9 @@ class Server(Role):
                 raise TimeoutError(f"only {len(self.workers)} of {n} workers ready "
                                    f"after {READY_TIMEOUT_S:.0f} s")
             for sock, _ in self.poller.poll(left * 1000):
-                if sock is self.router:
+                if sock == self.signal_fd:
+                    _drain_fd(sock)  # the handler (if it raises) has run by now
+                elif sock is self.router:
                     self.on_worker_message(*self.router.recv_multipart())
                 elif sock in self.procs:
                     proc, _ = self.procs[sock]
@@ -158,6 +179,8 @@ class Server(Role):
                                while_=lambda: len(self.pending) < self.max_pending)
                 elif sock is control and control is not None:
                     control.send(P.pack(self.on_control(control.recv())))
+                elif sock == self.signal_fd:
+                    _drain_fd(sock)
                 elif sock == self.watch_fd:
                     if not os.read(self.watch_fd, 4096):
                         log.info("parent gone (watched fd closed): stopping")
@@ -370,6 +393,20 @@ class Server(Role):
                 stop_processes([p for p, _ in self.procs.values()], STOP_GRACE_S)
             finally:
                 shutil.rmtree(getattr(self, "_ipc_dir", ""), ignore_errors=True)
+                wakeup = getattr(self, "_wakeup", None)
+                if wakeup is not None:
+                    signal.set_wakeup_fd(wakeup[2])
+                    os.close(wakeup[0])
+                    os.close(wakeup[1])
+                    self._wakeup = None
+
+
+def _drain_fd(fd: int) -> None:
+    try:
+        while os.read(fd, 4096):
+            pass
+    except BlockingIOError:
+        pass
 
 
 @contextlib.contextmanager
