@@ -155,7 +155,7 @@ class Client(Role):
         if not self.push.poll(self.hello_timeout * 1000, zmq.POLLOUT):
             raise NoServer(f"no server at {self.server_url} (nothing connected within "
                            f"{self.hello_timeout:g} s)")
-        self.push.send(P.hello(self.reply_url))
+        self.push.send(P.hello(self.reply_url, self.batch_size))
         while (left := deadline - time.monotonic()) > 0:
             if not self.pull.poll(left * 1000):
                 break

@@ -10,7 +10,10 @@ All stamps are integers from ``time.monotonic_ns()`` (CLOCK_MONOTONIC, shared by
 a Linux host).
 
 Client -> server (client PUSH, server PULL):
-  HELLO   [V, "H", reply_url]                              ask for WELCOME on reply_url
+  HELLO   [V, "H", reply_url, warm]                        ask for WELCOME on reply_url, once
+                                                           every idle worker is connected to it
+                                                           and has `warm` threads ready (the
+                                                           batch size; 0: none)
   BATCH   [V, "B", batch_id, reply_url, t_sent, task_ids, keys]
           keys are "ip:command" strings, task_ids ints; reply_url "" = the server's default.
 
@@ -24,7 +27,9 @@ Server <-> worker (server ROUTER, worker DEALER; the Guide's load-balancing patt
   DONE    [V, "D", batch_id]                               worker -> server: batch sent, ready again
   WORK    [V, "W", batch_id, reply_url, strategy, t_sent, t_server_in, t_enqueued, attempt,
            task_ids, responses, waits]                     server -> worker
-  CONNECT [V, "C", reply_url]                              server -> worker: pre-connect to a client
+  CONNECT [V, "C", reply_url, strategy, warm]             server -> worker: connect to a client
+                                                           and warm the strategy; answer JOINED
+  JOINED  [V, "J", reply_url]                              worker -> server: done with CONNECT
   STOP    [V, "S"]                                         server -> worker
 
 Worker (or server) -> client:
@@ -44,7 +49,7 @@ import msgpack
 
 VERSION = 1
 
-HELLO, WELCOME, BATCH, READY, DONE, WORK, CONNECT, STOP, RESULTS = "HOBYDWCSR"
+HELLO, WELCOME, BATCH, READY, DONE, WORK, CONNECT, JOINED, STOP, RESULTS = "HOBYDWCJSR"
 
 # Status codes on the wire; names are what records and reports use.
 OK, UNKNOWN, UNREACHABLE, FAILED, LOST = range(5)
@@ -79,8 +84,8 @@ def _preview(obj, limit: int = 60) -> str:
     return text if len(text) <= limit else text[:limit] + "..."
 
 
-def hello(reply_url: str) -> bytes:
-    return pack([VERSION, HELLO, reply_url])
+def hello(reply_url: str, warm: int = 0) -> bytes:
+    return pack([VERSION, HELLO, reply_url, warm])
 
 
 def welcome(info: dict) -> bytes:
@@ -99,8 +104,12 @@ def done(batch_id: int) -> bytes:
     return pack([VERSION, DONE, batch_id])
 
 
-def connect(reply_url: str) -> bytes:
-    return pack([VERSION, CONNECT, reply_url])
+def connect(reply_url: str, strategy: str = "", warm: int = 0) -> bytes:
+    return pack([VERSION, CONNECT, reply_url, strategy, warm])
+
+
+def joined(reply_url: str) -> bytes:
+    return pack([VERSION, JOINED, reply_url])
 
 
 STOP_MESSAGE = pack([VERSION, STOP])

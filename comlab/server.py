@@ -41,6 +41,7 @@ now = time.monotonic_ns
 
 READY_TIMEOUT_S = 30.0
 STOP_GRACE_S = 1.0
+HELLO_WAIT_S = 5.0  # a client is welcomed after this even if some worker never joined
 
 
 class Server(Role):
@@ -73,6 +74,7 @@ class Server(Role):
         self.procs: dict[int, tuple] = {}         # sentinel fd -> (Process, routing id)
         self.clients: OrderedDict[str, zmq.Socket] = OrderedDict()
         self.ip_status: dict[str, int] = {}
+        self.hellos: dict[str, tuple] = {}        # reply_url -> (workers not joined, deadline)
         if self.networks:
             # An address out of reach is unreachable even when the map knows it: drop such keys
             # from the table once, so the per-task look-up stays a single dict get.
@@ -170,7 +172,7 @@ class Server(Role):
             if want_pull != self._pull_on:
                 self.poller.modify(pull, zmq.POLLIN if want_pull else 0)
                 self._pull_on = want_pull
-            for sock, _ in self.poller.poll():
+            for sock, _ in self.poller.poll(self.hello_timeout_ms()):
                 if sock is router:
                     self.drain(router, lambda: self.on_worker_message(*router.recv_multipart(
                         zmq.NOBLOCK)))
@@ -207,18 +209,48 @@ class Server(Role):
             kind = msg[1]
             if kind == P.BATCH:
                 self.on_batch(t_in, *P.check_batch(msg))
-            elif kind == P.HELLO and len(msg) == 3 and isinstance(msg[2], str):
-                self.on_hello(msg[2] or self.reply_url)
+            elif kind == P.HELLO and len(msg) == 4 and isinstance(msg[2], str) \
+                    and isinstance(msg[3], int):
+                self.on_hello(msg[2] or self.reply_url, msg[3])
             else:
                 raise P.ProtocolError(f"unexpected message type {kind!r} from a client")
         except (P.ProtocolError, TypeError) as exc:
             self.stats["dropped"] += 1
             log.warning("dropped a client message (%d bytes): %s", len(frame), exc)
 
-    def on_hello(self, reply_url: str) -> None:
-        for ident in self.workers:
-            self.to_worker(ident, P.connect(reply_url))
+    def on_hello(self, reply_url: str, warm: int) -> None:
+        """Welcome a client once every idle worker has connected to it and warmed its threads,
+        so neither connection set-up nor thread start-up lands inside the client's clock. Busy
+        workers are told too, but not waited for."""
+        waiting = set(self.idle)
+        for ident in list(self.workers):
+            self.to_worker(ident, P.connect(reply_url, self.strategy, min(warm, 4096)))
+        waiting &= set(self.workers)
+        if waiting:
+            self.hellos[reply_url] = (waiting, time.monotonic() + HELLO_WAIT_S)
+        else:
+            self.welcome(reply_url)
+
+    def welcome(self, reply_url: str) -> None:
+        self.hellos.pop(reply_url, None)
         self.to_client(reply_url, P.welcome(self.info()))
+
+    def hello_timeout_ms(self) -> float | None:
+        """Poll timeout: none, unless a client waits for its WELCOME."""
+        if not self.hellos:
+            return None
+        self.on_joined(None)
+        if not self.hellos:
+            return None
+        return max(0.0, min(d for _, d in self.hellos.values()) - time.monotonic()) * 1000
+
+    def on_joined(self, ident: bytes | None) -> None:
+        """A worker finished a CONNECT (ident None: check deadlines only)."""
+        t = time.monotonic()
+        for url, (waiting, deadline) in list(self.hellos.items()):
+            waiting.discard(ident)
+            if not waiting or t >= deadline:
+                self.welcome(url)
 
     def on_batch(self, t_in, batch_id, reply_url, t_sent, task_ids, keys) -> None:
         reply_url = reply_url or self.reply_url
@@ -312,6 +344,9 @@ class Server(Role):
             return
         if kind == P.DONE:
             self.busy.pop(ident, None)
+        elif kind == P.JOINED:
+            self.on_joined(ident)
+            return
         elif kind == P.READY:
             self.workers[ident] = {"name": msg[2], "host": msg[3], "pid": msg[4]}
         else:
@@ -340,6 +375,8 @@ class Server(Role):
     def forget_worker(self, ident: bytes) -> None:
         """A worker is gone: retry its batch once, or answer its tasks as failed."""
         self.workers.pop(ident, None)
+        if self.hellos:
+            self.on_joined(ident)
         try:
             self.idle.remove(ident)
         except ValueError:

@@ -12,6 +12,7 @@ errors is None when every task succeeded, else one str-or-None per task. A task 
 
 from __future__ import annotations
 
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -48,6 +49,9 @@ class Strategy:
     def map(self, responses: list, waits: list) -> list:
         raise NotImplementedError
 
+    def warm(self, n: int) -> None:
+        """Get ready for batches of n tasks (threaded strategies start their threads)."""
+
     def close(self) -> None:
         pass
 
@@ -83,6 +87,15 @@ class _Threaded(Strategy):
         submit = self.pool.submit
         rows = [submit(timed, r, w) if w > 0 else timed(r, w) for r, w in zip(responses, waits)]
         return [row.result() if not isinstance(row, tuple) else row for row in rows]
+
+    def warm(self, n):
+        """Start up to n threads now: n tasks that wait for each other force one thread each."""
+        n = min(n, self.max_threads)
+        if n < 2:
+            return
+        barrier = threading.Barrier(n)
+        for f in [self.pool.submit(barrier.wait, 2.0) for _ in range(n)]:
+            f.exception()
 
     def close(self):
         self.pool.shutdown(wait=False, cancel_futures=True)

@@ -77,7 +77,7 @@ class Worker(Role):
         if kind == P.WORK:
             self.work(msg)
         elif kind == P.CONNECT:
-            self.client(msg[2])
+            self.join(*msg[2:5])
         elif kind == P.STOP:
             return False
         else:
@@ -102,6 +102,17 @@ class Worker(Role):
             log.error("%s: client %s took no results for %.0f s; batch %s dropped",
                       self.name, reply_url, RESULT_SEND_TIMEOUT_MS / 1000, batch_id)
         self.server.send(P.done(batch_id))
+
+    def join(self, reply_url: str, spec: str, warm: int) -> None:
+        """Connect to a new client and start the threads its batches will need, before its
+        clock starts; then tell the server."""
+        self.client(reply_url)
+        if spec and warm:
+            try:
+                self.strategies.get(spec).warm(warm)
+            except Exception as exc:  # a failed warm-up only costs speed; the batch will tell
+                log.warning("%s: warming %s failed: %s", self.name, spec, exc)
+        self.server.send(P.joined(reply_url))
 
     def client(self, url: str) -> zmq.Socket:
         """The PUSH socket to a client, kept (a few) so each client is connected once."""

@@ -9,7 +9,7 @@ import pytest
 from comlab import protocol as P
 
 BUILT = [
-    pytest.param(P.hello("tcp://127.0.0.1:1"), [P.VERSION, P.HELLO, "tcp://127.0.0.1:1"],
+    pytest.param(P.hello("tcp://127.0.0.1:1", 16), [P.VERSION, P.HELLO, "tcp://127.0.0.1:1", 16],
                  id="hello"),
     pytest.param(P.welcome({"version": "x", "workers": 3}),
                  [P.VERSION, P.WELCOME, {"version": "x", "workers": 3}], id="welcome"),
@@ -21,7 +21,9 @@ BUILT = [
     pytest.param(P.ready("w0", "host", 4242), [P.VERSION, P.READY, "w0", "host", 4242],
                  id="ready"),
     pytest.param(P.done(99), [P.VERSION, P.DONE, 99], id="done"),
-    pytest.param(P.connect("tcp://c:3"), [P.VERSION, P.CONNECT, "tcp://c:3"], id="connect"),
+    pytest.param(P.connect("tcp://c:3", "sequential", 8),
+                 [P.VERSION, P.CONNECT, "tcp://c:3", "sequential", 8], id="connect"),
+    pytest.param(P.joined("tcp://c:3"), [P.VERSION, P.JOINED, "tcp://c:3"], id="joined"),
     pytest.param(P.STOP_MESSAGE, [P.VERSION, P.STOP], id="stop"),
 ]
 
@@ -53,7 +55,7 @@ def test_status_names_cover_codes():
     assert [P.STATUS_NAMES[c] for c in (P.OK, P.UNKNOWN, P.UNREACHABLE, P.FAILED, P.LOST)] == \
         ["ok", "unknown", "unreachable", "failed", "lost"]
     assert len(set(P.HELLO + P.WELCOME + P.BATCH + P.READY + P.DONE + P.WORK + P.CONNECT
-                   + P.STOP + P.RESULTS)) == 9
+                   + P.JOINED + P.STOP + P.RESULTS)) == 10
 
 
 @pytest.mark.parametrize("frame", [
