@@ -1,9 +1,8 @@
 """Every message comlab puts on a socket, in one place.
 
 Encoding is msgpack; never pickle. Measured with ``python -m bench.wire`` (one PUSH/PULL hop over
-tcp loopback, encode + decode on each end): msgpack runs at 1.6x send_json's rate; orjson is a
-little faster still (about 0.5 us less per message), but cannot carry bytes and would add a
-dependency for a difference far below a hop's cost (tens of us). Each message is one frame holding a
+tcp loopback, encode + decode on each end): msgpack 196 k msg/s, orjson 188 k, json 76 k, raw
+bytes 394 k (2 busy cores). orjson is on par but cannot carry bytes and would add a dependency. Each message is one frame holding a
 msgpack array whose first two items are the protocol VERSION and a one-letter type. Lists inside
 are columnar (one list per field) because msgpack packs and unpacks a list of ints far faster than
 a list of small lists, and the hot paths never build per-task objects.
