@@ -1,4 +1,4 @@
-"""The ``comlab`` command: server, client, gen-data, run, sweep, plot."""
+"""The ``comlab`` command: server, client, worker-host, keys, gen-data, run, sweep, plot."""
 
 from __future__ import annotations
 
@@ -80,6 +80,17 @@ def cmd_gen_data(args) -> int:
     return 0
 
 
+def cmd_keys(args) -> int:
+    from .security import create_keys
+    try:
+        for path in create_keys(args.dir, force=args.force):
+            print(path)
+    except (FileExistsError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def _add_sweep_args(p, defaults: dict) -> None:
     p.add_argument("--batch-sizes", type=_ints, default=defaults.get("batch_sizes", [1, 4, 16]))
     p.add_argument("--workers", type=_ints, default=defaults.get("workers", [1, 4, 16]))
@@ -133,6 +144,12 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--unknown", type=int, default=0, help="extra tasks absent from the map")
     g.set_defaults(func=cmd_gen_data)
+
+    k = sub.add_parser("keys", help="create CurveZMQ keys: server, client, worker keypairs "
+                                    "and DIR/authorized (see comlab.security)")
+    k.add_argument("dir")
+    k.add_argument("--force", action="store_true", help="replace existing keys")
+    k.set_defaults(func=cmd_keys)
     return p
 
 

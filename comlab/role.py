@@ -68,6 +68,8 @@ class Role:
         for name, value in options.items():
             sock.setsockopt(getattr(zmq, name.upper()), value)
         if self.security is not None and curve_server is not None:
+            if curve_server:
+                self.security.ensure_auth(self.ctx)  # ZAP: before any peer can connect
             self.security.apply(sock, server=curve_server)
         if bind is not None:
             bind_or_explain(sock, bind)
@@ -84,6 +86,8 @@ class Role:
         for sock in self._sockets:
             sock.close(self.linger_ms)
         self._sockets.clear()
+        if self.security is not None:
+            self.security.stop_auth()
         terminate_context(self.ctx, self.term_timeout_s)
 
 
