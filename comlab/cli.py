@@ -124,6 +124,12 @@ def build_parser() -> argparse.ArgumentParser:
     run_client.add_arguments(c)
     c.set_defaults(func=run_client.run)
 
+    from . import worker_host
+    wh = sub.add_parser("worker-host", help="run worker processes for a server elsewhere "
+                                            "(its --workers-url)")
+    worker_host.add_arguments(wh)
+    wh.set_defaults(func=worker_host.run)
+
     r = sub.add_parser("run", help="the main job: a default sweep on the shipped data (< 2 min)")
     _add_sweep_args(r, RUN_DEFAULTS)
 

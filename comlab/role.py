@@ -19,7 +19,9 @@ from . import protocol
 
 log = logging.getLogger("comlab")
 
-HOST = _socket.gethostname()
+# The name stamped on READY and RESULTS; COMLAB_HOST overrides it for hosts sharing a host name
+# (network namespaces, containers), since clock offsets are kept per host name.
+HOST = os.environ.get("COMLAB_HOST") or _socket.gethostname()
 
 
 class AddressInUse(OSError):

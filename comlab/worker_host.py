@@ -1,0 +1,222 @@
+"""A worker host: N worker processes on this machine serving a server elsewhere.
+
+``comlab worker-host SERVER_URL --workers N [--curve-keys DIR]`` starts N workers (forkserver,
+target ``comlab.worker.main``) whose DEALERs connect to SERVER_URL, the server's
+``--workers-url``. Each has a unique name ``host/pid/index`` (the server's ROUTER routing id; a
+replacement gets a fresh index, never a name the server may still hold). The workers reconnect by
+themselves when the server restarts or the network comes back, and announce themselves again
+(READY) to a server they have not met.
+
+It runs until SIGINT or SIGTERM (a wakeup fd polled with the workers' sentinels, as in the
+server, so no signal waits for an event), then stops the workers within 2 s: SIGTERM, then
+SIGKILL. A worker that dies is replaced (after 1 s if it lived less than that, so a worker that
+cannot start does not spin). The workers die with the host in any case (PR_SET_PDEATHSIG and the
+parent's sentinel), so a SIGKILLed host leaves nothing behind; the server notices the lost
+connections (ZMTP heartbeats) and retries their batches elsewhere.
+
+Host names: ``COMLAB_HOST`` (environment) overrides the machine's host name in READY and
+RESULTS, for hosts that share one (containers, network namespaces).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import multiprocessing
+import os
+import selectors
+import signal
+import sys
+import threading
+import time
+
+from .role import HOST
+
+log = logging.getLogger("comlab.worker_host")
+
+STOP_GRACE_S = 1.5        # SIGTERM to SIGKILL; everything is gone within 2 s
+RESTART_BACKOFF_S = 1.0
+
+
+class WorkerHost:
+    def __init__(self, server_url: str, workers: int, *, security=None,
+                 log_level: int = logging.WARNING, start_method: str = "forkserver",
+                 on_ready=None) -> None:
+        if workers < 1:
+            raise ValueError("a worker host needs at least 1 worker")
+        self.server_url = server_url
+        self.n = workers
+        self.security = security
+        self.log_level = log_level
+        self.mp = multiprocessing.get_context(start_method)
+        self.on_ready = on_ready
+        self.procs: dict[int, tuple] = {}   # sentinel -> (Process, started at)
+        self.restarts: list[float] = []     # due times of delayed replacements
+        self.deaths = 0
+        self._next = 0
+        self._stop = False
+
+    def name(self) -> str:
+        name = f"{HOST}/{os.getpid()}/{self._next}"
+        self._next += 1
+        return name
+
+    def start_worker(self) -> None:
+        from . import worker
+        name = self.name()
+        proc = self.mp.Process(target=worker.main, name=f"comlab-{name}", daemon=True,
+                               args=(self.server_url, name, self.log_level, self.security))
+        proc.start()
+        self.procs[proc.sentinel] = (proc, time.monotonic())
+        self.sel.register(proc.sentinel, selectors.EVENT_READ)
+
+    def run(self) -> int:
+        self.sel = selectors.DefaultSelector()
+        wakeup = self._catch_signals()
+        try:
+            if self.mp.get_start_method() == "forkserver":
+                self.mp.set_forkserver_preload(["comlab.worker"])
+            for _ in range(self.n):
+                self.start_worker()
+            if self.on_ready is not None:
+                self.on_ready(self.info())
+            while not self._stop:
+                timeout = None
+                if self.restarts:
+                    timeout = max(0.0, min(self.restarts) - time.monotonic())
+                for key, _ in self.sel.select(timeout):
+                    if wakeup is not None and key.fd == wakeup[0]:
+                        _drain(wakeup[0])
+                    elif key.fd in self.procs:
+                        self.on_exit(key.fd)
+                t = time.monotonic()
+                for due in [d for d in self.restarts if d <= t]:
+                    self.restarts.remove(due)
+                    if not self._stop:
+                        self.replace()
+            return 0
+        finally:
+            self.stop()
+            self.sel.close()
+            if wakeup is not None:
+                signal.set_wakeup_fd(wakeup[2])
+                os.close(wakeup[0])
+                os.close(wakeup[1])
+                for signum, handler in wakeup[3].items():
+                    signal.signal(signum, handler)
+
+    def info(self) -> dict:
+        return {"host": HOST, "pid": os.getpid(), "server": self.server_url,
+                "workers": [p.name.removeprefix("comlab-") for p, _ in self.procs.values()]}
+
+    def on_exit(self, sentinel: int) -> None:
+        proc, started = self.procs.pop(sentinel)
+        self.sel.unregister(sentinel)
+        proc.join(0)
+        if self._stop:
+            return
+        self.deaths += 1
+        lived = time.monotonic() - started
+        log.warning("worker %s (pid %s) exited with code %s after %.1f s; replacing it",
+                    proc.name, proc.pid, proc.exitcode, lived)
+        if lived < RESTART_BACKOFF_S:
+            self.restarts.append(time.monotonic() + RESTART_BACKOFF_S)
+        else:
+            self.replace()
+
+    def replace(self) -> None:
+        """Start a replacement; if that fails (the forkserver died too), try again later."""
+        try:
+            self.start_worker()
+        except (OSError, EOFError) as exc:
+            log.warning("could not start a worker (%s); retrying in %.0f s", exc,
+                        RESTART_BACKOFF_S)
+            self.restarts.append(time.monotonic() + RESTART_BACKOFF_S)
+
+    def stop(self) -> None:
+        """SIGTERM every worker, SIGKILL what is left after STOP_GRACE_S."""
+        self._stop = True
+        procs = [p for p, _ in self.procs.values()]
+        for p in procs:
+            if p.is_alive():
+                p.terminate()
+        deadline = time.monotonic() + STOP_GRACE_S
+        for p in procs:
+            p.join(max(0.0, deadline - time.monotonic()))
+        for p in procs:
+            if p.is_alive():
+                p.kill()
+                p.join(0.4)
+        for sentinel in list(self.procs):
+            self.sel.unregister(sentinel)
+        self.procs.clear()
+
+    def _catch_signals(self):
+        """SIGINT/SIGTERM set the stop flag; a wakeup fd makes the select return at once."""
+        if threading.current_thread() is not threading.main_thread():
+            return None
+
+        def handler(signum, frame):
+            self._stop = True
+
+        r, w = os.pipe()
+        os.set_blocking(r, False)
+        os.set_blocking(w, False)
+        old_fd = signal.set_wakeup_fd(w, warn_on_full_buffer=False)
+        old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+        self.sel.register(r, selectors.EVENT_READ)
+        return r, w, old_fd, old
+
+
+def _drain(fd: int) -> None:
+    try:
+        while os.read(fd, 4096):
+            pass
+    except BlockingIOError:
+        pass
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("server_url", help="the server's --workers-url, e.g. tcp://10.0.0.5:5558")
+    p.add_argument("--workers", type=int, default=os.cpu_count() or 1,
+                   help="worker processes on this host (default: one per CPU)")
+    p.add_argument("--curve-keys", metavar="DIR",
+                   help="CurveZMQ keys directory (needs server.key and worker.key*)")
+    p.add_argument("--ready-json", action="store_true",
+                   help="print one JSON line on stdout once the workers are started")
+    p.add_argument("-v", "--verbose", action="count", default=0)
+
+
+def run(args: argparse.Namespace) -> int:
+    level = logging.WARNING - 10 * args.verbose
+    logging.basicConfig(level=level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    try:
+        security = None
+        if args.curve_keys:
+            from .security import Curve
+            security = Curve.load(args.curve_keys, role="worker")
+        host = WorkerHost(args.server_url, args.workers, security=security, log_level=level,
+                          on_ready=lambda info: _ready(info, args.ready_json))
+    except (ValueError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return host.run()
+
+
+def _ready(info: dict, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(info), flush=True)
+    print(f"comlab worker-host {info['host']}: {len(info['workers'])} workers for "
+          f"{info['server']}", file=sys.stderr, flush=True)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m comlab.worker_host", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_arguments(p)
+    return run(p.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
