@@ -103,6 +103,7 @@ class ResultStore:
         df = load_parts(self.path, [r["part"] for r in self.meta["runs"]])
         df.to_parquet(self.path / RECORDS, index=False)
         self.write_meta()
+        df.attrs["cpu_count"] = self.meta["environment"]["cpu_count"]
         return df
 
 
@@ -127,10 +128,14 @@ def restore_dtypes(df: pd.DataFrame) -> pd.DataFrame:
 def load_results(path: str | os.PathLike) -> pd.DataFrame:
     """Records of a saved experiment (records.parquet, or the parts of an interrupted one)."""
     path = Path(path)
-    if (path / RECORDS).exists():
-        return restore_dtypes(pd.read_parquet(path / RECORDS))
     meta = json.loads((path / META).read_text())
-    return load_parts(path, [r["part"] for r in meta["runs"]])
+    if (path / RECORDS).exists():
+        df = restore_dtypes(pd.read_parquet(path / RECORDS))
+    else:
+        df = load_parts(path, [r["part"] for r in meta["runs"]])
+    # The ideal time of cpu-bound runs depends on the cores of the machine that ran them.
+    df.attrs["cpu_count"] = meta.get("environment", {}).get("cpu_count")
+    return df
 
 
 def load_meta(path: str | os.PathLike) -> dict:

@@ -124,23 +124,21 @@ class ThreadPool(_Threaded):
 
 
 class CpuBound(_Threaded):
-    """Busy work worth ``wait`` seconds of one core instead of a sleep, one thread per task.
+    """Busy work worth ``wait`` seconds of one core's CPU time instead of a sleep, thread per task.
 
-    The work is a fixed count of loop iterations (calibrated once), not a spin on the clock,
-    so threads of one process contend for the GIL and a batch takes the sum of its waits.
+    A task computes until its own thread has used ``wait`` s of CPU (time.thread_time), so its
+    length does not depend on a calibration taken under some other load. A thread waiting for
+    the GIL uses no CPU time: threads of one process take turns, and a batch lasts the sum of
+    its waits.
     """
 
     name = "cpu-bound"
     doc = "busy work worth `wait` seconds of CPU per task, thread per task (shows the GIL)"
-    _rate = None  # loop iterations per second, shared by instances in a process
-
-    def __init__(self, param=None):
-        super().__init__(param)
-        if CpuBound._rate is None:
-            CpuBound._rate = _calibrate()
 
     def task(self, response, wait):
-        _spin(int(wait * self._rate))
+        end = time.thread_time() + wait
+        while time.thread_time() < end:
+            _spin(500)
         return response
 
 
@@ -148,15 +146,6 @@ def _spin(n: int) -> None:
     x = 0
     for _ in range(n):
         x += 1
-
-
-def _calibrate(n: int = 200_000) -> float:
-    best = float("inf")
-    for _ in range(3):
-        t0 = time.perf_counter()
-        _spin(n)
-        best = min(best, time.perf_counter() - t0)
-    return n / best
 
 
 class Faulty(Sequential):
