@@ -32,6 +32,17 @@ Server <-> worker (server ROUTER, worker DEALER; the Guide's load-balancing patt
                                                            and warm the strategy; answer JOINED
   JOINED  [V, "J", reply_url]                              worker -> server: done with CONNECT
   STOP    [V, "S"]                                         server -> worker
+  PING    [V, "P", t]                                      server -> worker. t None: a probe,
+                                                           ignored (with ROUTER_MANDATORY the
+                                                           send itself fails, EHOSTUNREACH, when
+                                                           the worker's connection is gone);
+                                                           t = the server's monotonic_ns: answer
+                                                           PONG (clock offset estimation)
+  PONG    [V, "Q", t, t_worker]                            worker -> server: t echoed, t_worker
+                                                           the worker's monotonic_ns on receipt
+  A worker sends READY again whenever its connection is re-established (server restarted,
+  network back): a server that does not know it then takes it on; DONE from a worker the server
+  does not know is dropped.
 
 Worker (or server) -> client:
   RESULTS [V, "R", batch_id, worker, host, attempt, t_sent, t_server_in, t_enqueued,
@@ -51,6 +62,7 @@ import msgpack
 VERSION = 1
 
 HELLO, WELCOME, BATCH, READY, DONE, WORK, CONNECT, JOINED, STOP, RESULTS = "HOBYDWCJSR"
+PING, PONG = "PQ"
 
 # Status codes on the wire; names are what records and reports use.
 OK, UNKNOWN, UNREACHABLE, FAILED, LOST = range(5)
@@ -114,6 +126,15 @@ def joined(reply_url: str) -> bytes:
 
 
 STOP_MESSAGE = pack([VERSION, STOP])
+PROBE_MESSAGE = pack([VERSION, PING, None])
+
+
+def ping(t: int) -> bytes:
+    return pack([VERSION, PING, t])
+
+
+def pong(t: int, t_worker: int) -> bytes:
+    return pack([VERSION, PONG, t, t_worker])
 
 
 def check_batch(msg: list) -> tuple:

@@ -11,7 +11,10 @@ reading its PULL socket and ZeroMQ's high-water marks push back on the client.
 
 The local pool is started (forkserver: fast and safe from a threaded parent) and ready before the
 server reports ready, so start-up is never part of a measurement. Remote worker hosts may join on
-``workers_url`` at any time.
+``workers_url`` at any time. A remote worker that is gone (killed, host cut off) is noticed off
+the hot path: ZMTP heartbeats end a silent connection, a socket monitor reports the disconnect,
+and the server then probes its remote workers (PING): with ROUTER_MANDATORY the send to a
+vanished peer fails, and its batch is retried like a dead local worker's.
 """
 
 from __future__ import annotations
@@ -21,8 +24,10 @@ import ipaddress
 import logging
 import multiprocessing
 import os
+import secrets
 import shutil
 import signal
+import sys
 import tempfile
 import threading
 import time
@@ -40,7 +45,11 @@ log = logging.getLogger("comlab.server")
 now = time.monotonic_ns
 
 READY_TIMEOUT_S = 30.0
-STOP_GRACE_S = 1.0
+STOP_GRACE_S = 0.5  # then busy workers are terminated: their clients are being stopped too
+HEARTBEAT_IVL_MS = 1000      # ZMTP PINGs on every worker connection ...
+HEARTBEAT_TIMEOUT_MS = 3000  # ... which is dropped after this long without traffic
+PROBE_AGAIN_S = (0.05, 0.5)  # after a disconnect: probe now and again (the ROUTER may learn of
+                             # the dead pipe a little after the monitor event arrives)
 HELLO_WAIT_S = 5.0  # a client is welcomed after this even if some worker never joined
 
 
@@ -80,7 +89,8 @@ class Server(Role):
             # from the table once, so the per-task look-up stays a single dict get.
             self.table = {k: v for k, v in table.items() if self.status_of(k) != P.UNREACHABLE}
         self.stats = dict.fromkeys(("batches", "tasks", "unknown", "unreachable", "dropped",
-                                    "retried", "failed", "worker_deaths"), 0)
+                                    "retried", "failed", "worker_deaths", "workers_lost"), 0)
+        self._probes: list[float] = []  # monotonic times of the next remote-worker probes
         self._next_worker = 0
         self.startup_s = None
 
@@ -89,9 +99,15 @@ class Server(Role):
         t0 = time.perf_counter()
         self.pull = self.socket(zmq.PULL, bind=self.bind_url, curve_server=True)
         self.bound_url = self.pull.getsockopt_string(zmq.LAST_ENDPOINT)
-        self.router = self.socket(zmq.ROUTER, router_mandatory=1, curve_server=True)
-        self._ipc_dir = tempfile.mkdtemp(prefix="comlab-")
-        self.local_url = f"ipc://{self._ipc_dir}/workers"
+        self.router = self.socket(zmq.ROUTER, router_mandatory=1, curve_server=True,
+                                  heartbeat_ivl=HEARTBEAT_IVL_MS,
+                                  heartbeat_timeout=HEARTBEAT_TIMEOUT_MS,
+                                  heartbeat_ttl=HEARTBEAT_TIMEOUT_MS)
+        # A lost connection (peer killed: at once; host cut off: after the heartbeat timeout)
+        # shows here; the remote workers are then probed (local ones have sentinels).
+        self.monitor = self.router.get_monitor_socket(zmq.EVENT_DISCONNECTED)
+        self._sockets.append(self.monitor)
+        self.local_url, self._ipc_dir = local_endpoint()
         self.router.bind(self.local_url)
         if self.workers_url:
             from .role import bind_or_explain
@@ -116,6 +132,7 @@ class Server(Role):
             for _ in range(self.max_workers):
                 self.start_worker()
             self.wait_for_workers(self.max_workers)
+        self.poller.register(self.monitor, zmq.POLLIN)
         self.startup_s = time.perf_counter() - t0
         if self.on_ready is not None:
             self.on_ready(self.info())
@@ -172,7 +189,10 @@ class Server(Role):
             if want_pull != self._pull_on:
                 self.poller.modify(pull, zmq.POLLIN if want_pull else 0)
                 self._pull_on = want_pull
-            for sock, _ in self.poller.poll(self.hello_timeout_ms()):
+            timeout = self.hello_timeout_ms()
+            if self._probes:
+                timeout = self.probe_timeout_ms(timeout)
+            for sock, _ in self.poller.poll(timeout):
                 if sock is router:
                     self.drain(router, lambda: self.on_worker_message(*router.recv_multipart(
                         zmq.NOBLOCK)))
@@ -189,6 +209,8 @@ class Server(Role):
                         return
                 elif sock in self.procs:
                     self.on_worker_exit(sock)
+                elif sock is self.monitor:
+                    self.on_disconnect()
 
     @staticmethod
     def drain(sock, step, while_=lambda: True, most: int = 256) -> None:
@@ -343,11 +365,17 @@ class Server(Role):
             log.warning("dropped a worker message from %r: %s", ident, exc)
             return
         if kind == P.DONE:
+            if ident not in self.workers:  # a worker we forgot, or an earlier server's
+                return                     # (it says READY when it reconnects)
             self.busy.pop(ident, None)
         elif kind == P.JOINED:
             self.on_joined(ident)
             return
         elif kind == P.READY:
+            if ident in self.workers:  # READY again: it reconnected
+                if ident not in self.busy:
+                    return             # idle (or about to be given work): nothing to change
+                self.forget_worker(ident)  # it holds nothing: its batch was lost; retry it
             self.workers[ident] = {"name": msg[2], "host": msg[3], "pid": msg[4]}
         else:
             self.stats["dropped"] += 1
@@ -361,6 +389,39 @@ class Server(Role):
                 self.pending.appendleft(work)
         else:
             self.idle.append(ident)
+
+    def on_disconnect(self) -> None:
+        """A worker connection ended: probe the remote workers now and twice more shortly."""
+        while True:
+            try:
+                self.monitor.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                break
+        self.probe_workers()
+        t = time.monotonic()
+        self._probes = [t + d for d in PROBE_AGAIN_S]
+
+    def probe_timeout_ms(self, timeout: float | None) -> float | None:
+        """Run the probes that are due; the poll timeout that honours the next one."""
+        t = time.monotonic()
+        if self._probes[0] <= t:
+            while self._probes and self._probes[0] <= t:
+                self._probes.pop(0)
+            self.probe_workers()
+        if not self._probes:
+            return timeout
+        left = max(0.0, self._probes[0] - t) * 1000
+        return left if timeout is None else min(timeout, left)
+
+    def probe_workers(self) -> None:
+        """PING (a probe the worker ignores) every remote worker: with ROUTER_MANDATORY a send
+        to a vanished peer fails (EHOSTUNREACH), and forget_worker retries its batch."""
+        local = {ident for _, ident in self.procs.values()}
+        for ident in [i for i in self.workers if i not in local]:
+            if not self.to_worker(ident, P.PROBE_MESSAGE):
+                self.stats["workers_lost"] += 1
+                log.warning("remote worker %s is gone (connection lost)",
+                            ident.decode(errors="replace"))
 
     def on_worker_exit(self, sentinel: int) -> None:
         proc, ident = self.procs.pop(sentinel)
@@ -429,7 +490,8 @@ class Server(Role):
                     self.to_worker(ident, P.STOP_MESSAGE)
                 stop_processes([p for p, _ in self.procs.values()], STOP_GRACE_S)
             finally:
-                shutil.rmtree(getattr(self, "_ipc_dir", ""), ignore_errors=True)
+                if getattr(self, "_ipc_dir", None):
+                    shutil.rmtree(self._ipc_dir, ignore_errors=True)
                 wakeup = getattr(self, "_wakeup", None)
                 if wakeup is not None:
                     signal.set_wakeup_fd(wakeup[2])
@@ -458,6 +520,15 @@ def ignored_signals(*signums):
     finally:
         for s, handler in old.items():
             signal.signal(s, handler)
+
+
+def local_endpoint() -> tuple[str, str | None]:
+    """The local pool's endpoint: Linux's abstract ipc namespace leaves no file behind even when
+    the server is SIGKILLed; elsewhere a private directory (returned, for removal)."""
+    if sys.platform.startswith("linux"):
+        return f"ipc://@comlab-{os.getpid()}-{secrets.token_hex(6)}", None
+    path = tempfile.mkdtemp(prefix="comlab-")
+    return f"ipc://{path}/workers", path
 
 
 def stop_processes(procs, grace_s: float) -> None:

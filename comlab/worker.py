@@ -47,10 +47,16 @@ class Worker(Role):
     def setup(self):
         self.server = self.socket(zmq.DEALER, connect=None, routing_id=self.name.encode(),
                                   curve_server=False)
+        # Each handshake after the first is a new connection (server restarted, network back):
+        # say READY again, so a server that never met us takes us on.
+        self.monitor = self.server.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED)
+        self._sockets.append(self.monitor)
+        self.handshakes = 0
         self.server.connect(self.server_url)
         self.server.send(P.ready(self.name, HOST, os.getpid()))
         self.poller = zmq.Poller()
         self.poller.register(self.server, zmq.POLLIN)
+        self.poller.register(self.monitor, zmq.POLLIN)
         parent = multiprocessing.parent_process() if self.watch_parent else None
         self.parent_fd = parent.sentinel if parent is not None else None
         if self.parent_fd is not None:
@@ -65,6 +71,19 @@ class Worker(Role):
                 return
             if self.server in events and not handle(recv()):
                 return
+            if self.monitor in events:
+                self.on_handshake()
+
+    def on_handshake(self) -> None:
+        while True:
+            try:
+                self.monitor.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            self.handshakes += 1
+            if self.handshakes > 1:
+                log.info("%s: reconnected to %s: READY again", self.name, self.server_url)
+                self.server.send(P.ready(self.name, HOST, os.getpid()))
 
     def handle(self, frame: bytes) -> bool:
         """Act on one message from the server; False means stop."""
@@ -80,6 +99,9 @@ class Worker(Role):
             self.join(*msg[2:5])
         elif kind == P.STOP:
             return False
+        elif kind == P.PING:
+            if len(msg) > 2 and isinstance(msg[2], int):  # a clock sample; None: a probe
+                self.server.send(P.pong(msg[2], now()))
         else:
             log.warning("%s: unexpected message type %r", self.name, kind)
         return True
