@@ -27,6 +27,7 @@ from .processes import AgentProcess, ServerProcess, workdir as _workdir
 from .results import ResultStore
 
 TRANSPORTS = ("tcp", "ipc")
+REMOTE_JOIN_TIMEOUT_S = 30.0  # how long a server waits for the remote workers to join
 
 
 def _as_list(value) -> list:
@@ -56,7 +57,9 @@ def run_experiment(batch_sizes=(1, 4, 16, 64), workers=(1, 4, 16, 32), repeats: 
                    commands=None, server_map=None, strategy=strategies.DEFAULT,
                    transport="tcp", wait_scale: float = 1.0, timeout: float | None = None,
                    progress: bool = True, results_dir="results", name: str | None = None,
-                   rate=None, networks=(), resume: bool = True) -> pd.DataFrame:
+                   rate=None, networks=(), resume: bool = True, remote_workers: int = 0,
+                   workers_url: str | None = None, server_address: str = "127.0.0.1",
+                   client_address: str = "127.0.0.1", server_prefix=()) -> pd.DataFrame:
     """Run every combination of the swept axes x repeats; return one row per task per run.
 
     ``batch_sizes``, ``workers``, ``strategy``, ``transport`` and ``rate`` (tasks/s, open loop;
@@ -65,6 +68,14 @@ def run_experiment(batch_sizes=(1, 4, 16, 64), workers=(1, 4, 16, 32), repeats: 
     ip -> command -> (response, wait); both default to the shipped seed data. Results go to
     ``results_dir/name`` (name None: a timestamp); with ``resume`` a rerun of the same name and
     parameters skips the runs already saved.
+
+    Remote workers: with ``remote_workers=N`` the server also binds ``workers_url`` (e.g.
+    "tcp://0.0.0.0:5558") and each server waits until N remote workers (``comlab worker-host``
+    processes, started by you, elsewhere) have joined; ``workers`` (the local pool, swept) may
+    then be 0, and a run's ``workers`` is local + remote. ``server_address`` and
+    ``client_address`` are the interfaces the server's batch socket and the client's result
+    socket bind (loopback by default: other hosts cannot reach them); ``server_prefix`` runs the
+    server under a command (``["ip", "netns", "exec", "ns"]``, ``["taskset", "-c", "0"]``).
     """
     batch_sizes, workers = [int(b) for b in _as_list(batch_sizes)], [int(w) for w in
                                                                      _as_list(workers)]
@@ -74,8 +85,14 @@ def run_experiment(batch_sizes=(1, 4, 16, 64), workers=(1, 4, 16, 32), repeats: 
     for t in transports:
         if t not in TRANSPORTS:
             raise ValueError(f"unknown transport {t!r}; use one of {TRANSPORTS}")
-    if min(batch_sizes) < 1 or min(workers) < 1 or repeats < 1:
-        raise ValueError("batch sizes, workers and repeats must be at least 1")
+    if min(batch_sizes) < 1 or min(workers) < (0 if remote_workers else 1) or repeats < 1:
+        raise ValueError("batch sizes, workers and repeats must be at least 1 "
+                         "(workers 0: remote workers only)")
+    if remote_workers and not workers_url:
+        raise ValueError("remote_workers needs workers_url: where worker hosts connect")
+    if remote_workers and "ipc" in transports:
+        raise ValueError("remote workers send results to the client over tcp: transport ipc "
+                         "cannot be used with them")
     tasks, smap = _load_inputs(commands, server_map, wait_scale)
     keys = [f"{ip}:{cmd}" for ip, cmd in tasks]
     table = _reachable(smap.flat(), networks)
@@ -89,6 +106,8 @@ def run_experiment(batch_sizes=(1, 4, 16, 64), workers=(1, 4, 16, 32), repeats: 
               f"<list of {len(commands)}>", "n_tasks": len(keys),
               "server_map": str(server_map) if not isinstance(server_map, dict) else
               f"<dict of {len(table)}>"}
+    if remote_workers:
+        params.update(remote_workers=int(remote_workers), workers_url=workers_url)
     store = ResultStore(Path(results_dir) / name, params, resume=resume)
     done = store.finished()
 
@@ -109,7 +128,12 @@ def run_experiment(batch_sizes=(1, 4, 16, 64), workers=(1, 4, 16, 32), repeats: 
                 continue
             agent = agent or AgentProcess(tmp)
             server = ServerProcess(map_file, workers_, tmp, transport=transport_,
-                                   networks=networks, strategy=todo[0][1][2])
+                                   networks=networks, strategy=todo[0][1][2],
+                                   workers_url=workers_url if remote_workers else None,
+                                   address=server_address, prefix=server_prefix)
+            n_workers = workers_ + remote_workers
+            if remote_workers:
+                server.wait_for_workers(n_workers, REMOTE_JOIN_TIMEOUT_S)
             current = todo[0][1][2]
             for i, p in todo:
                 _, _, strat, size, rate_, repeat = p
@@ -118,14 +142,16 @@ def run_experiment(batch_sizes=(1, 4, 16, 64), workers=(1, 4, 16, 32), repeats: 
                     current = strat
                 t_run = time.perf_counter()
                 batches = [waits[b:b + size].tolist() for b in range(0, len(keys), size)]
-                run_timeout = timeout or default_timeout(batches, workers_, strat, rate_,
+                run_timeout = timeout or default_timeout(batches, n_workers, strat, rate_,
                                                          len(keys))
                 bind = (f"ipc://{tmp}/client-{i}" if transport_ == "ipc"
-                        else "tcp://127.0.0.1:*")
+                        else f"tcp://{client_address}:*")
                 answer = agent.run(keys, batch_size=size, bind_url=bind,
                                    server_url=server.url, timeout=run_timeout, rate=rate_)
                 info = {"experiment": name, "run": i, "repeat": repeat, "batch_size": size,
-                        "workers": workers_, "strategy": strat, "transport": transport_}
+                        "workers": n_workers, "strategy": strat, "transport": transport_}
+                if remote_workers:
+                    info["remote_workers"] = remote_workers
                 if rate_ is not None:
                     info["rate"] = float(rate_)
                 df = records.build(answer["columns"], answer["t_start"], keys=keys,

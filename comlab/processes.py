@@ -72,12 +72,15 @@ class ServerProcess(_Child):
 
     def __init__(self, map_file: str, workers: int, workdir: str, *, transport: str = "tcp",
                  networks=(), workers_url: str | None = None, strategy: str | None = None,
-                 ready_timeout: float = 60.0) -> None:
+                 ready_timeout: float = 60.0, address: str = "127.0.0.1",
+                 prefix=()) -> None:
+        """``address``: the interface its tcp batch socket binds; ``prefix``: a command to run
+        it under (e.g. ``ip netns exec NS``, ``taskset -c 0``)."""
         self.workdir = workdir
-        bind = f"ipc://{workdir}/server" if transport == "ipc" else "tcp://127.0.0.1:*"
+        bind = f"ipc://{workdir}/server" if transport == "ipc" else f"tcp://{address}:*"
         self.control_url = f"ipc://{workdir}/control"
-        args = [sys.executable, "-m", "comlab.run_server", map_file, bind, "", str(workers),
-                "--control", self.control_url, "--watch-stdin", "--ready-json"]
+        args = [*prefix, sys.executable, "-m", "comlab.run_server", map_file, bind, "",
+                str(workers), "--control", self.control_url, "--watch-stdin", "--ready-json"]
         if strategy:
             args += ["--strategy", strategy]
         for net in networks:
@@ -126,6 +129,19 @@ class ServerProcess(_Child):
         if answer[1] == "error":
             raise ValueError(answer[2])
         return answer[2]
+
+    def wait_for_workers(self, n: int, timeout: float) -> list:
+        """Wait until ``n`` workers (local and remote) have joined; their name/host/pid list."""
+        deadline = time.monotonic() + timeout
+        while True:
+            workers = self.control("stats")["workers"]
+            if len(workers) >= n:
+                return workers
+            if time.monotonic() >= deadline:
+                hosts = sorted({str(w["host"]) for w in workers})
+                raise self.failure(f"only {len(workers)} of {n} workers joined within "
+                                   f"{timeout:g} s (hosts: {', '.join(hosts) or 'none'})")
+            time.sleep(0.05)
 
     def stop(self, grace_s: float = 2.0) -> None:
         if self._ctl is not None:

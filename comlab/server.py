@@ -486,7 +486,8 @@ class Server(Role):
     def teardown(self):
         with ignored_signals(signal.SIGINT, signal.SIGTERM):
             try:
-                for ident in list(self.workers):
+                # Local workers only: remote ones stay, reconnect and join the next server.
+                for _, ident in list(self.procs.values()):
                     self.to_worker(ident, P.STOP_MESSAGE)
                 stop_processes([p for p, _ in self.procs.values()], STOP_GRACE_S)
             finally:
