@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from . import data, ideal, records, strategies
+from . import clocks, data, ideal, records, strategies
 from .processes import AgentProcess, ServerProcess, workdir as _workdir
 from .results import ResultStore
 
@@ -76,6 +76,9 @@ def run_experiment(batch_sizes=(1, 4, 16, 64), workers=(1, 4, 16, 32), repeats: 
     ``client_address`` are the interfaces the server's batch socket and the client's result
     socket bind (loopback by default: other hosts cannot reach them); ``server_prefix`` runs the
     server under a command (``["ip", "netns", "exec", "ns"]``, ``["taskset", "-c", "0"]``).
+    Before each run every host's clock offset against the client's is estimated
+    (``comlab.clocks``); stamps of other hosts are converted to the client's clock, and the
+    offsets with their uncertainties go into the run's entry in meta.json (``clock``).
     """
     batch_sizes, workers = [int(b) for b in _as_list(batch_sizes)], [int(w) for w in
                                                                      _as_list(workers)]
@@ -140,6 +143,7 @@ def run_experiment(batch_sizes=(1, 4, 16, 64), workers=(1, 4, 16, 32), repeats: 
                 if strat != current:
                     server.control("strategy", strat)
                     current = strat
+                clock = clocks.estimate(server)  # every host's offset against the client's
                 t_run = time.perf_counter()
                 batches = [waits[b:b + size].tolist() for b in range(0, len(keys), size)]
                 run_timeout = timeout or default_timeout(batches, n_workers, strat, rate_,
@@ -148,6 +152,8 @@ def run_experiment(batch_sizes=(1, 4, 16, 64), workers=(1, 4, 16, 32), repeats: 
                         else f"tcp://{client_address}:*")
                 answer = agent.run(keys, batch_size=size, bind_url=bind,
                                    server_url=server.url, timeout=run_timeout, rate=rate_)
+                answer["columns"] = records.to_client_clock(
+                    answer["columns"], clock["offsets_ns"], clock["server_host"])
                 info = {"experiment": name, "run": i, "repeat": repeat, "batch_size": size,
                         "workers": n_workers, "strategy": strat, "transport": transport_}
                 if remote_workers:
@@ -160,7 +166,9 @@ def run_experiment(batch_sizes=(1, 4, 16, 64), workers=(1, 4, 16, 32), repeats: 
                                     "server_start_s": round(server.start_s, 4),
                                     "run_wall_s": round(time.perf_counter() - t_run, 4),
                                     "duplicates": answer["duplicates"],
-                                    "garbage": answer["garbage"]})
+                                    "garbage": answer["garbage"],
+                                    "clock": {"client_host": clock["client_host"],
+                                              "hosts": clock["hosts"]}})
                 bar.update(1)
             server.stop()
             server = None

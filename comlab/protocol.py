@@ -53,6 +53,11 @@ Control (lab -> server, REQ/REP over the control URL):
   [V, "ping"] -> [V, "pong", info]
   [V, "strategy", name] -> [V, "ok", name]
   [V, "stats"] -> [V, "stats", dict]
+  [V, "clock"] -> [V, "clock", t]                          t: the server's monotonic_ns
+  [V, "clock-workers", k] -> [V, "ok", hosts]              start k PING/PONG round trips with
+                                                           one worker of each remote host
+  [V, "worker-clocks"] -> [V, "worker-clocks", {host: {"offset_ns", "rtt_ns", "samples"}}]
+          offset_ns = that host's clock - the server's, from the sample with the least rtt_ns
 """
 
 from __future__ import annotations

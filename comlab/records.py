@@ -57,6 +57,24 @@ def build(columns: dict, t_start: int, *, keys: list, waits: np.ndarray, run_inf
     return df
 
 
+def to_client_clock(columns: dict, offsets: dict, server_host: str) -> dict:
+    """The client's columns with stamps of other hosts moved to the client's clock (for
+    ``build``): t_server_in / t_enqueued by the server host's offset, t_started / t_finished by
+    the offset of the host that ran the task (its ``host`` column). ``offsets`` maps host name ->
+    (that host's clock - the client's) in ns (comlab.clocks); a host not in it is unchanged."""
+    if not offsets:
+        return columns
+    out = dict(columns)
+    server_off = int(offsets.get(server_host, 0))
+    host_off = pd.Series(columns["host"], dtype=object).map(offsets).fillna(0)
+    host_off = host_off.to_numpy(dtype=np.int64)
+    for name, off in (("t_server_in", server_off), ("t_enqueued", server_off),
+                      ("t_started", host_off), ("t_finished", host_off)):
+        raw = np.asarray(columns[name], dtype=np.int64)
+        out[name] = np.where(raw >= 0, raw - off, raw)
+    return out
+
+
 def summarize(df: pd.DataFrame, cpus: int | None = None) -> pd.DataFrame:
     """One row per run: axes, counts per status, makespan, ideal, efficiency, percentiles."""
     rows = []

@@ -91,6 +91,8 @@ class Server(Role):
         self.stats = dict.fromkeys(("batches", "tasks", "unknown", "unreachable", "dropped",
                                     "retried", "failed", "worker_deaths", "workers_lost"), 0)
         self._probes: list[float] = []  # monotonic times of the next remote-worker probes
+        self.clocks: dict[str, dict] = {}     # remote host -> best clock sample (clock_workers)
+        self._clock_left: dict[bytes, int] = {}
         self._next_worker = 0
         self.startup_s = None
 
@@ -371,6 +373,9 @@ class Server(Role):
         elif kind == P.JOINED:
             self.on_joined(ident)
             return
+        elif kind == P.PONG:
+            self.on_pong(ident, msg)
+            return
         elif kind == P.READY:
             if ident in self.workers:  # READY again: it reconnected
                 if ident not in self.busy:
@@ -423,6 +428,41 @@ class Server(Role):
                 log.warning("remote worker %s is gone (connection lost)",
                             ident.decode(errors="replace"))
 
+    # -- clocks of remote worker hosts -------------------------------------------------------
+    def clock_workers(self, samples: int) -> list:
+        """Start a ping-pong of ``samples`` round trips with one worker of each remote host
+        (an idle one if it has any); the results gather in ``self.clocks``. Returns the hosts."""
+        self.clocks, self._clock_left = {}, {}
+        local = {ident for _, ident in self.procs.values()}
+        idle = set(self.idle)
+        chosen: dict[str, bytes] = {}
+        for ident, w in self.workers.items():
+            if ident not in local and (w["host"] not in chosen or ident in idle):
+                chosen[w["host"]] = ident
+        for ident in chosen.values():
+            self._clock_left[ident] = max(1, samples) - 1
+            self.to_worker(ident, P.ping(now()))
+        return sorted(chosen)
+
+    def on_pong(self, ident: bytes, msg: list) -> None:
+        """A clock sample: offset = worker clock - server clock at the midpoint; the one with
+        the smallest round trip is kept (its error is at most half that round trip)."""
+        t3 = now()
+        t0, t_worker = msg[2], msg[3]
+        worker = self.workers.get(ident)
+        if worker is None or not isinstance(t0, int) or not isinstance(t_worker, int):
+            return
+        rtt = t3 - t0
+        best = self.clocks.setdefault(worker["host"], {"offset_ns": 0, "rtt_ns": None,
+                                                       "samples": 0})
+        best["samples"] += 1
+        if best["rtt_ns"] is None or rtt < best["rtt_ns"]:
+            best["rtt_ns"], best["offset_ns"] = rtt, t_worker - (t0 + t3) // 2
+        left = self._clock_left.get(ident, 0)
+        if left > 0:
+            self._clock_left[ident] = left - 1
+            self.to_worker(ident, P.ping(now()))
+
     def on_worker_exit(self, sentinel: int) -> None:
         proc, ident = self.procs.pop(sentinel)
         self.poller.unregister(sentinel)
@@ -474,6 +514,12 @@ class Server(Role):
             if kind == "strategy":
                 self.strategy = strategies.check(msg[2])
                 return [P.VERSION, "ok", self.strategy]
+            if kind == "clock":
+                return [P.VERSION, "clock", now()]
+            if kind == "clock-workers":
+                return [P.VERSION, "ok", self.clock_workers(int(msg[2]))]
+            if kind == "worker-clocks":
+                return [P.VERSION, "worker-clocks", self.clocks]
             if kind == "stats":
                 return [P.VERSION, "stats", {**self.stats, "pending": len(self.pending),
                                              "busy": len(self.busy), "idle": len(self.idle),
