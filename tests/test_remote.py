@@ -8,6 +8,7 @@ every test, and each process started here is stopped at teardown.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -312,10 +313,11 @@ def _ip(*args, check=True):
                           check=check)
 
 
-@pytest.fixture
-def namespaces():
+@contextlib.contextmanager
+def make_namespaces():
     """Namespaces client, server, worker (10.77.0.1-3/24), each with a veth to a bridge in a
-    fourth namespace; all deleted at teardown (which deletes the veths with them)."""
+    fourth namespace; all deleted on exit (which deletes the veths with them). Raises
+    pytest.skip.Exception where namespaces cannot be made."""
     if os.geteuid() != 0:
         pytest.skip("network namespaces need root")
     if shutil.which("ip") is None:
@@ -329,30 +331,37 @@ def namespaces():
             pytest.skip(f"`ip netns add` failed: {first.stderr.strip()}")
         made.append(names["bridge"])
         br = names["bridge"]
-        _ip("-n", br, "link", "add", "br0", "type", "bridge")
-        _ip("-n", br, "link", "set", "br0", "up")
-        for i, (role, addr) in enumerate((("client", CLIENT_IP), ("server", SERVER_IP),
-                                          ("worker", WORKER_IP))):
-            ns = names[role]
-            _ip("netns", "add", ns)
-            made.append(ns)
-            _ip("link", "add", "eth0", "netns", ns, "type", "veth", "peer", "name", f"p{i}",
-                "netns", br)
-            _ip("-n", br, "link", "set", f"p{i}", "master", "br0", "up")
-            _ip("-n", ns, "addr", "add", f"{addr}/24", "dev", "eth0")
-            _ip("-n", ns, "link", "set", "eth0", "up")
-            _ip("-n", ns, "link", "set", "lo", "up")
+        try:
+            _ip("-n", br, "link", "add", "br0", "type", "bridge")
+            _ip("-n", br, "link", "set", "br0", "up")
+            for i, (role, addr) in enumerate((("client", CLIENT_IP), ("server", SERVER_IP),
+                                              ("worker", WORKER_IP))):
+                ns = names[role]
+                _ip("netns", "add", ns)
+                made.append(ns)
+                _ip("link", "add", "eth0", "netns", ns, "type", "veth", "peer", "name",
+                    f"p{i}", "netns", br)
+                _ip("-n", br, "link", "set", f"p{i}", "master", "br0", "up")
+                _ip("-n", ns, "addr", "add", f"{addr}/24", "dev", "eth0")
+                _ip("-n", ns, "link", "set", "eth0", "up")
+                _ip("-n", ns, "link", "set", "lo", "up")
+        except subprocess.CalledProcessError as exc:
+            pytest.skip(f"cannot set up namespaces: {' '.join(exc.cmd)}: {exc.stderr.strip()}")
         if shutil.which("ping"):
             ping = subprocess.run(["ip", "netns", "exec", names["client"], "ping", "-c", "1",
                                    "-W", "2", WORKER_IP], capture_output=True, text=True,
                                   timeout=10)
             assert ping.returncode == 0, f"namespaces not connected: {ping.stdout}{ping.stderr}"
         yield names
-    except subprocess.CalledProcessError as exc:
-        pytest.skip(f"cannot set up namespaces: {' '.join(exc.cmd)}: {exc.stderr.strip()}")
     finally:
         for ns in reversed(made):
             _ip("netns", "del", ns, check=False)
+
+
+@pytest.fixture
+def namespaces():
+    with make_namespaces() as names:
+        yield names
 
 
 @pytest.mark.timeout(60)
@@ -421,3 +430,42 @@ def test_worker_host_cut_off_is_noticed(namespaces, worker_hosts, make_data, tmp
         err.join(1)
         server.stdout.close()
         server.stderr.close()
+
+
+def compare(repeats: int = 3, results_dir: str = "results") -> None:
+    """README's figures: the namespace sweep next to the same sweep on one host (loopback),
+    ``repeats`` each; prints the median makespan and p50 latency per batch size."""
+    import statistics
+    out = {}
+    hosts = WorkerHosts()
+    try:
+        with make_namespaces() as ns:
+            exec_in = lambda role, *env: ["ip", "netns", "exec", ns[role], "env", *env]  # noqa
+            url = f"tcp://{SERVER_IP}:{WORKERS_PORT}"
+            hosts.start(url, 2, host="ns-worker", prefix=exec_in("worker"))
+            kw = dict(SWEEP, repeats=repeats, workers_url=url, server_address=SERVER_IP,
+                      client_address=CLIENT_IP, results_dir=results_dir, name="remote-netns",
+                      server_prefix=exec_in("server", "COMLAB_HOST=ns-server"), resume=False)
+            out["3 namespaces"] = run_sweep(kw, exec_in("client", "COMLAB_HOST=ns-client"),
+                                            timeout=600)["summary"]
+        hosts.close()
+        hosts = WorkerHosts()
+        url = free_tcp_url()
+        hosts.start(url, 2, host="local-worker")
+        kw = dict(SWEEP, repeats=repeats, workers_url=url, results_dir=results_dir,
+                  name="remote-one-host", resume=False)
+        out["one host"] = run_sweep(kw, timeout=600)["summary"]
+    finally:
+        hosts.close()
+    for where, rows in out.items():
+        for size in SWEEP["batch_sizes"]:
+            mine = [r for r in rows if r["batch_size"] == size]
+            print(f"{where:>12}  batch {size:>2}: makespan "
+                  f"{statistics.median(r['makespan_s'] for r in mine):.3f} s "
+                  f"(ideal {mine[0]['ideal_s']:.2f}), latency p50 "
+                  f"{statistics.median(r['latency_p50_s'] for r in mine) * 1e3:.0f} ms, "
+                  f"{sum(r['n_ok'] for r in mine)}/{512 * len(mine)} ok")
+
+
+if __name__ == "__main__":  # python tests/test_remote.py (as root): the README's comparison
+    compare()
