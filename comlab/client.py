@@ -41,6 +41,7 @@ class ClientRun:
     t_intended: list | None = None                    # per batch, open-loop only
     messages: list = field(default_factory=list)      # decoded RESULTS
     t_received: list = field(default_factory=list)    # per message
+    accepted: int = 0   # task results taken from non-duplicate messages (the invariant's count)
     duplicates: int = 0
     garbage: int = 0
     server_info: dict = field(default_factory=dict)
@@ -76,7 +77,11 @@ class ClientRun:
             (_, _, _, worker, host, attempt, _, t_in, t_enq, ids, statuses, responses,
              starts, ends, errors) = msg
             idx = np.asarray(ids, dtype=np.int64)
-            fresh = cols["status"][idx] == P.LOST  # a retried batch may answer twice: first wins
+            # A retried batch may answer twice: first wins. An id outside the run cannot be
+            # placed: skipped here, so the records' invariant check (accepted results vs tasks
+            # with a final status) reports it instead of an IndexError.
+            fresh = (idx >= 0) & (idx < n)
+            fresh[fresh] = cols["status"][idx[fresh]] == P.LOST
             if not fresh.all():
                 idx, keep = idx[fresh], np.flatnonzero(fresh)
                 statuses = [statuses[i] for i in keep]
@@ -162,8 +167,9 @@ class Client(Role):
             try:
                 msg = P.unpack(self.pull.recv())
             except P.ProtocolError:
+                self.result.garbage += 1
                 continue
-            if msg[1] == P.WELCOME:
+            if msg[1] == P.WELCOME and len(msg) == 3:
                 self.result.server_info = msg[2] if isinstance(msg[2], dict) else {}
                 return
         raise NoServer(f"no server at {self.server_url} answered within "
@@ -222,11 +228,9 @@ class Client(Role):
                         t_rx = now()
                         try:
                             msg = P.unpack(frame)
-                            if msg[1] != P.RESULTS or len(msg) != 15:
-                                raise P.ProtocolError("not RESULTS")
-                            ids = msg[9]
+                            ids = P.check_results(msg, n)  # shape, ids in range, statuses
                             key = (msg[2], ids[0] if ids else None)
-                        except (P.ProtocolError, TypeError, IndexError):
+                        except (P.ProtocolError, TypeError):
                             run.garbage += 1
                             continue
                         if key in seen:
@@ -236,4 +240,5 @@ class Client(Role):
                         messages.append(msg)
                         received.append(t_rx)
                         accounted += len(ids)
+        run.accepted = accounted
         return run

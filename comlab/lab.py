@@ -160,8 +160,10 @@ def run_experiment(batch_sizes=(1, 4, 16, 64), workers=(1, 4, 16, 32), repeats: 
                     info["remote_workers"] = remote_workers
                 if rate_ is not None:
                     info["rate"] = float(rate_)
+                # Raises InvariantError unless each task sent has exactly one final record.
                 df = records.build(answer["columns"], answer["t_start"], keys=keys,
-                                   waits=waits, run_info=info, open_loop=rate_ is not None)
+                                   waits=waits, run_info=info, open_loop=rate_ is not None,
+                                   accepted=answer["accepted"])
                 store.save_run(df, {"key": _key(p), "run": i, **info,
                                     "server_start_s": round(server.start_s, 4),
                                     "run_wall_s": round(time.perf_counter() - t_run, 4),

@@ -20,18 +20,36 @@ CATEGORIES = ("experiment", "strategy", "transport", "ip", "command", "worker", 
 
 
 class InvariantError(RuntimeError):
-    """A run broke 'every task sent ends in exactly one record'."""
+    """A run broke 'every task sent ends in exactly one final record'."""
 
 
 def build(columns: dict, t_start: int, *, keys: list, waits: np.ndarray, run_info: dict,
-          open_loop: bool = False) -> pd.DataFrame:
-    """Records of one run from the client's columns; checks the one-record-per-task invariant."""
+          open_loop: bool = False, accepted: int | None = None) -> pd.DataFrame:
+    """Records of one run from the client's columns; checks the one-record-per-task invariant.
+
+    The client's columns have one row per task by construction, so the row count alone proves
+    little. ``accepted`` (the task results the client took from non-duplicate messages) makes
+    the check real: each accepted result must be the one final record of its own task, so the
+    tasks not ``lost`` must number exactly ``accepted``. A result that overlapped another one,
+    or named a task never sent, breaks that and the run raises instead of returning quietly.
+    """
     n = len(keys)
+    where = f"run {run_info.get('run')}"
     ids = columns["task_id"]
     if len(ids) != n or not np.array_equal(ids, np.arange(n)):
-        raise InvariantError(f"run {run_info.get('run')}: {len(ids)} records for {n} tasks")
+        raise InvariantError(f"{where}: {len(ids)} records for {n} tasks")
+    status_codes = np.asarray(columns["status"])
+    if len(status_codes) != n or status_codes.min(initial=0) < 0 \
+            or status_codes.max(initial=0) >= len(P.STATUS_NAMES):
+        raise InvariantError(f"{where}: status codes outside 0..{len(P.STATUS_NAMES) - 1}")
+    if accepted is not None:
+        final = int(np.count_nonzero(status_codes != P.LOST))
+        if final != accepted:
+            raise InvariantError(
+                f"{where}: the client accepted {accepted} task results but {final} of {n} "
+                f"tasks have a final status: a result overlapped another task's or named a "
+                f"task that was never sent")
     ip, _, command = zip(*(k.partition(":") for k in keys))
-    status_codes = columns["status"]
     df = pd.DataFrame({
         **{k: v for k, v in run_info.items()},
         "task_id": ids, "batch_id": columns["batch_id"],
@@ -82,6 +100,10 @@ def summarize(df: pd.DataFrame, cpus: int | None = None) -> pd.DataFrame:
     for run, g in df.groupby("run", sort=True, observed=True):
         first = g.iloc[0]
         counts = g["status"].value_counts()
+        n_status = {f"n_{s}": int(counts.get(s, 0)) for s in P.STATUS_NAMES}
+        if sum(n_status.values()) != len(g):  # a record with no known status goes uncounted
+            raise InvariantError(f"run {run}: {len(g) - sum(n_status.values())} of {len(g)} "
+                                 f"records have no known status")
         received = g["t_received"].max()
         origin = g["t_intended"].min() if "t_intended" in g and g["t_intended"].notna().any() \
             else g["t_sent"].min()
@@ -94,7 +116,7 @@ def summarize(df: pd.DataFrame, cpus: int | None = None) -> pd.DataFrame:
         ideal_s = ideal.ideal_makespan(waits.tolist(), int(first["workers"]),
                                        str(first["strategy"]), releases=releases, cpus=cpus)
         row = {"run": run, **{a: first[a] for a in axes}, "n_tasks": len(g),
-               **{f"n_{s}": int(counts.get(s, 0)) for s in P.STATUS_NAMES},
+               **n_status,
                "makespan_s": makespan, "ideal_s": ideal_s,
                "efficiency": ideal_s / makespan if makespan > 0 else np.nan,
                "throughput_tps": len(g) / makespan if makespan > 0 else np.nan}

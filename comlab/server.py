@@ -246,6 +246,7 @@ class Server(Role):
         """Welcome a client once every idle worker has connected to it and warmed its threads,
         so neither connection set-up nor thread start-up lands inside the client's clock. Busy
         workers are told too, but not waited for."""
+        self.client_socket(reply_url)  # a bad URL is dropped here, before a worker sees it
         waiting = set(self.idle)
         for ident in list(self.workers):
             self.to_worker(ident, P.connect(reply_url, self.strategy, min(warm, 4096)))
@@ -278,6 +279,7 @@ class Server(Role):
 
     def on_batch(self, t_in, batch_id, reply_url, t_sent, task_ids, keys) -> None:
         reply_url = reply_url or self.reply_url
+        self.client_socket(reply_url)  # a bad URL is dropped here, before a worker sees it
         get = self.table.get
         entries = [get(k) for k in keys]
         if None in entries:
@@ -325,14 +327,30 @@ class Server(Role):
                 self.ip_status[ip] = status
         return status
 
-    def to_client(self, url: str, frame: bytes) -> None:
+    def client_socket(self, url: str) -> zmq.Socket:
+        """The PUSH socket to a client's result URL, connected once and kept (a few).
+
+        A URL libzmq refuses (or none at all: no reply URL and no server default, as in the
+        lab) is the sender's error: ProtocolError, so the message naming it is dropped and
+        counted. It used to raise ZMQError here, or in the worker it was passed on to, and
+        kill the server (a worker would die twice on it; its failed answer then hit this)."""
         sock = self.clients.get(url)
         if sock is None:
+            if not url:
+                raise P.ProtocolError("no reply URL, and the server has no default one")
             sock = self.socket(zmq.PUSH, curve_server=False)
-            sock.connect(url)
+            try:
+                sock.connect(url)
+            except zmq.ZMQError as exc:
+                self.close_socket(sock)
+                raise P.ProtocolError(f"bad reply URL {url!r}: {exc.strerror}") from None
             self.clients[url] = sock
             if len(self.clients) > worker_mod.MAX_CLIENT_SOCKETS:
                 self.close_socket(self.clients.popitem(last=False)[1])
+        return sock
+
+    def to_client(self, url: str, frame: bytes) -> None:
+        sock = self.client_socket(url)
         try:
             sock.send(frame, zmq.NOBLOCK)
         except zmq.Again:

@@ -172,7 +172,9 @@ def test_lost_remote_worker_batch_is_retried(make_data, server_proc, worker_host
     victims = workers_of(doomed)
 
     def kill_later():
-        time.sleep(0.2)  # inside the first round of batches (0.4 s each)
+        deadline = time.monotonic() + 15
+        while control(ctl, "stats")["busy"] < 4 and time.monotonic() < deadline:
+            time.sleep(0.01)  # until every worker holds a batch (0.4 s each)
         for p in victims:
             p.kill()
 
@@ -416,7 +418,10 @@ def test_worker_host_cut_off_is_noticed(namespaces, worker_hosts, make_data, tmp
              str(client_file), "4", f"tcp://{CLIENT_IP}:5556", f"tcp://{SERVER_IP}:5557",
              "--json", "--timeout", "30"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
             text=True)
-        time.sleep(0.8)  # the first batches are running, one of them on the worker host
+        deadline = time.monotonic() + 20
+        while control(ctl, "stats")["busy"] < 2:  # both workers hold a batch: cut now
+            assert time.monotonic() < deadline and client.poll() is None, "no batch running"
+            time.sleep(0.02)
         _ip("-n", ns["worker"], "link", "set", "eth0", "down")
         out, errs = client.communicate(timeout=35)
         assert client.returncode == 0, errs

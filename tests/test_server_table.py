@@ -17,6 +17,7 @@ def make_server(networks=(), reply_url="tcp://default:1", **kw):
     server = Server(TABLE, "tcp://127.0.0.1:0", reply_url, 0, networks=networks, **kw)
     server.sent, server.work = [], []
     server.to_client = lambda url, frame: server.sent.append((url, P.unpack(frame)))
+    server.client_socket = lambda url: None  # checks a reply URL by connecting: no sockets here
     server.dispatch = server.work.append
     return server
 
