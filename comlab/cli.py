@@ -47,7 +47,9 @@ def cmd_sweep(args) -> int:
             commands=args.commands, server_map=args.map, strategy=args.strategy,
             transport=args.transport, wait_scale=args.wait_scale, timeout=args.timeout,
             rate=args.rate if args.rate else None, progress=not args.no_progress,
-            results_dir=args.results_dir, name=args.name, networks=args.network)
+            results_dir=args.results_dir, name=args.name, networks=args.network,
+            remote_workers=args.remote_workers, workers_url=args.workers_url,
+            server_address=args.server_address, client_address=args.client_address)
     except (DataError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -105,6 +107,13 @@ def _add_sweep_args(p, defaults: dict) -> None:
     p.add_argument("--commands", default=None, help="commands file (default: shipped seed)")
     p.add_argument("--map", default=None, help="server map file (default: shipped seed)")
     p.add_argument("--network", action="append", default=[], metavar="CIDR")
+    p.add_argument("--remote-workers", type=int, default=0, metavar="N",
+                   help="wait for N workers of worker hosts (comlab worker-host) on each server")
+    p.add_argument("--workers-url", help="where worker hosts connect, e.g. tcp://0.0.0.0:5558")
+    p.add_argument("--server-address", default="127.0.0.1",
+                   help="interface of the server's batch socket (default loopback)")
+    p.add_argument("--client-address", default="127.0.0.1",
+                   help="interface of the client's result socket: reachable by worker hosts")
     p.add_argument("--name", default=defaults.get("name"))
     p.add_argument("--results-dir", default="results")
     p.add_argument("--no-progress", action="store_true")
