@@ -50,6 +50,8 @@ HEARTBEAT_IVL_MS = 1000      # ZMTP PINGs on every worker connection ...
 HEARTBEAT_TIMEOUT_MS = 3000  # ... which is dropped after this long without traffic
 PROBE_AGAIN_S = (0.05, 0.5)  # after a disconnect: probe now and again (the ROUTER may learn of
                              # the dead pipe a little after the monitor event arrives)
+# Messages a worker may send, by type: how many fields (see comlab.protocol).
+WORKER_MESSAGE_FIELDS = {P.READY: 5, P.DONE: 3, P.JOINED: 3, P.PONG: 4}
 HELLO_WAIT_S = 5.0  # a client is welcomed after this even if some worker never joined
 
 
@@ -380,7 +382,12 @@ class Server(Role):
         try:
             msg = P.unpack(frame)
             kind = msg[1]
-        except P.ProtocolError as exc:
+            if len(msg) != WORKER_MESSAGE_FIELDS.get(kind, len(msg)):
+                raise P.ProtocolError(f"{kind!r} message with {len(msg)} fields")
+            if kind == P.READY and not all(isinstance(x, t) for x, t in
+                                           zip(msg[2:], (str, str, int))):
+                raise P.ProtocolError(f"malformed READY {msg!r:.80}")
+        except (P.ProtocolError, TypeError) as exc:
             self.stats["dropped"] += 1
             log.warning("dropped a worker message from %r: %s", ident, exc)
             return
@@ -543,7 +550,7 @@ class Server(Role):
                                              "busy": len(self.busy), "idle": len(self.idle),
                                              "workers": list(self.workers.values())}]
             raise P.ProtocolError(f"unknown control request {kind!r}")
-        except (P.ProtocolError, ValueError, IndexError) as exc:
+        except (P.ProtocolError, ValueError, IndexError, TypeError) as exc:
             return [P.VERSION, "error", str(exc)]
 
     # -- teardown --------------------------------------------------------------------------

@@ -175,6 +175,8 @@ DEFAULT = ThreadPerTask.name
 
 def check(spec: str) -> str:
     """Validate a strategy spec early (server start), so a typo is not a worker's surprise."""
+    if not isinstance(spec, str):
+        raise ValueError(f"a strategy is named by a string, not {spec!r}")
     name, _, param = spec.partition(":")
     if name not in STRATEGIES:
         raise ValueError(f"unknown strategy {spec!r}; known: {', '.join(STRATEGIES)}")

@@ -26,7 +26,8 @@ task raising inside a strategy                 test_system.py::test_strategy_on_
                                                test_strategies.py::test_raising_task_fails_alone;
                                                test_faulty_tasks_fail_and_the_worker_lives_on
 garbage, truncated, wrong version to the       test_server_drops_bad_client_messages
-server's socket
+server's socket                                (worker endpoint and control socket:
+                                               test_server_drops_bad_worker_and_control_messages)
 oversized message to the server's socket       test_server_survives_an_oversized_message (libzmq
                                                drops the peer; not counted: see README, Security)
 garbage to the client's result socket          test_client_drops_garbage_results
@@ -450,6 +451,35 @@ def test_server_drops_bad_client_messages(make_data, free_url):
             log = f.read()
     assert log.count("dropped a client message") == len(bad), log
     assert "Traceback" not in log, log
+
+
+@pytest.mark.timeout(60)
+def test_server_drops_bad_worker_and_control_messages(make_data, free_url):
+    """A peer on the worker endpoint or the control socket cannot crash the server either."""
+    client_file, server_file = make_data(n=8, wait=0.0)
+    workers_url = free_url()
+    bad = [b"\xc1", P.pack([P.VERSION, P.READY]), P.pack([P.VERSION, P.READY, 1, 2, 3]),
+           P.pack([P.VERSION, P.READY, "x", "h", "pid"]), P.pack([P.VERSION, P.DONE]),
+           P.pack([P.VERSION, P.JOINED, 1, 2, 3]), P.pack([P.VERSION, "Z"])]
+    with lab_server(server_file, 1, workers_url=workers_url) as server:
+        ctx = zmq.Context()
+        try:
+            dealer = ctx.socket(zmq.DEALER)
+            dealer.setsockopt(zmq.LINGER, 0)
+            dealer.connect(workers_url)
+            for frame in bad:
+                dealer.send(frame)
+            wait_for(lambda: server.control("stats")["dropped"] >= len(bad), 10,
+                     "every bad worker message counted")
+        finally:
+            ctx.destroy(linger=0)
+        for request in (("strategy", 5), ("strategy", None), ("strategy",), ("nonsense",)):
+            with pytest.raises(ValueError):
+                server.control(*request)
+        assert server.proc.poll() is None, server.failure("the server died")
+        assert len(server.control("stats")["workers"]) == 1  # no phantom worker joined
+        run = Client(keys_of(client_file), 4, free_url(), server.url, timeout=20).run()
+        assert status_names(run.columns()) == ["ok"] * 8
 
 
 def _oversized_batch() -> bytes:
