@@ -94,7 +94,12 @@ def to_client_clock(columns: dict, offsets: dict, server_host: str) -> dict:
 
 
 def summarize(df: pd.DataFrame, cpus: int | None = None) -> pd.DataFrame:
-    """One row per run: axes, counts per status, makespan, ideal, efficiency, percentiles."""
+    """One row per run: axes, counts per status, makespan, ideal, efficiency, percentiles.
+
+    ``cpus`` (for the cpu-bound ideal) defaults to the CPU count of the machine that made the
+    records (``df.attrs``, set by run_experiment and load_results), else this machine's.
+    """
+    cpus = cpus or df.attrs.get("cpu_count")
     rows = []
     axes = [a for a in AXES + ("repeat", "rate") if a in df.columns]
     for run, g in df.groupby("run", sort=True, observed=True):
