@@ -12,6 +12,7 @@ import psutil
 import pytest
 
 import comlab
+from conftest import descendants
 from comlab import ideal
 from comlab.records import STAMPS
 
@@ -42,7 +43,7 @@ def test_sweep_records(sweep):
     for col in ("strategy", "transport", "status", "worker", "ip", "command", "experiment"):
         assert str(df[col].dtype) == "category", col
     assert str(df["response"].dtype) == "Int64"
-    assert not psutil.Process().children(recursive=True)
+    assert not descendants(), "run_experiment left processes behind"
 
 
 @pytest.mark.timeout(120)
