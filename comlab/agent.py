@@ -19,9 +19,16 @@ _LEN = struct.Struct("<Q")
 
 def write_frame(stream, obj) -> None:
     data = msgpack.packb(obj, use_bin_type=True, default=_encode)
-    stream.write(_LEN.pack(len(data)))
-    stream.write(data)
+    _write_all(stream, _LEN.pack(len(data)) + data)
     stream.flush()
+
+
+def _write_all(stream, data: bytes) -> None:
+    """A raw stream (stdout under python -u) may take only part of a write: loop, or a short
+    frame would leave the reader waiting for bytes that never come."""
+    view = memoryview(data)
+    while view:
+        view = view[stream.write(view):]
 
 
 def read_frame(stream):
