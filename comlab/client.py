@@ -13,6 +13,7 @@ omission). The hot loop only stores raw result messages; per-task columns are bu
 
 from __future__ import annotations
 
+import itertools
 import time
 from dataclasses import dataclass, field
 
@@ -73,39 +74,50 @@ class ClientRun:
         if self.t_intended is not None:
             cols["t_intended"] = np.repeat(np.asarray(self.t_intended, np.int64),
                                            self.batch_size)[:n]
-        for msg, t_rx in zip(self.messages, self.t_received):
-            (_, _, _, worker, host, attempt, _, t_in, t_enq, ids, statuses, responses,
-             starts, ends, errors) = msg
-            idx = np.asarray(ids, dtype=np.int64)
-            # A retried batch may answer twice: first wins. An id outside the run cannot be
-            # placed: skipped here, so the records' invariant check (accepted results vs tasks
-            # with a final status) reports it instead of an IndexError.
-            fresh = (idx >= 0) & (idx < n)
-            fresh[fresh] = cols["status"][idx[fresh]] == P.LOST
-            if not fresh.all():
-                idx, keep = idx[fresh], np.flatnonzero(fresh)
-                statuses = [statuses[i] for i in keep]
-                responses = [responses[i] for i in keep]
-                starts = [starts[i] for i in keep]
-                ends = [ends[i] for i in keep]
-                errors = None if errors is None else [errors[i] for i in keep]
-            if not len(idx):
-                continue
-            cols["status"][idx] = statuses
-            has = np.fromiter((r is not None for r in responses), bool, len(responses))
-            cols["has_response"][idx] = has
-            cols["response"][idx[has]] = [r for r in responses if r is not None]
-            cols["attempt"][idx] = attempt
-            cols["t_server_in"][idx] = t_in
-            cols["t_enqueued"][idx] = t_enq
-            cols["t_started"][idx] = starts
-            cols["t_finished"][idx] = ends
-            cols["t_received"][idx] = t_rx
-            cols["worker"][idx] = worker
-            cols["host"][idx] = host
-            if errors is not None:
-                cols["error"][idx] = errors
+        if self.messages:
+            self._place(cols, n)
         return cols
+
+    def _place(self, cols: dict, n: int) -> None:
+        """Put every accepted result in its task's row, all messages at once (numpy), not a
+        message at a time: a batch-1 run has as many messages as tasks."""
+        msgs = self.messages
+        chain = itertools.chain.from_iterable
+        lengths = np.fromiter((len(m[9]) for m in msgs), np.int64, len(msgs))
+        total = int(lengths.sum())
+        ids = np.fromiter(chain(m[9] for m in msgs), np.int64, total)
+        # A retried batch may answer twice: the first answer wins. An id outside the run cannot
+        # be placed: skipped here, so the records' invariant check (accepted results vs tasks
+        # with a final status) reports it instead of an IndexError.
+        inside = np.flatnonzero((ids >= 0) & (ids < n))
+        _, first = np.unique(ids[inside], return_index=True)
+        take = inside[first]
+        idx = ids[take]
+        of_msg = np.repeat(np.arange(len(msgs)), lengths)[take]
+
+        def per_task(field, dtype):
+            return np.fromiter(chain(m[field] for m in msgs), dtype, total)[take]
+
+        def per_message(field, dtype=np.int64):
+            return np.array([m[field] for m in msgs], dtype=dtype)[of_msg]
+
+        cols["status"][idx] = per_task(10, np.int8)
+        responses = np.array(list(chain(m[11] for m in msgs)), dtype=object)[take]
+        has = responses != None  # noqa: E711 (elementwise on an object array)
+        cols["has_response"][idx] = has
+        cols["response"][idx[has]] = responses[has].astype(np.int64)
+        cols["t_started"][idx] = per_task(12, np.int64)
+        cols["t_finished"][idx] = per_task(13, np.int64)
+        cols["attempt"][idx] = per_message(5, np.int8)
+        cols["t_server_in"][idx] = per_message(7)
+        cols["t_enqueued"][idx] = per_message(8)
+        cols["t_received"][idx] = np.asarray(self.t_received, np.int64)[of_msg]
+        cols["worker"][idx] = per_message(3, object)
+        cols["host"][idx] = per_message(4, object)
+        if any(m[14] is not None for m in msgs):
+            errors = np.array(list(chain(m[14] if m[14] is not None else [None] * len(m[9])
+                                         for m in msgs)), dtype=object)
+            cols["error"][idx] = errors[take]
 
     def summary(self) -> dict:
         """The figures the command line prints: counts per status, sum, elapsed."""

@@ -74,6 +74,7 @@ class ResultStore:
             for part in (self.path / PARTS).glob("*.parquet"):
                 part.unlink()
         self._t0 = time.perf_counter()
+        self._frames: dict[str, pd.DataFrame] = {}
         self.write_meta()
 
     def read_meta(self) -> dict | None:
@@ -89,6 +90,7 @@ class ResultStore:
     def save_run(self, df: pd.DataFrame, entry: dict) -> None:
         part = f"run-{entry['run']:05d}.parquet"
         df.to_parquet(self.path / PARTS / part, index=False)
+        self._frames[part] = df  # finish() joins these without reading them back
         self.meta["runs"].append({**entry, "part": part})
         self.write_meta()
 
@@ -100,15 +102,17 @@ class ResultStore:
         tmp.replace(self.path / META)
 
     def finish(self) -> pd.DataFrame:
-        df = load_parts(self.path, [r["part"] for r in self.meta["runs"]])
+        df = load_parts(self.path, [r["part"] for r in self.meta["runs"]], self._frames)
         df.to_parquet(self.path / RECORDS, index=False)
         self.write_meta()
         df.attrs["cpu_count"] = self.meta["environment"]["cpu_count"]
         return df
 
 
-def load_parts(path: Path, parts: list) -> pd.DataFrame:
-    frames = [pd.read_parquet(path / PARTS / p) for p in parts if (path / PARTS / p).exists()]
+def load_parts(path: Path, parts: list, in_memory: dict | None = None) -> pd.DataFrame:
+    in_memory = in_memory or {}
+    frames = [in_memory[p] if p in in_memory else pd.read_parquet(path / PARTS / p)
+              for p in parts if p in in_memory or (path / PARTS / p).exists()]
     if not frames:
         return pd.DataFrame()
     return restore_dtypes(pd.concat(frames, ignore_index=True))
