@@ -40,8 +40,10 @@ class Role:
 
     # -- the template ---------------------------------------------------------------------
     def run(self):
-        self.ctx = zmq.Context()
+        self.ctx = None
         try:
+            self.prepare()
+            self.ctx = zmq.Context()
             self.setup()
             return self.loop()
         finally:
@@ -49,6 +51,9 @@ class Role:
                 self.teardown()
             finally:
                 self._close()
+
+    def prepare(self) -> None:
+        """Work that must happen before the process has a context (and so threads): forking."""
 
     def setup(self) -> None:
         pass
@@ -90,7 +95,8 @@ class Role:
         self._sockets.clear()
         if self.security is not None:
             self.security.stop_auth()
-        terminate_context(self.ctx, self.term_timeout_s)
+        if self.ctx is not None:
+            terminate_context(self.ctx, self.term_timeout_s)
 
 
 def bind_or_explain(sock: zmq.Socket, url: str) -> str:

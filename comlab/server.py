@@ -77,6 +77,12 @@ class Server(Role):
         self.security = security
         self.max_pending = max_pending or 2 * max(max_workers, 1) + 16
         self.mp = multiprocessing.get_context(start_method)
+        if start_method == "forkserver":
+            self.mp.set_forkserver_preload(["comlab.worker"])
+        # Fork only from a process with one thread (run_server's): never from a notebook's.
+        self.fork_first = ("fork" in multiprocessing.get_all_start_methods()
+                           and threading.active_count() == 1)
+        self.poller = None
         self.log_level = log_level
         self.pending: deque[list] = deque()
         self.idle: deque[bytes] = deque()
@@ -99,8 +105,19 @@ class Server(Role):
         self.startup_s = None
 
     # -- setup ------------------------------------------------------------------------------
+    def prepare(self):
+        """Fork the initial pool now, while this process has no thread and no zmq context:
+        fork is the fastest start (32 workers: ~0.1 s vs ~0.6 s through a forkserver) and safe
+        only here. Replacements, started later from a threaded process, use the forkserver."""
+        self._t0 = time.perf_counter()
+        self.local_url, self._ipc_dir = local_endpoint()
+        if self.max_workers and self.fork_first:
+            fork = multiprocessing.get_context("fork")
+            for _ in range(self.max_workers):
+                self.start_worker(fork)
+
     def setup(self):
-        t0 = time.perf_counter()
+        t0 = self._t0
         self.pull = self.socket(zmq.PULL, bind=self.bind_url, curve_server=True)
         self.bound_url = self.pull.getsockopt_string(zmq.LAST_ENDPOINT)
         self.router = self.socket(zmq.ROUTER, router_mandatory=1, curve_server=True,
@@ -111,7 +128,6 @@ class Server(Role):
         # shows here; the remote workers are then probed (local ones have sentinels).
         self.monitor = self.router.get_monitor_socket(zmq.EVENT_DISCONNECTED)
         self._sockets.append(self.monitor)
-        self.local_url, self._ipc_dir = local_endpoint()
         self.router.bind(self.local_url)
         if self.workers_url:
             from .role import bind_or_explain
@@ -130,10 +146,10 @@ class Server(Role):
         self.signal_fd = self.wake_on_signals()
         if self.signal_fd is not None:
             self.poller.register(self.signal_fd, zmq.POLLIN)
+        for sentinel in self.procs:
+            self.poller.register(sentinel, zmq.POLLIN)
         if self.max_workers:
-            if self.mp.get_start_method() == "forkserver":
-                self.mp.set_forkserver_preload(["comlab.worker"])
-            for _ in range(self.max_workers):
+            while len(self.procs) < self.max_workers:
                 self.start_worker()
             self.wait_for_workers(self.max_workers)
         self.poller.register(self.monitor, zmq.POLLIN)
@@ -159,14 +175,16 @@ class Server(Role):
                 "workers": len(self.workers), "strategy": self.strategy,
                 "startup_s": self.startup_s}
 
-    def start_worker(self) -> None:
+    def start_worker(self, mp=None) -> None:
         name = f"w{self._next_worker}"
         self._next_worker += 1
-        proc = self.mp.Process(target=worker_mod.main, name=f"comlab-{name}", daemon=True,
-                               args=(self.local_url, name, self.log_level, self.security))
+        proc = (mp or self.mp).Process(target=worker_mod.main, name=f"comlab-{name}",
+                                       daemon=True, args=(self.local_url, name, self.log_level,
+                                                          self.security))
         proc.start()
         self.procs[proc.sentinel] = (proc, name.encode())
-        self.poller.register(proc.sentinel, zmq.POLLIN)
+        if self.poller is not None:
+            self.poller.register(proc.sentinel, zmq.POLLIN)
 
     def wait_for_workers(self, n: int) -> None:
         deadline = time.monotonic() + READY_TIMEOUT_S

@@ -45,8 +45,10 @@ class Worker(Role):
         self.clients: OrderedDict[str, zmq.Socket] = OrderedDict()
 
     def setup(self):
+        # Forked workers may connect before the server binds: retry after 10 ms (doubling to
+        # 1 s), not libzmq's default 100 ms, which would be most of a pool's start-up.
         self.server = self.socket(zmq.DEALER, connect=None, routing_id=self.name.encode(),
-                                  curve_server=False)
+                                  curve_server=False, reconnect_ivl=10, reconnect_ivl_max=1000)
         # Each handshake after the first is a new connection (server restarted, network back):
         # say READY again, so a server that never met us takes us on.
         self.monitor = self.server.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED)
@@ -168,5 +170,6 @@ def main(server_url: str, name: str, log_level: int = logging.WARNING, security=
     """Entry point of a worker process (a multiprocessing target: lives in the package)."""
     die_with_parent()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the server's to handle
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a forked worker inherits the server's
     logging.basicConfig(level=log_level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     Worker(server_url, name, security=security).run()
