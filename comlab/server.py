@@ -52,6 +52,8 @@ PROBE_AGAIN_S = (0.05, 0.5)  # after a disconnect: probe now and again (the ROUT
                              # the dead pipe a little after the monitor event arrives)
 # Messages a worker may send, by type: how many fields (see comlab.protocol).
 WORKER_MESSAGE_FIELDS = {P.READY: 5, P.DONE: 3, P.JOINED: 3, P.PONG: 4}
+SHORT_QUEUE_S = 0.001  # a busy worker may hold more batches while they sum to <= 1 ms of waits
+SHORT_QUEUE_MAX = 4    # ... and at most this many
 HELLO_WAIT_S = 5.0  # a client is welcomed after this even if some worker never joined
 
 
@@ -86,7 +88,8 @@ class Server(Role):
         self.log_level = log_level
         self.pending: deque[list] = deque()
         self.idle: deque[bytes] = deque()
-        self.busy: dict[bytes, list] = {}
+        self.busy: dict[bytes, deque] = {}        # routing id -> (work, sum of waits), in order
+        self.short: deque[bytes] = deque()         # busy workers that may queue one more
         self.workers: dict[bytes, dict] = {}      # routing id -> name, host, pid
         self.procs: dict[int, tuple] = {}         # sentinel fd -> (Process, routing id)
         self.clients: OrderedDict[str, zmq.Socket] = OrderedDict()
@@ -379,12 +382,35 @@ class Server(Role):
 
     # -- workers ---------------------------------------------------------------------------
     def dispatch(self, work: list) -> None:
-        while self.idle:
-            ident = self.idle.popleft()
-            if self.to_worker(ident, P.pack(work)):
-                self.busy[ident] = work
-                return
+        """An idle worker gets the batch; failing that, a worker whose queue holds less than
+        SHORT_QUEUE_S of work; failing that, it waits in pending."""
+        for candidates in (self.idle, self.short):
+            while candidates:
+                ident = candidates.popleft()
+                if candidates is self.short and not self.takes_more(ident):
+                    continue
+                if self.give(ident, work):
+                    return
         self.pending.append(work)
+
+    def give(self, ident: bytes, work: list) -> bool:
+        if not self.to_worker(ident, P.pack(work)):
+            return False
+        held = self.busy.get(ident)
+        if held is None:
+            held = self.busy[ident] = deque()
+        held.append((work, sum(work[11])))
+        if self.takes_more(ident):
+            self.short.append(ident)
+        return True
+
+    def takes_more(self, ident: bytes) -> bool:
+        """May this busy worker queue one more batch? Only behind less than SHORT_QUEUE_S of
+        expected work (the sum of the waits it holds), so a batch is never stranded behind a
+        slow one, while a worker on tiny batches never idles for the DONE -> WORK round trip."""
+        held = self.busy.get(ident)
+        return (held is not None and len(held) < SHORT_QUEUE_MAX
+                and sum(s for _, s in held) <= SHORT_QUEUE_S)
 
     def to_worker(self, ident: bytes, frame: bytes) -> bool:
         try:
@@ -412,7 +438,14 @@ class Server(Role):
         if kind == P.DONE:
             if ident not in self.workers:  # a worker we forgot, or an earlier server's
                 return                     # (it says READY when it reconnects)
-            self.busy.pop(ident, None)
+            held = self.busy.get(ident)
+            if held:
+                held.popleft()  # a worker runs its batches in the order it got them
+                if held:
+                    if self.pending and self.takes_more(ident):
+                        self.give(ident, self.pending.popleft())
+                    return
+                del self.busy[ident]
         elif kind == P.JOINED:
             self.on_joined(ident)
             return
@@ -431,9 +464,7 @@ class Server(Role):
             return
         if self.pending:
             work = self.pending.popleft()
-            if self.to_worker(ident, P.pack(work)):
-                self.busy[ident] = work
-            else:
+            if not self.give(ident, work):
                 self.pending.appendleft(work)
         else:
             self.idle.append(ident)
@@ -525,18 +556,22 @@ class Server(Role):
             self.idle.remove(ident)
         except ValueError:
             pass
-        work = self.busy.pop(ident, None)
-        if work is None:
-            return
-        name = ident.decode(errors="replace")
+        held = self.busy.pop(ident, None)
+        if held:
+            name = ident.decode(errors="replace")
+            for work, _ in reversed(held):
+                self.lost_batch(work, name)
+            while self.idle and self.pending:
+                self.dispatch(self.pending.popleft())
+
+    def lost_batch(self, work: list, name: str) -> None:
+        """Retry a batch a vanished worker held, once; the second time its tasks fail."""
         if work[8] == 0:
             self.stats["retried"] += 1
             retry = list(work)
             retry[8] = 1
             log.warning("batch %s lost with worker %s: retrying it", work[2], name)
             self.pending.appendleft(retry)
-            while self.idle and self.pending:
-                self.dispatch(self.pending.popleft())
         else:
             self.stats["failed"] += len(work[9])
             t = now()
