@@ -15,7 +15,6 @@ import ipaddress
 import itertools
 import os
 import shutil
-import tempfile
 import time
 from pathlib import Path
 

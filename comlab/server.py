@@ -19,7 +19,6 @@ vanished peer fails, and its batch is retried like a dead local worker's.
 
 from __future__ import annotations
 
-import contextlib
 import ipaddress
 import logging
 import multiprocessing
@@ -39,6 +38,7 @@ from . import __version__
 from . import protocol as P
 from . import strategies
 from .role import HOST, Role
+from .signals import WakeupPipe, ignored_signals
 from . import worker as worker_mod
 
 log = logging.getLogger("comlab.server")
@@ -146,7 +146,8 @@ class Server(Role):
             self.poller.register(self.control, zmq.POLLIN)
         if self.watch_fd is not None:
             self.poller.register(self.watch_fd, zmq.POLLIN)
-        self.signal_fd = self.wake_on_signals()
+        self.wakeup = WakeupPipe.open()
+        self.signal_fd = self.wakeup.fd if self.wakeup is not None else None
         if self.signal_fd is not None:
             self.poller.register(self.signal_fd, zmq.POLLIN)
         for sentinel in self.procs:
@@ -159,18 +160,6 @@ class Server(Role):
         self.startup_s = time.perf_counter() - t0
         if self.on_ready is not None:
             self.on_ready(self.info())
-
-    def wake_on_signals(self) -> int | None:
-        """A pipe Python's C signal handler writes to (signal.set_wakeup_fd), polled with the
-        sockets: a signal landing between Python's signal check and zmq_poll() would otherwise
-        wait, unhandled, for the next message (a SIGTERM to an idle server was lost)."""
-        if threading.current_thread() is not threading.main_thread():
-            return None
-        r, w = os.pipe()
-        os.set_blocking(r, False)
-        os.set_blocking(w, False)
-        self._wakeup = (r, w, signal.set_wakeup_fd(w, warn_on_full_buffer=False))
-        return r
 
     def info(self) -> dict:
         return {"version": __version__, "pid": os.getpid(), "host": HOST, "bind": self.bound_url,
@@ -198,7 +187,7 @@ class Server(Role):
                                    f"after {READY_TIMEOUT_S:.0f} s")
             for sock, _ in self.poller.poll(left * 1000):
                 if sock == self.signal_fd:
-                    _drain_fd(sock)  # the handler (if it raises) has run by now
+                    self.wakeup.drain()  # the handler (if it raises) has run by now
                 elif sock is self.router:
                     self.on_worker_message(*self.router.recv_multipart())
                 elif sock in self.procs:
@@ -227,7 +216,7 @@ class Server(Role):
                 elif sock is control and control is not None:
                     control.send(P.pack(self.on_control(control.recv())))
                 elif sock == self.signal_fd:
-                    _drain_fd(sock)
+                    self.wakeup.drain()
                 elif sock == self.watch_fd:
                     if not os.read(self.watch_fd, 4096):
                         log.info("parent gone (watched fd closed): stopping")
@@ -617,34 +606,9 @@ class Server(Role):
             finally:
                 if getattr(self, "_ipc_dir", None):
                     shutil.rmtree(self._ipc_dir, ignore_errors=True)
-                wakeup = getattr(self, "_wakeup", None)
-                if wakeup is not None:
-                    signal.set_wakeup_fd(wakeup[2])
-                    os.close(wakeup[0])
-                    os.close(wakeup[1])
-                    self._wakeup = None
-
-
-def _drain_fd(fd: int) -> None:
-    try:
-        while os.read(fd, 4096):
-            pass
-    except BlockingIOError:
-        pass
-
-
-@contextlib.contextmanager
-def ignored_signals(*signums):
-    """A second Ctrl-C must not interrupt the teardown that the first one started."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    old = {s: signal.signal(s, signal.SIG_IGN) for s in signums}
-    try:
-        yield
-    finally:
-        for s, handler in old.items():
-            signal.signal(s, handler)
+                if getattr(self, "wakeup", None) is not None:
+                    self.wakeup.close()
+                    self.wakeup = None
 
 
 def local_endpoint() -> tuple[str, str | None]:

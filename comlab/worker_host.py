@@ -28,10 +28,10 @@ import os
 import selectors
 import signal
 import sys
-import threading
 import time
 
 from .role import HOST
+from .signals import WakeupPipe
 
 log = logging.getLogger("comlab.worker_host")
 
@@ -86,8 +86,8 @@ class WorkerHost:
                 if self.restarts:
                     timeout = max(0.0, min(self.restarts) - time.monotonic())
                 for key, _ in self.sel.select(timeout):
-                    if wakeup is not None and key.fd == wakeup[0]:
-                        _drain(wakeup[0])
+                    if wakeup is not None and key.fd == wakeup[0].fd:
+                        wakeup[0].drain()
                     elif key.fd in self.procs:
                         self.on_exit(key.fd)
                 t = time.monotonic()
@@ -100,10 +100,8 @@ class WorkerHost:
             self.stop()
             self.sel.close()
             if wakeup is not None:
-                signal.set_wakeup_fd(wakeup[2])
-                os.close(wakeup[0])
-                os.close(wakeup[1])
-                for signum, handler in wakeup[3].items():
+                wakeup[0].close()
+                for signum, handler in wakeup[1].items():
                     signal.signal(signum, handler)
 
     def info(self) -> dict:
@@ -153,28 +151,17 @@ class WorkerHost:
         self.procs.clear()
 
     def _catch_signals(self):
-        """SIGINT/SIGTERM set the stop flag; a wakeup fd makes the select return at once."""
-        if threading.current_thread() is not threading.main_thread():
+        """SIGINT/SIGTERM set the stop flag; the wakeup pipe makes the select return at once."""
+        wakeup = WakeupPipe.open()
+        if wakeup is None:
             return None
 
         def handler(signum, frame):
             self._stop = True
 
-        r, w = os.pipe()
-        os.set_blocking(r, False)
-        os.set_blocking(w, False)
-        old_fd = signal.set_wakeup_fd(w, warn_on_full_buffer=False)
         old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
-        self.sel.register(r, selectors.EVENT_READ)
-        return r, w, old_fd, old
-
-
-def _drain(fd: int) -> None:
-    try:
-        while os.read(fd, 4096):
-            pass
-    except BlockingIOError:
-        pass
+        self.sel.register(wakeup.fd, selectors.EVENT_READ)
+        return wakeup, old
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

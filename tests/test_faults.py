@@ -60,7 +60,6 @@ import threading
 import time
 
 import numpy as np
-import pandas as pd
 import psutil
 import pytest
 import zmq

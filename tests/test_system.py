@@ -11,28 +11,12 @@ import sys
 import time
 
 import numpy as np
-import psutil
 import pytest
 
 from comlab import data
 from comlab import protocol as P
 from comlab.client import Client
-
-
-def wait_gone(procs, timeout):
-    """Poll until every process is gone (a zombie counts as gone); return the ones left."""
-    def alive(p):
-        try:
-            return p.is_running() and p.status() != psutil.STATUS_ZOMBIE
-        except psutil.Error:
-            return False
-
-    deadline = time.monotonic() + timeout
-    left = [p for p in procs if alive(p)]
-    while left and time.monotonic() < deadline:
-        time.sleep(0.02)
-        left = [p for p in left if alive(p)]
-    return left
+from conftest import wait_gone
 
 
 def run_client(client_file, batch, server_url, bind_url, *extra, timeout=60.0):
