@@ -620,7 +620,7 @@ def local_endpoint() -> tuple[str, str | None]:
     return f"ipc://{path}/workers", path
 
 
-def stop_processes(procs, grace_s: float) -> None:
+def stop_processes(procs, grace_s: float, term_wait_s: float = 0.3) -> None:
     """Wait for processes to stop, then terminate, then kill: bounded, nothing survives."""
     deadline = time.monotonic() + grace_s
     for p in procs:
@@ -628,7 +628,7 @@ def stop_processes(procs, grace_s: float) -> None:
     for p in procs:
         if p.is_alive():
             p.terminate()
-    deadline = time.monotonic() + 0.3
+    deadline = time.monotonic() + term_wait_s
     for p in procs:
         p.join(max(0.0, deadline - time.monotonic()))
     for p in procs:

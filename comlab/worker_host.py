@@ -31,6 +31,7 @@ import sys
 import time
 
 from .role import HOST
+from .server import stop_processes
 from .signals import WakeupPipe
 
 log = logging.getLogger("comlab.worker_host")
@@ -135,17 +136,7 @@ class WorkerHost:
     def stop(self) -> None:
         """SIGTERM every worker, SIGKILL what is left after STOP_GRACE_S."""
         self._stop = True
-        procs = [p for p, _ in self.procs.values()]
-        for p in procs:
-            if p.is_alive():
-                p.terminate()
-        deadline = time.monotonic() + STOP_GRACE_S
-        for p in procs:
-            p.join(max(0.0, deadline - time.monotonic()))
-        for p in procs:
-            if p.is_alive():
-                p.kill()
-                p.join(0.4)
+        stop_processes([p for p, _ in self.procs.values()], 0.0, term_wait_s=STOP_GRACE_S)
         for sentinel in list(self.procs):
             self.sel.unregister(sentinel)
         self.procs.clear()
