@@ -16,6 +16,7 @@ import itertools
 import os
 import shutil
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -178,7 +179,10 @@ def run_experiment(batch_sizes=(1, 4, 16, 64), workers=(1, 4, 16, 32), repeats: 
         if server is not None:
             server.stop()
             server = None
-        store.finish()
+        try:
+            store.finish()  # join what finished; never mask the exception that got us here
+        except Exception as exc:
+            warnings.warn(f"could not join the finished runs of {store.path}: {exc}")
         raise
     finally:
         if server is not None:
