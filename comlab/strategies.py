@@ -16,6 +16,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
+from .gang import Gang
 from .protocol import FAILED, OK
 
 now = time.monotonic_ns
@@ -73,14 +74,55 @@ class Sequential(Strategy):
         return [timed(r, w) for r, w in zip(responses, waits)]
 
 
-class _Threaded(Strategy):
-    """Runs waiting tasks on a kept executor; zero-wait tasks inline (no thread hop)."""
+class ThreadPerTask(Strategy):
+    """Every task of a batch on a thread of its own at once (the seed's design).
 
-    max_threads = 4096
+    The threads are a kept gang (comlab.gang): no task waits for a thread, none is started per
+    task once warm (CONNECT warms the gang to the batch size before a client's clock starts),
+    and a batch costs one wake-up per task plus one for the worker. Zero-wait tasks run inline.
+    """
+
+    name = "thread-per-task"
+    doc = "every task of a batch at once on its own (reused) thread"
 
     def __init__(self, param=None):
         super().__init__(param)
-        self.pool = ThreadPoolExecutor(self.max_threads, thread_name_prefix=self.name)
+        self.gang = Gang(self.name)
+
+    def map(self, responses, waits):
+        timed = self.timed
+        rows = [timed(r, w) if w <= 0 else None for r, w in zip(responses, waits)]
+        slow = [i for i, row in enumerate(rows) if row is None]
+        if slow:
+            done = self.gang.map(timed, [(responses[i], waits[i]) for i in slow])
+            for i, row in zip(slow, done):
+                rows[i] = row if isinstance(row, tuple) else _crashed(row)
+        return rows
+
+    def warm(self, n):
+        self.gang.warm(min(n, 4096))
+
+    def close(self):
+        self.gang.close()
+
+
+def _crashed(exc: BaseException) -> tuple:
+    t = now()
+    return None, t, t, f"{type(exc).__name__}: {exc}"
+
+
+class ThreadPool(Strategy):
+    """A bounded pool smaller than a batch: tasks queue for threads. Zero-wait tasks inline."""
+
+    name = "thread-pool"
+    doc = "a bounded pool of N threads (thread-pool:N, default 4); tasks queue for threads"
+
+    def __init__(self, param=None):
+        super().__init__(param)
+        self.size = int(param) if param else 4
+        if self.size < 1:
+            raise ValueError("thread-pool needs at least 1 thread")
+        self.pool = ThreadPoolExecutor(self.size, thread_name_prefix=self.name)
 
     def map(self, responses, waits):
         timed = self.timed
@@ -89,8 +131,8 @@ class _Threaded(Strategy):
         return [row.result() if not isinstance(row, tuple) else row for row in rows]
 
     def warm(self, n):
-        """Start up to n threads now: n tasks that wait for each other force one thread each."""
-        n = min(n, self.max_threads)
+        """Start the pool's threads now: tasks that wait for each other force one thread each."""
+        n = min(n, self.size)
         if n < 2:
             return
         barrier = threading.Barrier(n)
@@ -101,29 +143,7 @@ class _Threaded(Strategy):
         self.pool.shutdown(wait=False, cancel_futures=True)
 
 
-class ThreadPerTask(_Threaded):
-    """Every task of a batch on a thread of its own at once (the seed's design).
-
-    ThreadPoolExecutor only starts a thread when none is idle, and threads are kept between
-    batches, so no task waits for a thread and no thread is started per task once warm.
-    """
-
-    name = "thread-per-task"
-    doc = "every task of a batch at once on its own (reused) thread"
-
-
-class ThreadPool(_Threaded):
-    name = "thread-pool"
-    doc = "a bounded pool of N threads (thread-pool:N, default 4); tasks queue for threads"
-
-    def __init__(self, param=None):
-        self.max_threads = int(param) if param else 4
-        if self.max_threads < 1:
-            raise ValueError("thread-pool needs at least 1 thread")
-        super().__init__(param)
-
-
-class CpuBound(_Threaded):
+class CpuBound(ThreadPerTask):
     """Busy work worth ``wait`` seconds of one core's CPU time instead of a sleep, thread per task.
 
     A task computes until its own thread has used ``wait`` s of CPU (time.thread_time), so its

@@ -6,6 +6,7 @@ they do not measure performance.
 
 from __future__ import annotations
 
+import threading
 import time
 
 import pytest
@@ -82,17 +83,39 @@ def test_thread_per_task_runs_tasks_at_once_and_reuses_threads(cache):
     first = time.perf_counter() - t0
     assert statuses == [OK] * 8
     assert 0.2 <= first < 1.0, f"8 tasks of 0.2 s took {first:.2f} s: not concurrent"
-    threads = len(s.pool._threads)
-    assert 1 <= threads <= 8
+    assert len(s.gang._all) == 8  # a thread of its own for each task
 
-    _wait_all_idle(s.pool)
     t0 = time.perf_counter()
     statuses, *_ = _check_columns(s.run([1] * 8, [0.2] * 8), 8)
     second = time.perf_counter() - t0
     assert statuses == [OK] * 8
     assert second < 1.0
-    assert len(s.pool._threads) == threads, "a second batch started new threads"
-    assert cache.get("thread-per-task") is s  # one instance per spec: the pool is kept
+    assert len(s.gang._all) == 8, "a second batch started new threads"
+    assert cache.get("thread-per-task") is s  # one instance per spec: the threads are kept
+
+
+def test_gang_runs_each_job_on_its_own_thread_and_keeps_them():
+    from comlab.gang import Gang
+    gang = Gang("t")
+    barrier = threading.Barrier(5, timeout=5)  # would time out unless all 5 run at once
+
+    def job(i):
+        barrier.wait()
+        if i == 3:
+            raise ValueError("three")
+        return i, threading.get_ident()
+
+    out = gang.map(job, [(i,) for i in range(5)])
+    assert [o[0] for i, o in enumerate(out) if i != 3] == [0, 1, 2, 4]
+    assert isinstance(out[3], ValueError)
+    assert len({o[1] for i, o in enumerate(out) if i != 3}) == 4
+    gang.warm(7)
+    assert len(gang._all) == 7 and len(gang._parked) == 7
+    assert gang.map(job, []) == []
+    gang.close()
+    for slot in gang._all:
+        slot.thread.join(2)
+        assert not slot.thread.is_alive()
 
 
 def test_thread_pool_2_queues_tasks(cache):
@@ -106,7 +129,7 @@ def test_thread_pool_2_queues_tasks(cache):
 
 
 def test_thread_pool_default_size(cache):
-    assert cache.get("thread-pool").max_threads == 4
+    assert cache.get("thread-pool").size == 4
 
 
 def test_sequential_waits_add_up(cache):

@@ -1,0 +1,102 @@
+"""A gang of kept threads: each job of a call gets a thread of its own, at once.
+
+What thread-per-task needs, and no more. ThreadPoolExecutor pays, per task, a Future, a queue
+hand-off and (waiting on futures in order) a wake-up of the caller for each result; here a job
+costs one lock release to wake its parked thread, and the caller wakes once, when the last job
+of the call is done. Threads are kept between calls, so none is started per job once warm, and
+new ones are started only when a call has more jobs than threads are parked.
+"""
+
+from __future__ import annotations
+
+import threading
+
+
+class _Call:
+    __slots__ = ("results", "left", "lock", "done")
+
+    def __init__(self, n: int) -> None:
+        self.results = [None] * n
+        self.left = n
+        self.lock = threading.Lock()
+        self.done = threading.Lock()
+        self.done.acquire()
+
+
+class _Slot:
+    """One kept thread, parked on its own lock until it is given a job."""
+
+    __slots__ = ("go", "job", "thread")
+
+    def __init__(self, gang: Gang) -> None:
+        self.go = threading.Lock()
+        self.go.acquire()
+        self.job = None
+        self.thread = threading.Thread(target=gang._serve, args=(self,), daemon=True,
+                                       name=f"{gang.name}-{len(gang._all)}")
+        self.thread.start()
+
+
+class Gang:
+    def __init__(self, name: str = "gang") -> None:
+        self.name = name
+        self._parked: list[_Slot] = []
+        self._all: list[_Slot] = []
+        self._lock = threading.Lock()
+
+    def map(self, fn, args_list: list) -> list:
+        """fn(*args) for every args, each on its own thread at once; results in order."""
+        n = len(args_list)
+        if not n:
+            return []
+        call = _Call(n)
+        for i, slot in enumerate(self._take(n)):
+            slot.job = (fn, args_list[i], i, call)
+            slot.go.release()
+        call.done.acquire()
+        return call.results
+
+    def warm(self, n: int) -> None:
+        """Have at least n threads parked, started now rather than during a call."""
+        self._park(self._take(n))
+
+    def close(self) -> None:
+        """Let every parked thread end (daemon threads: a busy one ends with the process)."""
+        with self._lock:
+            parked, self._parked = self._parked, []
+        for slot in parked:
+            slot.job = None
+            slot.go.release()
+
+    def _take(self, n: int) -> list[_Slot]:
+        with self._lock:
+            k = min(n, len(self._parked))
+            slots = self._parked[len(self._parked) - k:]
+            del self._parked[len(self._parked) - k:]
+        while len(slots) < n:
+            slot = _Slot(self)
+            self._all.append(slot)
+            slots.append(slot)
+        return slots
+
+    def _park(self, slots: list[_Slot]) -> None:
+        with self._lock:
+            self._parked.extend(slots)
+
+    def _serve(self, slot: _Slot) -> None:
+        while True:
+            slot.go.acquire()
+            if slot.job is None:
+                return
+            fn, args, i, call = slot.job
+            slot.job = None
+            try:
+                call.results[i] = fn(*args)
+            except BaseException as exc:  # the caller decides; a job must not kill its thread
+                call.results[i] = exc
+            self._park([slot])
+            with call.lock:
+                call.left -= 1
+                last = call.left == 0
+            if last:
+                call.done.release()
