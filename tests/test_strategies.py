@@ -66,16 +66,6 @@ def test_zero_wait_never_sleeps(cache, spec, monkeypatch):
         assert statuses == [OK] * n and errors is None and outs == list(range(n))
 
 
-def _wait_all_idle(pool, timeout=2.0):
-    """Until every thread of the pool went back to waiting for work (a worker always has a
-    send-and-receive between batches; a test calling run() back to back does not)."""
-    idle = getattr(pool, "_idle_semaphore", None)
-    deadline = time.monotonic() + timeout
-    while (idle is not None and idle._value < len(pool._threads)
-           and time.monotonic() < deadline):
-        time.sleep(0.005)
-
-
 def test_thread_per_task_runs_tasks_at_once_and_reuses_threads(cache):
     s = cache.get("thread-per-task")
     t0 = time.perf_counter()
