@@ -19,12 +19,12 @@ import sys
 import time
 from pathlib import Path
 
-from comlab.results import environment
+from comlab.lab.results import environment
 
 from . import report, sections
 
 NOTES = [
-    "zero-wait: a task of wait 0 runs inline in every strategy (comlab/strategies.py), so "
+    "zero-wait: a task of wait 0 runs inline in every strategy (comlab/system/strategies.py), so "
     "thread-per-task, thread-pool and sequential do the same work there: differences are noise; "
     "cpu-bound is skipped (with wait 0 it is sequential too).",
     "ratio = figure / reference, both from this run; spreads are [min..max n=repeats] around "

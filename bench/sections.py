@@ -15,7 +15,7 @@ import numpy as np
 
 import comlab
 from comlab import data
-from comlab.processes import ServerProcess, workdir
+from comlab.lab.processes import ServerProcess, workdir
 
 from . import bare, peers, reqrep
 from .report import row

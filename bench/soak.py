@@ -17,8 +17,8 @@ import time
 import numpy as np
 import psutil
 
-from comlab import protocol as P
-from comlab.processes import AgentProcess, ServerProcess, workdir
+from comlab.system import protocol as P
+from comlab.lab.processes import AgentProcess, ServerProcess, workdir
 
 
 def sample_rss(pids_of, peaks: dict, stop: threading.Event, period: float = 0.05) -> None:

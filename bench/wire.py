@@ -2,7 +2,7 @@
 
     python -m bench.wire [--messages 200000]
 
-The measurement behind comlab's wire format (comlab/protocol.py): each encoder packs and unpacks
+The measurement behind comlab's wire format (comlab/system/protocol.py): each encoder packs and unpacks
 a BATCH-shaped 100-byte-ish message on both ends, as comlab does.
 """
 

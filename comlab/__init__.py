@@ -5,8 +5,9 @@ __version__ = "0.1.0"
 # The lab API is imported lazily: worker and server processes import this package too, and must
 # not pay for pandas (start-up time and tens of MiB per worker).
 _LAZY = {
-    "run_experiment": "lab", "summarize": "records", "InvariantError": "records",
-    "load_results": "results", "load_meta": "results", "read_commands": "data",
+    "run_experiment": "lab.experiment", "summarize": "lab.records",
+    "InvariantError": "lab.records", "load_results": "lab.results", "load_meta": "lab.results",
+    "read_commands": "data",
     "read_server_map": "data", "DataError": "data", "generate_data": "data",
 }
 __all__ = [*_LAZY, "__version__"]

@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from . import run_client, run_server, strategies
+from . import run_client, run_server
+from .system import strategies
 
 # The main job: the seed data with waits scaled to 1/100 (10 ms tasks), same shape, < 2 min.
 RUN_DEFAULTS = dict(batch_sizes=[1, 4, 16, 64], workers=[1, 4, 16, 32], repeats=2,
@@ -83,7 +84,7 @@ def cmd_gen_data(args) -> int:
 
 
 def cmd_keys(args) -> int:
-    from .security import create_keys
+    from .system.security import create_keys
     try:
         for path in create_keys(args.dir, force=args.force):
             print(path)
@@ -133,7 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
     run_client.add_arguments(c)
     c.set_defaults(func=run_client.run)
 
-    from . import worker_host
+    from .system import worker_host
     wh = sub.add_parser("worker-host", help="run worker processes for a server elsewhere "
                                             "(its --workers-url)")
     worker_host.add_arguments(wh)

@@ -98,7 +98,7 @@ def _is_records(df: pd.DataFrame) -> bool:
 
 def _as_summary(df: pd.DataFrame, cpus: int | None = None) -> pd.DataFrame:
     if _is_records(df):
-        from .records import summarize
+        from .lab.records import summarize
         return summarize(df, cpus=cpus) if len(df) else pd.DataFrame()
     return df
 
@@ -657,7 +657,7 @@ def write_figures(result_dir, dpi: int = 120) -> list[Path]:
     Works from the saved files alone (records + meta.json); the ideal time of cpu-bound runs
     uses the CPU count recorded with the result. Returns the paths written.
     """
-    from .results import load_meta, load_results
+    from .lab.results import load_meta, load_results
     result_dir = Path(result_dir)
     df = load_results(result_dir)
     out = result_dir / "figures"
@@ -668,7 +668,7 @@ def write_figures(result_dir, dpi: int = 120) -> list[Path]:
         cpus = load_meta(result_dir).get("environment", {}).get("cpu_count")
     except (OSError, ValueError):
         cpus = None
-    from .records import summarize
+    from .lab.records import summarize
     summary = summarize(df, cpus=cpus)
     cols = _config_cols(df)
     n_conf = df.groupby(cols, observed=True, dropna=False).ngroups if cols else 1

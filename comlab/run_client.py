@@ -28,13 +28,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from .client import Client, NoServer
-    from .role import AddressInUse
+    from .system.client import Client, NoServer
+    from .system.role import AddressInUse
     try:
         tasks = data.read_commands(args.commands_file, lenient=args.lenient)
         security = None
         if args.curve_keys:
-            from .security import Curve
+            from .system.security import Curve
             security = Curve.load(args.curve_keys, role="client")
         client = Client([f"{ip}:{cmd}" for ip, cmd in tasks], args.batch_size, args.bind_url,
                         args.remote_url, timeout=args.timeout, rate=args.rate,

@@ -11,8 +11,9 @@ import logging
 import signal
 import sys
 
-from . import data, strategies
-from .role import AddressInUse
+from . import data
+from .system import strategies
+from .system.role import AddressInUse
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -44,7 +45,7 @@ def _stop(signum, frame):
 def run(args: argparse.Namespace) -> int:
     level = logging.WARNING - 10 * args.verbose
     logging.basicConfig(level=level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    from .server import Server
+    from .system.server import Server
     try:
         table = data.read_server_map(args.map_file, lenient=args.lenient).flat()
         strategies.check(args.strategy)
@@ -52,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError("MAX_WORKERS must be >= 0")
         security = None
         if args.curve_keys:
-            from .security import Curve
+            from .system.security import Curve
             security = Curve.load(args.curve_keys, role="server")
     except (data.DataError, ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -4,7 +4,7 @@ import io
 
 import numpy as np
 
-from comlab import agent
+from comlab.lab import agent
 
 
 class Dribble(io.RawIOBase):

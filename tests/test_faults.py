@@ -66,11 +66,12 @@ import zmq
 from zmq.utils.monitor import recv_monitor_message
 
 import comlab
-import comlab.lab
-from comlab import data, records
-from comlab import protocol as P
-from comlab.client import Client, ClientRun
-from comlab.processes import ServerProcess, workdir
+import comlab.lab.experiment
+from comlab import data
+from comlab.lab import records
+from comlab.system import protocol as P
+from comlab.system.client import Client, ClientRun
+from comlab.lab.processes import ServerProcess, workdir
 
 from conftest import descendants, wait_gone
 
@@ -249,8 +250,8 @@ def test_run_experiment_bad_data_starts_nothing(tmp_path, monkeypatch):
         raise AssertionError("a process was started for bad input")
 
     before = descendants()
-    monkeypatch.setattr(comlab.lab, "ServerProcess", must_not_start)
-    monkeypatch.setattr(comlab.lab, "AgentProcess", must_not_start)
+    monkeypatch.setattr(comlab.lab.experiment, "ServerProcess", must_not_start)
+    monkeypatch.setattr(comlab.lab.experiment, "AgentProcess", must_not_start)
     empty = tmp_path / "empty.txt"
     empty.write_text("\n# nothing\n")
     bad_map = tmp_path / "map.txt"

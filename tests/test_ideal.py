@@ -2,7 +2,7 @@
 
 import pytest
 
-from comlab.ideal import batch_duration, ideal_makespan, list_schedule
+from comlab.lab.ideal import batch_duration, ideal_makespan, list_schedule
 
 
 def test_batch_duration_per_strategy():

@@ -13,8 +13,8 @@ import pytest
 
 import comlab
 from conftest import descendants
-from comlab import ideal
-from comlab.records import STAMPS
+from comlab.lab import ideal
+from comlab.lab.records import STAMPS
 
 COMMANDS = [f"10.0.0.{i}:foo" for i in range(64)]
 MAP = {f"10.0.0.{i}": {"foo": (i, 0.01)} for i in range(64)}
@@ -82,7 +82,7 @@ def test_resume_skips_saved_runs(sweep, monkeypatch):
     def no_server(*a, **k):
         raise AssertionError("a saved run was run again")
 
-    monkeypatch.setattr(comlab.lab, "ServerProcess", no_server)
+    monkeypatch.setattr(comlab.lab.experiment, "ServerProcess", no_server)
     again = comlab.run_experiment(batch_sizes=[1, 8], workers=[1, 4], repeats=2,
                                   commands=COMMANDS, server_map=MAP, progress=False,
                                   results_dir=path.parent, name="sweep")

@@ -6,7 +6,7 @@ from __future__ import annotations
 import msgpack
 import pytest
 
-from comlab import protocol as P
+from comlab.system import protocol as P
 
 BUILT = [
     pytest.param(P.hello("tcp://127.0.0.1:1", 16), [P.VERSION, P.HELLO, "tcp://127.0.0.1:1", 16],

@@ -26,8 +26,8 @@ import pytest
 import zmq
 
 from comlab import data
-from comlab import protocol as P
-from comlab.client import Client, NoServer
+from comlab.system import protocol as P
+from comlab.system.client import Client, NoServer
 
 from conftest import _Drain, _read_ready_line, free_tcp_url
 
@@ -62,7 +62,7 @@ def wait_workers(ctl: str, n: int, timeout: float = 20.0) -> list:
 
 
 class WorkerHosts:
-    """Factory for ``comlab.worker_host`` processes (optionally under a command prefix);
+    """Factory for ``comlab.system.worker_host`` processes (optionally under a command prefix);
     every one is stopped (SIGTERM, then SIGKILL) at teardown."""
 
     def __init__(self):
@@ -70,7 +70,7 @@ class WorkerHosts:
 
     def start(self, url: str, n: int, *extra: str, host: str, prefix=(),
               wait_ready: bool = True) -> subprocess.Popen:
-        cmd = [*prefix, sys.executable, "-m", "comlab.worker_host", url, "--workers", str(n),
+        cmd = [*prefix, sys.executable, "-m", "comlab.system.worker_host", url, "--workers", str(n),
                "--ready-json", *extra]
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                 start_new_session=True,
@@ -231,7 +231,7 @@ def make_keys(tmp_path):
 
 @pytest.mark.timeout(45)
 def test_curve_trusted_client_served_stranger_refused(make_data, server_proc, tmp_path):
-    from comlab.security import Curve
+    from comlab.system.security import Curve
     good, bad = make_keys(tmp_path)
     client_file, server_file = make_data(n=32, wait=0.0)
     server = server_proc(server_file, 1, "--curve-keys", good)
@@ -256,7 +256,7 @@ def test_curve_trusted_client_served_stranger_refused(make_data, server_proc, tm
 @pytest.mark.timeout(45)
 def test_curve_stranger_worker_host_gets_no_work(make_data, server_proc, worker_hosts,
                                                  tmp_path):
-    from comlab.security import Curve
+    from comlab.system.security import Curve
     good, bad = make_keys(tmp_path)
     client_file, server_file = make_data(n=32, wait=0.0)
     wurl, ctl = free_tcp_url(), f"ipc://{tmp_path}/ctl"

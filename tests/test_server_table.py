@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 
-from comlab import protocol as P
-from comlab import strategies
-from comlab.server import Server
+from comlab.system import protocol as P
+from comlab.system import strategies
+from comlab.system.server import Server
 
 TABLE = {"192.168.1.1:foo": (7, 0.0), "192.168.1.1:bar": (8, 0.5),
          "192.168.1.200:foo": (9, 0.25)}

@@ -11,8 +11,8 @@ import time
 
 import pytest
 
-from comlab import strategies
-from comlab.protocol import FAILED, OK
+from comlab.system import strategies
+from comlab.system.protocol import FAILED, OK
 
 SPECS = ["thread-per-task", "thread-pool", "thread-pool:2", "sequential", "cpu-bound",
          "faulty:2"]
@@ -85,7 +85,7 @@ def test_thread_per_task_runs_tasks_at_once_and_reuses_threads(cache):
 
 
 def test_gang_runs_each_job_on_its_own_thread_and_keeps_them():
-    from comlab.gang import Gang
+    from comlab.system.gang import Gang
     gang = Gang("t")
     barrier = threading.Barrier(5, timeout=5)  # would time out unless all 5 run at once
 

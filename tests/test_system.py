@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 
 from comlab import data
-from comlab import protocol as P
-from comlab.client import Client
+from comlab.system import protocol as P
+from comlab.system.client import Client
 from conftest import wait_gone
 
 

@@ -60,7 +60,7 @@ def _decode(obj):
 
 
 def serve(inp, out) -> None:
-    from .client import Client, NoServer
+    from ..system.client import Client, NoServer
     keys = None
     while (req := read_frame(inp)) is not None:
         if "keys" in req:

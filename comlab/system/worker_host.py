@@ -1,7 +1,7 @@
 """A worker host: N worker processes on this machine serving a server elsewhere.
 
 ``comlab worker-host SERVER_URL --workers N [--curve-keys DIR]`` starts N workers (forkserver,
-target ``comlab.worker.main``) whose DEALERs connect to SERVER_URL, the server's
+target ``comlab.system.worker.main``) whose DEALERs connect to SERVER_URL, the server's
 ``--workers-url``. Each has a unique name ``host/pid/index`` (the server's ROUTER routing id; a
 replacement gets a fresh index, never a name the server may still hold). The workers reconnect by
 themselves when the server restarts or the network comes back, and announce themselves again
@@ -77,7 +77,7 @@ class WorkerHost:
         wakeup = self._catch_signals()
         try:
             if self.mp.get_start_method() == "forkserver":
-                self.mp.set_forkserver_preload(["comlab.worker"])
+                self.mp.set_forkserver_preload(["comlab.system.worker"])
             for _ in range(self.n):
                 self.start_worker()
             if self.on_ready is not None:

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from . import __version__
+from .. import __version__
 from .records import CATEGORIES
 
 META = "meta.json"

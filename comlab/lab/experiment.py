@@ -22,7 +22,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from . import clocks, data, ideal, records, strategies
+from .. import data
+from ..system import strategies
+from . import clocks, ideal, records
 from .processes import AgentProcess, ServerProcess, workdir as _workdir
 from .results import ResultStore
 

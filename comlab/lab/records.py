@@ -11,7 +11,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from . import ideal, protocol as P
+from ..system import protocol as P
+from . import ideal
 
 STAMPS = ("t_sent", "t_server_in", "t_enqueued", "t_started", "t_finished", "t_received")
 AXES = ("batch_size", "workers", "strategy", "transport")

@@ -34,7 +34,7 @@ from collections import OrderedDict, deque
 
 import zmq
 
-from . import __version__
+from .. import __version__
 from . import protocol as P
 from . import strategies
 from .role import HOST, Role
@@ -80,7 +80,7 @@ class Server(Role):
         self.max_pending = max_pending or 2 * max(max_workers, 1) + 16
         self.mp = multiprocessing.get_context(start_method)
         if start_method == "forkserver":
-            self.mp.set_forkserver_preload(["comlab.worker"])
+            self.mp.set_forkserver_preload(["comlab.system.worker"])
         # Fork only from a process with one thread (run_server's): never from a notebook's.
         self.fork_first = ("fork" in multiprocessing.get_all_start_methods()
                            and threading.active_count() == 1)

@@ -116,7 +116,7 @@ class ServerProcess(_Child):
     def control(self, *request, timeout: float = 10.0):
         """One request on the control socket; the answer's payload."""
         import zmq
-        from . import protocol as P
+        from ..system import protocol as P
         if self._ctl is None:
             self._zctx = zmq.Context()
             self._ctl = self._zctx.socket(zmq.REQ)
@@ -152,10 +152,10 @@ class ServerProcess(_Child):
 
 
 class AgentProcess(_Child):
-    """``python -m comlab.agent``: runs clients on request (see comlab.agent)."""
+    """``python -m comlab.lab.agent``: runs clients on request (see comlab.lab.agent)."""
 
     def __init__(self, workdir: str) -> None:
-        super().__init__([sys.executable, "-m", "comlab.agent"],
+        super().__init__([sys.executable, "-m", "comlab.lab.agent"],
                          os.path.join(workdir, "client.log"))
         self._keys_sent = None
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import time
 
-from .role import HOST
+from ..system.role import HOST
 
 now = time.monotonic_ns
 
