@@ -54,6 +54,8 @@ import shutil
 import signal
 import socket
 import struct
+
+import msgpack
 import subprocess
 import sys
 import threading
@@ -141,16 +143,20 @@ def cli(module: str, *args, timeout: float = 30.0) -> tuple[subprocess.Completed
     return proc, time.monotonic() - t0
 
 
-def results_message(ids=(0,), statuses=None, *, batch_id=1000, n_fields=15, **fields) -> list:
-    """A RESULTS message as a list (pack it to send it); keyword fields override columns."""
+def results_message(ids=(0,), statuses=None, *, run=0, batch_id=1000, n_fields=16,
+                    **fields) -> list:
+    """A RESULTS message as a plain list (``raw`` packs it); keyword fields override fields."""
     ids = list(ids)
     n = len(ids)
-    msg = [P.VERSION, P.RESULTS, batch_id, "w9", "host", 0, 1, 2, 3, ids,
-           [P.OK] * n if statuses is None else list(statuses), [1] * n, [4] * n, [5] * n, None]
-    names = {"responses": 11, "starts": 12, "ends": 13, "errors": 14}
-    for name, value in fields.items():
-        msg[names[name]] = value
-    return msg[:n_fields]
+    msg = P.Results(run, batch_id, "w9", "host", 0, 1, 2, 3, ids,
+                    [P.OK] * n if statuses is None else list(statuses), [1] * n, [4] * n,
+                    [5] * n, None)._replace(**fields)
+    return [P.VERSION, P.Results.KIND, *msg][:n_fields]
+
+
+def raw(msg) -> bytes:
+    """Any value as a frame, bypassing the named types (to send what a peer might)."""
+    return msgpack.packb(msg, use_bin_type=True)
 
 
 def status_names(cols) -> list[str]:
@@ -338,7 +344,7 @@ def test_worker_killed_mid_batch_is_retried_once(make_data):
     assert status_names(cols) == ["ok"] * 6
     retried = np.flatnonzero(cols["attempt"] == 1)
     assert len(retried) == 2 and len(set(cols["batch_id"][retried])) == 1  # one batch, once
-    assert set(cols["worker"][retried]) == {"w1"}  # the replacement ran it
+    assert {w.split("-")[0] for w in cols["worker"][retried]} == {"w1"}  # the replacement
     assert (cols["t_received"] - run.t_start < 20e9).all()
     assert run.duplicates == 0 and run.accepted == 6
 
@@ -404,26 +410,30 @@ def test_faulty_tasks_fail_and_the_worker_lives_on(make_data, free_url):
 def test_server_drops_bad_client_messages(make_data, free_url):
     client_file, server_file = make_data(n=8, wait=0.0)
     keys = keys_of(client_file)
-    good = P.batch(0, "tcp://127.0.0.1:9", 1, [0, 1], keys[:2])
+    good = P.Batch(5, 0, "tcp://127.0.0.1:9", 1, [0, 1], keys[:2])
+    fields = [P.VERSION, P.Batch.KIND, *good]
     bad = {
         "garbage bytes": b"\xc1 not msgpack at all",
         "random bytes": bytes(range(256)) * 4,
-        "truncated": good[:-7],
+        "truncated": good.pack()[:-7],
         "empty frame": b"",
-        "wrong version": P.pack([P.VERSION + 1] + P.unpack(good)[1:]),
-        "not an array": P.pack({"B": 1}),
-        "unknown type": P.pack([P.VERSION, "Z", 1]),
-        "results to the server": P.pack(results_message()),
-        "batch, 6 fields": P.pack(P.unpack(good)[:6]),
-        "batch, ids and keys differ": P.pack(P.unpack(good)[:5] + [[0], keys[:2]]),
-        "batch, key not a string": P.batch(0, "tcp://127.0.0.1:9", 1, [0], [12]),
-        "batch, unhashable key": P.batch(0, "tcp://127.0.0.1:9", 1, [0], [[1]]),
+        "wrong version": raw([P.VERSION + 1] + fields[1:]),
+        "not an array": raw({"B": 1}),
+        "unknown type": raw([P.VERSION, "Z", 1]),
+        "results to the server": raw(results_message()),
+        "batch, 7 fields": raw(fields[:7]),
+        "batch, ids and keys differ": raw(fields[:6] + [[0], keys[:2]]),
+        "batch, key not a string": good._replace(task_ids=[0], keys=[12]).pack(),
+        "batch, unhashable key": good._replace(task_ids=[0], keys=[[1]]).pack(),
+        "batch, nested 1,000 deep": raw(fields[:7] + [msgpack.unpackb(b"\x91" * 999 + b"\x01")]),
+        "nested 1,000 deep": b"\x91" * 1000 + b"\x01",
         # Reply URLs libzmq refuses: these used to kill the server (or a worker, twice).
-        "batch, no reply URL": P.batch(0, "", 1, [0, 1], keys[:2]),
-        "batch, bad reply URL": P.batch(0, "no-such-url", 1, [0, 1], keys[:2]),
-        "batch, bad reply URL, unknown task": P.batch(0, "x://", 1, [0], ["10.9.9.9:zz"]),
-        "hello, bad reply URL": P.hello("no-such-url"),
-        "hello, no reply URL": P.hello(""),
+        "batch, no reply URL": good._replace(reply_url="").pack(),
+        "batch, bad reply URL": good._replace(reply_url="no-such-url", run=6).pack(),
+        "batch, bad reply URL, unknown task": P.Batch(7, 0, "x://", 1, [0],
+                                                      ["10.9.9.9:zz"]).pack(),
+        "hello, bad reply URL": P.Hello(8, "no-such-url", 0).pack(),
+        "hello, no reply URL": P.Hello(9, "", 0).pack(),
     }
     with lab_server(server_file, 1) as server:
         pid = _worker_pid(server)
@@ -458,9 +468,10 @@ def test_server_drops_bad_worker_and_control_messages(make_data, free_url):
     """A peer on the worker endpoint or the control socket cannot crash the server either."""
     client_file, server_file = make_data(n=8, wait=0.0)
     workers_url = free_url()
-    bad = [b"\xc1", P.pack([P.VERSION, P.READY]), P.pack([P.VERSION, P.READY, 1, 2, 3]),
-           P.pack([P.VERSION, P.READY, "x", "h", "pid"]), P.pack([P.VERSION, P.DONE]),
-           P.pack([P.VERSION, P.JOINED, 1, 2, 3]), P.pack([P.VERSION, "Z"])]
+    bad = [b"\xc1", raw([P.VERSION, "Y"]), raw([P.VERSION, "Y", 1, 2, 3]),
+           raw([P.VERSION, "Y", "x", "h", "pid"]), raw([P.VERSION, "D"]),
+           raw([P.VERSION, "J", 1, 2, 3]), raw([P.VERSION, "Z"]),
+           b"\x91" * 1000 + b"\x01"]
     with lab_server(server_file, 1, workers_url=workers_url) as server:
         ctx = zmq.Context()
         try:
@@ -485,10 +496,10 @@ def test_server_drops_bad_worker_and_control_messages(make_data, free_url):
 def _oversized_batch() -> bytes:
     """A well-formed BATCH (one unknown task) just above MAX_MESSAGE_BYTES, built by hand:
     were it read, the server would answer it and count it."""
-    head = P.pack([P.VERSION, P.BATCH, 0, "tcp://127.0.0.1:9", 1, [0]])
-    assert head[0] == 0x96  # fixarray of 6: make it 7 with a keys list of one str32
+    head = raw([P.VERSION, P.Batch.KIND, 0, 0, "tcp://127.0.0.1:9", 1, [0]])
+    assert head[0] == 0x97  # fixarray of 7: make it 8 with a keys list of one str32
     key_len = P.MAX_MESSAGE_BYTES
-    frame = b"\x97" + head[1:] + b"\x91\xdb" + struct.pack(">I", key_len) + b"x" * key_len
+    frame = b"\x98" + head[1:] + b"\x91\xdb" + struct.pack(">I", key_len) + b"x" * key_len
     assert len(frame) > P.MAX_MESSAGE_BYTES
     return frame
 
@@ -525,22 +536,25 @@ def test_server_survives_an_oversized_message(make_data, free_url):
 def test_client_drops_garbage_results(make_data):
     client_file, server_file = make_data(n=4, wait=0.5)
     keys = keys_of(client_file)
-    real = P.pack(results_message())
+    real = raw(results_message())
     garbage = [
         b"\x00\x01 garbage",
         real[:-3],                                              # truncated
-        P.pack([P.VERSION + 1] + results_message()[1:]),       # wrong version
-        P.pack("not an array"),
-        P.welcome({}),                                          # not RESULTS
-        P.pack(results_message(n_fields=14)),
-        P.pack(results_message(ids=[0, 1], statuses=[P.OK])),  # columns of unequal length
-        P.pack(results_message(ids=[10**6])),                   # a task never sent
-        P.pack(results_message(ids=[-1])),
-        P.pack(results_message(ids=["a"])),
-        P.pack(results_message(statuses=[9])),                  # no such status
-        P.pack(results_message(statuses=[P.LOST])),             # only the client says lost
-        P.pack(results_message(batch_id=[1])),                  # unhashable batch id
-        P.pack(results_message(errors="boom")),
+        raw([P.VERSION + 1] + results_message()[1:]),          # wrong version
+        raw("not an array"),
+        P.Joined("x").pack(),                                   # not RESULTS
+        raw(results_message(n_fields=15)),
+        b"\x91" * 1000 + b"\x01",                               # nested 1,000 deep
+    ]
+    # Well-formed for the run, but forged or broken: only the run's own client knows its id.
+    forged = [
+        dict(task_ids=[0, 1], statuses=[P.OK]),                 # columns of unequal length
+        dict(task_ids=[10**6]),                                 # a task never sent
+        dict(task_ids=[-1]), dict(task_ids=["a"]),
+        dict(statuses=[9]),                                     # no such status
+        dict(statuses=[P.LOST]),                                # only the client says lost
+        dict(batch_id=[1]),                                     # unhashable batch id
+        dict(errors="boom"), dict(responses=[2 ** 63]),
     ]
     with lab_server(server_file, 1) as server:
         client = ClientThread(keys, 2, server.url, timeout=20)
@@ -552,14 +566,18 @@ def test_client_drops_garbage_results(make_data):
             push.connect(client.client.reply_url)
             for frame in garbage:
                 push.send(frame)
+            for changes in forged:
+                push.send(raw(results_message(run=client.client.run_id, **changes)))
+            push.send(raw(results_message(run=client.client.run_id + 1)))  # another run's
             # The run lasts >= 1 s (2 batches of 0.5 s, 1 worker): the garbage lands inside it.
-            wait_for(lambda: client.client.result.garbage >= len(garbage), 5,
+            wait_for(lambda: client.client.result.garbage >= len(garbage) + len(forged), 5,
                      "the garbage counted")
             push.close(0)
         finally:
             ctx.destroy(linger=0)  # closes the sockets too, even after a failure
         run = client.result(20)
-    assert run.garbage == len(garbage) and run.duplicates == 0
+    assert run.garbage == len(garbage) + len(forged) and run.duplicates == 0
+    assert run.stale == 1
     cols = run.columns()
     assert status_names(cols) == ["ok"] * 4 and run.accepted == 4
     records.build(cols, run.t_start, keys=keys, waits=np.full(4, 0.5), run_info={"run": 0},
@@ -586,7 +604,7 @@ def _client_run(n: int, batch_size: int, messages: list, accepted: int) -> Clien
     run = ClientRun([f"10.0.0.{i}:foo" for i in range(n)], batch_size, "tcp://127.0.0.1:9")
     run.t_start = 1
     run.t_sent = [1] * -(-n // batch_size)
-    run.messages = messages
+    run.messages = [P.Results._make(m[2:]) for m in messages]
     run.t_received = [6] * len(messages)
     run.accepted = accepted
     return run

@@ -122,13 +122,14 @@ class ServerProcess(_Child):
             self._ctl = self._zctx.socket(zmq.REQ)
             self._ctl.setsockopt(zmq.LINGER, 0)
             self._ctl.connect(self.control_url)
-        self._ctl.send(P.pack([P.VERSION, *request]))
+        op, *args = request
+        self._ctl.send(P.Control(op, list(args)).pack())
         if not self._ctl.poll(timeout * 1000):
             raise self.failure(f"the server did not answer {request[0]!r} within {timeout:g} s")
-        answer = P.unpack(self._ctl.recv())
-        if answer[1] == "error":
-            raise ValueError(answer[2])
-        return answer[2]
+        answer = P.ControlReply.decode(self._ctl.recv())
+        if answer.op == "error":
+            raise ValueError(answer.payload)
+        return answer.payload
 
     def wait_for_workers(self, n: int, timeout: float) -> list:
         """Wait until ``n`` workers (local and remote) have joined; their name/host/pid list."""

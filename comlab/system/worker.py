@@ -17,18 +17,17 @@ import multiprocessing
 import os
 import signal
 import sys
-from collections import OrderedDict
 
 import zmq
 
 from . import protocol as P
+from .clients import ClientSockets
 from .role import HOST, Role
 from .strategies import Cache, now
 
 log = logging.getLogger("comlab.worker")
 
-RESULT_SEND_TIMEOUT_MS = 10_000  # a client gone for this long gets its results dropped
-MAX_CLIENT_SOCKETS = 32
+SERVER_TYPES = (P.Work, P.Connect, P.Forget, P.Stop, P.Ping)
 
 
 class Worker(Role):
@@ -42,20 +41,21 @@ class Worker(Role):
         self.watch_parent = watch_parent
         self.security = security
         self.strategies = Cache()
-        self.clients: OrderedDict[str, zmq.Socket] = OrderedDict()
 
     def setup(self):
+        # Results never block the worker: a client that takes none costs its own results.
+        self.clients = ClientSockets(self, linger_ms=1000)
         # Forked workers may connect before the server binds: retry after 10 ms (doubling to
         # 1 s), not libzmq's default 100 ms, which would be most of a pool's start-up.
         self.server = self.socket(zmq.DEALER, connect=None, routing_id=self.name.encode(),
                                   curve_server=False, reconnect_ivl=10, reconnect_ivl_max=1000)
         # Each handshake after the first is a new connection (server restarted, network back):
         # say READY again, so a server that never met us takes us on.
-        self.monitor = self.server.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED)
-        self._sockets.append(self.monitor)
+        self.monitor = self.own(self.server.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED))
         self.handshakes = 0
         self.server.connect(self.server_url)
-        self.server.send(P.ready(self.name, HOST, os.getpid()))
+        self.ready = P.Ready(self.name, HOST, os.getpid()).pack()
+        self.server.send(self.ready)
         self.poller = zmq.Poller()
         self.poller.register(self.server, zmq.POLLIN)
         self.poller.register(self.monitor, zmq.POLLIN)
@@ -67,7 +67,7 @@ class Worker(Role):
     def loop(self):
         recv, handle = self.server.recv, self.handle
         while True:
-            events = dict(self.poller.poll())
+            events = dict(self.poller.poll(60_000 if len(self.clients) else None))
             if self.parent_fd is not None and self.parent_fd in events:
                 log.info("%s: parent gone, exiting", self.name)
                 return
@@ -75,6 +75,8 @@ class Worker(Role):
                 return
             if self.monitor in events:
                 self.on_handshake()
+            if not events:
+                self.clients.expire()  # idle a minute: let go of clients that left silently
 
     def on_handshake(self) -> None:
         while True:
@@ -85,72 +87,56 @@ class Worker(Role):
             self.handshakes += 1
             if self.handshakes > 1:
                 log.info("%s: reconnected to %s: READY again", self.name, self.server_url)
-                self.server.send(P.ready(self.name, HOST, os.getpid()))
+                self.server.send(self.ready)
 
     def handle(self, frame: bytes) -> bool:
         """Act on one message from the server; False means stop."""
         try:
-            msg = P.unpack(frame)
-            kind = msg[1]
+            msg = P.decode(frame, SERVER_TYPES)
         except P.ProtocolError as exc:
             log.warning("%s: dropped message from server: %s", self.name, exc)
             return True
-        if kind == P.WORK:
+        kind = type(msg)
+        if kind is P.Work:
             self.work(msg)
-        elif kind == P.CONNECT:
-            self.join(*msg[2:5])
-        elif kind == P.STOP:
+        elif kind is P.Connect:
+            self.join(msg)
+        elif kind is P.Forget:
+            self.clients.release(msg.reply_url)
+        elif kind is P.Stop:
             return False
-        elif kind == P.PING:
-            if len(msg) > 2 and isinstance(msg[2], int):  # a clock sample; None: a probe
-                self.server.send(P.pong(msg[2], now()))
-        else:
-            log.warning("%s: unexpected message type %r", self.name, kind)
+        elif msg.t is not None:  # PING with a stamp: a clock sample; None: a probe
+            self.server.send(P.Pong(msg.t, now()).pack())
         return True
 
-    def work(self, msg: list) -> None:
-        (_, _, batch_id, reply_url, spec, t_sent, t_in, t_enq, attempt,
-         task_ids, responses, waits) = msg
+    def work(self, w: P.Work) -> None:
         try:
-            statuses, outs, starts, ends, errors = self.strategies.get(spec).run(responses, waits)
-        except Exception as exc:  # a broken strategy fails its batch, not the worker
+            if len({len(w.task_ids), len(w.responses), len(w.waits)}) != 1:
+                raise ValueError("columns of unequal length")
+            statuses, outs, starts, ends, errors = self.strategies.get(w.strategy).run(
+                w.responses, w.waits)
+        except Exception as exc:  # a broken strategy or work item fails its batch, not us
             t = now()
-            n = len(task_ids)
+            n = len(w.task_ids)
             statuses, outs, starts, ends = [P.FAILED] * n, [None] * n, [t] * n, [t] * n
-            errors = [f"strategy {spec!r}: {type(exc).__name__}: {exc}"] * n
-        result = P.pack([P.VERSION, P.RESULTS, batch_id, self.name, HOST, attempt, t_sent, t_in,
-                         t_enq, task_ids, statuses, outs, starts, ends, errors])
-        try:
-            self.client(reply_url).send(result)
-        except zmq.Again:
-            log.error("%s: client %s took no results for %.0f s; batch %s dropped",
-                      self.name, reply_url, RESULT_SEND_TIMEOUT_MS / 1000, batch_id)
-        self.server.send(P.done(batch_id))
+            errors = [f"strategy {P.preview(w.strategy)}: {type(exc).__name__}: "
+                      f"{P.preview(str(exc))}"] * n
+        self.clients.send(w.reply_url, P.Results(
+            w.run, w.batch_id, self.name, HOST, w.attempt, w.t_sent, w.t_server_in, w.t_enqueued,
+            w.task_ids, statuses, outs, starts, ends, errors).pack())
+        self.server.send(P.Done(w.run, w.batch_id).pack())
 
-    def join(self, reply_url: str, spec: str, warm: int) -> None:
+    def join(self, c: P.Connect) -> None:
         """Connect to a new client and start the threads its batches will need, before its
         clock starts; then tell the server."""
-        self.client(reply_url)
-        if spec and warm:
-            try:
-                self.strategies.get(spec).warm(warm)
-            except Exception as exc:  # a failed warm-up only costs speed; the batch will tell
-                log.warning("%s: warming %s failed: %s", self.name, spec, exc)
-        self.server.send(P.joined(reply_url))
-
-    def client(self, url: str) -> zmq.Socket:
-        """The PUSH socket to a client, kept (a few) so each client is connected once."""
-        sock = self.clients.get(url)
-        if sock is None:
-            sock = self.socket(zmq.PUSH, sndtimeo=RESULT_SEND_TIMEOUT_MS, curve_server=False)
-            sock.connect(url)
-            self.clients[url] = sock
-            if len(self.clients) > MAX_CLIENT_SOCKETS:
-                _, old = self.clients.popitem(last=False)
-                self.close_socket(old)
-        else:
-            self.clients.move_to_end(url)
-        return sock
+        try:
+            self.clients.get(c.reply_url)
+            if c.strategy and c.warm:
+                self.strategies.get(c.strategy).warm(c.warm)
+        except Exception as exc:  # a failed warm-up only costs speed; the batch will tell
+            log.warning("%s: joining %s failed: %s", self.name, P.preview(c.reply_url),
+                        P.preview(str(exc)))
+        self.server.send(P.Joined(c.reply_url).pack())
 
     def teardown(self):
         self.strategies.close()
@@ -166,7 +152,7 @@ def die_with_parent() -> None:
             pass
 
 
-def main(server_url: str, name: str, log_level: int = logging.WARNING, security=None) -> None:
+def main(name: str, server_url: str, log_level: int = logging.WARNING, security=None) -> None:
     """Entry point of a worker process (a multiprocessing target: lives in the package)."""
     die_with_parent()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the server's to handle

@@ -1,0 +1,211 @@
+"""The server's bookkeeping, apart from its sockets: who holds which batch, what waits, retries.
+
+The ledger knows the workers (by routing id), the pending queue and every batch a worker holds,
+in the order it got them. It makes the dispatch decision through a ``Policy`` (one class per
+dispatch design), and hands work out through the ``send`` callable it is given, which answers
+False when the worker cannot be reached; it never touches a socket itself, so every rule here
+is unit-tested without processes (tests/test_ledger.py).
+
+Trust: a worker is believed only about batches it holds. DONE for a batch it does not hold is
+refused (counted, nothing changes), and so is READY from a worker that holds batches (a worker
+that reconnected still runs them and will say DONE); a batch is retried once when its worker is
+lost, and fails the second time (``fail`` answers its tasks). A batch held past its deadline
+(a stopped or wedged worker) is reported by ``overdue`` so the server can act.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from dataclasses import dataclass, field
+
+from .protocol import Work
+
+MAX_ATTEMPTS = 2  # a batch runs at most twice: once, and once more if its worker was lost
+
+
+@dataclass
+class Held:
+    work: Work
+    cost_s: float        # expected run time: the strategy's ideal duration of the batch
+    since: float         # monotonic time it was handed out
+
+
+@dataclass
+class WorkerState:
+    name: str
+    host: str
+    pid: int
+    local: bool = False
+    held: deque = field(default_factory=deque)   # Held, in the order given
+    progress: float = 0.0                        # last time it finished or got work while idle
+
+
+class Broker:
+    """Strict load balancing plus short-batch prefetch (the default policy).
+
+    A batch goes to an idle worker; failing that, to a busy worker whose held batches sum to at
+    most ``prefetch_s`` of expected work and number fewer than ``prefetch_max`` (so a worker on
+    tiny batches never idles for the DONE -> WORK round trip, while a batch is never stranded
+    behind real work); failing that, it waits in the pending queue.
+    """
+
+    name = "broker"
+
+    def __init__(self, prefetch_s: float = 0.001, prefetch_max: int = 4) -> None:
+        self.prefetch_s = prefetch_s
+        self.prefetch_max = prefetch_max
+
+    def takes_more(self, w: WorkerState) -> bool:
+        return (0 < len(w.held) < self.prefetch_max
+                and sum(h.cost_s for h in w.held) <= self.prefetch_s)
+
+
+class Ledger:
+    def __init__(self, send, fail, cost, *, policy: Broker | None = None,
+                 max_pending: int = 64, clock=time.monotonic) -> None:
+        """``send(ident, work) -> bool``; ``fail(work, worker_name)`` answers a batch's tasks as
+        failed; ``cost(work) -> seconds`` is its expected run time."""
+        self.send, self.fail, self.cost = send, fail, cost
+        self.policy = policy or Broker()
+        self.max_pending = max_pending
+        self.clock = clock
+        self.workers: dict[bytes, WorkerState] = {}
+        self.pending: deque[Work] = deque()
+        self.idle: deque[bytes] = deque()
+        self.short: deque[bytes] = deque()   # busy workers that may take one more
+        self.counts = dict.fromkeys(("retried", "failed_batches", "refused_done",
+                                     "refused_ready", "dropped_tasks"), 0)
+
+    # -- questions ---------------------------------------------------------------------------
+    @property
+    def full(self) -> bool:
+        return len(self.pending) >= self.max_pending
+
+    def busy(self) -> int:
+        return sum(1 for w in self.workers.values() if w.held)
+
+    def holds(self, ident: bytes) -> bool:
+        w = self.workers.get(ident)
+        return w is not None and bool(w.held)
+
+    # -- events --------------------------------------------------------------------------------
+    def submit(self, work: Work) -> None:
+        """A new (or retried) batch: to a worker now, or to the pending queue."""
+        for candidates in (self.idle, self.short):
+            while candidates:
+                ident = candidates.popleft()
+                w = self.workers.get(ident)
+                if w is None or (candidates is self.short and not self.policy.takes_more(w)):
+                    continue
+                if candidates is self.idle and w.held:
+                    continue  # stale entry
+                if self._give(ident, w, work):
+                    return
+        self.pending.append(work)
+
+    def ready(self, ident: bytes, name: str, host: str, pid: int, *, local: bool = False) -> bool:
+        """A worker announced itself; False if refused: READY is believed only from a worker
+        that holds nothing."""
+        w = self.workers.get(ident)
+        if w is not None:
+            if w.held:  # a live worker that reconnected still runs its batches: they stay
+                self.counts["refused_ready"] += 1
+                return False
+            return True  # idle, or about to be given work: nothing changes
+        self.workers[ident] = WorkerState(name, host, pid, local=local, progress=self.clock())
+        self._next(ident)
+        return True
+
+    def done(self, ident: bytes, run: int, batch_id: int) -> bool:
+        """A worker finished its oldest held batch; False (and nothing changes) unless it held
+        exactly that one."""
+        w = self.workers.get(ident)
+        if w is None or not w.held or (w.held[0].work.run, w.held[0].work.batch_id) != \
+                (run, batch_id):
+            self.counts["refused_done"] += 1
+            return False
+        w.held.popleft()
+        w.progress = self.clock()
+        if w.held:
+            if w.held[0].since < w.progress:
+                w.held[0].since = w.progress  # its deadline runs from when it can start
+            if self.pending and self.policy.takes_more(w):
+                work = self.pending.popleft()
+                if not self._give(ident, w, work):
+                    self.pending.appendleft(work)
+            return True
+        self._next(ident)
+        return True
+
+    def lose(self, ident: bytes) -> None:
+        """A worker is gone: retry its batches once, or fail them; hand out what waits."""
+        w = self.workers.pop(ident, None)
+        if w is None:
+            return
+        _discard(self.idle, ident)
+        _discard(self.short, ident)
+        for h in reversed(w.held):
+            work = h.work
+            if work.attempt + 1 < MAX_ATTEMPTS:
+                self.counts["retried"] += 1
+                self.pending.appendleft(work._replace(attempt=work.attempt + 1))
+            else:
+                self.counts["failed_batches"] += 1
+                self.fail(work, w.name)
+        self._drain_pending()
+
+    def drop_run(self, run: int) -> int:
+        """Forget the queued (not yet handed out) batches of a run; the number of tasks."""
+        kept = deque(w for w in self.pending if w.run != run)
+        n = sum(len(w.task_ids) for w in self.pending if w.run == run)
+        self.pending = kept
+        self.counts["dropped_tasks"] += n
+        return n
+
+    def overdue(self, slack_s: float, factor: float) -> list[bytes]:
+        """Workers whose oldest batch has run longer than ``factor`` x its cost + ``slack_s``."""
+        t = self.clock()
+        return [i for i, w in self.workers.items()
+                if w.held and t - w.held[0].since > factor * w.held[0].cost_s + slack_s]
+
+    # -- internals -----------------------------------------------------------------------------
+    def _next(self, ident: bytes) -> None:
+        """An idle worker: give it the next pending batch, or mark it idle."""
+        w = self.workers[ident]
+        if self.pending:
+            work = self.pending.popleft()
+            if not self._give(ident, w, work):
+                self.pending.appendleft(work)
+            return
+        self.idle.append(ident)
+
+    def _give(self, ident: bytes, w: WorkerState, work: Work) -> bool:
+        """Hand ``work`` to a worker; False if it is unreachable (then it is lost, and the
+        caller still owns ``work``)."""
+        if not self.send(ident, work):
+            self.lose(ident)
+            return False
+        t = self.clock()
+        if not w.held:
+            w.progress = t
+        w.held.append(Held(work, self.cost(work), t))
+        if self.policy.takes_more(w):
+            self.short.append(ident)
+        return True
+
+    def _drain_pending(self) -> None:
+        while self.pending and self.idle:
+            ident = self.idle.popleft()
+            w = self.workers.get(ident)
+            if w is not None and not w.held:
+                work = self.pending.popleft()
+                if not self._give(ident, w, work):
+                    self.pending.appendleft(work)
+
+
+def _discard(q: deque, item) -> None:
+    try:
+        q.remove(item)
+    except ValueError:
+        pass
