@@ -1,9 +1,8 @@
 """Per-task records (one row per task per run) and the per-run summary.
 
-Stamps arrive as integer monotonic nanoseconds from one host clock; records hold float seconds
-since the run's start (the client's clock start, after the handshake), NaN where a stage never
-happened (a lost task). ``latency_s`` runs from the send (or, open-loop, from the intended send),
-``overhead_s`` is what the system added on top of the task's own wait.
+Every column is described in comlab.schema (dtype, unit, meaning, where each stamp is taken):
+``build`` makes the records in that order with those dtypes. Stamps arrive as integer monotonic
+nanoseconds from one host clock; records hold float seconds since the run's start.
 """
 
 from __future__ import annotations
@@ -11,13 +10,14 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from .. import schema
 from ..system import protocol as P
 from . import ideal
 
-STAMPS = ("t_sent", "t_server_in", "t_enqueued", "t_started", "t_finished", "t_received")
+STAMPS = schema.STAMPS
 AXES = ("batch_size", "workers", "strategy", "transport")
 STATUS = pd.CategoricalDtype(list(P.STATUS_NAMES))
-CATEGORIES = ("experiment", "strategy", "transport", "ip", "command", "worker", "host")
+CATEGORIES = schema.CATEGORIES
 
 
 class InvariantError(RuntimeError):
@@ -70,9 +70,19 @@ def build(columns: dict, t_start: int, *, keys: list, waits: np.ndarray, run_inf
     df["latency_s"] = df["t_received"] - origin
     df["overhead_s"] = df["latency_s"] - df["wait_s"]
     df["error"] = columns["error"]
-    for name in CATEGORIES:
-        if name in df:
-            df[name] = df[name].astype("category")
+    return in_schema_order(df)
+
+
+def in_schema_order(df: pd.DataFrame) -> pd.DataFrame:
+    """Columns in comlab.schema's order with its dtypes (columns it does not know go last)."""
+    known = [c.name for c in schema.COLUMNS if c.name in df]
+    df = df[known + [c for c in df.columns if c not in schema.BY_NAME]]
+    for name in known:
+        dtype = schema.BY_NAME[name].dtype
+        if name == "status":
+            continue  # categorical with the fixed STATUS categories already
+        if str(df[name].dtype) != dtype:
+            df[name] = df[name].astype(dtype)
     return df
 
 

@@ -238,13 +238,13 @@ class Client(Role):
                         if intended is not None and intended[sent] > now():
                             break
                         lo, hi = sent * size, min(n, (sent + 1) * size)
-                        ts = now()
+                        t_sent_ = now()  # the t_sent stamp (comlab.schema)
                         try:
-                            push.send(P.Batch(run_id, sent, reply_url, ts, list(range(lo, hi)),
+                            push.send(P.Batch(run_id, sent, reply_url, t_sent_, list(range(lo, hi)),
                                               keys[lo:hi]).pack(), zmq.NOBLOCK)
                         except zmq.Again:
                             break
-                        t_sent.append(ts)
+                        t_sent.append(t_sent_)
                         sent += 1
                 else:
                     while True:
@@ -252,7 +252,7 @@ class Client(Role):
                             frame = pull.recv(zmq.NOBLOCK)
                         except zmq.Again:
                             break
-                        t_rx = now()
+                        t_received = now()  # the t_received stamp (comlab.schema)
                         try:
                             msg = decode(frame, Results)
                             if msg.run != run_id:
@@ -271,7 +271,7 @@ class Client(Role):
                             run.duplicates += 1
                             continue
                         messages.append(msg)
-                        received.append(t_rx)
+                        received.append(t_received)
                         accounted += new
         run.accepted = accounted
         self.bye()

@@ -78,6 +78,9 @@ class ClientSockets:
                 del self.monitors[mon]
                 if self.unwatch is not None:
                     self.unwatch(mon)
+                # Stop monitoring before closing the monitor's end: libzmq can wedge its I/O
+                # thread on events for a closed monitor (every socket of the process stalled).
+                sock.disable_monitor()
                 self.role.close_socket(mon, 0)
         self.role.close_socket(sock, self.linger_ms if linger_ms is None else linger_ms)
 

@@ -130,10 +130,13 @@ class Ledger:
         if w.held:
             if w.held[0].since < w.progress:
                 w.held[0].since = w.progress  # its deadline runs from when it can start
-            if self.pending and self.policy.takes_more(w):
-                work = self.pending.popleft()
-                if not self._give(ident, w, work):
-                    self.pending.appendleft(work)
+            if self.policy.takes_more(w):
+                if self.pending:
+                    work = self.pending.popleft()
+                    if not self._give(ident, w, work):
+                        self.pending.appendleft(work)
+                elif ident not in self.short:
+                    self.short.append(ident)
             return True
         self._next(ident)
         return True

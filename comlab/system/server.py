@@ -236,11 +236,11 @@ class Server(Role):
 
     # -- clients ---------------------------------------------------------------------------
     def on_client_frame(self, frame: bytes) -> None:
-        t_in = now()
+        t_server_in = now()  # the t_server_in stamp (comlab.schema): before decoding
         try:
             msg = P.decode(frame, CLIENT_TYPES)
             if type(msg) is P.Batch:
-                self.on_batch(t_in, P.check_batch(msg))
+                self.on_batch(t_server_in, P.check_batch(msg))
             elif type(msg) is P.Hello:
                 self.on_hello(msg)
             else:
@@ -294,7 +294,7 @@ class Server(Role):
             if not waiting or t >= deadline:
                 self.welcome(url)
 
-    def on_batch(self, t_in: int, b: P.Batch) -> None:
+    def on_batch(self, t_server_in: int, b: P.Batch) -> None:
         url = b.reply_url or self.reply_url
         current = self.runs.get(url)
         if current != b.run:
@@ -307,17 +307,18 @@ class Server(Role):
         entries = [get(k) for k in b.keys]
         task_ids = b.task_ids
         if None in entries:
-            entries = self.answer_misses(t_in, b, url, entries)
+            entries = self.answer_misses(t_server_in, b, url, entries)
             task_ids = [t for t, e in zip(task_ids, entries) if e is not None]
             entries = [e for e in entries if e is not None]
         self.stats["batches"] += 1
         self.stats["tasks"] += len(b.keys)
         if entries:
-            self.ledger.submit(P.Work(b.run, b.batch_id, url, self.strategy, b.t_sent, t_in,
-                                      now(), 0, task_ids, [e[0] for e in entries],
-                                      [e[1] for e in entries]))
+            t_enqueued = now()  # the t_enqueued stamp (comlab.schema): the work item exists
+            self.ledger.submit(P.Work(b.run, b.batch_id, url, self.strategy, b.t_sent,
+                                      t_server_in, t_enqueued, 0, task_ids,
+                                      [e[0] for e in entries], [e[1] for e in entries]))
 
-    def answer_misses(self, t_in: int, b: P.Batch, url: str, entries: list) -> list:
+    def answer_misses(self, t_server_in: int, b: P.Batch, url: str, entries: list) -> list:
         """Answer tasks no worker can run (unknown key, unreachable address) at once."""
         ids, statuses = [], []
         for tid, key, entry in zip(b.task_ids, b.keys, entries):
@@ -330,7 +331,8 @@ class Server(Role):
             self.stats[P.STATUS_NAMES[status]] += 1
         t = now()
         n = len(ids)
-        self.clients.send(url, P.Results(b.run, b.batch_id, "server", HOST, 0, b.t_sent, t_in, t,
+        self.clients.send(url, P.Results(b.run, b.batch_id, "server", HOST, 0, b.t_sent,
+                                         t_server_in, t,
                                          ids, statuses, [None] * n, [t] * n, [t] * n,
                                          None).pack())
         return entries
@@ -367,9 +369,8 @@ class Server(Role):
         self.hellos.pop(url, None)
         dropped = self.ledger.drop_run(run)
         self.stats["runs_ended"] += 1
-        if why is not None or dropped:
-            log.warning("client %s: run ended (%s); %d queued tasks dropped", url,
-                        why or "BYE", dropped)
+        (log.warning if dropped else log.info)(
+            "client %s: run ended (%s); %d queued tasks dropped", url, why or "BYE", dropped)
         if not keep_socket:
             self.clients.release(url)
             forget = P.Forget(url).pack()

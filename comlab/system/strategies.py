@@ -81,13 +81,16 @@ class Strategy:
         return response
 
     def timed(self, response, wait) -> tuple:
-        t0 = now()
+        """The task with its t_started and t_finished stamps (comlab.schema), taken in the
+        thread that runs it."""
+        t_started = now()
         try:
             out = self.task(response, wait)
             err = None
         except Exception as exc:  # the task's failure is data, not the worker's
             out, err = None, f"{type(exc).__name__}: {exc}"
-        return out, t0, now(), err
+        t_finished = now()
+        return out, t_started, t_finished, err
 
     def run(self, responses: list, waits: list) -> tuple:
         return _columns(self.map(responses, waits))
