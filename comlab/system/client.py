@@ -191,6 +191,9 @@ class Client(Role):
                 continue
             if msg.run != self.run_id:
                 self.result.stale += 1  # an earlier run's, still in flight to this URL
+            elif type(msg) is P.Welcome and "refused" in msg.info:
+                raise NoServer(f"the server at {self.server_url} refused this client: "
+                               f"{P.preview(msg.info['refused'])}")
             elif type(msg) is P.Welcome:
                 # Only flat scalars: the info goes into meta.json, and a peer chose it.
                 self.result.server_info = {

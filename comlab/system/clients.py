@@ -96,12 +96,13 @@ class ClientSockets:
             gone = True
         return url if gone else None
 
-    def expire(self, in_use=()) -> None:
-        """Close sockets unused for ``idle_s`` (except ``in_use`` URLs)."""
+    def expire(self, in_use=()) -> list[str]:
+        """Close sockets unused for ``idle_s`` (except ``in_use`` URLs); their URLs."""
         t = self.clock()
-        for url in [u for u, used in self.used.items()
-                    if t - used > self.idle_s and u not in in_use]:
+        old = [u for u, used in self.used.items() if t - used > self.idle_s and u not in in_use]
+        for url in old:
             self.release(url)
+        return old
 
     def close_all(self) -> None:
         for url in list(self.socks):

@@ -5,8 +5,9 @@ owner's poller (``watch``/``unwatch`` callables), replaces one that dies (after 
 it lived less than ``backoff_s``, so a worker that cannot start does not spin) and stops them
 all within a bound: ``stop_processes`` waits, then terminates, then kills.
 
-Local workers are named ``<prefix><n>-<token>``: the token is random per pool, so no peer on a
-server's remote worker endpoint can take a routing id a local worker will need.
+Local workers are named ``<prefix><n>`` (what records show) and connect with the routing id
+``<name>-<token>``: the token is random per pool, so no peer on a server's remote worker endpoint
+can take a routing id a local worker will need.
 """
 
 from __future__ import annotations
@@ -31,8 +32,8 @@ class Pool:
             self.mp.set_forkserver_preload(["comlab.system.worker"])
         self.watch, self.unwatch = watch, unwatch
         self.backoff_s = backoff_s
-        self.token = secrets.token_hex(4)
-        self.name_of = name_of or (lambda n: f"{self.prefix}{n}-{self.token}")
+        self.token = secrets.token_hex(4) if name_of is None else None
+        self.name_of = name_of or (lambda n: f"{self.prefix}{n}")
         self.procs: dict[int, tuple] = {}   # sentinel -> (Process, routing id, started at)
         self.restarts: list[float] = []     # due times of delayed replacements
         self.deaths = 0
@@ -42,10 +43,11 @@ class Pool:
         """Start one worker (``mp``: another start method, e.g. fork before any thread)."""
         name = self.name_of(self._next)
         self._next += 1
+        ident = f"{name}-{self.token}" if self.token else name
         proc = (mp or self.mp).Process(target=self.target, name=f"comlab-{name}", daemon=True,
-                                       args=(name, *self.args))
+                                       args=(name, *self.args), kwargs={"ident": ident})
         proc.start()
-        ident = name.encode()
+        ident = ident.encode()
         self.procs[proc.sentinel] = (proc, ident, time.monotonic())
         if self.watch is not None:
             self.watch(proc.sentinel)

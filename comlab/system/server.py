@@ -90,6 +90,7 @@ class Server(Role):
         self.runs: dict[str, int] = {}                 # reply URL -> its current run
         self.ended: OrderedDict[int, None] = OrderedDict()
         self.hellos: dict[str, tuple] = {}             # reply URL -> (workers not joined, deadline)
+        self.silent: set[bytes] = set()                # workers that never answered a CONNECT
         self.startup_s = None
 
     # -- setup ------------------------------------------------------------------------------
@@ -230,7 +231,7 @@ class Server(Role):
                 self.stats["overdue"] += 1
                 self.lost_worker(ident, "holding a batch far past its ideal time")
         if len(self.clients) > 8:
-            self.clients.expire(in_use=self.runs)
+            self.expire_clients()
         waits = [w for w in waits if w is not None]
         return min(waits) if waits else None
 
@@ -257,14 +258,15 @@ class Server(Role):
         url = h.reply_url or self.reply_url
         try:
             self.clients.get(url)  # a bad URL is dropped here, before a worker sees it
-        except TooManyClients:
+        except TooManyClients as exc:
             self.stats["refused"] += 1
+            self.refuse(url, h.run, str(exc))
             raise
         old = self.runs.get(url)
         if old is not None and old != h.run:
             self.end_run(url, "a new client said HELLO on its URL", keep_socket=True)
         self.runs[url] = h.run
-        idle = set(self.ledger.idle)
+        idle = set(self.ledger.idle) - self.silent
         connect = P.Connect(url, self.strategy, max(0, min(h.warm, MAX_WARM))).pack()
         for ident in list(self.ledger.workers):
             self.to_worker(ident, connect)
@@ -273,6 +275,17 @@ class Server(Role):
             self.hellos[url] = (waiting, time.monotonic() + HELLO_WAIT_S)
         else:
             self.welcome(url)
+
+    def refuse(self, url: str, run: int, why: str) -> None:
+        """Answer a client there is no room for, on a socket of its own, closed at once."""
+        sock = self.socket(zmq.PUSH, curve_server=False)
+        try:
+            sock.connect(url)
+            sock.send(P.Welcome(run, {"refused": why}).pack(), zmq.NOBLOCK)
+        except zmq.ZMQError:
+            pass
+        finally:
+            self.close_socket(sock, linger_ms=1000)
 
     def welcome(self, url: str) -> None:
         self.hellos.pop(url, None)
@@ -291,6 +304,11 @@ class Server(Role):
         t = time.monotonic()
         for url, (waiting, deadline) in list(self.hellos.items()):
             waiting.discard(ident)
+            if waiting and t >= deadline:
+                # Never joined: not waited for again until it shows life (any message).
+                self.silent |= waiting
+                log.warning("%d workers did not join client %s within %.0f s", len(waiting),
+                            url, HELLO_WAIT_S)
             if not waiting or t >= deadline:
                 self.welcome(url)
 
@@ -353,6 +371,15 @@ class Server(Role):
                 self.ip_status[ip] = status
         return status
 
+    def expire_clients(self) -> None:
+        """Let go of clients idle for a minute with no work queued or running: a client that
+        vanished without BYE and without a connection to lose (its URL never answered)."""
+        active = {w.run for w in self.ledger.pending}
+        active |= {h.work.run for w in self.ledger.workers.values() for h in w.held}
+        busy = {url for url, run in self.runs.items() if run in active}
+        for url in self.clients.expire(in_use=busy):
+            self.end_run(url, "idle, nothing in flight")
+
     def on_bye(self, bye: P.Bye) -> None:
         url = bye.reply_url or self.reply_url
         if self.runs.get(url) == bye.run:
@@ -412,6 +439,8 @@ class Server(Role):
             self.stats["dropped"] += 1
             log.warning("dropped a worker message from %s: %s", P.preview(ident), exc)
             return
+        if self.silent:
+            self.silent.discard(ident)
         kind = type(msg)
         if kind is P.Done:
             self.ledger.done(ident, msg.run, msg.batch_id)

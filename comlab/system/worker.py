@@ -33,11 +33,12 @@ SERVER_TYPES = (P.Work, P.Connect, P.Forget, P.Stop, P.Ping)
 class Worker(Role):
     linger_ms = 1000  # results in flight at shutdown still get a chance to leave
 
-    def __init__(self, server_url: str, name: str, *, watch_parent: bool = True,
-                 security=None) -> None:
+    def __init__(self, server_url: str, name: str, *, ident: str | None = None,
+                 watch_parent: bool = True, security=None) -> None:
         super().__init__()
         self.server_url = server_url
         self.name = name
+        self.ident = ident or name  # the routing id (local workers: name + a secret token)
         self.watch_parent = watch_parent
         self.security = security
         self.strategies = Cache()
@@ -47,7 +48,7 @@ class Worker(Role):
         self.clients = ClientSockets(self, linger_ms=1000)
         # Forked workers may connect before the server binds: retry after 10 ms (doubling to
         # 1 s), not libzmq's default 100 ms, which would be most of a pool's start-up.
-        self.server = self.socket(zmq.DEALER, connect=None, routing_id=self.name.encode(),
+        self.server = self.socket(zmq.DEALER, connect=None, routing_id=self.ident.encode(),
                                   curve_server=False, reconnect_ivl=10, reconnect_ivl_max=1000)
         # Each handshake after the first is a new connection (server restarted, network back):
         # say READY again, so a server that never met us takes us on.
@@ -152,10 +153,11 @@ def die_with_parent() -> None:
             pass
 
 
-def main(name: str, server_url: str, log_level: int = logging.WARNING, security=None) -> None:
+def main(name: str, server_url: str, log_level: int = logging.WARNING, security=None, *,
+         ident: str | None = None) -> None:
     """Entry point of a worker process (a multiprocessing target: lives in the package)."""
     die_with_parent()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the server's to handle
     signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a forked worker inherits the server's
     logging.basicConfig(level=log_level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    Worker(server_url, name, security=security).run()
+    Worker(server_url, name, ident=ident, security=security).run()
