@@ -1,5 +1,6 @@
-"""The server's look-up, without processes or sockets: a Server is built but never run, and the
-two ways out of on_batch (answers to clients for misses, the ledger for work) are captured."""
+"""The server's intake (look-up, runs), without processes or sockets: a Server is built but never
+run, and the two ways out of on_batch (answers to clients for misses, the ledger for work) are
+captured."""
 
 from __future__ import annotations
 
@@ -32,13 +33,14 @@ class FakeLedger:
         self.submit = work.append
 
 
-def make_server(networks=(), reply_url="tcp://default:1", **kw):
+def make_intake(networks=(), reply_url="tcp://default:1", **kw):
     server = Server(TABLE, "tcp://127.0.0.1:0", reply_url, 0, networks=networks,
                     workers_url="tcp://127.0.0.1:0", **kw)
-    server.sent, server.work = [], []
-    server.clients = FakeClients(server.sent)
-    server.ledger = FakeLedger(server.work)
-    return server
+    intake = server.intake
+    intake.sent, intake.work = [], []
+    intake.clients = FakeClients(intake.sent)
+    intake.ledger = FakeLedger(intake.work)
+    return intake
 
 
 def batch(batch_id, url, t_sent, ids, keys, run=1):
@@ -46,14 +48,14 @@ def batch(batch_id, url, t_sent, ids, keys, run=1):
 
 
 def test_status_without_networks_is_unknown():
-    s = make_server()
+    s = make_intake()
     assert s.status_of("10.0.0.1:foo") == P.UNKNOWN
     assert s.status_of("192.168.1.1:nope") == P.UNKNOWN
     assert s.status_of("not-an-ip:foo") == P.UNKNOWN
 
 
 def test_status_with_networks():
-    s = make_server(networks=["192.168.1.0/25", "10.0.0.0/8"])
+    s = make_intake(networks=["192.168.1.0/25", "10.0.0.0/8"])
     assert s.status_of("192.168.1.5:nope") == P.UNKNOWN       # in reach, no such entry
     assert s.status_of("10.1.2.3:foo") == P.UNKNOWN
     assert s.status_of("192.168.1.200:foo") == P.UNREACHABLE  # outside every network
@@ -62,7 +64,7 @@ def test_status_with_networks():
 
 
 def test_status_is_per_ip_and_cached():
-    s = make_server(networks=["192.168.1.0/25"])
+    s = make_intake(networks=["192.168.1.0/25"])
     assert s.status_of("192.168.1.200:a") == P.UNREACHABLE
     assert s.status_of("192.168.1.200:b") == P.UNREACHABLE
     assert s.ip_status["192.168.1.200"] == P.UNREACHABLE
@@ -70,13 +72,13 @@ def test_status_is_per_ip_and_cached():
 
 
 def test_networks_are_not_strict():
-    s = make_server(networks=["192.168.1.7/25"])  # host bits set: still 192.168.1.0/25
+    s = make_intake(networks=["192.168.1.7/25"])  # host bits set: still 192.168.1.0/25
     assert s.status_of("192.168.1.100:x") == P.UNKNOWN
     assert s.status_of("192.168.1.128:x") == P.UNREACHABLE
 
 
 def test_batch_of_hits_is_one_work_item():
-    s = make_server()
+    s = make_intake()
     s.on_batch(111, batch(4, "tcp://c:9", 100, [10, 11], ["192.168.1.1:foo", "192.168.1.1:bar"]))
     assert s.sent == []
     assert len(s.work) == 1
@@ -88,7 +90,7 @@ def test_batch_of_hits_is_one_work_item():
 
 
 def test_batch_splits_misses_from_work():
-    s = make_server(networks=["192.168.1.0/25"])
+    s = make_intake(networks=["192.168.1.0/25"])
     keys = ["192.168.1.1:foo", "192.168.1.1:nope", "192.168.1.200:foo", "192.168.1.201:foo",
             "192.168.1.1:bar"]
     s.on_batch(5, batch(2, "", 3, [20, 21, 22, 23, 24], keys))
@@ -109,7 +111,7 @@ def test_batch_splits_misses_from_work():
 
 
 def test_known_key_out_of_reach_is_unreachable():
-    s = make_server(networks=["192.168.1.0/25"])
+    s = make_intake(networks=["192.168.1.0/25"])
     s.on_batch(5, batch(0, "tcp://c:9", 3, [0], ["192.168.1.200:foo"]))
     assert s.work == []
     assert [(m.task_ids, m.statuses) for _, m in s.sent] == [([0], [P.UNREACHABLE])]
@@ -117,7 +119,7 @@ def test_known_key_out_of_reach_is_unreachable():
 
 
 def test_batch_of_only_misses_dispatches_nothing():
-    s = make_server()
+    s = make_intake()
     s.on_batch(5, batch(0, "tcp://c:9", 3, [0, 1], ["1.1.1.1:a", "1.1.1.1:b"]))
     assert s.work == []
     assert [(u, m.task_ids, m.statuses) for u, m in s.sent] == \
@@ -125,7 +127,7 @@ def test_batch_of_only_misses_dispatches_nothing():
 
 
 def test_client_message_with_bad_key_is_dropped():
-    s = make_server()
+    s = make_intake()
     s.on_client_frame(batch(0, "tcp://c:1", 0, [0], [123]).pack())
     s.on_client_frame(batch(0, "tcp://c:1", 0, [0], [["list"]]).pack())
     s.on_client_frame(batch(0, "tcp://c:1", 0, [0], [{"a": 1}]).pack())
@@ -136,7 +138,7 @@ def test_client_message_with_bad_key_is_dropped():
 
 
 def test_batches_of_an_ended_run_are_stale():
-    s = make_server()
+    s = make_intake()
     s.on_batch(1, batch(0, "tcp://c:1", 0, [0], ["192.168.1.1:foo"], run=1))
     s.runs["tcp://c:1"] = 2  # a new client said HELLO on the same URL
     s.on_batch(1, batch(1, "tcp://c:1", 0, [1], ["192.168.1.1:foo"], run=1))

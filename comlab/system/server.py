@@ -1,23 +1,21 @@
 """The server: the poll loop and the routing between clients, workers and the lab.
 
-Clients PUSH batches to its PULL socket. Each task key ("ip:command") is looked up in one dict;
-tasks it cannot run (unknown key, address outside ``networks``) are answered at once from here,
-the rest become one work item for the ledger (comlab.system.ledger: the pending queue, who holds
-what, retries, the dispatch decision). Workers connect a DEALER to the server's ROUTER (READY,
-then DONE after each batch). The local pool (comlab.system.pool) is running before the server
-reports ready; remote worker hosts may join on ``workers_url`` at any time. Lost workers are
-noticed off the hot path (comlab.system.liveness). Results go out through one socket per client
+Clients PUSH batches to its PULL socket; the intake (comlab.system.intake: runs, handshake,
+look-up) answers tasks no worker can run and turns the rest of each batch into one work item
+for the ledger (comlab.system.ledger: the pending queue, who holds what, retries, the dispatch
+decision). Workers connect a DEALER to the server's ROUTER (READY, then DONE after each batch).
+The local pool (comlab.system.pool) is running before the server reports ready; remote worker
+hosts may join on ``workers_url`` at any time. Lost workers are noticed off the hot path
+(comlab.system.liveness). Results go out through one socket per client
 (comlab.system.clients). When ``pending`` is full the server stops reading its PULL socket and
 ZeroMQ's high-water marks push back on the client.
 
-Runs: every batch names its client's run. A new HELLO on a result URL ends the previous run
-there; BYE ends it; so does the client's connection going away. A run that ended has its queued
-batches dropped (counted in ``stats``, logged) and its late batches refused as stale.
+Every peer message is checked (comlab.system.protocol) and costs its sender that message at
+most: never the process, another client's tasks, or unbounded memory, threads or waiting.
 """
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import os
 import signal
@@ -25,14 +23,14 @@ import sys
 import tempfile
 import threading
 import time
-from collections import OrderedDict
 
 import zmq
 
 from .. import __version__
 from . import protocol as P, strategies
 from . import worker as worker_mod
-from .clients import ClientSockets, TooManyClients
+from .clients import ClientSockets
+from .intake import Intake
 from .ledger import Ledger
 from .liveness import Liveness
 from .pool import Pool
@@ -46,13 +44,9 @@ READY_TIMEOUT_S = 30.0
 STOP_GRACE_S = 0.5  # then busy workers are terminated: their clients are being stopped too
 HEARTBEAT_IVL_MS = 1000      # ZMTP PINGs on every worker connection ...
 HEARTBEAT_TIMEOUT_MS = 3000  # ... which is dropped after this long without traffic
-HELLO_WAIT_S = 5.0  # a client is welcomed after this even if some worker never joined
-MAX_WARM = 1024     # threads a HELLO may ask each worker to start
 OVERDUE_SLACK_S = 10.0  # a batch held longer than factor x its ideal time + this: worker wedged
-ENDED_RUNS_KEPT = 4096
 COUNTERS = ("batches", "tasks", "unknown", "unreachable", "dropped", "stale", "runs_ended",
             "retried", "failed", "worker_deaths", "workers_lost", "overdue", "refused")
-CLIENT_TYPES = (P.Batch, P.Hello, P.Bye)
 WORKER_TYPES = (P.Done, P.Ready, P.Joined, P.Pong)
 
 
@@ -68,11 +62,11 @@ class Server(Role):
         if max_workers < 1 and not workers_url:
             raise ValueError("a server with no local workers needs --workers-url "
                              "(where remote worker hosts connect)")
-        self.table = table
-        self.bind_url, self.reply_url = bind_url, reply_url
+        self.bind_url = bind_url
         self.max_workers = max_workers
-        self.strategy = strategies.check(strategy)
-        self.networks = [ipaddress.ip_network(n, strict=False) for n in networks]
+        self.stats = dict.fromkeys(COUNTERS, 0)
+        self.intake = Intake(table, networks, reply_url, strategies.check(strategy), self.stats,
+                             self)
         self.workers_url, self.control_url = workers_url, control_url
         self.watch_fd, self.on_ready, self.security = watch_fd, on_ready, security
         self.max_pending = max_pending or 2 * max(max_workers, 1) + 16
@@ -81,16 +75,6 @@ class Server(Role):
         self.fork_first = ("fork" in __import__("multiprocessing").get_all_start_methods()
                            and threading.active_count() == 1)
         self.poller = None
-        self.ip_status: dict[str, int] = {}
-        if self.networks:
-            # An address out of reach is unreachable even when the map knows it: drop such keys
-            # from the table once, so the per-task look-up stays a single dict get.
-            self.table = {k: v for k, v in table.items() if self.status_of(k) != P.UNREACHABLE}
-        self.stats = dict.fromkeys(COUNTERS, 0)
-        self.runs: dict[str, int] = {}                 # reply URL -> its current run
-        self.ended: OrderedDict[int, None] = OrderedDict()
-        self.hellos: dict[str, tuple] = {}             # reply URL -> (workers not joined, deadline)
-        self.silent: set[bytes] = set()                # workers that never answered a CONNECT
         self.startup_s = None
 
     # -- setup ------------------------------------------------------------------------------
@@ -129,6 +113,7 @@ class Server(Role):
         self.ledger = Ledger(self.send_work, self.fail_work, strategies.cost,
                              max_pending=self.max_pending)
         self.liveness = Liveness(self.to_worker)
+        self.intake.attach()
         for sock in (self.router, self.pull, self.control, self.watch_fd):
             if sock is not None:
                 watch(sock)
@@ -151,7 +136,7 @@ class Server(Role):
     def info(self) -> dict:
         return {"version": __version__, "pid": os.getpid(), "host": HOST, "bind": self.bound_url,
                 "workers_url": self.workers_url, "control": self.control_url,
-                "workers": len(self.ledger.workers), "strategy": self.strategy,
+                "workers": len(self.ledger.workers), "strategy": self.intake.strategy,
                 "startup_s": self.startup_s}
 
     def wait_for_workers(self, n: int) -> None:
@@ -176,7 +161,7 @@ class Server(Role):
         router, pull, control, monitors = self.router, self.pull, self.control, \
             self.clients.monitors
         recv_worker, recv_client = router.recv_multipart, pull.recv
-        on_worker, on_client = self.on_worker_frame, self.on_client_frame
+        on_worker, on_client = self.on_worker_frame, self.intake.on_client_frame
         ledger, poll = self.ledger, self.poller.poll
         while True:
             want_pull = not ledger.full
@@ -213,12 +198,12 @@ class Server(Role):
                 elif sock in monitors:
                     url = self.clients.disconnected(sock)
                     if url is not None:
-                        self.end_run(url, "its connection closed")
+                        self.intake.end_run(url, "its connection closed")
 
     def timeout_ms(self) -> float | None:
         """Nothing to wait for: block. Else until the next HELLO deadline, probe, restart or
         overdue check (at most a second while batches are out)."""
-        waits = [self.hello_timeout_ms()]
+        waits = [self.intake.hello_timeout_ms()]
         probe_ms, lost = self.liveness.timeout_ms(lambda: list(self.ledger.workers))
         waits.append(probe_ms)
         for ident in lost:
@@ -231,178 +216,9 @@ class Server(Role):
                 self.stats["overdue"] += 1
                 self.lost_worker(ident, "holding a batch far past its ideal time")
         if len(self.clients) > 8:
-            self.expire_clients()
+            self.intake.expire_clients()
         waits = [w for w in waits if w is not None]
         return min(waits) if waits else None
-
-    # -- clients ---------------------------------------------------------------------------
-    def on_client_frame(self, frame: bytes) -> None:
-        t_server_in = now()  # the t_server_in stamp (comlab.schema): before decoding
-        try:
-            msg = P.decode(frame, CLIENT_TYPES)
-            if type(msg) is P.Batch:
-                self.on_batch(t_server_in, P.check_batch(msg))
-            elif type(msg) is P.Hello:
-                self.on_hello(msg)
-            else:
-                self.on_bye(msg)
-        except Exception as exc:  # a peer's message costs that peer its message, no more
-            self.stats["dropped"] += 1
-            log.warning("dropped a client message (%d bytes): %s", len(frame),
-                        P.preview(str(exc)))
-
-    def on_hello(self, h: P.Hello) -> None:
-        """Welcome a client once every idle worker has connected to it and warmed its threads,
-        so neither connection set-up nor thread start-up lands inside the client's clock. Busy
-        workers are told too, but not waited for."""
-        url = h.reply_url or self.reply_url
-        try:
-            self.clients.get(url)  # a bad URL is dropped here, before a worker sees it
-        except TooManyClients as exc:
-            self.stats["refused"] += 1
-            self.refuse(url, h.run, str(exc))
-            raise
-        old = self.runs.get(url)
-        if old is not None and old != h.run:
-            self.end_run(url, "a new client said HELLO on its URL", keep_socket=True)
-        self.runs[url] = h.run
-        idle = set(self.ledger.idle) - self.silent
-        connect = P.Connect(url, self.strategy, max(0, min(h.warm, MAX_WARM))).pack()
-        for ident in list(self.ledger.workers):
-            self.to_worker(ident, connect)
-        waiting = idle & set(self.ledger.workers)
-        if waiting:
-            self.hellos[url] = (waiting, time.monotonic() + HELLO_WAIT_S)
-        else:
-            self.welcome(url)
-
-    def refuse(self, url: str, run: int, why: str) -> None:
-        """Answer a client there is no room for, on a socket of its own, closed at once."""
-        sock = self.socket(zmq.PUSH, curve_server=False)
-        try:
-            sock.connect(url)
-            sock.send(P.Welcome(run, {"refused": why}).pack(), zmq.NOBLOCK)
-        except zmq.ZMQError:
-            pass
-        finally:
-            self.close_socket(sock, linger_ms=1000)
-
-    def welcome(self, url: str) -> None:
-        self.hellos.pop(url, None)
-        self.clients.send(url, P.Welcome(self.runs.get(url, 0), self.info()).pack())
-
-    def hello_timeout_ms(self) -> float | None:
-        if not self.hellos:
-            return None
-        self.on_joined(None)
-        if not self.hellos:
-            return None
-        return max(0.0, min(d for _, d in self.hellos.values()) - time.monotonic()) * 1000
-
-    def on_joined(self, ident: bytes | None) -> None:
-        """A worker finished a CONNECT (ident None: check deadlines only)."""
-        t = time.monotonic()
-        for url, (waiting, deadline) in list(self.hellos.items()):
-            waiting.discard(ident)
-            if waiting and t >= deadline:
-                # Never joined: not waited for again until it shows life (any message).
-                self.silent |= waiting
-                log.warning("%d workers did not join client %s within %.0f s", len(waiting),
-                            url, HELLO_WAIT_S)
-            if not waiting or t >= deadline:
-                self.welcome(url)
-
-    def on_batch(self, t_server_in: int, b: P.Batch) -> None:
-        url = b.reply_url or self.reply_url
-        current = self.runs.get(url)
-        if current != b.run:
-            if current is not None or b.run in self.ended:
-                self.stats["stale"] += 1  # a batch of a run that ended: its client is gone
-                return
-            self.clients.get(url)  # a client that never said HELLO: its first batch starts
-            self.runs[url] = b.run  # the run (a bad URL is dropped here)
-        get = self.table.get
-        entries = [get(k) for k in b.keys]
-        task_ids = b.task_ids
-        if None in entries:
-            entries = self.answer_misses(t_server_in, b, url, entries)
-            task_ids = [t for t, e in zip(task_ids, entries) if e is not None]
-            entries = [e for e in entries if e is not None]
-        self.stats["batches"] += 1
-        self.stats["tasks"] += len(b.keys)
-        if entries:
-            t_enqueued = now()  # the t_enqueued stamp (comlab.schema): the work item exists
-            self.ledger.submit(P.Work(b.run, b.batch_id, url, self.strategy, b.t_sent,
-                                      t_server_in, t_enqueued, 0, task_ids,
-                                      [e[0] for e in entries], [e[1] for e in entries]))
-
-    def answer_misses(self, t_server_in: int, b: P.Batch, url: str, entries: list) -> list:
-        """Answer tasks no worker can run (unknown key, unreachable address) at once."""
-        ids, statuses = [], []
-        for tid, key, entry in zip(b.task_ids, b.keys, entries):
-            if entry is None:
-                if not isinstance(key, str):
-                    raise P.ProtocolError(f"task key {P.preview(key)} is not a string")
-                ids.append(tid)
-                statuses.append(self.status_of(key))
-        for status in statuses:
-            self.stats[P.STATUS_NAMES[status]] += 1
-        t = now()
-        n = len(ids)
-        self.clients.send(url, P.Results(b.run, b.batch_id, "server", HOST, 0, b.t_sent,
-                                         t_server_in, t,
-                                         ids, statuses, [None] * n, [t] * n, [t] * n,
-                                         None).pack())
-        return entries
-
-    def status_of(self, key: str) -> int:
-        ip = key.partition(":")[0]
-        status = self.ip_status.get(ip)
-        if status is None:
-            status = P.UNKNOWN
-            if self.networks:
-                try:
-                    addr = ipaddress.ip_address(ip)
-                    if not any(addr in net for net in self.networks):
-                        status = P.UNREACHABLE
-                except ValueError:
-                    status = P.UNREACHABLE
-            if len(self.ip_status) < 100_000:
-                self.ip_status[ip] = status
-        return status
-
-    def expire_clients(self) -> None:
-        """Let go of clients idle for a minute with no work queued or running: a client that
-        vanished without BYE and without a connection to lose (its URL never answered)."""
-        active = {w.run for w in self.ledger.pending}
-        active |= {h.work.run for w in self.ledger.workers.values() for h in w.held}
-        busy = {url for url, run in self.runs.items() if run in active}
-        for url in self.clients.expire(in_use=busy):
-            self.end_run(url, "idle, nothing in flight")
-
-    def on_bye(self, bye: P.Bye) -> None:
-        url = bye.reply_url or self.reply_url
-        if self.runs.get(url) == bye.run:
-            self.end_run(url, None)
-
-    def end_run(self, url: str, why: str | None, keep_socket: bool = False) -> None:
-        """A client is done (why None) or gone: drop its queued work, let go of its sockets."""
-        run = self.runs.pop(url, None)
-        if run is None:
-            return
-        self.ended[run] = None
-        if len(self.ended) > ENDED_RUNS_KEPT:
-            self.ended.popitem(last=False)
-        self.hellos.pop(url, None)
-        dropped = self.ledger.drop_run(run)
-        self.stats["runs_ended"] += 1
-        (log.warning if dropped else log.info)(
-            "client %s: run ended (%s); %d queued tasks dropped", url, why or "BYE", dropped)
-        if not keep_socket:
-            self.clients.release(url)
-            forget = P.Forget(url).pack()
-            for ident in list(self.ledger.workers):
-                self.to_worker(ident, forget)
 
     # -- workers ---------------------------------------------------------------------------
     def to_worker(self, ident: bytes, frame: bytes) -> bool:
@@ -439,8 +255,8 @@ class Server(Role):
             self.stats["dropped"] += 1
             log.warning("dropped a worker message from %s: %s", P.preview(ident), exc)
             return
-        if self.silent:
-            self.silent.discard(ident)
+        if self.intake.silent:
+            self.intake.silent.discard(ident)
         kind = type(msg)
         if kind is P.Done:
             self.ledger.done(ident, msg.run, msg.batch_id)
@@ -448,8 +264,8 @@ class Server(Role):
             self.ledger.ready(ident, msg.name, msg.host, msg.pid,
                               local=ident in self.pool.idents())
         elif kind is P.Joined:
-            if self.hellos:
-                self.on_joined(ident)
+            if self.intake.hellos:
+                self.intake.on_joined(ident)
         else:
             w = self.ledger.workers.get(ident)
             if w is not None:
@@ -463,15 +279,15 @@ class Server(Role):
         log.warning("worker %s is lost (%s): its batches are retried", w.name, why)
         self.pool.kill(ident)
         self.ledger.lose(ident)
-        if self.hellos:
-            self.on_joined(ident)
+        if self.intake.hellos:
+            self.intake.on_joined(ident)
 
     def on_worker_exit(self, sentinel: int) -> None:
         _, ident = self.pool.exited(sentinel)
         self.stats["worker_deaths"] += 1
         self.ledger.lose(ident)
-        if self.hellos:
-            self.on_joined(ident)
+        if self.intake.hellos:
+            self.intake.on_joined(ident)
 
     def on_worker_disconnect(self) -> None:
         """A worker connection ended (killed, stopped, cut off): probe every worker."""
@@ -495,8 +311,8 @@ class Server(Role):
         if op == "ping":
             return self.info()
         if op == "strategy":
-            self.strategy = strategies.check(args[0] if args else None)
-            return self.strategy
+            self.intake.strategy = strategies.check(args[0] if args else None)
+            return self.intake.strategy
         if op == "clock":
             return now()
         if op == "clock-workers":
