@@ -12,7 +12,7 @@ import signal
 import sys
 
 from . import data
-from .system import strategies
+from .system import dispatch, strategies
 from .system.role import AddressInUse
 
 
@@ -24,6 +24,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--strategy", default=strategies.DEFAULT,
                    help=f"how workers run a batch: {', '.join(strategies.STRATEGIES)} "
                         f"(default {strategies.DEFAULT})")
+    p.add_argument("--dispatch", default=dispatch.DEFAULT,
+                   help="how batches reach workers: broker (load balancing, adaptive prefetch), "
+                        "broker:K (prefetch K batches), queue (the seed's shared queue); "
+                        f"default {dispatch.DEFAULT}")
     p.add_argument("--network", action="append", default=[], metavar="CIDR",
                    help="addresses within reach (repeatable); tasks outside are 'unreachable'")
     p.add_argument("--workers-url", help="also accept remote worker hosts here, "
@@ -49,6 +53,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         table = data.read_server_map(args.map_file, lenient=args.lenient).flat()
         strategies.check(args.strategy)
+        dispatch.check(args.dispatch)
         if args.max_workers < 0:
             raise ValueError("MAX_WORKERS must be >= 0")
         security = None
@@ -63,12 +68,12 @@ def run(args: argparse.Namespace) -> int:
         if args.ready_json:
             print(json.dumps(info), flush=True)
         print(f"comlab server ready on {info['bind']} with {info['workers']} workers "
-              f"(strategy {info['strategy']}, started in {info['startup_s']:.2f} s)",
+              f"(strategy {info['strategy']}, dispatch {info['dispatch']}, started in {info['startup_s']:.2f} s)",
               file=sys.stderr, flush=True)
 
     signal.signal(signal.SIGTERM, _stop)
     server = Server(table, args.bind_url, args.remote_url, args.max_workers,
-                    strategy=args.strategy, networks=args.network, workers_url=args.workers_url,
+                    strategy=args.strategy, dispatch=args.dispatch, networks=args.network, workers_url=args.workers_url,
                     control_url=args.control_url, watch_fd=0 if args.watch_stdin else None,
                     on_ready=on_ready, security=security, log_level=level)
     try:

@@ -75,7 +75,7 @@ from comlab.system import protocol as P
 from comlab.system.client import Client, ClientRun
 from comlab.lab.processes import ServerProcess, workdir
 
-from conftest import descendants, wait_gone
+from conftest import DISPATCH, descendants, wait_gone
 
 
 # -- helpers -------------------------------------------------------------------------------------
@@ -279,10 +279,11 @@ def test_run_experiment_bad_data_starts_nothing(tmp_path, monkeypatch):
 
 # -- a server killed mid-run ---------------------------------------------------------------------
 @pytest.mark.timeout(60)
-def test_server_killed_mid_run(make_data):
+@pytest.mark.parametrize("dispatch", DISPATCH)
+def test_server_killed_mid_run(make_data, dispatch):
     client_file, server_file = make_data(n=8, wait=0.3)
     keys = keys_of(client_file)
-    with lab_server(server_file, 2) as server:
+    with lab_server(server_file, 2, dispatch=dispatch) as server:
         tree = psutil.Process(server.proc.pid).children(recursive=True)
         pids = {w["pid"] for w in server.control("stats")["workers"]}
         assert pids <= {p.pid for p in tree} and len(pids) == 2
@@ -327,10 +328,11 @@ def _kill_when_busy(server, not_pid: int | None = None) -> int:
 
 
 @pytest.mark.timeout(60)
-def test_worker_killed_mid_batch_is_retried_once(make_data):
+@pytest.mark.parametrize("dispatch", DISPATCH)
+def test_worker_killed_mid_batch_is_retried_once(make_data, dispatch):
     client_file, server_file = make_data(n=6, wait=0.4)
     keys = keys_of(client_file)
-    with lab_server(server_file, 1) as server:
+    with lab_server(server_file, 1, dispatch=dispatch) as server:
         client = ClientThread(keys, 2, server.url, timeout=20)
         wait_for(client.started, 10, "the handshake")
         killed = _kill_when_busy(server)
@@ -350,19 +352,27 @@ def test_worker_killed_mid_batch_is_retried_once(make_data):
 
 
 @pytest.mark.timeout(60)
-def test_worker_killed_twice_fails_that_batch_only(make_data):
+@pytest.mark.parametrize("dispatch", DISPATCH)
+def test_worker_killed_twice_fails_that_batch_only(make_data, dispatch):
     client_file, server_file = make_data(n=6, wait=0.4)
     keys = keys_of(client_file)
-    with lab_server(server_file, 1) as server:
+    with lab_server(server_file, 1, dispatch=dispatch) as server:
         client = ClientThread(keys, 2, server.url, timeout=20)
         wait_for(client.started, 10, "the handshake")
-        first = _kill_when_busy(server)
-        wait_for(lambda: server.control("stats")["retried"] == 1, 10, "the retry")
-        second = _kill_when_busy(server, not_pid=first)  # the retry's worker
+        # Kill whichever worker is busy until a batch has died twice: with the broker that is
+        # the retried batch at once (retries go first); with the shared queue the retry waits
+        # behind the batch already queued, which dies once first.
+        killed = []
+        for _ in range(5):
+            killed.append(_kill_when_busy(server, not_pid=killed[-1] if killed else None))
+            wait_for(lambda: server.control("stats")["worker_deaths"] == len(killed), 10,
+                     "the death noticed")
+            if server.control("stats")["failed"]:
+                break
         run = client.result(20)
         stats = server.control("stats")
-    assert (stats["worker_deaths"], stats["retried"], stats["failed"]) == (2, 1, 2), stats
-    assert wait_gone(_processes([first, second]), 2) == []
+    assert stats["failed"] == 2 and stats["retried"] == stats["worker_deaths"] - 1, stats
+    assert wait_gone(_processes(killed), 2) == []
     cols = run.columns()
     names = status_names(cols)
     failed = np.flatnonzero(cols["status"] == P.FAILED)
@@ -370,7 +380,7 @@ def test_worker_killed_twice_fails_that_batch_only(make_data):
     assert (cols["attempt"][failed] == 1).all()
     assert all("died running this batch" in e for e in cols["error"][failed])
     others = np.setdiff1d(np.arange(6), failed)
-    assert (cols["status"][others] == P.OK).all() and (cols["attempt"][others] == 0).all()
+    assert (cols["status"][others] == P.OK).all() and (cols["attempt"][others] <= 1).all()
     assert (cols["t_received"] - run.t_start < 20e9).all(), "the run waited for its deadline"
     assert run.accepted == 6
 
@@ -385,10 +395,11 @@ def _processes(pids) -> list[psutil.Process]:
 
 # -- a task raising inside a strategy ------------------------------------------------------------
 @pytest.mark.timeout(60)
-def test_faulty_tasks_fail_and_the_worker_lives_on(make_data, free_url):
+@pytest.mark.parametrize("dispatch", DISPATCH)
+def test_faulty_tasks_fail_and_the_worker_lives_on(make_data, free_url, dispatch):
     client_file, server_file = make_data(n=8, wait=0.0)
     keys = keys_of(client_file)
-    with lab_server(server_file, 1, strategy="faulty:2") as server:
+    with lab_server(server_file, 1, strategy="faulty:2", dispatch=dispatch) as server:
         pid = _worker_pid(server)
         run = Client(keys, 4, free_url(), server.url, timeout=20).run()
         cols = run.columns()

@@ -20,7 +20,7 @@ EXAMPLES = [
     P.Work(7, 3, "tcp://c:1", "thread-pool:2", T, T, T, 0, [4, 5], [10, 11], [0.0, 0.25]),
     P.Connect("tcp://c:3", "sequential", 8),
     P.Joined("tcp://c:3"),
-    P.Forget("tcp://c:3"),
+    P.Forget("tcp://c:3", 7),
     P.Stop(),
     P.Ping(None), P.Ping(T),
     P.Pong(T, T + 1),

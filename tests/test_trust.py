@@ -16,6 +16,7 @@ import pytest
 import zmq
 
 from comlab.system import protocol as P
+from conftest import DISPATCH
 from comlab.system.client import Client
 from comlab.system.clients import ClientSockets, TooManyClients
 from comlab.system.gang import Gang
@@ -24,13 +25,14 @@ from test_faults import ClientThread, keys_of, lab_server, status_names, wait_fo
 
 
 @pytest.mark.timeout(60)
-def test_timed_out_run_does_not_poison_the_next_on_the_same_url(make_data, free_url):
+@pytest.mark.parametrize("dispatch", DISPATCH)
+def test_timed_out_run_does_not_poison_the_next_on_the_same_url(make_data, free_url, dispatch):
     """Finding: a run that times out left its queued batches running, and the next client on
     the same result URL accepted their results (no run identity)."""
     client_file, server_file = make_data(n=32, wait=0.2)
     keys = keys_of(client_file)
     url = free_url()
-    with lab_server(server_file, 1) as server:
+    with lab_server(server_file, 1, dispatch=dispatch) as server:
         first = Client(keys, 1, url, server.url, timeout=0.5).run()  # 32 x 0.2 s on 1 worker
         assert 0 < first.summary()["lost"] < 32
         second = Client(keys, 32, url, server.url, timeout=20).run()  # same URL, at once
@@ -53,17 +55,19 @@ Client(keys, 1, sys.argv[1], sys.argv[2], timeout=60).run()
 
 
 @pytest.mark.timeout(60)
-def test_killed_client_queued_work_is_dropped(make_data, free_url):
+@pytest.mark.parametrize("dispatch", DISPATCH)
+def test_killed_client_queued_work_is_dropped(make_data, free_url, dispatch):
     """Finding: a SIGKILLed client's queued work kept running; the next runs took 5 s instead
     of 1 s for about 15 s."""
     client_file, server_file = make_data(n=64, wait=0.2)
     keys = keys_of(client_file)
-    with lab_server(server_file, 1) as server:
+    with lab_server(server_file, 1, dispatch=dispatch) as server:
         doomed = subprocess.Popen([sys.executable, "-c", _SLOW_CLIENT, free_url(), server.url,
                                    ",".join(keys)], stdout=subprocess.PIPE, text=True)
         try:
             assert doomed.stdout.readline().strip() == "ready"
-            wait_for(lambda: server.control("stats")["pending"] > 10, 10, "a queue of batches")
+            wait_for(lambda: sum(server.control("stats")[k] for k in ("pending", "queued")) > 10,
+                     10, "a queue of batches")
         finally:
             doomed.kill()
             doomed.wait(5)
@@ -80,12 +84,13 @@ def test_killed_client_queued_work_is_dropped(make_data, free_url):
 
 
 @pytest.mark.timeout(60)
-def test_stopped_local_worker_is_noticed_and_its_batch_retried(make_data):
+@pytest.mark.parametrize("dispatch", DISPATCH)
+def test_stopped_local_worker_is_noticed_and_its_batch_retried(make_data, dispatch):
     """Finding: a SIGSTOPped local worker was never noticed; its batch waited for the
     client's timeout."""
     client_file, server_file = make_data(n=4, wait=0.3)
     keys = keys_of(client_file)
-    with lab_server(server_file, 1) as server:
+    with lab_server(server_file, 1, dispatch=dispatch) as server:
         client = ClientThread(keys, 2, server.url, timeout=30)
         wait_for(lambda: server.control("stats")["busy"] >= 1, 10, "the worker inside a batch")
         victim = server.control("stats")["workers"][0]["pid"]
@@ -172,12 +177,13 @@ def test_hostile_worker_peer_cannot_lose_or_forge_a_run(make_data, free_url):
 
 
 @pytest.mark.timeout(60)
-def test_dead_reply_url_does_not_block_workers(make_data, free_url):
+@pytest.mark.parametrize("dispatch", DISPATCH)
+def test_dead_reply_url_does_not_block_workers(make_data, free_url, dispatch):
     """Finding: a batch whose reply URL has no listener made each worker queue results, then
     block 10 s per batch; a legitimate client arriving meanwhile lost every task."""
     client_file, server_file = make_data(n=8, wait=0.0)
     keys = keys_of(client_file)
-    with lab_server(server_file, 1) as server:
+    with lab_server(server_file, 1, dispatch=dispatch) as server:
         ctx = zmq.Context()
         try:
             push = ctx.socket(zmq.PUSH)

@@ -73,7 +73,7 @@ class ServerProcess(_Child):
     def __init__(self, map_file: str, workers: int, workdir: str, *, transport: str = "tcp",
                  networks=(), workers_url: str | None = None, strategy: str | None = None,
                  ready_timeout: float = 60.0, address: str = "127.0.0.1",
-                 prefix=()) -> None:
+                 prefix=(), dispatch: str | None = None) -> None:
         """``address``: the interface its tcp batch socket binds; ``prefix``: a command to run
         it under (e.g. ``ip netns exec NS``, ``taskset -c 0``)."""
         self.workdir = workdir
@@ -83,6 +83,8 @@ class ServerProcess(_Child):
                 str(workers), "--control", self.control_url, "--watch-stdin", "--ready-json"]
         if strategy:
             args += ["--strategy", strategy]
+        if dispatch:
+            args += ["--dispatch", dispatch]
         for net in networks:
             args += ["--network", net]
         if workers_url:

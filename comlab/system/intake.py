@@ -81,15 +81,15 @@ class Intake:
         so neither connection set-up nor thread start-up lands inside the client's clock. Busy
         workers are told too, but not waited for."""
         url = h.reply_url or self.reply_url
+        old = self.runs.get(url)
+        if old is not None and old != h.run:
+            self.end_run(url, "a new client said HELLO on its URL")
         try:
             self.clients.get(url)  # a bad URL is dropped here, before a worker sees it
         except TooManyClients as exc:
             self.stats["refused"] += 1
             self.refuse(url, h.run, str(exc))
             raise
-        old = self.runs.get(url)
-        if old is not None and old != h.run:
-            self.end_run(url, "a new client said HELLO on its URL", keep_socket=True)
         self.runs[url] = h.run
         idle = set(self.ledger.idle) - self.silent
         connect = P.Connect(url, self.strategy, max(0, min(h.warm, MAX_WARM))).pack()
@@ -209,7 +209,7 @@ class Intake:
         if self.runs.get(url) == bye.run:
             self.end_run(url, None)
 
-    def end_run(self, url: str, why: str | None, keep_socket: bool = False) -> None:
+    def end_run(self, url: str, why: str | None) -> None:
         """A client is done (why None) or gone: drop its queued work, let go of its sockets."""
         run = self.runs.pop(url, None)
         if run is None:
@@ -222,7 +222,6 @@ class Intake:
         self.stats["runs_ended"] += 1
         (log.warning if dropped else log.info)(
             "client %s: run ended (%s); %d queued tasks dropped", url, why or "BYE", dropped)
-        if not keep_socket:
-            self.clients.release(url)
-            self.broadcast(P.Forget(url).pack())
+        self.clients.release(url)
+        self.broadcast(P.Forget(url, run).pack())
 

@@ -1,9 +1,10 @@
 """The server's bookkeeping, apart from its sockets: who holds which batch, what waits, retries.
 
 The ledger knows the workers (by routing id), the pending queue and every batch a worker holds,
-in the order it got them. It makes the dispatch decision through a ``Policy`` (one class per
-dispatch design), and hands work out through the ``send`` callable it is given, which answers
-False when the worker cannot be reached; it never touches a socket itself, so every rule here
+in the order it got them. The dispatch design (comlab.system.dispatch: ``broker[:K]``,
+``queue``) decides where a new batch goes and when a busy worker may take more; the ledger hands
+work out through the ``send`` callable it is given, which answers False when the worker cannot
+be reached; it never touches a socket itself, so every rule here
 is unit-tested without processes (tests/test_ledger.py).
 
 Trust: a worker is believed only about batches it holds. DONE for a batch it does not hold is
@@ -19,6 +20,7 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 
+from .dispatch import Broker
 from .protocol import Work
 
 MAX_ATTEMPTS = 2  # a batch runs at most twice: once, and once more if its worker was lost
@@ -41,33 +43,15 @@ class WorkerState:
     progress: float = 0.0                        # last time it finished or got work while idle
 
 
-class Broker:
-    """Strict load balancing plus short-batch prefetch (the default policy).
-
-    A batch goes to an idle worker; failing that, to a busy worker whose held batches sum to at
-    most ``prefetch_s`` of expected work and number fewer than ``prefetch_max`` (so a worker on
-    tiny batches never idles for the DONE -> WORK round trip, while a batch is never stranded
-    behind real work); failing that, it waits in the pending queue.
-    """
-
-    name = "broker"
-
-    def __init__(self, prefetch_s: float = 0.001, prefetch_max: int = 4) -> None:
-        self.prefetch_s = prefetch_s
-        self.prefetch_max = prefetch_max
-
-    def takes_more(self, w: WorkerState) -> bool:
-        return (0 < len(w.held) < self.prefetch_max
-                and sum(h.cost_s for h in w.held) <= self.prefetch_s)
-
-
 class Ledger:
-    def __init__(self, send, fail, cost, *, policy: Broker | None = None,
+    def __init__(self, send, fail, cost, *, policy=None, local=frozenset(),
                  max_pending: int = 64, clock=time.monotonic) -> None:
         """``send(ident, work) -> bool``; ``fail(work, worker_name)`` answers a batch's tasks as
-        failed; ``cost(work) -> seconds`` is its expected run time."""
+        failed; ``cost(work) -> seconds`` is its expected run time; ``policy`` a dispatch design;
+        ``local`` the routing ids of the server's own workers (a set kept up to date)."""
         self.send, self.fail, self.cost = send, fail, cost
         self.policy = policy or Broker()
+        self.local = local
         self.max_pending = max_pending
         self.clock = clock
         self.workers: dict[bytes, WorkerState] = {}
@@ -80,7 +64,7 @@ class Ledger:
     # -- questions ---------------------------------------------------------------------------
     @property
     def full(self) -> bool:
-        return len(self.pending) >= self.max_pending
+        return len(self.pending) + self.policy.queued() >= self.max_pending
 
     def busy(self) -> int:
         return sum(1 for w in self.workers.values() if w.held)
@@ -91,8 +75,15 @@ class Ledger:
 
     # -- events --------------------------------------------------------------------------------
     def submit(self, work: Work) -> None:
-        """A new (or retried) batch: to a worker now, or to the pending queue."""
+        """A new (or retried) batch: where the dispatch design puts it, or the pending queue."""
+        if not self.policy.place(self, work):
+            self.pending.append(work)
+
+    def to_free_worker(self, work: Work, remote_only: bool = False) -> bool:
+        """Give ``work`` to an idle worker, failing that to one that may take more (the
+        design's prefetch rule); False if there is none."""
         for candidates in (self.idle, self.short):
+            skipped = []
             while candidates:
                 ident = candidates.popleft()
                 w = self.workers.get(ident)
@@ -100,9 +91,14 @@ class Ledger:
                     continue
                 if candidates is self.idle and w.held:
                     continue  # stale entry
+                if remote_only and ident in self.local:
+                    skipped.append(ident)
+                    continue
                 if self._give(ident, w, work):
-                    return
-        self.pending.append(work)
+                    candidates.extend(skipped)
+                    return True
+            candidates.extend(skipped)
+        return False
 
     def ready(self, ident: bytes, name: str, host: str, pid: int, *, local: bool = False) -> bool:
         """A worker announced itself; False if refused: READY is believed only from a worker
@@ -145,23 +141,27 @@ class Ledger:
         """A worker is gone: retry its batches once, or fail them; hand out what waits."""
         w = self.workers.pop(ident, None)
         if w is None:
+            self.requeue(self.policy.lost_local(ident), ident.decode(errors="replace"))
             return
         _discard(self.idle, ident)
         _discard(self.short, ident)
-        for h in reversed(w.held):
-            work = h.work
+        self.requeue([h.work for h in w.held] + self.policy.lost_local(ident), w.name)
+
+    def requeue(self, works: list, name: str) -> None:
+        """Batches a lost worker held: each retried once (ahead of the queue), or failed."""
+        for work in reversed(works):
             if work.attempt + 1 < MAX_ATTEMPTS:
                 self.counts["retried"] += 1
                 self.pending.appendleft(work._replace(attempt=work.attempt + 1))
             else:
                 self.counts["failed_batches"] += 1
-                self.fail(work, w.name)
+                self.fail(work, name)
         self._drain_pending()
 
     def drop_run(self, run: int) -> int:
         """Forget the queued (not yet handed out) batches of a run; the number of tasks."""
         kept = deque(w for w in self.pending if w.run != run)
-        n = sum(len(w.task_ids) for w in self.pending if w.run == run)
+        n = sum(len(w.task_ids) for w in self.pending if w.run == run) + self.policy.drop_run(run)
         self.pending = kept
         self.counts["dropped_tasks"] += n
         return n
@@ -176,7 +176,7 @@ class Ledger:
     def _next(self, ident: bytes) -> None:
         """An idle worker: give it the next pending batch, or mark it idle."""
         w = self.workers[ident]
-        if self.pending:
+        if self.pending and self.policy.brokers(ident, self):
             work = self.pending.popleft()
             if not self._give(ident, w, work):
                 self.pending.appendleft(work)
@@ -198,13 +198,12 @@ class Ledger:
         return True
 
     def _drain_pending(self) -> None:
-        while self.pending and self.idle:
-            ident = self.idle.popleft()
-            w = self.workers.get(ident)
-            if w is not None and not w.held:
-                work = self.pending.popleft()
-                if not self._give(ident, w, work):
-                    self.pending.appendleft(work)
+        """Hand out what waits: to idle workers, or (queue design) onto the queue."""
+        while self.pending:
+            work = self.pending.popleft()
+            if not self.policy.place(self, work):
+                self.pending.appendleft(work)
+                return
 
 
 def _discard(q: deque, item) -> None:

@@ -23,8 +23,10 @@ log = logging.getLogger("comlab.pool")
 class Pool:
     def __init__(self, target, args, *, prefix: str = "w", start_method: str = "forkserver",
                  watch=None, unwatch=None, backoff_s: float = 0.0,
-                 name_of=None) -> None:
-        """``target(url, name, *args)`` runs a worker; ``name_of(n)`` may name worker n."""
+                 name_of=None, kwargs_of=None) -> None:
+        """``target(name, *args, ident=..., **kwargs_of(ident))`` runs a worker; ``name_of(n)``
+        may name worker n."""
+        self.kwargs_of = kwargs_of or (lambda ident: {})
         self.target, self.args = target, args
         self.prefix = prefix
         self.mp = multiprocessing.get_context(start_method)
@@ -35,6 +37,7 @@ class Pool:
         self.token = secrets.token_hex(4) if name_of is None else None
         self.name_of = name_of or (lambda n: f"{self.prefix}{n}")
         self.procs: dict[int, tuple] = {}   # sentinel -> (Process, routing id, started at)
+        self.local: set[bytes] = set()      # routing ids of the running workers
         self.restarts: list[float] = []     # due times of delayed replacements
         self.deaths = 0
         self._next = 0
@@ -44,17 +47,19 @@ class Pool:
         name = self.name_of(self._next)
         self._next += 1
         ident = f"{name}-{self.token}" if self.token else name
+        kwargs = {"ident": ident, **self.kwargs_of(ident.encode())}
         proc = (mp or self.mp).Process(target=self.target, name=f"comlab-{name}", daemon=True,
-                                       args=(name, *self.args), kwargs={"ident": ident})
+                                       args=(name, *self.args), kwargs=kwargs)
         proc.start()
         ident = ident.encode()
+        self.local.add(ident)
         self.procs[proc.sentinel] = (proc, ident, time.monotonic())
         if self.watch is not None:
             self.watch(proc.sentinel)
         return ident
 
     def idents(self) -> set[bytes]:
-        return {ident for _, ident, _ in self.procs.values()}
+        return set(self.local)
 
     def pid_of(self, ident: bytes) -> int | None:
         for proc, i, _ in self.procs.values():
@@ -65,6 +70,7 @@ class Pool:
     def exited(self, sentinel: int) -> tuple:
         """A worker's sentinel fired: forget it, schedule a replacement; (Process, ident)."""
         proc, ident, started = self.procs.pop(sentinel)
+        self.local.discard(ident)
         if self.unwatch is not None:
             self.unwatch(sentinel)
         proc.join(0)
@@ -110,6 +116,7 @@ class Pool:
             for sentinel in list(self.procs):
                 self.unwatch(sentinel)
         self.procs.clear()
+        self.local.clear()
         self.restarts.clear()
 
 

@@ -179,10 +179,12 @@ class Joined(NamedTuple):
     reply_url: str
 
 
-@message("F", str)
+@message("F", str, int)
 class Forget(NamedTuple):
-    """server -> worker: that client is done or gone: close the socket to it."""
+    """server -> worker: that client's run is over (done or gone): skip its batches still
+    queued, close the socket to it."""
     reply_url: str
+    run: int
 
 
 @message("S")

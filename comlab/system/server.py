@@ -17,6 +17,7 @@ most: never the process, another client's tasks, or unbounded memory, threads or
 from __future__ import annotations
 
 import logging
+import multiprocessing
 import os
 import signal
 import sys
@@ -27,7 +28,7 @@ import time
 import zmq
 
 from .. import __version__
-from . import protocol as P, strategies
+from . import dispatch as dispatch_mod, protocol as P, strategies
 from . import worker as worker_mod
 from .clients import ClientSockets
 from .intake import Intake
@@ -57,13 +58,15 @@ class Server(Role):
                  strategy: str = strategies.DEFAULT, networks=(), workers_url: str | None = None,
                  control_url: str | None = None, watch_fd: int | None = None,
                  on_ready=None, security=None, max_pending: int | None = None,
-                 start_method: str = "forkserver", log_level: int = logging.WARNING) -> None:
+                 start_method: str = "forkserver", log_level: int = logging.WARNING,
+                 dispatch: str = dispatch_mod.DEFAULT) -> None:
         super().__init__()
         if max_workers < 1 and not workers_url:
             raise ValueError("a server with no local workers needs --workers-url "
                              "(where remote worker hosts connect)")
         self.bind_url = bind_url
         self.max_workers = max_workers
+        self.dispatch = dispatch_mod.check(dispatch)
         self.stats = dict.fromkeys(COUNTERS, 0)
         self.intake = Intake(table, networks, reply_url, strategies.check(strategy), self.stats,
                              self)
@@ -72,7 +75,7 @@ class Server(Role):
         self.max_pending = max_pending or 2 * max(max_workers, 1) + 16
         self.start_method, self.log_level = start_method, log_level
         # Fork only from a process with one thread (run_server's): never from a notebook's.
-        self.fork_first = ("fork" in __import__("multiprocessing").get_all_start_methods()
+        self.fork_first = ("fork" in multiprocessing.get_all_start_methods()
                            and threading.active_count() == 1)
         self.poller = None
         self.startup_s = None
@@ -84,10 +87,13 @@ class Server(Role):
         only here. Replacements, started later from a threaded process, use the forkserver."""
         self._t0 = time.perf_counter()
         self.local_url, self._ipc_dir = local_endpoint()
+        mp = multiprocessing.get_context(self.start_method)
+        self.policy = dispatch_mod.make(self.dispatch, mp=mp, slots=self.max_workers + 4)
         self.pool = Pool(worker_mod.main, (self.local_url, self.log_level, self.security),
-                         start_method=self.start_method)
+                         start_method=self.start_method,
+                         kwargs_of=self.policy.local_pool_kwargs)
         if self.max_workers and self.fork_first:
-            fork = __import__("multiprocessing").get_context("fork")
+            fork = multiprocessing.get_context("fork")
             for _ in range(self.max_workers):
                 self.pool.start(fork)
 
@@ -111,6 +117,7 @@ class Server(Role):
         cpus = os.cpu_count() or 1
         self.overdue_factor = 4.0 * max(1.0, self.max_workers / cpus)
         self.ledger = Ledger(self.send_work, self.fail_work, strategies.cost,
+                             policy=self.policy, local=self.pool.local,
                              max_pending=self.max_pending)
         self.liveness = Liveness(self.to_worker)
         self.intake.attach()
@@ -137,6 +144,7 @@ class Server(Role):
         return {"version": __version__, "pid": os.getpid(), "host": HOST, "bind": self.bound_url,
                 "workers_url": self.workers_url, "control": self.control_url,
                 "workers": len(self.ledger.workers), "strategy": self.intake.strategy,
+                "dispatch": self.dispatch,
                 "startup_s": self.startup_s}
 
     def wait_for_workers(self, n: int) -> None:
@@ -210,6 +218,8 @@ class Server(Role):
             self.lost_worker(ident, "connection lost")
         restart = self.pool.restart_due()
         waits.append(None if restart is None else restart * 1000)
+        if not self._pull_on and self.policy.queued():
+            waits.append(1.0)  # takes from the shared queue are seen by reading its counters
         if self.ledger.busy():
             waits.append(1000.0)
             for ident in self.ledger.overdue(OVERDUE_SLACK_S, self.overdue_factor):
@@ -327,8 +337,9 @@ class Server(Role):
             return self.liveness.clocks
         if op == "stats":
             ledger = self.ledger
-            return {**self.stats, **ledger.counts, "pending": len(ledger.pending),
-                    "busy": ledger.busy(), "idle": len(ledger.idle),
+            return {**self.stats, **ledger.counts, "dispatch": self.dispatch,
+                    "pending": len(ledger.pending), "queued": self.policy.queued(),
+                    "busy": ledger.busy() + self.policy.busy(), "idle": len(ledger.idle),
                     "clients": len(self.clients), "client_drops": self.clients.dropped,
                     "workers": [{"name": w.name, "host": w.host, "pid": w.pid}
                                 for w in ledger.workers.values()]}
@@ -345,6 +356,7 @@ class Server(Role):
                         for ident in pool.idents():
                             self.to_worker(ident, P.STOP_FRAME)
                     pool.stop(STOP_GRACE_S)
+                    self.policy.close()
             finally:
                 if getattr(self, "_ipc_dir", None):
                     import shutil

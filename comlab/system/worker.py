@@ -17,10 +17,11 @@ import multiprocessing
 import os
 import signal
 import sys
+from collections import OrderedDict
 
 import zmq
 
-from . import protocol as P
+from . import dispatch, protocol as P
 from .clients import ClientSockets
 from .role import HOST, Role
 from .strategies import Cache, now
@@ -28,13 +29,17 @@ from .strategies import Cache, now
 log = logging.getLogger("comlab.worker")
 
 SERVER_TYPES = (P.Work, P.Connect, P.Forget, P.Stop, P.Ping)
+QUEUE_WAIT_S = 0.05  # a queue worker answers the server at least this often
 
 
 class Worker(Role):
     linger_ms = 1000  # results in flight at shutdown still get a chance to leave
 
     def __init__(self, server_url: str, name: str, *, ident: str | None = None,
-                 watch_parent: bool = True, security=None) -> None:
+                 watch_parent: bool = True, security=None, queue=None, slots=None,
+                 slot: int = 0) -> None:
+        """``queue``/``slots``/``slot``: the shared queue design (comlab.system.dispatch):
+        batches come from ``queue``; slots[2 * slot] says which one this worker holds."""
         super().__init__()
         self.server_url = server_url
         self.name = name
@@ -42,6 +47,8 @@ class Worker(Role):
         self.watch_parent = watch_parent
         self.security = security
         self.strategies = Cache()
+        self.queue, self.slots, self.slot = queue, slots, slot
+        self.ended: OrderedDict[int, None] = OrderedDict()  # runs whose batches are skipped
 
     def setup(self):
         # Results never block the worker: a client that takes none costs its own results.
@@ -66,6 +73,8 @@ class Worker(Role):
             self.poller.register(self.parent_fd, zmq.POLLIN)
 
     def loop(self):
+        if self.queue is not None:
+            return self.queue_loop()
         recv, handle = self.server.recv, self.handle
         while True:
             events = dict(self.poller.poll(60_000 if len(self.clients) else None))
@@ -78,6 +87,36 @@ class Worker(Role):
                 self.on_handshake()
             if not events:
                 self.clients.expire()  # idle a minute: let go of clients that left silently
+
+    def queue_loop(self):
+        """The seed's design: take the next batch from the shared queue when free. The queue's
+        lock lets one waiting worker read at a time (no herd); between waits the worker answers
+        the server (CONNECT, FORGET, STOP, PING), so those wait at most QUEUE_WAIT_S."""
+        recv, handle, poll, slots, mine = (self.server.recv, self.handle, self.poller.poll,
+                                           self.slots, 2 * self.slot)
+        while True:
+            for sock, _ in poll(0):
+                if sock == self.parent_fd:
+                    log.info("%s: parent gone, exiting", self.name)
+                    return
+                if sock is self.server and not handle(recv()):
+                    return
+                if sock is self.monitor:
+                    self.on_handshake()
+            item = dispatch.take(self.queue, QUEUE_WAIT_S)
+            if item is None:
+                continue
+            seq, frame = item
+            slots[mine] = seq            # published before anything can fail
+            slots[mine + 1] += 1         # takes: the server's count of batches taken
+            try:
+                work = P.Work.decode(frame)
+            except P.ProtocolError as exc:
+                log.warning("%s: dropped a queued batch: %s", self.name, exc)
+            else:
+                if work.run not in self.ended:
+                    self.work(work, done=False)
+            slots[mine] = dispatch.NOTHING
 
     def on_handshake(self) -> None:
         while True:
@@ -99,18 +138,24 @@ class Worker(Role):
             return True
         kind = type(msg)
         if kind is P.Work:
-            self.work(msg)
+            if msg.run in self.ended:  # queued before its client left: skip, but say DONE
+                self.server.send(P.Done(msg.run, msg.batch_id).pack())
+            else:
+                self.work(msg)
         elif kind is P.Connect:
             self.join(msg)
         elif kind is P.Forget:
             self.clients.release(msg.reply_url)
+            self.ended[msg.run] = None
+            if len(self.ended) > 1024:
+                self.ended.popitem(last=False)
         elif kind is P.Stop:
             return False
         elif msg.t is not None:  # PING with a stamp: a clock sample; None: a probe
             self.server.send(P.Pong(msg.t, now()).pack())
         return True
 
-    def work(self, w: P.Work) -> None:
+    def work(self, w: P.Work, done: bool = True) -> None:
         try:
             if len({len(w.task_ids), len(w.responses), len(w.waits)}) != 1:
                 raise ValueError("columns of unequal length")
@@ -125,7 +170,8 @@ class Worker(Role):
         self.clients.send(w.reply_url, P.Results(
             w.run, w.batch_id, self.name, HOST, w.attempt, w.t_sent, w.t_server_in, w.t_enqueued,
             w.task_ids, statuses, outs, starts, ends, errors).pack())
-        self.server.send(P.Done(w.run, w.batch_id).pack())
+        if done:
+            self.server.send(P.Done(w.run, w.batch_id).pack())
 
     def join(self, c: P.Connect) -> None:
         """Connect to a new client and start the threads its batches will need, before its
@@ -154,10 +200,10 @@ def die_with_parent() -> None:
 
 
 def main(name: str, server_url: str, log_level: int = logging.WARNING, security=None, *,
-         ident: str | None = None) -> None:
+         ident: str | None = None, **queue) -> None:
     """Entry point of a worker process (a multiprocessing target: lives in the package)."""
     die_with_parent()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the server's to handle
     signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a forked worker inherits the server's
     logging.basicConfig(level=log_level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    Worker(server_url, name, ident=ident, security=security).run()
+    Worker(server_url, name, ident=ident, security=security, **queue).run()
