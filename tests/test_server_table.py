@@ -85,7 +85,7 @@ def test_batch_of_hits_is_one_work_item():
     work = s.work[0]
     assert work[:8] == (1, 4, "tcp://c:9", strategies.DEFAULT, 100, 111, work.t_enqueued, 0)
     assert work.t_enqueued >= 111  # stamped after t_in
-    assert (work.task_ids, work.responses, work.waits) == ([10, 11], [7, 8], [0.0, 0.5])
+    assert (work.task_ids, list(work.responses), list(work.waits)) == ([10, 11], [7, 8], [0.0, 0.5])
     assert s.stats["batches"] == 1 and s.stats["tasks"] == 2
 
 
@@ -105,7 +105,7 @@ def test_batch_splits_misses_from_work():
     assert msg.statuses == [P.UNKNOWN, P.UNREACHABLE, P.UNREACHABLE]
     assert msg.responses == [None] * 3 and msg.errors is None
     assert [w.task_ids for w in s.work] == [[20, 24]]
-    assert s.work[0].responses == [7, 8]
+    assert list(s.work[0].responses) == [7, 8]
     assert s.stats["unknown"] == 1 and s.stats["unreachable"] == 2
     assert s.stats["tasks"] == 5
 

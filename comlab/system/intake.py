@@ -145,20 +145,20 @@ class Intake:
                 return
             self.clients.get(url)  # a client that never said HELLO: its first batch starts
             self.runs[url] = b.run  # the run (a bad URL is dropped here)
-        get = self.table.get
-        entries = [get(k) for k in b.keys]
+        entries = list(map(self.table.get, b.keys))  # the look-up: one dict get per task
         task_ids = b.task_ids
         if None in entries:
             entries = self.answer_misses(t_server_in, b, url, entries)
             task_ids = [t for t, e in zip(task_ids, entries) if e is not None]
             entries = [e for e in entries if e is not None]
-        self.stats["batches"] += 1
-        self.stats["tasks"] += len(b.keys)
+        stats = self.stats
+        stats["batches"] += 1
+        stats["tasks"] += len(b.keys)
         if entries:
+            responses, waits = zip(*entries)  # tuples pack as msgpack arrays too
             t_enqueued = now()  # the t_enqueued stamp (comlab.schema): the work item exists
             self.ledger.submit(P.Work(b.run, b.batch_id, url, self.strategy, b.t_sent,
-                                      t_server_in, t_enqueued, 0, task_ids,
-                                      [e[0] for e in entries], [e[1] for e in entries]))
+                                      t_server_in, t_enqueued, 0, task_ids, responses, waits))
 
     def answer_misses(self, t_server_in: int, b: P.Batch, url: str, entries: list) -> list:
         """Answer tasks no worker can run (unknown key, unreachable address) at once."""

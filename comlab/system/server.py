@@ -125,6 +125,7 @@ class Server(Role):
             if sock is not None:
                 watch(sock)
         self._pull_on = True
+        self._chores_due = 0.0
         self.wakeup = WakeupPipe.open()
         self.signal_fd = self.wakeup.fd if self.wakeup is not None else None
         if self.signal_fd is not None:
@@ -210,25 +211,35 @@ class Server(Role):
 
     def timeout_ms(self) -> float | None:
         """Nothing to wait for: block. Else until the next HELLO deadline, probe, restart or
-        overdue check (at most a second while batches are out)."""
-        waits = [self.intake.hello_timeout_ms()]
-        probe_ms, lost = self.liveness.timeout_ms(lambda: list(self.ledger.workers))
-        waits.append(probe_ms)
-        for ident in lost:
-            self.lost_worker(ident, "connection lost")
-        restart = self.pool.restart_due()
-        waits.append(None if restart is None else restart * 1000)
+        the once-a-second chores (overdue batches, idle clients) while there are workers."""
+        waits = [self.intake.hello_timeout_ms() if self.intake.hellos else None]
+        if self.liveness.probes:
+            probe_ms, lost = self.liveness.timeout_ms(lambda: list(self.ledger.workers))
+            waits.append(probe_ms)
+            for ident in lost:
+                self.lost_worker(ident, "connection lost")
+        if self.pool.restarts:
+            restart = self.pool.restart_due()
+            waits.append(None if restart is None else restart * 1000)
         if not self._pull_on and self.policy.queued():
             waits.append(1.0)  # takes from the shared queue are seen by reading its counters
-        if self.ledger.busy():
-            waits.append(1000.0)
-            for ident in self.ledger.overdue(OVERDUE_SLACK_S, self.overdue_factor):
-                self.stats["overdue"] += 1
-                self.lost_worker(ident, "holding a batch far past its ideal time")
-        if len(self.clients) > 8:
-            self.intake.expire_clients()
+        if self.ledger.workers:
+            t = time.monotonic()
+            if t >= self._chores_due:
+                self._chores_due = t + 1.0
+                self.chores()
+            waits.append((self._chores_due - t) * 1000)
         waits = [w for w in waits if w is not None]
         return min(waits) if waits else None
+
+    def chores(self) -> None:
+        """Once a second: workers holding a batch far past its ideal time are lost (stopped or
+        wedged); clients idle with nothing in flight are let go."""
+        for ident in self.ledger.overdue(OVERDUE_SLACK_S, self.overdue_factor):
+            self.stats["overdue"] += 1
+            self.lost_worker(ident, "holding a batch far past its ideal time")
+        if len(self.clients) > 8:
+            self.intake.expire_clients()
 
     # -- workers ---------------------------------------------------------------------------
     def to_worker(self, ident: bytes, frame: bytes) -> bool:
