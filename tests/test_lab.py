@@ -82,7 +82,7 @@ def test_resume_skips_saved_runs(sweep, monkeypatch):
     def no_server(*a, **k):
         raise AssertionError("a saved run was run again")
 
-    monkeypatch.setattr(comlab.lab.experiment, "ServerProcess", no_server)
+    monkeypatch.setattr(comlab.lab.session, "ServerProcess", no_server)
     again = comlab.run_experiment(batch_sizes=[1, 8], workers=[1, 4], repeats=2,
                                   commands=COMMANDS, server_map=MAP, progress=False,
                                   results_dir=path.parent, name="sweep")
@@ -168,3 +168,45 @@ def test_keyboard_interrupt_tears_everything_down(tmp_path):
     assert meta["runs"], "finished runs were not saved"
     saved = comlab.load_results(tmp_path / "interrupted")
     assert len(saved) == 20 * len(meta["runs"])
+
+
+# -- the plan: pure, no processes ----------------------------------------------------------------
+def test_plan_groups_runs_by_server():
+    from comlab.lab import plan
+    specs = plan.plan([1, 8], [1, 4], 2, strategy=["sequential", "thread-per-task"],
+                      transport=["tcp", "ipc"], rate=[None, 100])
+    assert len(specs) == 2 * 2 * 2 * 2 * 2 * 2
+    assert [s.index for s in specs] == list(range(len(specs)))
+    assert len({s.key for s in specs}) == len(specs)
+    groups = plan.groups(specs)
+    assert [g for g, _ in groups] == [("tcp", 1), ("tcp", 4), ("ipc", 1), ("ipc", 4)]
+    for (transport, workers), runs in groups:
+        assert {(s.transport, s.workers) for s in runs} == {(transport, workers)}
+        assert len(runs) == 16
+    assert specs[1].repeat == 1 and specs[1].rate is None and specs[2].rate == 100.0
+    assert "w1 b1 sequential r2/2" in specs[1].label(2)
+
+
+def test_plan_checks_its_axes():
+    from comlab.lab import plan
+    with pytest.raises(ValueError, match="transport"):
+        plan.plan([1], [1], 1, transport="udp")
+    with pytest.raises(ValueError, match="strategy"):
+        plan.plan([1], [1], 1, strategy="nonsense")
+    with pytest.raises(ValueError, match="at least 1"):
+        plan.plan([0], [1], 1)
+    with pytest.raises(ValueError, match="at least 1"):
+        plan.plan([1], [0], 1)
+    assert plan.plan([1], [0], 1, remote_workers=2)[0].workers == 0
+
+
+def test_plan_weights_follow_the_ideal_time():
+    from comlab.lab import plan
+    waits = [0.5] * 8
+    one, four = plan.plan([1], [1, 4], 1)
+    assert plan.ideal_s(one, waits) == pytest.approx(4.0)
+    assert plan.ideal_s(four, waits) == pytest.approx(1.0)
+    assert plan.weight(one, waits) > plan.weight(four, waits) > plan.RUN_OVERHEAD_S
+    open_loop = plan.plan([8], [4], 1, rate=1.0)[0]
+    assert plan.ideal_s(open_loop, waits) == pytest.approx(8.0)  # the schedule, not the work
+    assert plan.default_timeout(one, waits) > 3 * 4.0
