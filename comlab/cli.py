@@ -30,8 +30,11 @@ def _floats_or_none(text: str) -> list:
     return [None if x in ("none", "max") else float(x) for x in text.split(",") if x]
 
 
-def print_table(summary) -> None:
+def print_table(summary, wait_scale: float = 1.0) -> None:
     import pandas as pd
+    if wait_scale != 1.0:
+        print(f"task waits scaled by {wait_scale:g} (--wait-scale): times are for the scaled "
+              f"tasks")
     cols = [c for c in TABLE_COLUMNS if c in summary]
     agg = summary.groupby(["batch_size", "workers", "strategy"], observed=True)[cols[3:]].median()
     with pd.option_context("display.width", 160, "display.max_rows", 200,
@@ -50,13 +53,18 @@ def cmd_sweep(args) -> int:
             rate=args.rate if args.rate else None, progress=not args.no_progress,
             results_dir=args.results_dir, name=args.name, networks=args.network,
             remote_workers=args.remote_workers, workers_url=args.workers_url,
-            server_address=args.server_address, client_address=args.client_address)
+            server_address=args.server_address, client_address=args.client_address,
+            fresh=args.fresh)
     except (DataError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     summary = comlab.summarize(df)
-    print_table(summary)
-    out = f"{args.results_dir}/{df['experiment'].iloc[0]}"
+    out = f"{args.results_dir}/{args.name or df['experiment'].iloc[0]}"
+    meta = comlab.load_meta(out)
+    if meta.get("resumed_runs"):
+        print(f"{meta['resumed_runs']} of {len(meta['runs'])} runs were measured by an earlier "
+              f"session of {out} (started {meta['started']}); --fresh measures them again")
+    print_table(summary, args.wait_scale)
     print(f"\nrecords: {out}/records.parquet ({len(df)} rows)")
     if not args.no_plots:
         from . import plots
@@ -119,6 +127,10 @@ def _add_sweep_args(p, defaults: dict) -> None:
     p.add_argument("--results-dir", default="results")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--no-plots", action="store_true")
+    p.add_argument("--fresh", action="store_true",
+                   help="start afresh even if the result exists (it is moved aside to "
+                        "NAME.<its start time>, not deleted); without it a rerun resumes only "
+                        "an identical sweep and refuses otherwise")
     p.set_defaults(func=cmd_sweep)
 
 
