@@ -60,10 +60,6 @@ def cmd_sweep(args) -> int:
         return 2
     summary = comlab.summarize(df)
     out = f"{args.results_dir}/{args.name or df['experiment'].iloc[0]}"
-    meta = comlab.load_meta(out)
-    if meta.get("resumed_runs"):
-        print(f"{meta['resumed_runs']} of {len(meta['runs'])} runs were measured by an earlier "
-              f"session of {out} (started {meta['started']}); --fresh measures them again")
     print_table(summary, args.wait_scale)
     print(f"\nrecords: {out}/records.parquet ({len(df)} rows)")
     if not args.no_plots:

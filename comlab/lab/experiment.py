@@ -24,7 +24,7 @@ import pandas as pd
 from .. import data
 from ..system import strategies
 from . import plan as planning
-from . import provenance, records
+from . import provenance, records, stability
 from .results import ResultStore
 from .session import Session
 
@@ -134,7 +134,24 @@ def _sweep(specs, inputs: Inputs, store: ResultStore, session: Session, timeout,
                                                 experiment=name)
                     store.save_run(df, entry)
                     bar.done(spec)
-    return store.finish()
+    df = store.finish()
+    _warn_unstable(df, store)
+    return df
+
+
+def _warn_unstable(df: pd.DataFrame, store: ResultStore) -> None:
+    """Stability warnings (comlab.lab.stability), printed and kept in meta.json."""
+    if df.empty:
+        return
+    found = stability.check(records.summarize(df), store.meta)
+    store.write_meta(warnings=found)
+    resumed = store.meta["resumed_runs"]
+    if resumed:
+        warnings.warn(f"{store.path}: {resumed} of {len(store.meta['runs'])} runs were measured "
+                      f"by an earlier session (started {store.meta['started']}); fresh=True "
+                      f"measures them again", stacklevel=4)
+    for text in found:
+        warnings.warn(f"{store.path.name}: {text}", stability.StabilityWarning, stacklevel=4)
 
 
 def _warn_if_long(todo, inputs: Inputs, remote_workers: int) -> None:

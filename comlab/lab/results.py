@@ -19,11 +19,11 @@ Format history of meta.json (``format_version``; records.parquet is plain parque
   ``run``, the axes, ``part``, ``server_start_s``, ``run_wall_s``, ``duplicates``, ``garbage``,
   ``clock``). Loads (categoricals restored by name); cannot be resumed.
 * 2: adds ``format_version``, ``name``, ``complete`` (false until every planned run finished),
-  ``sessions`` (one per sweep that wrote to it: ``started``, ``duration_s``, ``runs``),
-  ``started`` kept from the first session, ``dtypes`` (column -> dtype of the records, restored
-  on load), ``warnings`` (comlab.lab.stability). Runs gain ``session``, ``resumed`` (measured by
-  an earlier session), ``timeout_s``, ``loadavg_start``, ``loadavg_end`` and ``server`` (the
-  server's counters over the run). ``params`` gain ``data_sha256`` and name the data files
+  ``sessions`` (one per sweep that wrote to it: ``started``, ``duration_s``, ``runs``,
+  ``loadavg_start``), ``resumed_runs``, ``started`` kept from the first session, ``dtypes``
+  (column -> dtype of the records, restored on load), ``warnings`` (comlab.lab.stability).
+  Runs gain ``session``, ``resumed`` (measured by an earlier session), ``timeout_s``,
+  ``loadavg_start``, ``loadavg_end`` and ``server`` (the server's counters over the run). ``params`` gain ``data_sha256`` and name the data files
   actually used; ``environment`` gains ``git_dirty``, ``git_diff_sha256``, ``numpy``,
   ``pyarrow``.
 """
@@ -42,6 +42,7 @@ import pandas as pd
 
 from .provenance import differences, environment  # noqa: F401  (environment: bench uses it)
 from .records import CATEGORIES
+from .stability import loadavg
 
 FORMAT_VERSION = 2
 META = "meta.json"
@@ -145,7 +146,8 @@ class ResultStore:
     def _new_meta(self, name: str, params: dict, old: dict | None) -> dict:
         old = old or {}
         runs = [{**r, "resumed": True} for r in old.get("runs", [])]
-        sessions = old.get("sessions", []) + [{"started": _now(), "duration_s": 0.0, "runs": 0}]
+        sessions = old.get("sessions", []) + [{"started": _now(), "duration_s": 0.0, "runs": 0,
+                                               "loadavg_start": loadavg()}]
         return {"format_version": FORMAT_VERSION, "name": name, "params": params,
                 "environment": self.env, "started": old.get("started") or _now(),
                 "complete": False, "duration_s": None, "sessions": sessions,

@@ -1,0 +1,101 @@
+"""A/B comparison of two results: is b faster than a, and is the difference real?
+
+``compare(a, b)`` takes records (or per-run summaries) as DataFrames, or result directories, and
+returns one row per configuration present in both (configuration: the axes present among
+batch_size, workers, strategy, transport, rate, dispatch). For each metric m in ``METRICS``:
+
+* ``{m}_a``, ``{m}_b``: the median over repeats;
+* ``{m}_ratio``: b / a of those medians;
+* ``{m}_ratio_lo``, ``{m}_ratio_hi``: a 95 % bootstrap interval of that ratio: the repeats of a
+  and of b are resampled with replacement (``N_BOOT`` times, fixed seed, so the same inputs
+  always give the same interval) and the ratio of medians taken each time;
+* ``{m}_spread_a``, ``{m}_spread_b``: the relative range of the repeats, (max - min) / median;
+
+plus ``n_a``, ``n_b`` (repeats) and ``verdict`` from makespan's interval: "faster" (b is faster:
+the interval lies below 1), "slower" (above 1), "no significant difference" (it contains 1), or
+"too few repeats" when a side has fewer than two (one repeat cannot tell noise from change).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from . import records, results
+from .stability import CONFIG_AXES, METRICS, spread
+
+N_BOOT = 2000
+SEED = 0
+MIN_REPEATS = 2
+
+
+def as_summary(x) -> pd.DataFrame:
+    """A per-run summary from a result directory, records, or a summary."""
+    if isinstance(x, (str, os.PathLike)):
+        x = results.load_results(Path(x))
+    if "task_id" in x.columns:
+        return records.summarize(x)
+    if "makespan_s" in x.columns:
+        return x
+    raise ValueError("expected records, a per-run summary or a result directory")
+
+
+def _configs(summary: pd.DataFrame, axes: list[str]) -> dict:
+    """Configuration (a tuple, NaN as None) -> its runs."""
+    out = {}
+    for key, g in summary.groupby(axes, sort=False, observed=True, dropna=False):
+        key = key if isinstance(key, tuple) else (key,)
+        out[tuple(None if pd.isna(v) else v.item() if hasattr(v, "item") else v
+                  for v in key)] = g
+    return out
+
+
+def ratio_interval(a, b, rng: np.random.Generator, n_boot: int = N_BOOT) -> tuple[float, float]:
+    """95 % bootstrap interval of median(b) / median(a), resampling the repeats of each."""
+    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    med_a = np.median(a[rng.integers(0, len(a), (n_boot, len(a)))], axis=1)
+    med_b = np.median(b[rng.integers(0, len(b), (n_boot, len(b)))], axis=1)
+    lo, hi = np.percentile(med_b / med_a, [2.5, 97.5])
+    return float(lo), float(hi)
+
+
+def verdict(lo: float, hi: float, n_a: int, n_b: int) -> str:
+    if min(n_a, n_b) < MIN_REPEATS:
+        return "too few repeats"
+    if hi < 1:
+        return "faster"
+    if lo > 1:
+        return "slower"
+    return "no significant difference"
+
+
+def compare(a, b, *, n_boot: int = N_BOOT, seed: int = SEED) -> pd.DataFrame:
+    """One row per configuration present in both a and b (see the module's docstring)."""
+    sa, sb = as_summary(a), as_summary(b)
+    axes = [c for c in CONFIG_AXES if c in sa.columns and c in sb.columns]
+    ca, cb = _configs(sa, axes), _configs(sb, axes)
+    common = [k for k in ca if k in cb]
+    if not common:
+        raise ValueError(f"no configuration ({', '.join(axes)}) is in both: a has "
+                         f"{len(ca)}, b has {len(cb)}")
+    rng = np.random.default_rng(seed)
+    rows = [_row(dict(zip(axes, key)), ca[key], cb[key], rng, n_boot) for key in common]
+    return pd.DataFrame(rows)
+
+
+def _row(config: dict, ga: pd.DataFrame, gb: pd.DataFrame, rng, n_boot: int) -> dict:
+    row = {**config, "n_a": len(ga), "n_b": len(gb)}
+    for m in METRICS:
+        va, vb = ga[m].dropna().to_numpy(float), gb[m].dropna().to_numpy(float)
+        ma = float(np.median(va)) if len(va) else np.nan
+        mb = float(np.median(vb)) if len(vb) else np.nan
+        lo, hi = ratio_interval(va, vb, rng, n_boot) if len(va) and len(vb) else (np.nan,) * 2
+        row.update({f"{m}_a": ma, f"{m}_b": mb, f"{m}_ratio": mb / ma if ma else np.nan,
+                    f"{m}_ratio_lo": lo, f"{m}_ratio_hi": hi,
+                    f"{m}_spread_a": spread(va), f"{m}_spread_b": spread(vb)})
+    row["verdict"] = verdict(row["makespan_s_ratio_lo"], row["makespan_s_ratio_hi"],
+                             row["n_a"], row["n_b"])
+    return row
