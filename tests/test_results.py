@@ -110,7 +110,7 @@ def test_resume_keeps_the_start_and_marks_resumed_runs(tmp_path, env):
 
 @pytest.mark.parametrize("change", [
     ("params", "repeats", 3), ("params", "data_sha256", "def"),
-    ("env", "git_commit", "0" * 40), ("env", "git_dirty", True),
+    ("env", "git_commit", "0" * 40), ("env", "git_dirty", "flip"),
     ("env", "git_diff_sha256", "other edit"), ("env", "hostname", "elsewhere"),
     ("env", "cpu_count", 64), ("env", "pyzmq", "1.0"), ("env", "libzmq", "1.0"),
     ("env", "pandas", "0.1"), ("env", "numpy", "0.1"), ("env", "python", "2.7"),
@@ -122,6 +122,7 @@ def test_resume_refused_on_any_mismatch(tmp_path, env, change):
     where, key, value = change
     params = {**PARAMS, key: value} if where == "params" else PARAMS
     original = env.get(key)
+    value = (not original) if value == "flip" else value
     if where == "env":
         env[key] = value
     what = "data (commands or server map contents)" if key == "data_sha256" else key
