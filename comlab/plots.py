@@ -748,7 +748,7 @@ def compare_ratios(cmp: pd.DataFrame, metric: str = "makespan_s", ax=None):
     ax.set_xlabel(f"{label}: ratio b / a (95 % bootstrap interval; < 1: b lower)")
     handles = [Line2D([], [], marker="o", linestyle="", color=c, label=v)
                for v, c in (("b faster", "tab:green"), ("b slower", "tab:red"),
-                            ("no significant difference", "0.45"))]
+                            ("no significant difference / too few repeats", "0.45"))]
     ax.legend(handles=handles, loc="best", fontsize="small")
     return ax
 
