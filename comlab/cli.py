@@ -14,8 +14,8 @@ from .system import strategies
 # The main job: the seed data with waits scaled to 1/100 (10 ms tasks), same shape, < 2 min.
 RUN_DEFAULTS = dict(batch_sizes=[1, 4, 16, 64], workers=[1, 4, 16, 32], repeats=2,
                     wait_scale=0.01, name="main")
-TABLE_COLUMNS = ["batch_size", "workers", "strategy", "n_tasks", "n_ok", "makespan_s", "ideal_s",
-                 "efficiency", "throughput_tps", "latency_p50_s", "overhead_p99_s"]
+TABLE_COLUMNS = ["n_repeats", "makespan_s", "makespan_s_spread", "ideal_s", "efficiency",
+                 "throughput_tps", "latency_p50_s", "latency_p99_s", "overhead_p99_s", "n_lost"]
 
 
 def _ints(text: str) -> list[int]:
@@ -34,15 +34,20 @@ def _floats_or_none(text: str) -> list:
 
 
 def print_table(summary, wait_scale: float = 1.0) -> None:
+    """Medians per configuration, with the number of repeats and their spread."""
     import pandas as pd
+    from .lab.stability import config_axes, summarize_configs
     if wait_scale != 1.0:
         print(f"task waits scaled by {wait_scale:g} (--wait-scale): times are for the scaled "
               f"tasks")
-    cols = [c for c in TABLE_COLUMNS if c in summary]
-    agg = summary.groupby(["batch_size", "workers", "strategy"], observed=True)[cols[3:]].median()
-    with pd.option_context("display.width", 160, "display.max_rows", 200,
-                           "display.float_format", "{:.4g}".format):
-        print(agg.reset_index().to_string(index=False))
+    configs = summarize_configs(summary)
+    axes = [a for a in config_axes(configs) if a in ("batch_size", "workers", "strategy")
+            or (a != "experiment" and configs[a].nunique(dropna=False) > 1)]
+    table = configs[axes + [c for c in TABLE_COLUMNS if c in configs]]
+    print("median over repeats; spread = (max - min) / median of the repeats' makespans")
+    with pd.option_context("display.width", 200, "display.max_rows", 500,
+                           "display.max_columns", 50, "display.float_format", "{:.4g}".format):
+        print(table.to_string(index=False))
 
 
 def cmd_sweep(args) -> int:

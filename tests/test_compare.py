@@ -182,6 +182,9 @@ def test_configs_and_warnings():
     assert len(found) == 2
     assert "repeats disagree" in found[0] and "1 of 2 configurations" in found[0]
     assert "b1 w2" in found[0] and "busy" in found[1]
+    resumed_only = {"environment": {"cpu_count": 2},
+                    "sessions": [{"started": "then", "loadavg_start": [1.5, 1, 1], "runs": 0}]}
+    assert not any("busy" in w for w in stability.check(s, resumed_only))
     quiet = {"environment": {"cpu_count": 2},
              "sessions": [{"started": "then", "loadavg_start": [0.5, 1, 1]}]}
     assert stability.check(comlab.summarize(experiment("x", {4: TIGHT})), quiet) == []

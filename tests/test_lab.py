@@ -73,6 +73,12 @@ def test_saved_and_reloaded(sweep):
     assert meta["params"]["batch_sizes"] == [1, 8]
     assert len(meta["runs"]) == 8
     assert meta["duration_s"] > 0
+    assert meta["format_version"] == 2 and meta["complete"] is True
+    assert isinstance(meta["warnings"], list) and len(meta["sessions"]) == 1
+    for run in meta["runs"]:
+        assert run["resumed"] is False and run["timeout_s"] > 0
+        assert len(run["loadavg_start"]) == 3 and len(run["loadavg_end"]) == 3
+        assert run["server"]["tasks"] == 64 and run["server"]["worker_deaths"] == 0
 
 
 @pytest.mark.timeout(120)
@@ -166,6 +172,7 @@ def test_keyboard_interrupt_tears_everything_down(tmp_path):
     assert b"KeyboardInterrupt" in proc.stderr.read()
     meta = json.loads((tmp_path / "interrupted" / "meta.json").read_text())
     assert meta["runs"], "finished runs were not saved"
+    assert meta["complete"] is False
     saved = comlab.load_results(tmp_path / "interrupted")
     assert len(saved) == 20 * len(meta["runs"])
 
@@ -210,3 +217,32 @@ def test_plan_weights_follow_the_ideal_time():
     open_loop = plan.plan([8], [4], 1, rate=1.0)[0]
     assert plan.ideal_s(open_loop, waits) == pytest.approx(8.0)  # the schedule, not the work
     assert plan.default_timeout(one, waits) > 3 * 4.0
+
+
+def test_a_sweep_longer_than_ten_minutes_warns_before_it_starts():
+    from comlab.lab import experiment, plan
+    inputs = experiment.Inputs(keys=["10.0.0.1:foo"] * 100, waits=np.full(100, 10.0), smap={},
+                               commands_source="x", map_source="y")
+    long_runs = plan.plan([1], [1], 1)  # 100 tasks of 10 s on one worker: 1000 s ideal
+    with pytest.warns(UserWarning, match="ideal time alone is 16.7 min"):
+        experiment._warn_if_long(long_runs, inputs, 0)
+    short = plan.plan([100], [1], 1)  # one batch, thread-per-task: 10 s
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        experiment._warn_if_long(short, inputs, 0)
+
+
+def test_progress_is_weighted_by_ideal_time_and_shows_the_run():
+    from comlab.lab import experiment, plan
+    specs = plan.plan([1, 4], [2], 1)
+    waits = [0.1] * 8
+    weights = {s.index: plan.weight(s, waits) for s in specs}
+    assert weights[0] == pytest.approx(0.4 + plan.RUN_OVERHEAD_S)  # 8 batches on 2 workers
+    with experiment._Progress(specs, specs[1:], weights, True) as bar:
+        assert bar.bar.total == pytest.approx(sum(weights.values()), abs=0.01)
+        assert bar.bar.n == pytest.approx(weights[0], abs=0.01)  # saved already: counted
+        bar.show(specs[1])
+        assert "b4" in bar.bar.postfix and "thread-per-task" in bar.bar.postfix
+        bar.done(specs[1])
+        assert bar.bar.n == pytest.approx(bar.bar.total, abs=0.02)

@@ -84,7 +84,7 @@ def spread(values) -> float:
 
 def summarize_configs(summary):
     """One row per configuration of a per-run summary: ``n_repeats``, the median of each
-    metric in ``METRICS`` and of ``efficiency``, ``{metric}_spread`` (the relative range of the
+    metric in ``METRICS``, of ``efficiency``, ``ideal_s`` and ``overhead_p99_s``, ``{metric}_spread`` (the relative range of the
     repeats, (max - min) / median), and ``n_lost`` (all repeats)."""
     import pandas as pd
     axes = config_axes(summary)
@@ -92,10 +92,11 @@ def summarize_configs(summary):
     for key, g in summary.groupby(axes, sort=False, observed=True, dropna=False):
         row = dict(zip(axes, key if isinstance(key, tuple) else (key,)))
         row["n_repeats"] = len(g)
-        for m in METRICS + ("efficiency",):
+        for m in METRICS + ("efficiency", "ideal_s", "overhead_p99_s"):
             if m in g:
                 row[m] = g[m].median()
-                row[f"{m}_spread"] = spread(g[m])
+                if m in METRICS or m == "efficiency":
+                    row[f"{m}_spread"] = spread(g[m])
         row["n_lost"] = int(g["n_lost"].sum()) if "n_lost" in g else 0
         rows.append(row)
     return pd.DataFrame(rows)
@@ -130,8 +131,8 @@ def check(summary, meta: dict) -> list[str]:
 
 
 def _busy_at_start(meta: dict, cpus: int) -> list[str]:
-    busy = [s for s in meta.get("sessions", [])
-            if s.get("loadavg_start") and s["loadavg_start"][0] > BUSY_LOAD_PER_CPU * cpus]
+    busy = [s for s in meta.get("sessions", []) if s.get("runs", 1)  # it measured something
+            and s.get("loadavg_start") and s["loadavg_start"][0] > BUSY_LOAD_PER_CPU * cpus]
     return [f"the machine was busy when the sweep started ({s['started']}): 1-min load "
             f"average {s['loadavg_start'][0]:g} on {cpus} CPUs (more than "
             f"{BUSY_LOAD_PER_CPU:g} per CPU); figures may be slower and noisier than an idle "
