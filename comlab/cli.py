@@ -117,6 +117,8 @@ def cmd_compare(args) -> int:
         return 2
     print(f"a = {args.a}, b = {args.b}: ratios b / a of medians over repeats, [95% bootstrap "
           f"interval]; spread = (max - min) / median; verdict from makespan")
+    for axis, (va, vb) in cmp.attrs.get("across", {}).items():
+        print(f"compared across {axis}: a {va}, b {vb}")
     with pd.option_context("display.width", 220, "display.max_rows", 500,
                            "display.max_columns", 50):
         print(compare_table(cmp).to_string(index=False))

@@ -195,3 +195,14 @@ def test_cpu_bound_with_more_computing_workers_than_cores_warns():
                     run_records("x", 1, 1.0, workers=2, strategy="cpu-bound", batch_size=4)])
     found = stability.check(comlab.summarize(df), {"environment": {"cpu_count": 2}})
     assert len(found) == 1 and "cpu-bound" in found[0] and "4 workers" in found[0]
+
+
+def test_an_axis_that_differs_as_a_whole_is_what_is_compared():
+    a = experiment("a", {1: TIGHT, 4: TIGHT})
+    b = experiment("b", {1: TIGHT, 4: TIGHT})
+    b["strategy"] = "thread-pool:4"
+    c = comlab.compare(a, b)
+    assert len(c) == 2 and "strategy" not in c.columns
+    assert c.attrs["across"] == {"strategy": ("sequential", "thread-pool:4")}
+    mixed = pd.concat([a, experiment("a2", {1: TIGHT}).assign(strategy="cpu-bound")])
+    assert "strategy" in comlab.compare(mixed, a).columns  # a swept axis stays an axis

@@ -11,7 +11,9 @@ batch_size, workers, strategy, transport, rate, dispatch). For each metric m in 
   always give the same interval) and the ratio of medians taken each time;
 * ``{m}_spread_a``, ``{m}_spread_b``: the relative range of the repeats, (max - min) / median;
 
-plus ``n_a``, ``n_b`` (repeats) and ``verdict`` from makespan's interval: "faster" (b is faster:
+An axis of how the system runs (strategy, transport, dispatch) that is constant in each but
+differs between them (a is all thread-per-task, b all thread-pool) is the thing compared: it leaves the configuration (``attrs["across"]``). Plus
+``n_a``, ``n_b`` (repeats) and ``verdict`` from makespan's interval: "faster" (b is faster:
 the interval lies below 1), "slower" (above 1), "no significant difference" (it contains 1), or
 "too few repeats" when a side has fewer than two (one repeat cannot tell noise from change).
 """
@@ -73,9 +75,15 @@ def verdict(lo: float, hi: float, n_a: int, n_b: int) -> str:
 
 
 def compare(a, b, *, n_boot: int = N_BOOT, seed: int = SEED) -> pd.DataFrame:
-    """One row per configuration present in both a and b (see the module's docstring)."""
+    """One row per configuration present in both a and b (see the module's docstring).
+
+    An axis in ``ACROSS_AXES`` on which a and b each hold one value, but not the same one (a
+    all thread-per-task, b all thread-pool), is what is being compared: it is left out of the
+    configuration, and ``attrs["across"]`` says {axis: (a's value, b's value)}."""
     sa, sb = as_summary(a), as_summary(b)
     axes = [c for c in CONFIG_AXES if c in sa.columns and c in sb.columns]
+    across = _across(sa, sb, axes)
+    axes = [c for c in axes if c not in across]
     ca, cb = _configs(sa, axes), _configs(sb, axes)
     common = [k for k in ca if k in cb]
     if not common:
@@ -83,7 +91,22 @@ def compare(a, b, *, n_boot: int = N_BOOT, seed: int = SEED) -> pd.DataFrame:
                          f"{len(ca)}, b has {len(cb)}")
     rng = np.random.default_rng(seed)
     rows = [_row(dict(zip(axes, key)), ca[key], cb[key], rng, n_boot) for key in common]
-    return pd.DataFrame(rows)
+    out = pd.DataFrame(rows)
+    out.attrs["across"] = across
+    return out
+
+
+ACROSS_AXES = ("strategy", "transport", "dispatch")  # how the system runs, not the workload
+
+
+def _across(sa: pd.DataFrame, sb: pd.DataFrame, axes: list[str]) -> dict:
+    out = {}
+    for c in (c for c in axes if c in ACROSS_AXES):
+        va, vb = sa[c].astype(object).unique(), sb[c].astype(object).unique()
+        if len(va) == 1 and len(vb) == 1 and not (pd.isna(va[0]) and pd.isna(vb[0])) \
+                and va[0] != vb[0]:
+            out[c] = (va[0], vb[0])
+    return out
 
 
 def _row(config: dict, ga: pd.DataFrame, gb: pd.DataFrame, rng, n_boot: int) -> dict:
