@@ -317,19 +317,20 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _one_line_warning(message, category, filename, lineno, line=None) -> str:
-    return f"warning: {message}\n"
+def _print_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    print(f"warning: {message}", file=sys.stderr)
 
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    warnings.formatwarning = _one_line_warning  # a command line shows warnings as plain lines
+    shown, warnings.showwarning = warnings.showwarning, _print_warning  # one plain line each
     try:
         return args.func(args)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-
+    finally:
+        warnings.showwarning = shown
 
 if __name__ == "__main__":
     sys.exit(main())
