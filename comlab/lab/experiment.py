@@ -143,7 +143,10 @@ def _warn_unstable(df: pd.DataFrame, store: ResultStore) -> None:
     """Stability warnings (comlab.lab.stability), printed and kept in meta.json."""
     if df.empty:
         return
-    found = stability.check(records.summarize(df), store.meta)
+    try:
+        found = stability.check(records.summarize(df), store.meta)
+    except Exception as exc:  # a check must never cost the user a finished sweep
+        found = [f"the stability checks failed: {exc!r}"]
     store.write_meta(warnings=found)
     resumed = store.meta["resumed_runs"]
     if resumed:

@@ -45,7 +45,11 @@ class Session:
         self.workdir = make_workdir()
         self._stack.callback(shutil.rmtree, self.workdir, ignore_errors=True)
         self.map_file = os.path.join(self.workdir, "server_map.txt")
-        write_map(self.smap, self.map_file)
+        try:
+            write_map(self.smap, self.map_file)
+        except BaseException:
+            self._stack.close()
+            raise
         return self
 
     def __exit__(self, *exc) -> None:
