@@ -128,6 +128,29 @@ def test_one_repeat_cannot_tell():
     assert row["n_a"] == 1 and np.isnan(row["makespan_s_spread_a"])
 
 
+def test_fewer_than_five_repeats_give_no_verdict_but_an_interval():
+    # Two or three repeats a side: the bootstrap interval is too narrow to be a test (an A/A
+    # comparison of the same noise "differs" 30 % / 10 % of the time; see compare.MIN_REPEATS).
+    a = experiment("a", {4: TIGHT[:3]})
+    b = experiment("b", {4: [0.5 * m for m in TIGHT[:3]]})
+    row = comlab.compare(a, b).iloc[0]
+    assert row["verdict"] == "too few repeats"
+    assert row["makespan_s_ratio_hi"] < 1
+    rng = np.random.default_rng(1)
+    same = [summary_of(1 + 0.05 * rng.standard_normal(5)) for _ in range(100)]
+    false = sum(comlab.compare(x, y).iloc[0]["verdict"] != "no significant difference"
+                for x, y in zip(same[::2], same[1::2]))
+    assert false <= 5  # A/A with 5 repeats: the verdict is rarely fooled (50 pairs)
+
+
+def summary_of(makespans) -> pd.DataFrame:
+    """A per-run summary of one configuration with these makespans."""
+    m = np.asarray(makespans, dtype=float)
+    return pd.DataFrame({"batch_size": 4, "workers": 2, "strategy": "sequential",
+                         "transport": "tcp", "makespan_s": m, "throughput_tps": 20 / m,
+                         "latency_p50_s": m / 2, "latency_p99_s": m})
+
+
 def test_compare_is_deterministic_and_has_every_column():
     a, b = experiment("a", {1: [1.0, 1.2, 0.9]}), experiment("b", {1: [1.1, 1.0, 0.95]})
     first, again = comlab.compare(a, b), comlab.compare(a, b)
@@ -152,7 +175,7 @@ def test_compare_takes_summaries_and_result_paths():
     assert comlab.compare(s, s)["makespan_s_ratio"].tolist() == [1.0]
     c = comlab.compare(EXAMPLE, str(EXAMPLE))
     assert len(c) == 16 and np.allclose(c["makespan_s_ratio"], 1.0)
-    assert set(c["verdict"]) == {"no significant difference"}
+    assert set(c["verdict"]) == {"too few repeats"}  # the example has 2 repeats
 
 
 def test_compare_ratios_draws_one_interval_per_configuration():
