@@ -189,7 +189,7 @@ class _Progress:
         self.bar.update(round(self.weights[spec.index], 2))
 
 
-BAR_FORMAT = "{desc}: {percentage:3.0f}%|{bar}| [{elapsed}<{remaining}] {postfix}"
+BAR_FORMAT = "{desc}: {percentage:3.0f}%|{bar}| [{elapsed}<{remaining}]{postfix}"
 
 
 def _check_remote(remote_workers: int, workers_url, specs) -> None:
