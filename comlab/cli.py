@@ -78,6 +78,47 @@ def cmd_sweep(args) -> int:
     return 1 if bad else 0
 
 
+def cmd_plot(args) -> int:
+    from pathlib import Path
+
+    from . import plots
+    from .lab.records import InvariantError
+    result = Path(args.result)
+    if not (result / "meta.json").is_file():
+        what = "no such directory" if not result.is_dir() else "no meta.json in it"
+        print(f"error: {result}: not a saved comlab result ({what})", file=sys.stderr)
+        return 2
+    try:
+        paths = plots.write_figures(result)
+    except (OSError, ValueError, KeyError, InvariantError) as exc:
+        print(f"error: {result}: cannot read the saved result: {exc}", file=sys.stderr)
+        return 2
+    for path in paths:
+        print(path)
+    return 0
+
+
+def cmd_gen_data(args) -> int:
+    from .data import generate
+    client, server = generate(args.out_dir, hosts=args.hosts, commands=args.commands,
+                              network=args.network, wait=args.wait, wait_mean=args.wait_mean,
+                              seed=args.seed, unknown=args.unknown)
+    print(client)
+    print(server)
+    return 0
+
+
+def cmd_keys(args) -> int:
+    from .system.security import create_keys
+    try:
+        for path in create_keys(args.dir, force=args.force):
+            print(path)
+    except (FileExistsError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def _result_dir(path: str) -> Path | None:
     """A saved result's directory, or None after one line on stderr saying why not."""
     p = Path(path)
@@ -86,15 +127,6 @@ def _result_dir(path: str) -> Path | None:
         print(f"error: {path}: {why}", file=sys.stderr)
         return None
     return p
-
-
-def cmd_plot(args) -> int:
-    from . import plots
-    if _result_dir(args.result) is None:
-        return 2
-    for path in plots.write_figures(args.result):
-        print(path)
-    return 0
 
 
 def cmd_show(args) -> int:
@@ -153,27 +185,6 @@ def cmd_report(args) -> int:
     try:
         print(report.write_report(args.result, compare=args.compare, out=args.output))
     except ValueError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    return 0
-
-
-def cmd_gen_data(args) -> int:
-    from .data import generate
-    client, server = generate(args.out_dir, hosts=args.hosts, commands=args.commands,
-                              network=args.network, wait=args.wait, wait_mean=args.wait_mean,
-                              seed=args.seed, unknown=args.unknown)
-    print(client)
-    print(server)
-    return 0
-
-
-def cmd_keys(args) -> int:
-    from .system.security import create_keys
-    try:
-        for path in create_keys(args.dir, force=args.force):
-            print(path)
-    except (FileExistsError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     return 0
