@@ -122,9 +122,9 @@ def cmd_keys(args) -> int:
 def _result_dir(path: str) -> Path | None:
     """A saved result's directory, or None after one line on stderr saying why not."""
     p = Path(path)
-    if not (p / "meta.json").is_file():
-        why = "no such directory" if not p.exists() else "not a comlab result (no meta.json)"
-        print(f"error: {path}: {why}", file=sys.stderr)
+    if not (p / "meta.json").is_file():  # worded as comlab plot says it
+        what = "no such directory" if not p.is_dir() else "no meta.json in it"
+        print(f"error: {p}: not a saved comlab result ({what})", file=sys.stderr)
         return None
     return p
 

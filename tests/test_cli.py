@@ -51,9 +51,10 @@ def test_python_dash_m_comlab_and_version():
 def test_a_missing_result_is_one_line_and_exit_2(tmp_path, command, capsys):
     assert cli.main([command, str(tmp_path / "nope")]) == 2
     err = capsys.readouterr().err
-    assert err == f"error: {tmp_path / 'nope'}: no such directory\n"
+    assert err == f"error: {tmp_path / 'nope'}: not a saved comlab result (no such directory)\n"
     assert cli.main([command, str(tmp_path)]) == 2
-    assert "not a comlab result (no meta.json)" in capsys.readouterr().err
+    assert capsys.readouterr().err == (f"error: {tmp_path}: not a saved comlab result "
+                                       f"(no meta.json in it)\n")
 
 
 def test_show_prints_parameters_environment_warnings_summary(capsys):
