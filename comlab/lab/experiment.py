@@ -118,7 +118,8 @@ def run_experiment(batch_sizes=(1, 4, 16, 64), workers=(1, 4, 16, 32), repeats: 
 def _sweep(specs, inputs: Inputs, store: ResultStore, session: Session, timeout, progress,
            remote_workers: int) -> pd.DataFrame:
     """Measure the runs not saved yet, one server per (transport, workers) group."""
-    todo = [s for s in specs if s.key not in store.finished()]
+    saved = store.finished()
+    todo = [s for s in specs if s.key not in saved]
     weights = {s.index: planning.weight(s, inputs.waits, remote_workers) for s in specs}
     _warn_if_long(todo, inputs, remote_workers)
     name = store.path.name
