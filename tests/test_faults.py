@@ -256,8 +256,8 @@ def test_run_experiment_bad_data_starts_nothing(tmp_path, monkeypatch):
         raise AssertionError("a process was started for bad input")
 
     before = descendants()
-    monkeypatch.setattr(comlab.lab.experiment, "ServerProcess", must_not_start)
-    monkeypatch.setattr(comlab.lab.experiment, "AgentProcess", must_not_start)
+    monkeypatch.setattr(comlab.lab.session, "ServerProcess", must_not_start)
+    monkeypatch.setattr(comlab.lab.session, "AgentProcess", must_not_start)
     empty = tmp_path / "empty.txt"
     empty.write_text("\n# nothing\n")
     bad_map = tmp_path / "map.txt"

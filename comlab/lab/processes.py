@@ -38,6 +38,12 @@ class _Child:
                                      stderr=self._log, start_new_session=True,
                                      env={**os.environ, "PYTHONUNBUFFERED": "1"})
 
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
     def failure(self, what: str) -> RuntimeError:
         return RuntimeError(f"{what} (exit code {self.proc.poll()}); its log "
                             f"{self.log_path}:\n{_tail(self.log_path)}")
