@@ -57,6 +57,7 @@ def cmd_sweep(args) -> int:
         df = comlab.run_experiment(
             batch_sizes=args.batch_sizes, workers=args.workers, repeats=args.repeats,
             commands=args.commands, server_map=args.map, strategy=args.strategy,
+            dispatch=args.dispatch,
             transport=args.transport, wait_scale=args.wait_scale, timeout=args.timeout,
             rate=args.rate if args.rate else None, progress=not args.no_progress,
             results_dir=args.results_dir, name=args.name, networks=args.network,
@@ -204,6 +205,9 @@ def _add_sweep_args(p, defaults: dict) -> None:
     p.add_argument("--strategy", type=_strs, default=[strategies.DEFAULT],
                    help="comma-separated: " + ", ".join(strategies.STRATEGIES))
     p.add_argument("--transport", type=_strs, default=["tcp"], help="tcp, ipc or both")
+    p.add_argument("--dispatch", type=_strs, default=["broker"],
+                   help="how batches reach workers, comma-separated to sweep: broker (adaptive "
+                        "prefetch), broker:K (prefetch K), queue (the seed's shared queue)")
     p.add_argument("--wait-scale", type=float, default=d["wait_scale"], metavar="S",
                    help=f"multiply every task's wait by S (default {d['wait_scale']:g}: same "
                         f"shape, quicker)")

@@ -27,7 +27,7 @@ from matplotlib.lines import Line2D
 from matplotlib.ticker import EngFormatter, FixedLocator, NullFormatter, NullLocator
 
 # Swept axes that join the configuration whenever they take more than one value.
-EXTRA_AXES = ("strategy", "transport", "rate")
+EXTRA_AXES = ("strategy", "transport", "dispatch", "rate")
 
 # The stages of a task, in order: (label, from stamp, to stamp).
 STAGES = (
@@ -564,7 +564,7 @@ def timeline(df: pd.DataFrame, run=None, ax=None, color_by: str = "batch_id"):
     ax.set_ylabel("worker")
     first = g.iloc[0]
     desc = [f"run {run}"]
-    for col in ("batch_size", "workers", "strategy", "transport", "rate", "repeat"):
+    for col in ("batch_size", "workers", "strategy", "transport", "dispatch", "rate", "repeat"):
         if col not in g.columns or pd.isna(first[col]):
             continue
         v = first[col]

@@ -35,6 +35,8 @@ COLUMNS = (
     Column("workers", "int64", "processes", "worker processes (local + remote)"),
     Column("strategy", "category", "", "how workers ran a batch (comlab.system.strategies)"),
     Column("transport", "category", "", "tcp or ipc"),
+    Column("dispatch", "category", "", "how the server handed batches to workers "
+                                       "(comlab.system.dispatch)"),
     Column("remote_workers", "int64", "processes", "of which on worker hosts",
            optional="runs with remote workers"),
     Column("rate", "float64", "tasks/s", "open-loop send rate", optional="open-loop runs"),

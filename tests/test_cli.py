@@ -63,7 +63,7 @@ def test_show_prints_parameters_environment_warnings_summary(capsys):
     for heading in ("parameters:", "environment:", "warnings", "summary"):
         assert heading in out
     assert "batch_sizes: [1, 4, 16, 64]" in out and "hostname: vm" in out
-    assert len(re.findall(r"thread-per-task\s+tcp\s+2\s", out)) == 16  # a row per configuration
+    assert len(re.findall(r"thread-per-task\s+tcp\s+broker\s+2\s", out)) == 16  # a row per configuration
 
 
 def test_compare_command_on_a_result_and_itself(tmp_path, capsys):

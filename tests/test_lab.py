@@ -181,17 +181,23 @@ def test_keyboard_interrupt_tears_everything_down(tmp_path):
 def test_plan_groups_runs_by_server():
     from comlab.lab import plan
     specs = plan.plan([1, 8], [1, 4], 2, strategy=["sequential", "thread-per-task"],
-                      transport=["tcp", "ipc"], rate=[None, 100])
-    assert len(specs) == 2 * 2 * 2 * 2 * 2 * 2
+                      transport=["tcp", "ipc"], rate=[None, 100], dispatch=["broker", "queue"])
+    assert len(specs) == 2 * 2 * 2 * 2 * 2 * 2 * 2
     assert [s.index for s in specs] == list(range(len(specs)))
     assert len({s.key for s in specs}) == len(specs)
     groups = plan.groups(specs)
-    assert [g for g, _ in groups] == [("tcp", 1), ("tcp", 4), ("ipc", 1), ("ipc", 4)]
-    for (transport, workers), runs in groups:
-        assert {(s.transport, s.workers) for s in runs} == {(transport, workers)}
+    assert [g for g, _ in groups] == [("tcp", "broker", 1), ("tcp", "broker", 4),
+                                      ("tcp", "queue", 1), ("tcp", "queue", 4),
+                                      ("ipc", "broker", 1), ("ipc", "broker", 4),
+                                      ("ipc", "queue", 1), ("ipc", "queue", 4)]
+    for (transport, design, workers), runs in groups:
+        assert {(s.transport, s.dispatch, s.workers) for s in runs} == \
+            {(transport, design, workers)}
         assert len(runs) == 16
     assert specs[1].repeat == 1 and specs[1].rate is None and specs[2].rate == 100.0
-    assert "w1 b1 sequential r2/2" in specs[1].label(2)
+    assert "broker w1 b1 sequential r2/2" in specs[1].label(2)
+    with pytest.raises(ValueError, match="dispatch"):
+        plan.plan([1], [1], 1, dispatch="nope")
 
 
 def test_plan_checks_its_axes():

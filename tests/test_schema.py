@@ -27,7 +27,7 @@ def test_freshly_built_records_follow_the_schema():
     run = ClientRun(["10.0.0.1:a", "10.0.0.2:b"], 1, "tcp://x:1")
     run.t_start, run.t_sent, run.t_intended = 1, [1, 2], [1, 2]
     info = {"experiment": "e", "run": 0, "repeat": 0, "batch_size": 1, "workers": 1,
-            "strategy": "sequential", "transport": "tcp", "rate": 10.0}
+            "strategy": "sequential", "transport": "tcp", "dispatch": "broker", "rate": 10.0}
     df = records.build(run.columns(), 1, keys=run.keys, waits=np.zeros(2), run_info=info,
                        open_loop=True, accepted=0)
     assert list(df.columns) == [c.name for c in schema.COLUMNS if c.name != "remote_workers"]

@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 
 from .. import data
-from ..system import strategies
+from ..system import dispatch as dispatch_mod, strategies
 from . import plan as planning
 from . import provenance, records, stability
 from .results import ResultStore
@@ -67,11 +67,12 @@ def run_experiment(batch_sizes=(1, 4, 16, 64), workers=(1, 4, 16, 32), repeats: 
                    rate=None, networks=(), resume: bool = True, remote_workers: int = 0,
                    workers_url: str | None = None, server_address: str = "127.0.0.1",
                    client_address: str = "127.0.0.1", server_prefix=(),
-                   fresh: bool = False) -> pd.DataFrame:
+                   fresh: bool = False, dispatch=dispatch_mod.DEFAULT) -> pd.DataFrame:
     """Run every combination of the swept axes x repeats; return one row per task per run.
 
-    ``batch_sizes``, ``workers``, ``strategy``, ``transport`` and ``rate`` (tasks/s, open loop;
-    None = as fast as possible) may each be a value or a list; lists are swept. ``commands`` is
+    ``batch_sizes``, ``workers``, ``strategy``, ``transport``, ``dispatch`` (broker, broker:K,
+    queue: comlab.system.dispatch) and ``rate`` (tasks/s, open loop; None = as fast as possible)
+    may each be a value or a list; lists are swept. ``commands`` is
     a path or a list of "ip:command" strings, ``server_map`` a path or a dict
     ip -> command -> (response, wait); both default to the shipped seed data. Results go to
     ``results_dir/name`` (name None: a timestamp; a plain name, no path separators).
@@ -95,13 +96,14 @@ def run_experiment(batch_sizes=(1, 4, 16, 64), workers=(1, 4, 16, 32), repeats: 
     offsets with their uncertainties go into the run's entry in meta.json (``clock``).
     """
     specs = planning.plan(batch_sizes, workers, repeats, strategy, transport, rate,
-                          remote_workers=remote_workers)
+                          remote_workers=remote_workers, dispatch=dispatch)
     _check_remote(remote_workers, workers_url, specs)
     inputs = load_inputs(commands, server_map, wait_scale, networks)
     params = {"batch_sizes": [int(b) for b in planning.as_list(batch_sizes)],
               "workers": [int(w) for w in planning.as_list(workers)], "repeats": repeats,
               "strategy": [strategies.check(s) for s in planning.as_list(strategy)],
               "transport": planning.as_list(transport), "rate": planning.as_list(rate),
+              "dispatch": planning.as_list(dispatch),
               "wait_scale": wait_scale, "timeout": timeout, "networks": list(networks),
               **inputs.params()}
     if remote_workers:
@@ -124,8 +126,8 @@ def _sweep(specs, inputs: Inputs, store: ResultStore, session: Session, timeout,
     _warn_if_long(todo, inputs, remote_workers)
     name = store.path.name
     with _Progress(specs, todo, weights, progress) as bar, session:
-        for (transport, workers), runs in planning.groups(todo):
-            with session.server(transport, workers, runs[0].strategy) as server:
+        for (transport, design, workers), runs in planning.groups(todo):
+            with session.server(transport, workers, runs[0].strategy, design) as server:
                 for spec in runs:
                     bar.show(spec)
                     run_timeout = timeout or planning.default_timeout(spec, inputs.waits,

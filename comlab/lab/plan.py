@@ -1,7 +1,8 @@
 """The plan of a sweep: one ``RunSpec`` per run, pure (no processes, no files).
 
-Runs are ordered so that every run with the same (transport, workers) is adjacent: they share one
-server and pool (``groups``); a strategy change between them is a control message. A run's ``key``
+Runs are ordered so that every run with the same (transport, dispatch, workers) is adjacent:
+they share one server and pool (``groups``); a strategy change between them is a control
+message. A run's ``key``
 names it across sessions (resume).
 """
 
@@ -10,7 +11,7 @@ from __future__ import annotations
 import itertools
 from dataclasses import dataclass
 
-from ..system import strategies
+from ..system import dispatch as dispatch_mod, strategies
 from . import ideal
 
 TRANSPORTS = ("tcp", "ipc")
@@ -27,23 +28,24 @@ class RunSpec:
     batch_size: int
     rate: float | None
     repeat: int
+    dispatch: str = dispatch_mod.DEFAULT
 
     @property
     def key(self) -> str:
         return (f"{self.transport}|{self.workers}|{self.strategy}|{self.batch_size}|"
-                f"{self.rate}|{self.repeat}")
+                f"{self.rate}|{self.repeat}|{self.dispatch}")
 
     @property
-    def server(self) -> tuple[str, int]:
-        """Runs with the same (transport, workers) share one server."""
-        return self.transport, self.workers
+    def server(self) -> tuple[str, str, int]:
+        """Runs with the same (transport, dispatch, workers) share one server."""
+        return self.transport, self.dispatch, self.workers
 
     def label(self, repeats: int | None = None) -> str:
         """Short description for a progress bar."""
         rate = f" {self.rate:g}/s" if self.rate else ""
         of = f"/{repeats}" if repeats else ""
-        return (f"{self.transport} w{self.workers} b{self.batch_size} {self.strategy}{rate} "
-                f"r{self.repeat + 1}{of}")
+        return (f"{self.transport} {self.dispatch} w{self.workers} b{self.batch_size} "
+                f"{self.strategy}{rate} r{self.repeat + 1}{of}")
 
 
 def as_list(value) -> list:
@@ -51,12 +53,14 @@ def as_list(value) -> list:
 
 
 def plan(batch_sizes, workers, repeats: int, strategy=strategies.DEFAULT, transport="tcp",
-         rate=None, *, remote_workers: int = 0) -> list[RunSpec]:
+         rate=None, *, remote_workers: int = 0,
+         dispatch=dispatch_mod.DEFAULT) -> list[RunSpec]:
     """Every combination of the swept axes x repeats, checked, grouped by server."""
     sizes = [int(b) for b in as_list(batch_sizes)]
     pools = [int(w) for w in as_list(workers)]
     strats = [strategies.check(s) for s in as_list(strategy)]
     transports, rates = as_list(transport), as_list(rate)
+    designs = [dispatch_mod.check(d) for d in as_list(dispatch)]
     for t in transports:
         if t not in TRANSPORTS:
             raise ValueError(f"unknown transport {t!r}; use one of {TRANSPORTS}")
@@ -64,13 +68,14 @@ def plan(batch_sizes, workers, repeats: int, strategy=strategies.DEFAULT, transp
             or repeats < 1:
         raise ValueError("batch sizes, workers and repeats must be at least 1 "
                          "(workers 0: remote workers only)")
-    combos = itertools.product(transports, pools, strats, sizes, rates, range(repeats))
-    return [RunSpec(i, t, w, s, b, None if r is None else float(r), k)
-            for i, (t, w, s, b, r, k) in enumerate(combos)]
+    combos = itertools.product(transports, designs, pools, strats, sizes, rates, range(repeats))
+    return [RunSpec(i, t, w, s, b, None if r is None else float(r), k, d)
+            for i, (t, d, w, s, b, r, k) in enumerate(combos)]
 
 
-def groups(specs: list[RunSpec]) -> list[tuple[tuple[str, int], list[RunSpec]]]:
-    """Consecutive runs that share one server: [((transport, workers), [spec, ...]), ...]."""
+def groups(specs: list[RunSpec]) -> list[tuple[tuple[str, str, int], list[RunSpec]]]:
+    """Consecutive runs that share one server: [((transport, dispatch, workers), [spec, ...]),
+    ...]."""
     return [(server, list(runs))
             for server, runs in itertools.groupby(specs, key=lambda s: s.server)]
 

@@ -15,7 +15,7 @@ from ..system import protocol as P
 from . import ideal
 
 STAMPS = schema.STAMPS
-AXES = ("batch_size", "workers", "strategy", "transport")
+AXES = ("batch_size", "workers", "strategy", "transport", "dispatch")
 STATUS = pd.CategoricalDtype(list(P.STATUS_NAMES))
 CATEGORIES = schema.CATEGORIES
 

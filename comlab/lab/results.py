@@ -18,6 +18,8 @@ Format history of meta.json (``format_version``; records.parquet is plain parque
   ``started`` (rewritten by every resume), ``duration_s``, ``runs`` (one entry per run: ``key``,
   ``run``, the axes, ``part``, ``server_start_s``, ``run_wall_s``, ``duplicates``, ``garbage``,
   ``clock``). Loads (categoricals restored by name); cannot be resumed.
+  Records of format 1 have no ``dispatch`` column: ``load_results`` adds it as "broker", the
+  only design there was.
 * 2: adds ``format_version``, ``name``, ``complete`` (false until every planned run finished),
   ``sessions`` (one per sweep that wrote to it: ``started``, ``duration_s``, ``runs``,
   ``loadavg_start``), ``resumed_runs``, ``started`` kept from the first session, ``dtypes``
@@ -255,6 +257,10 @@ def load_results(path: str | os.PathLike) -> pd.DataFrame:
         df = restore_dtypes(pd.read_parquet(path / RECORDS), dtypes)
     else:
         df = load_parts(path, [r["part"] for r in meta["runs"]], dtypes=dtypes)
+    if meta.get("format_version", 1) < 2 and len(df) and "dispatch" not in df:
+        # Saved before dispatch designs were an axis: every run used today's default broker.
+        df.insert(int(df.columns.get_loc("transport")) + 1, "dispatch",
+                  pd.Categorical(["broker"] * len(df)))
     _set_attrs(df, meta)
     return df
 

@@ -62,10 +62,10 @@ class Session:
         return self._agent
 
     @contextlib.contextmanager
-    def server(self, transport: str, workers: int, strategy: str):
+    def server(self, transport: str, workers: int, strategy: str, dispatch: str | None = None):
         """A server with ``workers`` local workers (plus the remote ones), stopped on exit."""
         with ServerProcess(self.map_file, workers, self.workdir, transport=transport,
-                           networks=self.networks, strategy=strategy,
+                           networks=self.networks, strategy=strategy, dispatch=dispatch,
                            workers_url=self.workers_url, address=self.server_address,
                            prefix=self.server_prefix) as server:
             if self.remote_workers:
@@ -106,7 +106,8 @@ class Session:
         """The columns every record of the run carries."""
         info = {"experiment": experiment, "run": spec.index, "repeat": spec.repeat,
                 "batch_size": spec.batch_size, "workers": spec.workers + self.remote_workers,
-                "strategy": spec.strategy, "transport": spec.transport}
+                "strategy": spec.strategy, "transport": spec.transport,
+                "dispatch": spec.dispatch}
         if self.remote_workers:
             info["remote_workers"] = self.remote_workers
         if spec.rate is not None:
