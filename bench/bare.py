@@ -20,21 +20,21 @@ queue. It is the ceiling the bench divides comlab by, so it must be as fast as t
 Throughput is tasks / (first send -> last result), as comlab's ``throughput_tps``.
 
 Measured while choosing (2 workers, zero-wait, 20,000 tasks at batch 1 and 200,000 at batch
-256, 4-5 runs each, other sessions loading the machine, median [min..max]; CPU = user + system
-time of client, server and workers per task)::
+256, 4-5 runs of each variant in turn, other sessions loading the machine: medians over
+batches of runs [min..max]; CPU = user + system time of client, server and workers per task):
 
-    queue                       client loop       batch 1                batch 256            CPU/task b1, b256
-    mp.Queue (feeder thread)    poll              44k-47k [30k..65k]     1.4M-1.7M [1.2M..2.6M]  26.8 us, 0.94 us
-    mp.Queue                    try send+recv,    49k-54k [29k..71k]     1.5M-1.8M [0.9M..2.2M]
-                                poll when idle
-    mp.Queue                    poll + EVENTS     30k [25k..32k]         1.7M
-    SimpleQueue (pickle, lock)  try               38k-52k [37k..60k]     1.6M-1.9M [0.7M..2.5M]  26.6 us, 1.24 us
-    pipe+lock, bytes as is      try               69k-77k [45k..102k]    1.2M-1.8M [0.6M..2.5M]  19.3 us, 1.31 us
-      + no write lock, raw=True try               70k-74k [54k..97k]     1.8M-2.1M [1.2M..2.7M]  17.1 us, 0.92 us
-      + no write lock, raw=True poll (kept)       83k-86k [56k..94k]     1.6M-2.2M [0.6M..2.6M]  12.6 us, 0.99 us
+    queue; client loop                      batch 1             batch 256           CPU b1, b256
+    mp.Queue; poll                          44-47k [30k..65k]   1.4-1.7M [1.2..2.6M]  26.8, 0.94 us
+    mp.Queue; try both, poll when idle      49-54k [29k..71k]   1.5-1.8M [0.9..2.2M]
+    mp.Queue; poll + zmq.EVENTS             30k [25k..32k]      1.7M
+    SimpleQueue (pickle, 2 locks); try      38-52k [37k..60k]   1.6-1.9M [0.7..2.5M]  26.6, 1.24 us
+    pipe + read lock, frames as they are    69-77k [45k..102k]  1.2-1.8M [0.6..2.5M]  19.3, 1.31 us
+      + no write lock, raw=True; try        70-74k [54k..97k]   1.8-2.1M [1.2..2.7M]  17.1, 0.92 us
+      + no write lock, raw=True; poll: kept 83-86k [56k..94k]   1.6-2.2M [0.6..2.6M]  12.6, 0.99 us
 
-The server draining its socket with non-blocking receives between polls changed nothing
-(53k / 2.4M with mp.Queue, within the noise). ``copy=False`` only pays above pyzmq's copy
+Issue 11 measured the old bare.py (sender thread, mp.Queue) at 37-53k and 1.06-1.6M. The server
+draining its socket with non-blocking receives between polls changed nothing (53k / 2.4M with
+mp.Queue, within the noise). ``copy=False`` only pays above pyzmq's copy
 threshold (64 KiB): a batch of 256 keys is ~5 KiB, so every send and receive here copies.
 
     with BarePipeline(workers=2) as bare:

@@ -12,6 +12,11 @@ strict load balancing, where every batch waits a DONE -> batch round trip to its
 Same client loop and worker answer as ``bench/bare.py``, so bare / bare broker is the cost of
 load balancing, and bare broker / comlab the cost of comlab's own bookkeeping.
 
+At batch 1 the broker is bound by latency, not CPU: a worker's batches in flight are 1 + K, and
+each costs a DONE -> batch round trip through a sleeping process. 2 workers, zero-wait, 20,000
+tasks, two rounds on a loaded machine: K = 0: 3.1k / 6.0k tasks/s; K = 4: 24k / 17k; K = 16:
+24k / 30k; K = 64: 58k / 44k; K = 256: 39k / 81k, against bare 49k / 29k in the same rounds.
+
     with BareBroker(workers=2, prefetch=0) as broker:
         figures = broker.run(n_tasks=20_000, batch_size=1)
 """

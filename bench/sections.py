@@ -154,21 +154,21 @@ def zero_wait(p: dict, out: Path, log) -> tuple[list, list, dict]:
                 rows2.append(row(S2, f"{strat}, b{size}, w{w}", "comlab",
                                  comlab_tps[(strat, size, w)], "tasks/s",
                                  reference="bare", ref_values=bare_ref[(size, w)]))
-    # The targets: the best design (today one, the broker; the best strategy of it) vs bare.
+    # The targets: the best dispatch design against bare. Today there is one design (the
+    # broker); its sequential strategy stands for it (at wait 0 every strategy runs tasks
+    # inline, so picking the best of three would pick the luckiest noise).
+    strat = "sequential" if "sequential" in p["strategies"] else p["strategies"][0]
     for size in (1, 256):
-        if size not in p["batch_sizes"] or 2 not in p["workers"]:
-            continue
-        best = max(p["strategies"], key=lambda st: np.median(comlab_tps[(st, size, 2)]))
-        rows2.append(row(S2, f"best ({best}), b{size}, w2", "comlab",
-                         comlab_tps[(best, size, 2)], "tasks/s", reference="bare",
-                         ref_values=bare_ref[(size, 2)], target=">= 0.5 x bare",
-                         check=lambda v, r: r >= 0.5))
+        if size in p["batch_sizes"] and 2 in p["workers"]:
+            rows2.append(row(S2, f"best design (broker, {strat}), b{size}, w2", "comlab",
+                             comlab_tps[(strat, size, 2)], "tasks/s", reference="bare",
+                             ref_values=bare_ref[(size, 2)], target=">= 0.5 x bare",
+                             check=lambda v, r: r >= 0.5))
     # comlab's own bookkeeping: against the bare broker that dispatches as it does today
     # (a busy worker may hold up to 4 short batches).
     prefetch_key, prefetch_label = BARES[2][0], BARES[2][1]
     for size in p["batch_sizes"]:
         for w in p["workers"]:
-            strat = "sequential" if "sequential" in p["strategies"] else p["strategies"][0]
             rows2.append(row(S2, f"{strat}, b{size}, w{w}", "comlab",
                              comlab_tps[(strat, size, w)], "tasks/s",
                              reference=prefetch_label,
