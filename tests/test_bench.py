@@ -51,6 +51,14 @@ def test_frame_queue_hands_frames_over_as_they_are():
     assert q.get() == b"\x93\x01\x91\x00\x91\xa1k" and q.get() == bare.STOP
 
 
+def test_idle_gaps_are_per_worker_and_per_run():
+    import pandas as pd
+    df = pd.DataFrame({"run": [0, 0, 0, 1], "worker": ["w0", "w1", "w0", "w0"],
+                       "status": ["ok"] * 4, "t_started": [0.0, 0.5, 2.0, 0.0],
+                       "t_finished": [1.0, 1.5, 3.0, 1.0]})
+    assert sections.idle_gaps(df).tolist() == [1.0]  # w0 in run 0: finished 1.0, next 2.0
+
+
 def test_thread_hand_off_reference_is_at_least_the_sleeps():
     assert sections.thread_hand_off(5, 0.002) >= 5 * 0.002
 
