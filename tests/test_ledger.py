@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from comlab.system import strategies
+from comlab.system.dispatch import Broker
 from comlab.system.ledger import Ledger
 from comlab.system.protocol import Work
 
@@ -23,7 +24,9 @@ def work(batch_id, waits=(0.5,), run=1, attempt=0):
 
 
 @pytest.fixture
-def ledger():
+def ledger(request):
+    """A ledger with strict load balancing (broker:0) unless the test names a policy."""
+    policy = getattr(request, "param", Broker("0"))
     sent, failed, unreachable = [], [], set()
     clock = Clock()
 
@@ -34,7 +37,7 @@ def ledger():
         return True
 
     led = Ledger(send, lambda w, name: failed.append((w.batch_id, name)), strategies.cost,
-                 max_pending=4, clock=clock)
+                 policy=policy, max_pending=4, clock=clock)
     led.sent, led.failed, led.unreachable, led.now = sent, failed, unreachable, clock
     return led
 
@@ -54,6 +57,7 @@ def test_ready_takes_pending_work(ledger):
     assert ledger.sent == [(b"a", 0, 0)]
 
 
+@pytest.mark.parametrize("ledger", [Broker()], indirect=True, ids=["adaptive"])
 def test_short_batches_are_prefetched_long_ones_are_not(ledger):
     ledger.ready(b"a", "a", "h", 1)
     for i in range(5):
@@ -65,9 +69,25 @@ def test_short_batches_are_prefetched_long_ones_are_not(ledger):
     assert ledger.done(b"b", 1, 4) and ledger.done(b"a", 1, 0)
     ledger.submit(work(5, waits=(1.0,)))    # to b, idle
     ledger.submit(work(6, waits=(0.0001,)))  # behind a's 0.4 ms of tiny work: fine
-    ledger.submit(work(7, waits=(0.0001,)))
-    assert [w.batch_id for w in ledger.pending] == [7]  # never stranded behind a long batch
     assert [s[:2] for s in ledger.sent[-2:]] == [(b"b", 5), (b"a", 6)]
+    ledger.submit(work(7, waits=(0.0001,)))  # a is full, b runs 1 s: ahead at b, the one
+    assert ledger.sent[-1][:2] == (b"b", 7)  # expected to free first (nobody else could)
+    ledger.submit(work(8, waits=(1.0,)))
+    assert [w.batch_id for w in ledger.pending] == [8]  # one ahead, no more
+
+
+@pytest.mark.parametrize("ledger", [Broker()], indirect=True, ids=["adaptive"])
+def test_adaptive_broker_puts_one_batch_ahead_at_the_first_to_free(ledger):
+    ledger.ready(b"a", "a", "h", 1)
+    ledger.ready(b"b", "b", "h", 2)
+    ledger.submit(work(0, waits=(1.0,)))
+    ledger.now.t = 0.5
+    ledger.submit(work(1, waits=(1.0,)))       # b: free
+    ledger.submit(work(2, waits=(0.2,)))       # a frees at 1.0, b at 1.5: ahead at a
+    assert [s[:2] for s in ledger.sent] == [(b"a", 0), (b"b", 1), (b"a", 2)]
+    ledger.submit(work(3, waits=(0.2,)))       # b: one ahead
+    ledger.submit(work(4, waits=(0.2,)))       # both hold one ahead: waits
+    assert ledger.sent[-1][:2] == (b"b", 3) and [w.batch_id for w in ledger.pending] == [4]
 
 
 def test_done_for_a_batch_not_held_is_refused(ledger):

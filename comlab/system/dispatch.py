@@ -6,10 +6,13 @@ connect a DEALER to the server's ROUTER and ask for work (READY, then DONE after
 the server knows which batch each worker holds. Credit-based prefetch (RabbitMQ's and Celery's
 ``prefetch``): with ``broker:K`` a worker may hold up to K batches beyond the one it runs
 (``broker:0`` is strict load balancing: at batch 1 every task waits a DONE -> WORK round trip,
-three messages per batch at the server); plain ``broker`` is the adaptive policy: a busy worker
-takes more only while what it holds sums to at most 1 ms of expected work (at most 4 batches),
-so tiny batches never wait for the round trip and a batch is never stranded behind a long one.
-Cost: a short batch can queue behind a long one at a worker with K > 0 (not with ``broker``).
+three messages per batch at the server). Plain ``broker`` is the adaptive policy: a busy worker
+takes more while what it holds sums to at most 1 ms of expected work (at most 4 batches), so
+tiny batches never wait for the round trip; and when no worker is free, a batch goes one ahead
+to the worker expected to free first (start + the strategy's ideal time of what it runs), so
+long batches do not wait for it either. Cost: with K > 0 a short batch can queue behind a long
+one at one worker while another frees; the adaptive policy bets on the ideal times, and loses
+that bet only when a batch runs far from its ideal time.
 
 ``queue`` -- the seed's design: the server puts each batch on a multiprocessing queue shared by
 its local workers, and a free worker takes the next one; no DONE message (two messages per
@@ -50,7 +53,18 @@ class Broker:
         return 0 < held < self.prefetch_max and sum(h.cost_s for h in w.held) <= self.prefetch_s
 
     def place(self, ledger, work) -> bool:
-        return ledger.to_free_worker(work)
+        if ledger.to_free_worker(work):
+            return True
+        if self.prefetch is None and not ledger.idle:
+            # Adaptive: no worker is free, so the batch would wait anyway; it waits at the
+            # worker expected to free first (its batch's start + ideal time), which then never
+            # idles for the DONE -> WORK round trip. One batch ahead, no more.
+            ahead = min(((w.held[0].since + w.held[0].cost_s, i) for i, w in
+                         ledger.workers.items() if len(w.held) == 1 and ledger.brokered(i)),
+                        default=None)
+            if ahead is not None:
+                return ledger.give(ahead[1], work)
+        return False
 
     def brokers(self, ident: bytes, ledger) -> bool:
         """Does this worker get its batches through the broker (WORK/DONE)?"""

@@ -79,6 +79,14 @@ class Ledger:
         if not self.policy.place(self, work):
             self.pending.append(work)
 
+    def brokered(self, ident: bytes) -> bool:
+        return self.policy.brokers(ident, self)
+
+    def give(self, ident: bytes, work: Work) -> bool:
+        """Hand ``work`` to a known worker (the design chose it)."""
+        w = self.workers.get(ident)
+        return w is not None and self._give(ident, w, work)
+
     def to_free_worker(self, work: Work, remote_only: bool = False) -> bool:
         """Give ``work`` to an idle worker, failing that to one that may take more (the
         design's prefetch rule); False if there is none."""
