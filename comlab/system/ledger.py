@@ -122,28 +122,36 @@ class Ledger:
         return True
 
     def done(self, ident: bytes, run: int, batch_id: int) -> bool:
-        """A worker finished its oldest held batch; False (and nothing changes) unless it held
-        exactly that one."""
+        """A worker finished its batches up to and including (run, batch_id): a worker runs
+        them in the order given, and one DONE may cover several. False, and nothing changes,
+        unless it holds that batch."""
         w = self.workers.get(ident)
-        if w is None or not w.held or (w.held[0].work.run, w.held[0].work.batch_id) != \
-                (run, batch_id):
+        k = None if w is None else next(
+            (i for i, h in enumerate(w.held) if h.work.batch_id == batch_id
+             and h.work.run == run), None)
+        if k is None:
             self.counts["refused_done"] += 1
             return False
-        w.held.popleft()
+        for _ in range(k + 1):
+            w.held.popleft()
         w.progress = self.clock()
-        if w.held:
-            if w.held[0].since < w.progress:
-                w.held[0].since = w.progress  # its deadline runs from when it can start
-            if self.policy.takes_more(w):
-                if self.pending:
-                    work = self.pending.popleft()
-                    if not self._give(ident, w, work):
-                        self.pending.appendleft(work)
-                elif ident not in self.short:
-                    self.short.append(ident)
+        if not w.held:
+            self._next(ident)
             return True
-        self._next(ident)
+        if w.held[0].since < w.progress:
+            w.held[0].since = w.progress  # its deadline runs from when it can start
+        self._refill(ident, w)
         return True
+
+    def _refill(self, ident: bytes, w: WorkerState) -> None:
+        """Top a busy worker up to what the design lets it hold."""
+        while self.pending and self.policy.takes_more(w):
+            work = self.pending.popleft()
+            if not self._give(ident, w, work):
+                self.pending.appendleft(work)
+                return
+        if self.policy.takes_more(w) and ident not in self.short:
+            self.short.append(ident)
 
     def lose(self, ident: bytes) -> None:
         """A worker is gone: retry its batches once, or fail them; hand out what waits."""
@@ -188,6 +196,8 @@ class Ledger:
             work = self.pending.popleft()
             if not self._give(ident, w, work):
                 self.pending.appendleft(work)
+                return
+            self._refill(ident, w)
             return
         self.idle.append(ident)
 

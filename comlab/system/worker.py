@@ -17,7 +17,7 @@ import multiprocessing
 import os
 import signal
 import sys
-from collections import OrderedDict
+from collections import OrderedDict, deque
 
 import zmq
 
@@ -30,6 +30,7 @@ log = logging.getLogger("comlab.worker")
 
 SERVER_TYPES = (P.Work, P.Connect, P.Forget, P.Stop, P.Ping)
 QUEUE_WAIT_S = 0.05  # a queue worker answers the server at least this often
+NOBLOCK = int(zmq.NOBLOCK)
 
 
 class Worker(Role):
@@ -49,6 +50,7 @@ class Worker(Role):
         self.strategies = Cache()
         self.queue, self.slots, self.slot = queue, slots, slot
         self.ended: OrderedDict[int, None] = OrderedDict()  # runs whose batches are skipped
+        self.backlog: deque[P.Work] = deque()                # batches given, not yet run
 
     def setup(self):
         # Results never block the worker: a client that takes none costs its own results.
@@ -75,31 +77,57 @@ class Worker(Role):
     def loop(self):
         if self.queue is not None:
             return self.queue_loop()
-        recv, handle = self.server.recv, self.handle
         while True:
             events = dict(self.poller.poll(60_000 if len(self.clients) else None))
             if self.parent_fd is not None and self.parent_fd in events:
                 log.info("%s: parent gone, exiting", self.name)
                 return
-            if self.server in events and not handle(recv()):
+            if self.server in events and not self.serve():
                 return
             if self.monitor in events:
                 self.on_handshake()
             if not events:
                 self.clients.expire()  # idle a minute: let go of clients that left silently
 
+    def serve(self) -> bool:
+        """Take every message the server has queued for us, then run the batches in order.
+        DONE says "finished up to this batch": it is sent once at most one batch is left here,
+        so the server tops us up while we run that one, and under load one DONE covers several
+        batches (fewer messages at the server); False means stop."""
+        backlog, recv, handle = self.backlog, self.server.recv, self.handle
+        finished = None
+        while True:
+            while True:
+                try:
+                    frame = recv(NOBLOCK)
+                except zmq.Again:
+                    break
+                if not handle(frame):
+                    return False
+            if not backlog:
+                break
+            w = backlog.popleft()
+            if w.run not in self.ended:  # queued before its client left: skipped
+                self.work(w)
+            finished = w
+            if len(backlog) <= 1:
+                self.server.send(P.Done(finished.run, finished.batch_id).pack())
+                finished = None
+        if finished is not None:
+            self.server.send(P.Done(finished.run, finished.batch_id).pack())
+        return True
+
     def queue_loop(self):
         """The seed's design: take the next batch from the shared queue when free. The queue's
         lock lets one waiting worker read at a time (no herd); between waits the worker answers
         the server (CONNECT, FORGET, STOP, PING), so those wait at most QUEUE_WAIT_S."""
-        recv, handle, poll, slots, mine = (self.server.recv, self.handle, self.poller.poll,
-                                           self.slots, 2 * self.slot)
+        poll, slots, mine = self.poller.poll, self.slots, 2 * self.slot
         while True:
             for sock, _ in poll(0):
                 if sock == self.parent_fd:
                     log.info("%s: parent gone, exiting", self.name)
                     return
-                if sock is self.server and not handle(recv()):
+                if sock is self.server and not self.serve():
                     return
                 if sock is self.monitor:
                     self.on_handshake()
@@ -115,7 +143,7 @@ class Worker(Role):
                 log.warning("%s: dropped a queued batch: %s", self.name, exc)
             else:
                 if work.run not in self.ended:
-                    self.work(work, done=False)
+                    self.work(work)
             slots[mine] = dispatch.NOTHING
 
     def on_handshake(self) -> None:
@@ -138,10 +166,7 @@ class Worker(Role):
             return True
         kind = type(msg)
         if kind is P.Work:
-            if msg.run in self.ended:  # queued before its client left: skip, but say DONE
-                self.server.send(P.Done(msg.run, msg.batch_id).pack())
-            else:
-                self.work(msg)
+            self.backlog.append(msg)
         elif kind is P.Connect:
             self.join(msg)
         elif kind is P.Forget:
@@ -155,7 +180,7 @@ class Worker(Role):
             self.server.send(P.Pong(msg.t, now()).pack())
         return True
 
-    def work(self, w: P.Work, done: bool = True) -> None:
+    def work(self, w: P.Work) -> None:
         try:
             if len({len(w.task_ids), len(w.responses), len(w.waits)}) != 1:
                 raise ValueError("columns of unequal length")
@@ -170,8 +195,6 @@ class Worker(Role):
         self.clients.send(w.reply_url, P.Results(
             w.run, w.batch_id, self.name, HOST, w.attempt, w.t_sent, w.t_server_in, w.t_enqueued,
             w.task_ids, statuses, outs, starts, ends, errors).pack())
-        if done:
-            self.server.send(P.Done(w.run, w.batch_id).pack())
 
     def join(self, c: P.Connect) -> None:
         """Connect to a new client and start the threads its batches will need, before its
