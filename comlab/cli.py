@@ -67,8 +67,21 @@ def cmd_sweep(args) -> int:
 
 
 def cmd_plot(args) -> int:
+    from pathlib import Path
+
     from . import plots
-    for path in plots.write_figures(args.result):
+    from .lab.records import InvariantError
+    result = Path(args.result)
+    if not (result / "meta.json").is_file():
+        what = "no such directory" if not result.is_dir() else "no meta.json in it"
+        print(f"error: {result}: not a saved comlab result ({what})", file=sys.stderr)
+        return 2
+    try:
+        paths = plots.write_figures(result)
+    except (OSError, ValueError, KeyError, InvariantError) as exc:
+        print(f"error: {result}: cannot read the saved result: {exc}", file=sys.stderr)
+        return 2
+    for path in paths:
         print(path)
     return 0
 

@@ -155,7 +155,9 @@ class AgentProcess(_Child):
     """``python -m comlab.lab.agent``: runs clients on request (see comlab.lab.agent)."""
 
     def __init__(self, workdir: str) -> None:
-        super().__init__([sys.executable, "-m", "comlab.lab.agent"],
+        # If this process dies, the agent removes workdir (it notices even mid-run).
+        super().__init__([sys.executable, "-m", "comlab.lab.agent", "--lab-pid",
+                          str(os.getpid()), "--workdir", workdir],
                          os.path.join(workdir, "client.log"))
         self._keys_sent = None
 

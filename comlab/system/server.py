@@ -601,6 +601,8 @@ class Server(Role):
             try:
                 # Local workers only: remote ones stay, reconnect and join the next server.
                 for _, ident in list(self.procs.values()):
+                    if getattr(self, "router", None) is None:  # setup failed before the bind
+                        break
                     self.to_worker(ident, P.STOP_MESSAGE)
                 stop_processes([p for p, _ in self.procs.values()], STOP_GRACE_S)
             finally:
