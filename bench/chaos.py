@@ -144,8 +144,8 @@ class Row:
         done = status != P.LOST
         early = done & (cols["t_started"] >= 0) & (cols["t_started"] < cols["t_sent"])
         if early.any():
-            self.problems.append(f"{where}{int(early.sum())} results computed before their "
-                                 "task was sent (an earlier run's)")
+            self.problems.append(f"{where}{int(early.sum())} results started before their "
+                                 "task was sent (an earlier run's, or forged)")
         if expected is not None:
             ok = np.flatnonzero(status == P.OK)
             want = np.array([expected[run.keys[i]] for i in ok], dtype=np.int64)
@@ -496,7 +496,7 @@ def batch_flood(lab: Lab, row: Row) -> None:
         row.require(counts["ok"] == len(keys), f"client after the flood: {counts['ok']} of "
                                                f"{len(keys)} ok")
         row.require(took < 3 * baseline + 2, f"client after the flood took {took:.1f} s "
-                                             f"(baseline {baseline:.1f} s)")
+                                             f"(baseline {baseline:.2f} s)")
     row.require(alive(server), "server died")
 
 
@@ -622,31 +622,41 @@ def fuzz_worker(lab: Lab, frames: list[bytes], timeout: float = 10.0) -> list[st
     return problems
 
 
-def departed_client(lab: Lab, row: Row) -> None:
-    """A client on a fixed port is SIGKILLed mid-run; the next client on the same port must get
-    only its own results, in about the time the first clean run took."""
+def departed_client(how: str):
+    """A client on a fixed port leaves mid-run (``how``: "killed", SIGKILL; "timeout", its
+    own --timeout passes); the next client on the same port must get only its own results, in
+    about the time the first clean run took."""
+    def scenario(lab: Lab, row: Row) -> None:
+        _departed(lab, row, how)
+    scenario.__doc__ = departed_client.__doc__.replace("``how``", repr(how))
+    return scenario
+
+
+def _departed(lab: Lab, row: Row, how: str) -> None:
     keys, expected, path = lab.data(32, 0.1)
     server = lab.server(path, 2)
     bind = free_url()
     base = ClientThread(keys, 2, server.url, lab.profile.timeout, bind=bind)
     base.finish(row, expected, "baseline")
     baseline = base.ended_s - base.started_s
-    big_keys = keys * 8  # 256 tasks of 0.1 s on 2 workers: ~1.3 s of queued work per client
+    big_keys = keys * 8  # 256 tasks of 0.1 s on 2 workers: ~13 s of queued work
     cfile = os.path.join(lab.dir, "departing.txt")
     with open(cfile, "w") as f:
         f.write("\n".join(big_keys) + "\n")
     gone = lab.popen([sys.executable, "-m", "comlab.run_client", cfile, "2", bind, server.url,
-                      "--timeout", "60"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                      "--timeout", "60" if how == "killed" else "1"],
+                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     wait_until(lambda: stats(server)["busy"] >= 2, 10)
-    gone.kill()
-    gone.wait(5)
+    if how == "killed":
+        gone.kill()
+    gone.wait(20)
     t = ClientThread(keys, 2, server.url, lab.profile.timeout, bind=bind)
     counts = t.finish(row, expected, "next client")
     took = t.ended_s - t.started_s
     if counts:
         row.require(counts["ok"] == len(keys), f"next client: {counts['ok']} of {len(keys)} ok")
         row.require(took < 2 * baseline + 1, f"next client took {took:.1f} s (baseline "
-                                             f"{baseline:.1f} s): the departed client's work "
+                                             f"{baseline:.2f} s): the departed client's work "
                                              "ran first")
         run = t.run_result
         row.require(run.duplicates == 0, f"next client dropped {run.duplicates} messages as "
@@ -822,7 +832,8 @@ SCENARIOS = {
     "hostile/server-control": hostile_server_control,
     "hostile/client-results": hostile_client_results,
     "hostile/worker": hostile_to_worker,
-    "departed-client": departed_client,
+    "departed-client/killed": departed_client("killed"),
+    "departed-client/timeout": departed_client("timeout"),
     "peer/done-not-held": hostile_worker("done-not-held"),
     "peer/ready-while-holding": hostile_worker("ready-while-holding"),
     "peer/silent": hostile_worker("silent"),

@@ -205,8 +205,10 @@ FAILS_TODAY = {
     "hostile/server-control": "issue 13: a value nested 1,000 deep kills the server",
     "hostile/client-results": "issue 13: a value nested 1,000 deep kills the client",
     "hostile/worker": "issue 13: a malformed WORK or CONNECT kills the worker",
-    "departed-client": "issue 13: no run identity: the next client on the port takes the "
-                       "departed client's results",
+    "departed-client/killed": "issue 13: no run identity: the next client on the port takes "
+                              "the SIGKILLed client's results",
+    "departed-client/timeout": "issue 13: no run identity: the next client on the port takes "
+                               "the timed-out client's results",
     "peer/done-not-held": "issue 13: DONE for a batch the peer does not hold is accepted",
     "peer/ready-while-holding": "issue 13: READY while holding a batch forces retries (failed)",
     "peer/silent": "issue 13: a silent peer holds its batch until the client's timeout",
