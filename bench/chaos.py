@@ -222,7 +222,7 @@ class Profile:
 
 
 PROFILES = {"full": Profile("full", 1.0, 20.0), "quick": Profile("quick", 0.5, 15.0),
-            "tiny": Profile("tiny", 0.25, 5.0)}  # tiny: tests/test_chaos.py
+            "tiny": Profile("tiny", 0.25, 4.0)}  # tiny: tests/test_chaos.py
 
 
 class Lab:

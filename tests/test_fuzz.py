@@ -300,7 +300,7 @@ def test_server_survives_deep_nesting(target, harness):
             req = lab.socket(zmq.REQ)
             req.connect(server.control_url)
             req.send(frame)
-            assert req.poll(5000), "no answer from the control socket"
+            assert req.poll(2000), "no answer from the control socket"
             req.recv()
             req.close(0)
     else:
