@@ -115,8 +115,8 @@ def test_lab_sigkilled_mid_run_takes_agent_and_tmpdir(tmp_path):
 
 @pytest.mark.timeout(60)
 def test_agent_polite_stop_keeps_workdir_and_stops_a_run(tmp_path):
-    """Closing the agent's stdin (the lab's own stop) ends it, even mid-run, and leaves the
-    directory to the lab (which is alive and removes it itself)."""
+    """BYE and closing the agent's stdin (the lab's own stop) end it, even mid-run, and leave
+    the directory to the lab (which is alive and removes it itself)."""
     from comlab.lab.processes import AgentProcess
     from comlab.lab import agent as agent_mod
     wd = tmp_path / "wd"
@@ -133,6 +133,7 @@ def test_agent_polite_stop_keeps_workdir_and_stops_a_run(tmp_path):
         wait_for(lambda: any(c.status == psutil.CONN_LISTEN for c in me.net_connections("tcp")),
                  10, "the agent's client bound its result socket (it is inside the run)")
         t0 = time.monotonic()
+        agent_mod.write_frame(agent.proc.stdin, agent_mod.BYE)  # what AgentProcess.stop does
         agent.proc.stdin.close()
         agent.proc.wait(5)
         took = time.monotonic() - t0

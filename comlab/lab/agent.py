@@ -7,10 +7,12 @@ agent exits, so a killed notebook kernel leaves nothing behind.
 
 It notices the lab's end even in the middle of a run (when it reads nothing from stdin): a
 thread waits for the pipe's hang-up (poll with no events: POLLHUP) and PR_SET_PDEATHSIG (Linux)
-covers a lab whose pipe some other process still holds open; either sends this process SIGTERM,
-which ends the run at once (the client's sockets are closed, bounded). If the lab died (this
-process was re-parented) rather than closed the pipe, the agent also removes the lab's working
-directory (``--workdir``): a SIGKILLed lab cannot, and its server never owned it.
+covers a lab whose pipe some other process still holds open; either sends the main thread
+SIGTERM, which ends the run at once (the client's sockets are closed, bounded). A lab that stops
+the agent says BYE before closing the pipe; a pipe that closes without it means the lab died,
+and the agent then removes the lab's working directory (``--workdir``): a SIGKILLed lab cannot,
+and its server never owned it. (Asking for the parent pid instead races: a killed lab's pipe
+closes before its children are re-parented.)
 """
 
 from __future__ import annotations
@@ -78,10 +80,19 @@ class LabGone(BaseException):
     ``except Exception`` on the way catches it)."""
 
 
+BYE = {"bye": True}  # the lab's last frame when it stops the agent (it is alive)
+_BYE_BYTES = _LEN.pack(len(msgpack.packb(BYE))) + msgpack.packb(BYE)
+_bye_seen = False
+
+
 def serve(inp, out) -> None:
+    global _bye_seen
     from ..system.client import Client, NoServer
     keys = None
     while (req := read_frame(inp)) is not None:
+        if req == BYE:
+            _bye_seen = True
+            return
         if "keys" in req:
             keys = req["keys"]
         try:
@@ -129,10 +140,22 @@ def _watch_hangup(fd: int) -> None:
     signal.pthread_kill(threading.main_thread().ident, signal.SIGTERM)
 
 
+def _bye_pending(fd: int) -> bool:
+    """Is the lab's BYE still unread in the pipe (it came while a run was going)?"""
+    data = b""
+    try:
+        os.set_blocking(fd, False)
+        while chunk := os.read(fd, 65536):
+            data += chunk
+    except OSError:
+        pass
+    return _BYE_BYTES in data
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(prog="python -m comlab.lab.agent")
-    p.add_argument("--lab-pid", type=int, help="the lab's pid (our parent): if it dies, ...")
-    p.add_argument("--workdir", help="... remove this directory (the lab's temporary files)")
+    p.add_argument("--lab-pid", type=int, help="the lab's pid (our parent)")
+    p.add_argument("--workdir", help="the lab's temporary files: removed if the lab dies")
     args = p.parse_args(argv)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the lab decides when we stop
     signal.signal(signal.SIGTERM, _lab_gone)
@@ -146,7 +169,7 @@ def main(argv=None) -> None:
         pass
     finally:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        if args.workdir and args.lab_pid is not None and os.getppid() != args.lab_pid:
+        if args.workdir and not _bye_seen and not _bye_pending(sys.stdin.fileno()):
             shutil.rmtree(args.workdir, ignore_errors=True)  # the lab died: nobody else will
 
 
