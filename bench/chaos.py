@@ -793,15 +793,16 @@ def partition(lab: Lab, row: Row) -> None:
         cfile = os.path.join(lab.dir, "partition.txt")
         with open(cfile, "w") as f:
             f.write("\n".join(keys) + "\n")
+        timeout = max(15.0, lab.profile.timeout)  # a 2 s partition inside a ~1 s run
         client = lab.popen([*exec_in("client"), sys.executable, "-m", "comlab.run_client",
                             cfile, "2", f"tcp://{addr['client']}:5556", server.url,
-                            "--timeout", str(lab.profile.timeout), "--json"],
+                            "--timeout", str(timeout), "--json"],
                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
         wait_until(lambda: stats(server)["busy"] >= 3, 10)
         ip("-n", ns["worker"], "link", "set", "eth0", "down")
         time.sleep(2.0)  # the fault itself: a 2 s partition
         ip("-n", ns["worker"], "link", "set", "eth0", "up")
-        out, _ = client.communicate(timeout=lab.profile.timeout + 10)
+        out, _ = client.communicate(timeout=timeout + 10)
         try:
             summary = json.loads(out.strip().splitlines()[-1])
         except (ValueError, IndexError):

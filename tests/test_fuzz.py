@@ -330,10 +330,25 @@ def test_map_response_beyond_64_bits(tmp_path, harness):
 
 
 # -- a worker, from a fake server ----------------------------------------------------------------
+def _collect(strategy, n: int = 40) -> list:
+    """``n`` examples of a strategy, drawn by hypothesis (derandomized), to send in one go to a
+    process that is expensive to start."""
+    out = []
+
+    @settings(SOCKET_FUZZ, max_examples=n)
+    @given(strategy)
+    def collect(x):
+        out.append(x)
+
+    collect()
+    return out
+
+
 @pytest.mark.timeout(60)
 def test_worker_survives_undecodable_frames(harness):
-    problems = chaos.fuzz_worker(harness.lab, [f for f in garbage_frames(13)
-                                               if _undecodable(f)], timeout=5)
+    fuzzed = [f for f in _collect(frames, 60) if _undecodable(f)]
+    problems = chaos.fuzz_worker(harness.lab, fuzzed + [f for f in garbage_frames(13)
+                                                        if _undecodable(f)], timeout=5)
     assert not problems, problems
 
 
@@ -350,8 +365,9 @@ def _undecodable(frame: bytes) -> bool:
                                        "reply URL) kills the worker: only undecodable frames "
                                        "are dropped")
 def test_worker_survives_malformed_messages(harness):
-    problems = chaos.fuzz_worker(harness.lab, garbage_frames(14) + list(KILLERS["worker"]
-                                                                        .values()), timeout=3)
+    fuzzed = [P.pack(m) for m in _collect(messages, 60) if m[1] != P.STOP]  # STOP: it obeys
+    problems = chaos.fuzz_worker(harness.lab, fuzzed + garbage_frames(14)
+                                 + list(KILLERS["worker"].values()), timeout=3)
     assert not problems, problems
 
 
