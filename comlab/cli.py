@@ -82,13 +82,13 @@ def cmd_sweep(args) -> int:
 def cmd_plot(args) -> int:
     from pathlib import Path
 
-    from . import plots
-    from .lab.records import InvariantError
     result = Path(args.result)
     if not (result / "meta.json").is_file():
         what = "no such directory" if not result.is_dir() else "no meta.json in it"
         print(f"error: {result}: not a saved comlab result ({what})", file=sys.stderr)
         return 2
+    from . import plots  # matplotlib: seconds to import, so only for a real result
+    from .lab.records import InvariantError
     try:
         paths = plots.write_figures(result)
     except (OSError, ValueError, KeyError, InvariantError) as exc:

@@ -164,9 +164,20 @@ class AgentProcess(_Child):
     """``python -m comlab.lab.agent``: runs clients on request (see comlab.lab.agent)."""
 
     def __init__(self, workdir: str) -> None:
-        super().__init__([sys.executable, "-m", "comlab.lab.agent"],
+        # If this process dies (no BYE), the agent removes workdir (it notices even mid-run).
+        super().__init__([sys.executable, "-m", "comlab.lab.agent", "--lab-pid",
+                          str(os.getpid()), "--workdir", workdir],
                          os.path.join(workdir, "client.log"))
         self._keys_sent = None
+
+    def stop(self, grace_s: float = 2.0) -> None:
+        """BYE first: the agent then knows the lab lives on and leaves workdir to it."""
+        if self.proc.poll() is None:
+            try:
+                agent_mod.write_frame(self.proc.stdin, agent_mod.BYE)
+            except (OSError, ValueError):
+                pass
+        super().stop(grace_s)
 
     def run(self, keys: list, **spec) -> dict:
         request = dict(spec)
