@@ -43,6 +43,8 @@ import psutil
 import zmq
 
 from comlab.lab.processes import ServerProcess, workdir
+import msgpack
+
 from comlab.system import protocol as P
 from comlab.system.client import Client, ClientRun
 
@@ -58,23 +60,41 @@ def deep_value(depth: int = 1000) -> bytes:
     return b"\x91" * depth + b"\xc0"
 
 
+def raw(value) -> bytes:
+    """Any value as a frame, bypassing the named types (what a peer might send)."""
+    return msgpack.packb(value, use_bin_type=True)
+
+
 def deep_message(kind: str, depth: int = 1000, fields: int = 3) -> bytes:
     """[VERSION, kind, <deep>, None...]: a versioned message of ``fields`` fields, one deep."""
-    return bytes([0x90 | fields]) + P.pack(P.VERSION) + P.pack(kind) + deep_value(depth) + (
+    return bytes([0x90 | fields]) + raw(P.VERSION) + raw(kind) + deep_value(depth) + (
         b"\xc0" * (fields - 3))
+
+
+def kind_of(cls) -> str:
+    return cls.KIND
+
+
+def fields(cls) -> int:
+    """Items in a frame of this message type: VERSION, KIND and its fields."""
+    return 2 + len(cls._fields)
 
 
 # Messages that kill or wedge a process today (issue 13), by target socket.
 KILLERS = {
-    "server-batch": {"deep value": deep_value(), "deep BATCH": deep_message(P.BATCH, fields=7),
-                     "deep HELLO": deep_message(P.HELLO, fields=4)},
-    "server-worker": {"deep value": deep_value(), "deep READY": deep_message(P.READY, fields=5)},
-    "server-control": {"deep value": deep_value(), "deep strategy": deep_message("strategy")},
-    "client-results": {"deep value": deep_value(), "deep RESULTS": deep_message(P.RESULTS,
-                                                                                 fields=15)},
-    "worker": {"deep value": deep_value(), "deep WORK": deep_message(P.WORK, fields=12),
-               "short WORK": P.pack([P.VERSION, P.WORK, 1]),
-               "CONNECT, bad URL": P.pack([P.VERSION, P.CONNECT, "no-such-url", "", 0])},
+    "server-batch": {"deep value": deep_value(),
+                     "deep BATCH": deep_message(kind_of(P.Batch), fields=fields(P.Batch)),
+                     "deep HELLO": deep_message(kind_of(P.Hello), fields=fields(P.Hello))},
+    "server-worker": {"deep value": deep_value(),
+                      "deep READY": deep_message(kind_of(P.Ready), fields=fields(P.Ready))},
+    "server-control": {"deep value": deep_value(),
+                       "deep strategy": deep_message(kind_of(P.Control), fields=fields(P.Control))},
+    "client-results": {"deep value": deep_value(),
+                       "deep RESULTS": deep_message(kind_of(P.Results), fields=fields(P.Results))},
+    "worker": {"deep value": deep_value(),
+               "deep WORK": deep_message(kind_of(P.Work), fields=fields(P.Work)),
+               "short WORK": raw([P.VERSION, kind_of(P.Work), 1]),
+               "CONNECT, bad URL": P.Connect("no-such-url", "", 0).pack()},
 }
 
 
@@ -82,19 +102,19 @@ def garbage_frames(seed: int = 0, n: int = 60) -> list[bytes]:
     """Undecodable, wrong-version, wrong-type and wrongly-shaped frames (never a valid message
     of any type, never a killer): what every socket must drop and count."""
     rng = random.Random(seed)
-    out = [b"", b"\xc1", b"\x00\x01 garbage", bytes(range(256)), P.pack([P.VERSION + 1, "B"]),
-           P.pack({"B": 1}), P.pack("text"), P.pack([P.VERSION]), P.pack([P.VERSION, "Z", 1]),
-           P.pack([P.VERSION, None]), P.pack([P.VERSION, 1, 2, 3])]
-    shapes = [P.BATCH, P.HELLO, P.READY, P.DONE, P.RESULTS, "strategy", "stats"]
+    out = [b"", b"\xc1", b"\x00\x01 garbage", bytes(range(256)), raw([P.VERSION + 1, "B"]),
+           raw({"B": 1}), raw("text"), raw([P.VERSION]), raw([P.VERSION, "Z", 1]),
+           raw([P.VERSION, None]), raw([P.VERSION, 1, 2, 3])]
+    shapes = [kind_of(c) for c in (P.Batch, P.Hello, P.Ready, P.Done, P.Results, P.Control)]
     while len(out) < n:
         kind = rng.choice(shapes)
         values = [None, -1, 2**63, 1.5, "", "x" * rng.randint(0, 40), b"\x00", [], {}, [None],
                   {"a": []}, [1, "a"], True]
         msg = [P.VERSION, kind] + [rng.choice(values) for _ in range(rng.randint(0, 16))]
         if rng.random() < 0.3:
-            out.append(P.pack(msg)[: rng.randint(1, 30)])  # truncated
+            out.append(raw(msg)[: rng.randint(1, 30)])  # truncated
         else:
-            out.append(P.pack(msg))
+            out.append(raw(msg))
     return out
 
 
@@ -487,7 +507,7 @@ def batch_flood(lab: Lab, row: Row) -> None:
     push.connect(server.url)
     dead = free_url()  # nobody listens here
     for b in range(lab.n(2500, 2500)):
-        push.send(P.batch(b, dead, time.monotonic_ns(), [0], keys[:1]))
+        push.send(P.Batch(4242, b, dead, time.monotonic_ns(), [0], keys[:1]).pack())
     wait_until(lambda: stats(server)["batches"] >= 2000, 10)
     t = ClientThread(keys, 2, server.url, lab.profile.timeout)
     counts = t.finish(row, expected, "client after the flood")
@@ -605,17 +625,17 @@ def fuzz_worker(lab: Lab, frames: list[bytes], timeout: float = 10.0) -> list[st
     if not router.poll(timeout * 1000):
         return ["the worker never said READY"]
     ident, ready = router.recv_multipart()[:2]
-    pid = P.unpack(ready)[4]
+    pid = P.Ready.decode(ready).pid
     for f in frames:
         router.send_multipart([ident, f])
-    router.send_multipart([ident, P.pack([P.VERSION, P.WORK, 7, reply, "sequential", 1, 2, 3, 0,
-                                          [0, 1, 2, 3], [5, 6, 7, 8], [0.0] * 4])])
+    router.send_multipart([ident, P.Work(1, 7, reply, "sequential", 1, 2, 3, 0, [0, 1, 2, 3],
+                                         [5, 6, 7, 8], [0.0] * 4).pack()])
     problems = []
     if not results.poll(timeout * 1000):
         problems.append("no RESULTS for real work after the garbage")
     else:
-        msg = P.unpack(results.recv())
-        if msg[3] != ident.decode() or msg[10] != [P.OK] * 4 or msg[11] != [5, 6, 7, 8]:
+        msg = P.Results.decode(results.recv())
+        if msg.statuses != [P.OK] * 4 or msg.responses != [5, 6, 7, 8]:
             problems.append(f"wrong RESULTS after the garbage: {str(msg)[:80]}")
     if not psutil.pid_exists(pid) or not _alive(psutil.Process(pid)):
         problems.append(f"the worker (pid {pid}) died on the garbage and was replaced")
@@ -680,28 +700,41 @@ class FakeWorker(threading.Thread):
 
     def run(self) -> None:
         sock = self.sock
-        sock.send(P.ready("peer", "peer-host", 1))
+        sock.send(P.Ready("peer", "peer-host", 1).pack())
         push = None
+        run = 0
         while not self.stop.is_set():
             if self.mode == "done-not-held":
-                sock.send(P.done(random.randint(10**6, 10**7)))
+                sock.send(P.Done(run, random.randint(10**6, 10**7)).pack())
             if not sock.poll(20):
                 continue
-            msg = P.unpack(sock.recv())
-            if msg[1] == P.CONNECT and self.mode != "silent":
-                sock.send(P.joined(msg[2]))
-            elif msg[1] == P.WORK and self.mode == "ready-while-holding":
-                sock.send(P.ready("peer", "peer-host", 1))
-            elif msg[1] == P.WORK and self.mode == "forged-results" and push is None:
-                # It learnt the client's result URL from its batch: results for every task.
-                push = self.ctx.socket(zmq.PUSH)
-                push.setsockopt(zmq.LINGER, 0)
-                push.connect(msg[3])
-                ids = list(range(self.n_tasks))
-                n = len(ids)
-                push.send(P.pack([P.VERSION, P.RESULTS, 10**6, "peer", "peer-host", 0, 1, 2,
-                                  3, ids, [P.OK] * n, [999] * n, [4] * n, [5] * n, None]))
-                sock.send(P.done(msg[2]))
+            msg = P.decode(sock.recv())
+            if type(msg) is P.Connect and self.mode != "silent":
+                sock.send(P.Joined(msg.reply_url).pack())
+            elif type(msg) is P.Work:
+                run = msg.run
+                if self.mode == "ready-while-holding":
+                    sock.send(P.Ready("peer", "peer-host", 1).pack())
+                elif self.mode == "forged-results":
+                    # It learnt the run, its batch's token and the client's result URL from its
+                    # batch: first, results for every task of the run (999 each), then its own
+                    # batch answered truly, as a worker would. Only the true ones may count.
+                    if push is None:
+                        push = self.ctx.socket(zmq.PUSH)
+                        push.setsockopt(zmq.LINGER, 0)
+                        push.connect(msg.reply_url)
+                        ids = list(range(self.n_tasks))
+                        n = len(ids)
+                        push.send(P.Results(msg.run, msg.batch_id, "peer", "peer-host", 0, 1,
+                                            2, 3, ids, [P.OK] * n, [999] * n, [4] * n,
+                                            [5] * n, None, msg.token).pack())
+                    n = len(msg.task_ids)
+                    t = time.monotonic_ns()
+                    push.send(P.Results(msg.run, msg.batch_id, "peer", "peer-host", 0,
+                                        msg.t_sent, msg.t_server_in, msg.t_enqueued,
+                                        msg.task_ids, [P.OK] * n, list(msg.responses),
+                                        [t] * n, [t] * n, None, msg.token).pack())
+                    sock.send(P.Done(msg.run, msg.batch_id).pack())
         if push is not None:
             push.close(0)
 
@@ -735,7 +768,7 @@ def steal_routing_id(lab: Lab, row: Row) -> None:
     server = lab.server(path, 2, workers_url=wurl)
     peer = lab.socket(zmq.DEALER, routing_id=b"w2")
     peer.connect(wurl)
-    peer.send(P.ready("w2", "peer-host", 1))
+    peer.send(P.Ready("w2", "peer-host", 1).pack())
     if not wait_until(lambda: {"name": "w2", "host": "peer-host", "pid": 1}
                       in stats(server)["workers"], 5):
         row.problems.append("set-up: the peer never joined as w2")

@@ -4,8 +4,8 @@ Clean ends: the client agent and the lab's temporary directory go with a SIGKILL
 mid-run; a server that could never get a worker refuses to start; start-up mistakes are one line
 and exit 2. The chaos scenarios themselves live in bench/chaos.py (one function each, with its
 own timeout, killing what it started); here each runs in its quick form and its verdict must be
-PASS. Scenarios that fail on today's system are marked xfail(strict=True) with the issue's
-finding: the mark goes when the lead's fix lands (a strict xfail that passes fails the suite).
+PASS. A scenario that fails on the system as it is would be marked xfail(strict=True) with the
+finding (``FAILS_TODAY``); every finding of issue 13 is fixed, so none is.
 """
 
 from __future__ import annotations
@@ -61,10 +61,10 @@ def control(url: str, *request, timeout_s: float = 5.0):
         sock = ctx.socket(zmq.REQ)
         sock.setsockopt(zmq.LINGER, 0)
         sock.connect(url)
-        sock.send(P.pack([P.VERSION, *request]))
+        sock.send(P.Control(request[0], list(request[1:])).pack())
         if not sock.poll(timeout_s * 1000):
             return None
-        return P.unpack(sock.recv())[2]
+        return P.ControlReply.decode(sock.recv()).payload
     finally:
         ctx.destroy(linger=0)
 
@@ -194,28 +194,7 @@ if ROOT not in sys.path:  # bench/ is a directory of the repo, not part of the p
     sys.path.insert(0, ROOT)
 from bench import chaos  # noqa: E402
 
-FAILS_TODAY = {
-    "sigstop-worker": "issue 13: a stopped (SIGSTOP) local worker is never noticed: its batch "
-                      "waits for the client's timeout",
-    "many-clients": "issue 13: after more than 32 clients, the idle server and workers burn CPU "
-                    "reconnecting to departed clients (and WELCOMEs / results can be evicted)",
-    "batch-flood": "issue 13: batches whose reply URL has no listener block each worker 10 s "
-                   "per batch; a legitimate client loses every task",
-    "hostile/server-batch": "issue 13: a value nested 1,000 deep kills the server",
-    "hostile/server-worker": "issue 13: a value nested 1,000 deep kills the server",
-    "hostile/server-control": "issue 13: a value nested 1,000 deep kills the server",
-    "hostile/client-results": "issue 13: a value nested 1,000 deep kills the client",
-    "hostile/worker": "issue 13: a malformed WORK or CONNECT kills the worker",
-    "departed-client/killed": "issue 13: no run identity: the next client on the port takes "
-                              "the SIGKILLed client's results",
-    "departed-client/timeout": "issue 13: no run identity: the next client on the port takes "
-                               "the timed-out client's results",
-    "peer/done-not-held": "issue 13: DONE for a batch the peer does not hold is accepted",
-    "peer/ready-while-holding": "issue 13: READY while holding a batch forces retries (failed)",
-    "peer/silent": "issue 13: a silent peer holds its batch until the client's timeout",
-    "peer/steal-routing-id": "issue 13: a peer can take a local worker's routing id",
-    "peer/forged-results": "issue 13: forged results for a run's task ids are accepted",
-}
+FAILS_TODAY: dict[str, str] = {}  # scenario -> the finding that still breaks it
 
 
 @pytest.mark.timeout(90)

@@ -172,6 +172,7 @@ class Client(Role):
         except zmq.ZMQError as exc:
             raise ValueError(f"bad server URL {self.server_url!r}: {exc.strerror}") from None
         self.run_id = secrets.randbits(63)  # this run's identity on every message
+        self.secret = secrets.token_bytes(16)  # keys the batch tokens (P.batch_token)
         self.result = ClientRun(self.keys, self.batch_size, self.server_url, run_id=self.run_id)
         self.handshake()
 
@@ -181,7 +182,8 @@ class Client(Role):
         if not self.push.poll(self.hello_timeout * 1000, zmq.POLLOUT):
             raise NoServer(f"no server at {self.server_url} (nothing connected within "
                            f"{self.hello_timeout:g} s)")
-        self.push.send(P.Hello(self.run_id, self.reply_url, self.batch_size).pack())
+        self.push.send(P.Hello(self.run_id, self.reply_url, self.batch_size,
+                               self.secret).pack())
         while (left := deadline - time.monotonic()) > 0:
             if not self.pull.poll(left * 1000):
                 break
@@ -223,6 +225,7 @@ class Client(Role):
         pull, push, reply_url = self.pull, self.push, self.reply_url
         messages, received, t_sent = run.messages, run.t_received, run.t_sent
         run_id, decode, check, Results = self.run_id, P.decode, P.check_results, (P.Results,)
+        token, secret = P.batch_token, self.secret
         answered = bytearray(n)  # per task: has a result been taken?
         poller = zmq.Poller()
         poller.register(pull, zmq.POLLIN)
@@ -273,7 +276,9 @@ class Client(Role):
                             if msg.run != run_id:
                                 run.stale += 1
                                 continue
-                            ids = check(msg, n)  # shape, ids in range, statuses
+                            ids = check(msg, n, size)  # shape, ids of its batch, statuses
+                            if msg.token != token(secret, msg.batch_id):
+                                raise P.ProtocolError("RESULTS with a wrong batch token")
                         except P.ProtocolError:
                             run.garbage += 1
                             continue

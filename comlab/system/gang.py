@@ -68,13 +68,12 @@ class Gang:
             call.done.acquire()
         return call.results + [error] * (n - len(slots))
 
-    def warm(self, n: int) -> None:
+    def warm(self, n: int) -> int:
         """Have at least n threads parked (at most MAX_THREADS), started now rather than during
-        a call."""
-        slots, error = self._take(min(n, MAX_THREADS))
+        a call; how many are ready (fewer when threads ran out: that only costs speed)."""
+        slots, _ = self._take(min(n, MAX_THREADS))
         self._park(slots)
-        if error is not None:
-            raise error
+        return len(slots)
 
     def close(self) -> None:
         """Let every parked thread end (daemon threads: a busy one ends with the process)."""

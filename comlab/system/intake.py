@@ -28,7 +28,7 @@ from .role import HOST
 log = logging.getLogger("comlab.server")
 now = time.monotonic_ns
 
-HELLO_WAIT_S = 5.0  # a client is welcomed after this even if some worker never joined
+HELLO_WAIT_S = 1.0  # a client is welcomed after this even if some worker never joined
 MAX_WARM = 1024     # threads a HELLO may ask each worker to start
 ENDED_RUNS_KEPT = 4096
 CLIENT_TYPES = (P.Batch, P.Hello, P.Bye)
@@ -51,11 +51,13 @@ class Intake:
         self.ended: OrderedDict[int, None] = OrderedDict()
         self.hellos: dict[str, tuple] = {}             # reply URL -> (workers not joined, deadline)
         self.silent: set[bytes] = set()                # workers that never answered a CONNECT
+        self.secrets: dict[int, bytes] = {}            # run -> its secret (batch tokens)
 
     def attach(self) -> None:
         """The server is set up: its sockets and ledger exist."""
         self.clients, self.ledger = self.role.clients, self.role.ledger
         self.to_worker = self.role.to_worker
+        self.silent = self.ledger.silent
 
     def broadcast(self, frame: bytes) -> None:
         for ident in list(self.ledger.workers):
@@ -91,6 +93,7 @@ class Intake:
             self.refuse(url, h.run, str(exc))
             raise
         self.runs[url] = h.run
+        self.secrets[h.run] = h.secret
         idle = set(self.ledger.idle) - self.silent
         connect = P.Connect(url, self.strategy, max(0, min(h.warm, MAX_WARM))).pack()
         self.broadcast(connect)
@@ -158,7 +161,8 @@ class Intake:
             responses, waits = zip(*entries)  # tuples pack as msgpack arrays too
             t_enqueued = now()  # the t_enqueued stamp (comlab.schema): the work item exists
             self.ledger.submit(P.Work(b.run, b.batch_id, url, self.strategy, b.t_sent,
-                                      t_server_in, t_enqueued, 0, task_ids, responses, waits))
+                                      t_server_in, t_enqueued, 0, task_ids, responses, waits,
+                                      self.token(b)))
 
     def answer_misses(self, t_server_in: int, b: P.Batch, url: str, entries: list) -> list:
         """Answer tasks no worker can run (unknown key, unreachable address) at once."""
@@ -176,8 +180,11 @@ class Intake:
         self.clients.send(url, P.Results(b.run, b.batch_id, "server", HOST, 0, b.t_sent,
                                          t_server_in, t,
                                          ids, statuses, [None] * n, [t] * n, [t] * n,
-                                         None).pack())
+                                         None, self.token(b)).pack())
         return entries
+
+    def token(self, b: P.Batch) -> int:
+        return P.batch_token(self.secrets.get(b.run, b""), b.batch_id)
 
     def status_of(self, key: str) -> int:
         ip = key.partition(":")[0]
@@ -215,6 +222,7 @@ class Intake:
         if run is None:
             return
         self.ended[run] = None
+        self.secrets.pop(run, None)
         if len(self.ended) > ENDED_RUNS_KEPT:
             self.ended.popitem(last=False)
         self.hellos.pop(url, None)

@@ -58,6 +58,7 @@ class Ledger:
         self.pending: deque[Work] = deque()
         self.idle: deque[bytes] = deque()
         self.short: deque[bytes] = deque()   # busy workers that may take one more
+        self.silent: set[bytes] = set()      # never answered a CONNECT: no work until they do
         self.counts = dict.fromkeys(("retried", "failed_batches", "refused_done",
                                      "refused_ready", "dropped_tasks"), 0)
 
@@ -99,7 +100,7 @@ class Ledger:
                     continue
                 if candidates is self.idle and w.held:
                     continue  # stale entry
-                if remote_only and ident in self.local:
+                if (remote_only and ident in self.local) or ident in self.silent:
                     skipped.append(ident)
                     continue
                 if self._give(ident, w, work):
@@ -182,11 +183,16 @@ class Ledger:
         self.counts["dropped_tasks"] += n
         return n
 
-    def overdue(self, slack_s: float, factor: float) -> list[bytes]:
-        """Workers whose oldest batch has run longer than ``factor`` x its cost + ``slack_s``."""
+    def overdue(self, slack_s: float, factor: float, remote_slack_s: float | None = None) \
+            -> list[bytes]:
+        """Workers whose oldest batch has run longer than ``factor`` x its cost + ``slack_s``
+        (``remote_slack_s`` for remote workers: no sentinel, no heartbeat can tell a wedged
+        peer from a slow one, and a hostile one may simply keep its batch)."""
         t = self.clock()
+        remote = slack_s if remote_slack_s is None else remote_slack_s
         return [i for i, w in self.workers.items()
-                if w.held and t - w.held[0].since > factor * w.held[0].cost_s + slack_s]
+                if w.held and t - w.held[0].since > factor * w.held[0].cost_s
+                + (slack_s if i in self.local else remote)]
 
     # -- internals -----------------------------------------------------------------------------
     def _next(self, ident: bytes) -> None:

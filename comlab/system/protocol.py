@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import reprlib
 from array import array as _array
+from hashlib import blake2b as _blake2b
 from typing import NamedTuple
 
 import msgpack
@@ -75,13 +76,15 @@ def _packer(kind):
 
 
 # -- client -> server (client PUSH, server PULL) ---------------------------------------------
-@message("H", int, str, int)
+@message("H", int, str, int, bytes)
 class Hello(NamedTuple):
     """Ask for WELCOME on reply_url once every idle worker is connected to it and has ``warm``
-    threads ready (the batch size; 0: none). A new HELLO on a URL ends the previous run there."""
+    threads ready (the batch size; 0: none). A new HELLO on a URL ends the previous run there.
+    ``secret`` (client and server only; workers never see it) keys the batch tokens."""
     run: int
     reply_url: str
     warm: int
+    secret: bytes = b""
 
 
 @message("B", int, int, str, int, list, list)
@@ -113,7 +116,7 @@ class Welcome(NamedTuple):
 
 # -- worker (or server) -> client ------------------------------------------------------------
 @message("R", int, int, str, str, int, int, int, int, list, list, list, list, list,
-         (list, _NONE))
+         (list, _NONE), int)
 class Results(NamedTuple):
     """Per-task columns of one batch; statuses are STATUS codes; errors None or one
     str-or-None per task. worker "server": answered by the server itself (unknown,
@@ -132,6 +135,7 @@ class Results(NamedTuple):
     t_started: list
     t_finished: list
     errors: list | None
+    token: int = 0
 
 
 # -- server <-> worker (server ROUTER, worker DEALER) -----------------------------------------
@@ -150,9 +154,11 @@ class Done(NamedTuple):
     batch_id: int
 
 
-@message("W", int, int, str, str, int, int, int, int, list, list, list)
+@message("W", int, int, str, str, int, int, int, int, (list, tuple), (list, tuple),
+         (list, tuple), int)
 class Work(NamedTuple):
-    """server -> worker: run these tasks with ``strategy``, push results to reply_url."""
+    """server -> worker: run these tasks with ``strategy``, push results to reply_url; echo
+    ``token`` in the RESULTS."""
     run: int
     batch_id: int
     reply_url: str
@@ -164,6 +170,7 @@ class Work(NamedTuple):
     task_ids: list
     responses: list
     waits: list
+    token: int = 0
 
 
 @message("C", str, str, int)
@@ -227,6 +234,17 @@ class ControlReply(NamedTuple):
     payload: object
 
 
+def batch_token(secret: bytes, batch_id: int) -> int:
+    """The proof that a RESULTS answers a batch the server gave out: a keyed hash of the batch
+    id under the client's run secret (63 bits; 0 without a secret). A worker learns the token of
+    the batches it is given, never the secret, so it cannot answer for another batch's tasks."""
+    if not secret:
+        return 0
+    digest = _blake2b(batch_id.to_bytes(8, "little", signed=True), key=secret[:64],
+                      digest_size=8).digest()
+    return int.from_bytes(digest, "little") >> 1
+
+
 STOP_FRAME = Stop().pack()
 PROBE_FRAME = Ping(None).pack()
 
@@ -275,8 +293,9 @@ def check_batch(b: Batch) -> Batch:
     return b
 
 
-def check_results(r: Results, n_tasks: int) -> list:
+def check_results(r: Results, n_tasks: int, batch_size: int | None = None) -> list:
     """Validate a RESULTS a client received for a run of ``n_tasks``; return its task ids.
+    With ``batch_size``, every task id must belong to the batch the message names.
 
     Checks equal column lengths, that every task id is an int the client sent, every status a
     final one (never LOST, which only the client assigns), every stamp and response a 64-bit
@@ -301,6 +320,9 @@ def check_results(r: Results, n_tasks: int) -> list:
                             "64-bit integers") from None
     if not (0 <= min(id_col) and max(id_col) < n_tasks):
         raise ProtocolError(f"RESULTS for task ids outside 0..{n_tasks - 1}")
+    if batch_size is not None and not (r.batch_id * batch_size <= min(id_col)
+                                       and max(id_col) < (r.batch_id + 1) * batch_size):
+        raise ProtocolError(f"RESULTS of batch {r.batch_id} for tasks of other batches")
     if not (OK <= min(status_col) and max(status_col) < LOST):
         raise ProtocolError(f"RESULTS with status codes outside {OK}..{LOST - 1}")
     if r.errors is not None and not set(map(type, r.errors)) <= {str, _NONE}:

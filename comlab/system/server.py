@@ -48,6 +48,7 @@ STOP_GRACE_S = 0.5  # then busy workers are terminated: their clients are being 
 HEARTBEAT_IVL_MS = 1000      # ZMTP PINGs on every worker connection ...
 HEARTBEAT_TIMEOUT_MS = 3000  # ... which is dropped after this long without traffic
 OVERDUE_SLACK_S = 10.0  # a batch held longer than factor x its ideal time + this: worker wedged
+REMOTE_OVERDUE_SLACK_S = 2.0  # ... for a remote worker (its batch is retried, it is forgotten)
 COUNTERS = ("batches", "tasks", "unknown", "unreachable", "dropped", "stale", "runs_ended",
             "retried", "failed", "worker_deaths", "workers_lost", "overdue", "refused")
 WORKER_TYPES = (P.Done, P.Ready, P.Joined, P.Pong)
@@ -264,7 +265,8 @@ class Server(Role):
     def chores(self) -> None:
         """Once a second: workers holding a batch far past its ideal time are lost (stopped or
         wedged); clients idle with nothing in flight are let go."""
-        for ident in self.ledger.overdue(OVERDUE_SLACK_S, self.overdue_factor):
+        for ident in self.ledger.overdue(OVERDUE_SLACK_S, self.overdue_factor,
+                                         REMOTE_OVERDUE_SLACK_S):
             self.stats["overdue"] += 1
             self.lost_worker(ident, "holding a batch far past its ideal time")
         if len(self.clients) > 8:
@@ -297,7 +299,8 @@ class Server(Role):
         self.clients.send(work.reply_url, P.Results(
             work.run, work.batch_id, name, HOST, work.attempt, work.t_sent, work.t_server_in,
             work.t_enqueued, work.task_ids, [P.FAILED] * n, [None] * n, [t] * n, [t] * n,
-            [f"worker {name} died running this batch (attempt {work.attempt + 1})"] * n).pack())
+            [f"worker {name} died running this batch (attempt {work.attempt + 1})"] * n,
+            work.token).pack())
 
     def on_worker_frame(self, ident: bytes, frame: bytes = b"", *rest) -> None:
         try:

@@ -194,7 +194,7 @@ class Worker(Role):
                       f"{P.preview(str(exc))}"] * n
         self.clients.send(w.reply_url, P.Results(
             w.run, w.batch_id, self.name, HOST, w.attempt, w.t_sent, w.t_server_in, w.t_enqueued,
-            w.task_ids, statuses, outs, starts, ends, errors).pack())
+            w.task_ids, statuses, outs, starts, ends, errors, w.token).pack())
 
     def join(self, c: P.Connect) -> None:
         """Connect to a new client and start the threads its batches will need, before its
