@@ -143,7 +143,7 @@ def cli(module: str, *args, timeout: float = 30.0) -> tuple[subprocess.Completed
     return proc, time.monotonic() - t0
 
 
-def results_message(ids=(0,), statuses=None, *, run=0, batch_id=1000, n_fields=16,
+def results_message(ids=(0,), statuses=None, *, run=0, batch_id=1000, n_fields=17,
                     **fields) -> list:
     """A RESULTS message as a plain list (``raw`` packs it); keyword fields override fields."""
     ids = list(ids)
@@ -558,7 +558,7 @@ def test_client_drops_garbage_results(make_data):
         raw([P.VERSION + 1] + results_message()[1:]),          # wrong version
         raw("not an array"),
         P.Joined("x").pack(),                                   # not RESULTS
-        raw(results_message(n_fields=15)),
+        raw(results_message(n_fields=16)),
         b"\x91" * 1000 + b"\x01",                               # nested 1,000 deep
     ]
     # Well-formed for the run, but forged or broken: only the run's own client knows its id.

@@ -139,3 +139,20 @@ def test_preview_of_a_deeply_nested_value_is_bounded():
     deep = msgpack.unpackb(b"\x91" * 1000 + b"\x01")
     text = P.preview(deep)
     assert len(text) < 200
+
+
+def test_batch_token_is_keyed_and_per_batch():
+    a, b = b"s" * 16, b"t" * 16
+    assert P.batch_token(a, 3) == P.batch_token(a, 3) > 0
+    assert len({P.batch_token(a, 3), P.batch_token(a, 4), P.batch_token(b, 3)}) == 3
+    assert P.batch_token(b"", 3) == 0
+    assert P.batch_token(a, 3) < 2 ** 63  # a msgpack int64
+
+
+def test_check_results_keeps_a_batch_to_its_own_tasks():
+    r = _results(batch_id=1, task_ids=[2, 3])
+    assert P.check_results(r, n_tasks=8, batch_size=2) == [2, 3]
+    with pytest.raises(P.ProtocolError, match="other batches"):
+        P.check_results(r._replace(task_ids=[3, 4]), n_tasks=8, batch_size=2)
+    with pytest.raises(P.ProtocolError, match="other batches"):
+        P.check_results(r._replace(batch_id=0), n_tasks=8, batch_size=2)

@@ -43,6 +43,8 @@ INT64_MIN, INT64_MAX = -(2 ** 63), 2 ** 63 - 1  # responses are 64-bit integers 
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 
 _pack = msgpack.Packer(use_bin_type=True).pack
+_unpackb = msgpack.unpackb
+_new = tuple.__new__
 _NONE = type(None)
 TYPES: dict[str, type] = {}  # kind letter -> message type
 
@@ -71,7 +73,7 @@ def _packer(kind):
     head = (VERSION, kind)
 
     def pack(self) -> bytes:
-        return _pack(head + tuple(self))
+        return _pack(head + self)  # a NamedTuple is a tuple: no copy
     return pack
 
 
@@ -254,7 +256,7 @@ def decode(frame: bytes, allowed: tuple | None = None):
     """The message in ``frame``, checked for version, kind (one of ``allowed`` types, if given),
     field count and field types; ProtocolError for anything else, never another exception."""
     try:
-        msg = msgpack.unpackb(frame, raw=False, strict_map_key=False, use_list=True)
+        msg = _unpackb(frame, raw=False, strict_map_key=False, use_list=True)
     except Exception as exc:  # msgpack raises several types for garbage
         raise ProtocolError(f"undecodable message ({len(frame)} bytes): "
                             f"{type(exc).__name__}") from None
@@ -268,7 +270,7 @@ def decode(frame: bytes, allowed: tuple | None = None):
     fields = msg[2:]
     if len(fields) != len(cls.TYPES) or not all(map(isinstance, fields, cls.TYPES)):
         raise ProtocolError(f"malformed {cls.__name__}: {preview(fields)}")
-    return cls._make(fields)
+    return _new(cls, fields)  # NamedTuple._make minus its length check, done above
 
 
 _repr = reprlib.Repr()
