@@ -28,7 +28,7 @@ import time
 import zmq
 
 from .. import __version__
-from . import dispatch as dispatch_mod, protocol as P, strategies
+from . import control, dispatch as dispatch_mod, protocol as P, strategies
 from . import worker as worker_mod
 from .clients import ClientSockets
 from .intake import Intake
@@ -355,39 +355,7 @@ class Server(Role):
 
     # -- control ---------------------------------------------------------------------------
     def on_control(self, frame: bytes) -> bytes:
-        try:
-            req = P.decode(frame, (P.Control,))
-            return P.ControlReply(req.op, self.control_answer(req.op, req.args)).pack()
-        except Exception as exc:
-            return P.ControlReply("error", P.preview(str(exc))).pack()
-
-    def control_answer(self, op: str, args: list):
-        if op == "ping":
-            return self.info()
-        if op == "strategy":
-            self.intake.strategy = strategies.check(args[0] if args else None)
-            return self.intake.strategy
-        if op == "clock":
-            return now()
-        if op == "clock-workers":
-            local = self.pool.idents()
-            idle = set(self.ledger.idle)
-            chosen: dict[str, bytes] = {}
-            for ident, w in self.ledger.workers.items():
-                if ident not in local and (w.host not in chosen or ident in idle):
-                    chosen[w.host] = ident
-            return self.liveness.sample_clocks(chosen, int(args[0]))
-        if op == "worker-clocks":
-            return self.liveness.clocks
-        if op == "stats":
-            ledger = self.ledger
-            return {**self.stats, **ledger.counts, "dispatch": self.dispatch,
-                    "pending": len(ledger.pending), "queued": self.policy.queued(),
-                    "busy": ledger.busy() + self.policy.busy(), "idle": len(ledger.idle),
-                    "clients": len(self.clients), "client_drops": self.clients.dropped,
-                    "workers": [{"name": w.name, "host": w.host, "pid": w.pid}
-                                for w in ledger.workers.values()]}
-        raise P.ProtocolError(f"unknown control request {P.preview(op)}")
+        return control.answer(self, frame)
 
     # -- teardown --------------------------------------------------------------------------
     def teardown(self):
