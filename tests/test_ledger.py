@@ -152,3 +152,19 @@ def test_overdue_worker_is_reported(ledger):
     assert ledger.overdue(slack_s=10, factor=4) == []
     ledger.now.t = 14.5
     assert ledger.overdue(slack_s=10, factor=4) == [b"a"]
+
+
+def test_released_remote_worker_gets_work_again_once_it_answers(ledger):
+    ledger.ready(b"r", "r", "far", 1)
+    ledger.ready(b"a", "a", "h", 2)
+    ledger.submit(work(0))
+    ledger.submit(work(1))
+    ledger.release(b"r")  # held batch 0 far too long
+    assert ledger.counts["retried"] == 1 and b"r" in ledger.silent
+    assert not ledger.done(b"r", 1, 0)   # its late DONE: refused, nothing changes
+    ledger.submit(work(2))
+    assert ledger.sent[-1][0] != b"r"    # silent: no work
+    ledger.silent.discard(b"r")          # the server does this on any message from it
+    assert ledger.done(b"a", 1, 1)
+    ledger.submit(work(3))
+    assert b"r" in {s[0] for s in ledger.sent[-2:]}

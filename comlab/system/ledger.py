@@ -164,6 +164,21 @@ class Ledger:
         _discard(self.short, ident)
         self.requeue([h.work for h in w.held] + self.policy.lost_local(ident), w.name)
 
+    def release(self, ident: bytes) -> None:
+        """A remote worker holds its batches far too long (wedged, partitioned, or keeping
+        them): retry them elsewhere, and give it nothing until it shows life (``silent``). It
+        stays known: once it answers again it takes work like any other."""
+        w = self.workers.get(ident)
+        if w is None:
+            return
+        held = [h.work for h in w.held]
+        w.held.clear()
+        _discard(self.short, ident)
+        self.silent.add(ident)
+        if ident not in self.idle:
+            self.idle.append(ident)
+        self.requeue(held, w.name)
+
     def requeue(self, works: list, name: str) -> None:
         """Batches a lost worker held: each retried once (ahead of the queue), or failed."""
         for work in reversed(works):

@@ -48,7 +48,8 @@ STOP_GRACE_S = 0.5  # then busy workers are terminated: their clients are being 
 HEARTBEAT_IVL_MS = 1000      # ZMTP PINGs on every worker connection ...
 HEARTBEAT_TIMEOUT_MS = 3000  # ... which is dropped after this long without traffic
 OVERDUE_SLACK_S = 10.0  # a batch held longer than factor x its ideal time + this: worker wedged
-REMOTE_OVERDUE_SLACK_S = 2.0  # ... for a remote worker (its batch is retried, it is forgotten)
+REMOTE_OVERDUE_SLACK_S = 2.0  # ... for a remote worker (its batches are retried elsewhere, it
+                              # gets no work until it answers again)
 COUNTERS = ("batches", "tasks", "unknown", "unreachable", "dropped", "stale", "runs_ended",
             "retried", "failed", "worker_deaths", "workers_lost", "overdue", "refused")
 WORKER_TYPES = (P.Done, P.Ready, P.Joined, P.Pong)
@@ -268,7 +269,12 @@ class Server(Role):
         for ident in self.ledger.overdue(OVERDUE_SLACK_S, self.overdue_factor,
                                          REMOTE_OVERDUE_SLACK_S):
             self.stats["overdue"] += 1
-            self.lost_worker(ident, "holding a batch far past its ideal time")
+            if ident in self.pool.local:
+                self.lost_worker(ident, "holding a batch far past its ideal time")
+            else:
+                log.warning("remote worker %s holds a batch far past its ideal time: its "
+                            "batches are retried elsewhere", P.preview(ident))
+                self.ledger.release(ident)
         if len(self.clients) > 8:
             self.intake.expire_clients()
 
