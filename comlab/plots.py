@@ -263,21 +263,23 @@ def latency_ecdf(df: pd.DataFrame, ax=None, by=("batch_size", "workers"), auto: 
     take the place of ``ax`` in its figure (``ax`` becomes the first panel and is returned;
     all of them: ``ax.figure.axes``).
     """
-    ax = ax if ax is not None else _new_ax((10, 5.5))
     ok = _ok(df)
     ok = ok[np.isfinite(ok["latency_s"])] if "latency_s" in ok else ok.iloc[0:0]
     cols = _config_cols(df, by, auto)
     groups = [(k, g["latency_s"].to_numpy()) for k, g in _groups(ok, cols)]
     groups = [(k, v) for k, v in groups if len(v)]
-    if not groups:
-        return _note(ax, "no ok tasks with a latency to plot")
     if facet == "auto":
         facet = "workers" if len(groups) > max_lines and "workers" in cols and len(cols) > 1 \
             else None
+    if ax is None:
+        rows = _facet_rows(ok[facet].nunique()) if facet in cols else 0
+        ax = _new_ax((10.5, 1.2 + 3.3 * rows) if rows else (10, 5.5))
+    if not groups:
+        return _note(ax, "no ok tasks with a latency to plot")
     if facet is not None and facet in cols and ax.get_subplotspec() is not None:
         return _ecdf_facets(df, ok, ax, cols, facet)
     lat_all = np.concatenate([v for _, v in groups])
-    _ecdf_panel(ax, groups, cols, _styles([k for k, _ in groups], cols), lat_all.min() > 0)
+    _ecdf_panel(ax, groups, cols, _styles([k for k, _ in groups], cols), _log_ok(lat_all, 10))
     ax.set_ylabel("fraction of tasks with latency ≤ x")
     note = _repeats_note(df)
     ax.set_title("Latency distribution per configuration (ok tasks"
@@ -314,6 +316,14 @@ def _ecdf_handles(ax) -> list:
                label="p99")]
 
 
+def _facet_cols(n: int) -> int:
+    return n if n <= 3 else int(np.ceil(np.sqrt(n)))
+
+
+def _facet_rows(n: int) -> int:
+    return int(np.ceil(n / _facet_cols(n))) if n else 0
+
+
 def _ecdf_facets(df, ok, ax, cols, facet):
     """One ECDF panel per value of ``facet`` in place of ``ax``; colours shared by all panels."""
     rest = [c for c in cols if c != facet]
@@ -321,14 +331,14 @@ def _ecdf_facets(df, ok, ax, cols, facet):
     keys = sorted({k for k, _ in _groups(ok, rest)}, key=_sort_key)
     color_of = dict(zip(keys, _palette(len(keys))))
     n = len(values)
-    ncols = n if n <= 3 else int(np.ceil(np.sqrt(n)))
-    nrows = int(np.ceil(n / ncols))
+    ncols = _facet_cols(n)
+    nrows = _facet_rows(n)
     fig = ax.figure
     grid = ax.get_subplotspec().subgridspec(nrows, ncols)
     ax.set_subplotspec(grid[0, 0])
     panels = [ax] + [fig.add_subplot(grid[i // ncols, i % ncols], sharex=ax, sharey=ax)
                      for i in range(1, n)]
-    log = bool((ok["latency_s"] > 0).all())
+    log = _log_ok(ok["latency_s"], 10)  # under a decade a log axis would show no labelled tick
     for i, (panel, value) in enumerate(zip(panels, values)):
         sub = ok[ok[facet] == value]
         groups = [(k, g["latency_s"].to_numpy()) for k, g in _groups(sub, rest)]
@@ -568,7 +578,7 @@ def stage_breakdown(df: pd.DataFrame, ax=None, stat: str = "median", normalize: 
     note = _repeats_note(df)
     what = f"share of each stage in the stacked {stat}s" if normalize else f"{stat} per stage"
     if not normalize and totals.min() > 0 and totals.max() / totals.min() > 10:
-        what += " (linear: normalize=True shows the short ones)"
+        what += " on one linear axis"
     ax.set_title(f"Where a task's time goes: {what} (ok tasks"
                  + (f", {note}" if note else "") + ")")
     ax.grid(True, axis="x", alpha=0.3)
@@ -764,9 +774,7 @@ def write_figures(result_dir, dpi: int = 120) -> list[Path]:
     legend_h = 1.5 + 0.22 * n_conf
     ecdf_size = (10.5, max(5.5, legend_h))
     if n_conf > 6 and "workers" in cols and len(cols) > 1:  # latency_ecdf draws small multiples
-        n_panels = df["workers"].nunique()
-        rows = 1 if n_panels <= 3 else int(np.ceil(n_panels / np.ceil(np.sqrt(n_panels))))
-        ecdf_size = (10.5, 1.2 + 3.3 * rows)
+        ecdf_size = (10.5, 1.2 + 3.3 * _facet_rows(df["workers"].nunique()))
 
     jobs = [
         ("latency_ecdf", ecdf_size, lambda ax: latency_ecdf(df, ax=ax)),
