@@ -174,6 +174,10 @@ def notebooks_dir() -> Path:
     return root / "notebooks"
 
 
+class NotebookFailed(RuntimeError):
+    """A cell of a notebook being executed raised."""
+
+
 def write_html(paths, out_dir, mode: str = "example", timeout: int = 600,
                log=print) -> list[Path]:
     """Execute each notebook (``mode``: "example" draws results/example, "quick" runs tiny
@@ -184,6 +188,7 @@ def write_html(paths, out_dir, mode: str = "example", timeout: int = 600,
     """
     import nbformat
     from nbclient import NotebookClient
+    from nbclient.exceptions import CellExecutionError
     from nbconvert import HTMLExporter
 
     out_dir = Path(out_dir)
@@ -201,6 +206,9 @@ def write_html(paths, out_dir, mode: str = "example", timeout: int = 600,
         log(f"{path.name}: executing ({mode})")
         try:
             client.execute(env=env, cwd=str(path.parent))
+        except CellExecutionError as exc:  # one line: which notebook, which error
+            raise NotebookFailed(f"{path.name}: a cell raised {exc.ename}: {exc.evalue}") \
+                from None
         finally:
             km = client.km
             if km is not None and km.has_kernel:
@@ -246,9 +254,8 @@ def main(argv=None) -> int:
         for path in write_html(paths, args.html, mode=args.mode or "example",
                                timeout=args.timeout, log=lambda m: print(m, file=sys.stderr)):
             print(path)
-    except Exception as exc:  # a cell's error: say which notebook and cell, without a traceback
-        name = type(exc).__name__
-        parser.exit(1, f"python -m comlab.notebook: {name}: {str(exc).strip()[-2000:]}\n")
+    except NotebookFailed as exc:
+        parser.exit(1, f"python -m comlab.notebook: {exc}\n")
     return 0
 
 

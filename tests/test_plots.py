@@ -106,6 +106,16 @@ def test_latency_ecdf_facet_none_keeps_one_panel(records, ax):
     assert len(legend_lines(ax)) == 8
 
 
+def test_latency_ecdf_within_a_decade_is_linear_with_labelled_ticks(records, ax):
+    # latencies from 20 to 60 ms: a log axis would have no major tick, so no label at all
+    narrow = records.assign(latency_s=0.02 + 0.04 * (records["task_id"] % 8) / 7)
+    plots.latency_ecdf(narrow, ax=ax)
+    assert ax.get_xscale() == "linear"
+    FigureCanvasAgg(ax.figure).draw()
+    labels = [t.get_text() for t in ax.xaxis.get_ticklabels() if t.get_text()]
+    assert len(labels) >= 3 and all(t.endswith("ms") for t in labels), labels
+
+
 def test_latency_ecdf_by_one_column(records, ax):
     plots.latency_ecdf(records, ax=ax, by="workers")
     assert len(legend_lines(ax)) == len(WORKERS)
