@@ -240,16 +240,16 @@ def main(argv=None) -> int:
     parser.add_argument("notebooks", nargs="*", metavar="NOTEBOOK",
                         help="notebooks to execute (default: every notebooks/*.ipynb)")
     args = parser.parse_args(argv)
+    paths = [Path(p) for p in args.notebooks] or sorted(notebooks_dir().glob("*.ipynb"))
+    missing = [str(p) for p in paths if not p.is_file()]
+    if missing:
+        parser.exit(2, f"python -m comlab.notebook: no such notebook: {', '.join(missing)}\n")
     try:
         import nbclient  # noqa: F401
         import nbconvert  # noqa: F401
     except ImportError as exc:
         parser.exit(2, f"python -m comlab.notebook: {exc.name} is missing "
                        "(pip install -e '.[lab]')\n")
-    paths = [Path(p) for p in args.notebooks] or sorted(notebooks_dir().glob("*.ipynb"))
-    missing = [str(p) for p in paths if not p.is_file()]
-    if missing:
-        parser.exit(2, f"python -m comlab.notebook: no such notebook: {', '.join(missing)}\n")
     try:
         for path in write_html(paths, args.html, mode=args.mode or "example",
                                timeout=args.timeout, log=lambda m: print(m, file=sys.stderr)):
