@@ -175,13 +175,17 @@ def notebooks_dir() -> Path:
 
 
 class NotebookFailed(RuntimeError):
-    """A cell of a notebook being executed raised."""
+    """A cell of a notebook being executed raised (``args[1]``: the pages written anyway)."""
+
+    def __str__(self) -> str:
+        return str(self.args[0])
 
 
 def write_html(paths, out_dir, mode: str = "example", timeout: int = 600,
                log=print) -> list[Path]:
     """Execute each notebook (``mode``: "example" draws results/example, "quick" runs tiny
-    experiments, "full" runs them as written) and write ``<out_dir>/<name>.html``.
+    experiments, "full" runs them as written) and write ``<out_dir>/<name>.html``. A notebook
+    that fails is skipped and named, at the end, in ``NotebookFailed``.
 
     Figures are embedded; the run pickers are drawn as plain figures (COMLAB_STATIC=1). Results
     of quick runs go to a temporary folder, so nothing is left in the repository.
@@ -198,7 +202,7 @@ def write_html(paths, out_dir, mode: str = "example", timeout: int = 600,
     env["COMLAB_USE_EXAMPLE"] = "1" if mode == "example" else ""
     env["COMLAB_QUICK"] = "1" if mode == "quick" else ""
     exporter = HTMLExporter()
-    written = []
+    written, failed = [], []
     for path in map(Path, paths):
         nb = nbformat.read(path, as_version=4)
         client = NotebookClient(nb, timeout=timeout, kernel_name="python3",
@@ -206,9 +210,9 @@ def write_html(paths, out_dir, mode: str = "example", timeout: int = 600,
         log(f"{path.name}: executing ({mode})")
         try:
             client.execute(env=env, cwd=str(path.parent))
-        except CellExecutionError as exc:  # one line: which notebook, which error
-            raise NotebookFailed(f"{path.name}: a cell raised {exc.ename}: {exc.evalue}") \
-                from None
+        except CellExecutionError as exc:  # one line: which notebook, which error; go on
+            failed.append(f"{path.name}: a cell raised {exc.ename}: {exc.evalue}")
+            continue
         finally:
             km = client.km
             if km is not None and km.has_kernel:
@@ -217,6 +221,9 @@ def write_html(paths, out_dir, mode: str = "example", timeout: int = 600,
         target = out_dir / f"{path.stem}.html"
         target.write_text(body, encoding="utf-8")
         written.append(target)
+        log(f"{path.name}: {target}")
+    if failed:
+        raise NotebookFailed("; ".join(failed), written)
     return written
 
 
@@ -255,6 +262,8 @@ def main(argv=None) -> int:
                                timeout=args.timeout, log=lambda m: print(m, file=sys.stderr)):
             print(path)
     except NotebookFailed as exc:
+        for path in exc.args[1]:
+            print(path)
         parser.exit(1, f"python -m comlab.notebook: {exc}\n")
     return 0
 
