@@ -2,7 +2,9 @@
 pipeline, raw pyzmq and its peers, in one run; prints a table with ratios and saves it.
 
 Sections: 1 seed example (makespan / ideal), 2 zero-wait throughput per strategy, batch size
-and worker count, 3 the bare 3-hop pipeline (bench/bare.py) on the same sizes, 4 per-task
+and worker count, 2b the closed loop (1 worker, batch 1, tasks of 10 ms) next to a thread's
+sleep + queue hand-off, 3 the bare 3-hop pipeline (bench/bare.py) and the bare load-balancing
+broker (bench/bare_broker.py) on the same sizes, interleaved with comlab, 4 per-task
 overhead at batch 1 under open-loop load next to a raw REQ/REP round trip (bench/reqrep.py),
 5 pool start-up and the per-run overhead of a sweep, 6 concurrent.futures and Dask on the seed
 and zero-wait workloads. ``--quick`` takes under 2 minutes, the full bench under 15.

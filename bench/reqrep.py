@@ -14,11 +14,11 @@ import msgpack
 import numpy as np
 import zmq
 
-from .bare import _die_with_parent
+from .bare import die_with_parent
 
 
 def _echo(port_conn) -> None:
-    _die_with_parent()
+    die_with_parent()
     ctx = zmq.Context()
     rep = ctx.socket(zmq.REP)
     port_conn.send(rep.bind_to_random_port("tcp://127.0.0.1"))

@@ -24,6 +24,7 @@ from comlab.lab.results import environment
 from . import report, sections
 
 NOTES = [
+    sections.BARE_LABEL + ".",
     "zero-wait: a task of wait 0 runs inline in every strategy (comlab/system/strategies.py), so "
     "thread-per-task, thread-pool and sequential do the same work there: differences are noise; "
     "cpu-bound is skipped (with wait 0 it is sequential too).",
@@ -69,7 +70,8 @@ def run(profile: str = "quick", out=None, *, dask: bool | None = None, log=print
     notes.append(
         f"profile {profile}: b = batch size, w = workers; seed: {p['seed_repeats']} runs at "
         f"wait_scale {p['seed_wait_scale']:g}; zero-wait: {p['zero_tasks']:,} tasks per run, "
-        f"{p['zero_repeats']} run(s) per configuration, bare {p['bare_repeats']}; open loop: "
+        f"{p['zero_repeats']} run(s) per configuration, each bare {p['bare_repeats']}; closed "
+        f"loop: {p['closed_repeats']} run(s) and as many of the thread reference; open loop: "
         f"{p['rate_seconds']:g} s (at least {p['rate_min_tasks']:,} tasks) per rate, 1 run; "
         f"peers: ProcessPoolExecutor {p['peer_zero_tasks']:,} tasks, Dask "
         f"{p['dask_zero_tasks']:,} tasks, {p['peer_repeats']} runs; comlab's side of a peer "
@@ -87,6 +89,7 @@ def run(profile: str = "quick", out=None, *, dask: bool | None = None, log=print
     rows1, raw["seed"] = step("1 seed", sections.seed, p, out, log)
     rows2, rows3, raw["zero_wait"] = step("2+3 zero-wait and bare", sections.zero_wait, p,
                                           out, log)
+    rows2b, raw["closed_loop"] = step("2b closed loop", sections.closed_loop, p, out, log)
     rows4, raw["open_loop"] = step("4 open loop", sections.open_loop, p, out, log)
     zero_names = [f"zero-wait-w{w}" for w in p["workers"]]
     rows5b, raw["per_run"] = sections.per_run_overhead(out, [("zero-wait", zero_names),
@@ -95,7 +98,7 @@ def run(profile: str = "quick", out=None, *, dask: bool | None = None, log=print
                                            raw["zero_wait"], log)
     notes += peer_notes
 
-    rows = rows1 + rows2 + rows3 + rows4 + rows5 + rows5b + rows6
+    rows = rows1 + rows2 + rows2b + rows3 + rows4 + rows5 + rows5b + rows6
     env["loadavg_end"] = list(os.getloadavg())
     duration = time.perf_counter() - t_start
     result = _clean({

@@ -7,6 +7,9 @@ __version__ = "0.1.0"
 _LAZY = {
     "run_experiment": "lab.experiment", "summarize": "lab.records",
     "InvariantError": "lab.records", "load_results": "lab.results", "load_meta": "lab.results",
+    "compare": "lab.compare", "load": "lab.report", "Result": "lab.report",
+    "write_report": "lab.report", "summarize_configs": "lab.stability",
+    "ResultError": "lab.results", "ResumeRefused": "lab.results", "ResultLocked": "lab.results",
     "read_commands": "data",
     "read_server_map": "data", "DataError": "data", "generate_data": "data",
 }

@@ -194,9 +194,12 @@ def _check_command(command: str) -> None:
 
 def _response(text: str) -> int:
     try:
-        return int(text)
+        value = int(text)
     except ValueError:
-        raise _Bad(f"bad response {text!r} (expected an integer)") from None
+        raise _Bad(f"bad response {text[:40]!r} (expected an integer)") from None
+    if not -(2 ** 63) <= value < 2 ** 63:  # the wire and the records carry 64-bit integers
+        raise _Bad(f"response {text[:40]} does not fit in 64 bits")
+    return value
 
 
 def _wait(text: str) -> float:

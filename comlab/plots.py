@@ -27,7 +27,7 @@ from matplotlib.lines import Line2D
 from matplotlib.ticker import EngFormatter, FixedLocator, NullFormatter, NullLocator
 
 # Swept axes that join the configuration whenever they take more than one value.
-EXTRA_AXES = ("strategy", "transport", "rate")
+EXTRA_AXES = ("strategy", "transport", "dispatch", "rate")
 
 # The stages of a task, in order: (label, from stamp, to stamp).
 STAGES = (
@@ -659,7 +659,7 @@ def timeline(df: pd.DataFrame, run=None, ax=None, color_by: str = "batch_id"):
     ax.set_ylabel("worker")
     first = g.iloc[0]
     desc = [f"run {run}"]
-    for col in ("batch_size", "workers", "strategy", "transport", "rate", "repeat"):
+    for col in ("batch_size", "workers", "strategy", "transport", "dispatch", "rate", "repeat"):
         if col not in g.columns or pd.isna(first[col]):
             continue
         v = first[col]
@@ -813,3 +813,40 @@ def write_figures(result_dir, dpi: int = 120) -> list[Path]:
 
 __all__ = ["latency_ecdf", "efficiency_heatmap", "throughput_vs_workers", "stage_breakdown",
            "timeline", "overhead_percentiles", "write_figures", "STAGES"]
+
+
+# --- compare_ratios (comlab.compare) ------------------------------------------------------------
+VERDICT_COLORS = {"faster": "tab:green", "slower": "tab:red"}
+
+
+def compare_ratios(cmp: pd.DataFrame, metric: str = "makespan_s", ax=None):
+    """The ratio b / a of ``metric`` per configuration of ``comlab.compare(a, b)``, with its 95 %
+    bootstrap interval; a line at 1 (no change). Green: b faster, red: b slower (makespan's
+    verdict), grey: no significant difference or too few repeats."""
+    from .lab.stability import CONFIG_AXES
+    ax = ax if ax is not None else _new_ax((9, 1.5 + 0.35 * max(len(cmp), 1)))
+    if cmp is None or not len(cmp):
+        return _note(ax, "nothing to compare")
+    cols = [c for c in CONFIG_AXES if c in cmp.columns]
+    shown = [c for c in cols if cmp[c].nunique(dropna=False) > 1] or cols
+    ratio = cmp[f"{metric}_ratio"].to_numpy(float)
+    lo = cmp[f"{metric}_ratio_lo"].to_numpy(float)
+    hi = cmp[f"{metric}_ratio_hi"].to_numpy(float)
+    y = np.arange(len(cmp))
+    colors = [VERDICT_COLORS.get(v, "0.45") for v in cmp["verdict"]]
+    for yi, r, l, h, c in zip(y, ratio, lo, hi, colors):
+        ax.errorbar([r], [yi], xerr=[[max(r - l, 0)], [max(h - r, 0)]], fmt="o", color=c,
+                    capsize=3)
+    ax.axvline(1.0, color="0.2", linestyle="--", linewidth=1)
+    ax.set_yticks(y, [_label(shown, tuple(row)) for row in cmp[shown].itertuples(index=False)])
+    ax.invert_yaxis()
+    label = VALUE_LABELS.get(metric, metric).replace(" (s)", "")
+    ax.set_xlabel(f"{label}: ratio b / a (95 % bootstrap interval; < 1: b lower)")
+    handles = [Line2D([], [], marker="o", linestyle="", color=c, label=v)
+               for v, c in (("b faster", "tab:green"), ("b slower", "tab:red"),
+                            ("no significant difference / too few repeats", "0.45"))]
+    ax.legend(handles=handles, loc="best", fontsize="small")
+    return ax
+
+
+__all__ += ["compare_ratios"]

@@ -27,10 +27,26 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print a JSON summary as the last line")
 
 
+def check_connect_url(url: str, what: str) -> None:
+    """A URL libzmq cannot connect to is the user's mistake: say which argument, before any
+    file is read or socket bound (a ValueError naming it, not a ZMQError traceback)."""
+    import zmq
+    ctx = zmq.Context()
+    sock = ctx.socket(zmq.PUSH)
+    try:
+        sock.connect(url)
+    except zmq.ZMQError as exc:
+        raise ValueError(f"bad {what} {url!r}: {exc.strerror}") from None
+    finally:
+        sock.close(0)
+        ctx.term()
+
+
 def run(args: argparse.Namespace) -> int:
     from .system.client import Client, NoServer
     from .system.role import AddressInUse
     try:
+        check_connect_url(args.remote_url, "REMOTE_URL (the server)")
         tasks = data.read_commands(args.commands_file, lenient=args.lenient)
         security = None
         if args.curve_keys:

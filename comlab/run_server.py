@@ -11,9 +11,10 @@ import logging
 import signal
 import sys
 
+import zmq
+
 from . import data
-from .system import strategies
-from .system.role import AddressInUse
+from .system import dispatch, strategies
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -24,6 +25,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--strategy", default=strategies.DEFAULT,
                    help=f"how workers run a batch: {', '.join(strategies.STRATEGIES)} "
                         f"(default {strategies.DEFAULT})")
+    p.add_argument("--dispatch", default=dispatch.DEFAULT,
+                   help="how batches reach workers: broker (load balancing, adaptive prefetch), "
+                        "broker:K (prefetch K batches), queue (the seed's shared queue); "
+                        f"default {dispatch.DEFAULT}")
     p.add_argument("--network", action="append", default=[], metavar="CIDR",
                    help="addresses within reach (repeatable); tasks outside are 'unreachable'")
     p.add_argument("--workers-url", help="also accept remote worker hosts here, "
@@ -49,8 +54,12 @@ def run(args: argparse.Namespace) -> int:
     try:
         table = data.read_server_map(args.map_file, lenient=args.lenient).flat()
         strategies.check(args.strategy)
+        dispatch.check(args.dispatch)
         if args.max_workers < 0:
             raise ValueError("MAX_WORKERS must be >= 0")
+        if args.max_workers == 0 and not args.workers_url:
+            raise ValueError("MAX_WORKERS 0 needs --workers-url: a server with no local "
+                             "workers and no way for remote ones to join could never work")
         security = None
         if args.curve_keys:
             from .system.security import Curve
@@ -59,24 +68,33 @@ def run(args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 
+    started = False
+
     def on_ready(info):
+        nonlocal started
+        started = True
         if args.ready_json:
             print(json.dumps(info), flush=True)
         print(f"comlab server ready on {info['bind']} with {info['workers']} workers "
-              f"(strategy {info['strategy']}, started in {info['startup_s']:.2f} s)",
+              f"(strategy {info['strategy']}, dispatch {info['dispatch']}, "
+              f"started in {info['startup_s']:.2f} s)",
               file=sys.stderr, flush=True)
 
     signal.signal(signal.SIGTERM, _stop)
     server = Server(table, args.bind_url, args.remote_url, args.max_workers,
-                    strategy=args.strategy, networks=args.network, workers_url=args.workers_url,
+                    strategy=args.strategy, dispatch=args.dispatch, networks=args.network,
+                    workers_url=args.workers_url,
                     control_url=args.control_url, watch_fd=0 if args.watch_stdin else None,
                     on_ready=on_ready, security=security, log_level=level)
     try:
         server.run()
     except KeyboardInterrupt:
         pass
-    except AddressInUse as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    except (OSError, zmq.ZMQError) as exc:
+        if started:  # not a start-up mistake: keep the whole story
+            raise
+        # A port in use, a URL libzmq refuses (bind, --workers-url, --control): the user's.
+        print(f"error: {getattr(exc, 'strerror', None) or exc}", file=sys.stderr)
         return 2
     return 0
 

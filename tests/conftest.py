@@ -164,6 +164,10 @@ def free_tcp_url() -> str:
         return f"tcp://127.0.0.1:{s.getsockname()[1]}"
 
 
+# Fault tests run under every dispatch design (comlab.system.dispatch).
+DISPATCH = ["broker", "broker:0", "queue"]
+
+
 @pytest.fixture
 def free_url():
     """The ``free_tcp_url`` helper, as a fixture: call it for each URL needed."""

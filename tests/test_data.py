@@ -392,3 +392,12 @@ def test_parse_200000_generated_lines(tmp_path):
     tasks = read_commands(client)
     assert len(tasks) == 200_000
     assert len(read_server_map(server).flat()) == 200_000
+
+
+def test_response_too_large_for_64_bits_is_a_data_error(tmp_path):
+    # It used to pass the check and crash the server on its first batch (msgpack overflow).
+    path = tmp_path / "map.txt"
+    path.write_text("192.168.1.1:foo:1\n192.168.1.2:foo:1:1\n".replace(
+        "192.168.1.1:foo:1\n", f"192.168.1.1:foo:{2 ** 64}:1\n"))
+    with pytest.raises(DataError, match=r"map.txt:1: .*64 bits"):
+        read_server_map(path)

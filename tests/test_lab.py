@@ -73,6 +73,12 @@ def test_saved_and_reloaded(sweep):
     assert meta["params"]["batch_sizes"] == [1, 8]
     assert len(meta["runs"]) == 8
     assert meta["duration_s"] > 0
+    assert meta["format_version"] == 2 and meta["complete"] is True
+    assert isinstance(meta["warnings"], list) and len(meta["sessions"]) == 1
+    for run in meta["runs"]:
+        assert run["resumed"] is False and run["timeout_s"] > 0
+        assert len(run["loadavg_start"]) == 3 and len(run["loadavg_end"]) == 3
+        assert run["server"]["tasks"] == 64 and run["server"]["worker_deaths"] == 0
 
 
 @pytest.mark.timeout(120)
@@ -82,7 +88,7 @@ def test_resume_skips_saved_runs(sweep, monkeypatch):
     def no_server(*a, **k):
         raise AssertionError("a saved run was run again")
 
-    monkeypatch.setattr(comlab.lab.experiment, "ServerProcess", no_server)
+    monkeypatch.setattr(comlab.lab.session, "ServerProcess", no_server)
     again = comlab.run_experiment(batch_sizes=[1, 8], workers=[1, 4], repeats=2,
                                   commands=COMMANDS, server_map=MAP, progress=False,
                                   results_dir=path.parent, name="sweep")
@@ -166,5 +172,83 @@ def test_keyboard_interrupt_tears_everything_down(tmp_path):
     assert b"KeyboardInterrupt" in proc.stderr.read()
     meta = json.loads((tmp_path / "interrupted" / "meta.json").read_text())
     assert meta["runs"], "finished runs were not saved"
+    assert meta["complete"] is False
     saved = comlab.load_results(tmp_path / "interrupted")
     assert len(saved) == 20 * len(meta["runs"])
+
+
+# -- the plan: pure, no processes ----------------------------------------------------------------
+def test_plan_groups_runs_by_server():
+    from comlab.lab import plan
+    specs = plan.plan([1, 8], [1, 4], 2, strategy=["sequential", "thread-per-task"],
+                      transport=["tcp", "ipc"], rate=[None, 100], dispatch=["broker", "queue"])
+    assert len(specs) == 2 * 2 * 2 * 2 * 2 * 2 * 2
+    assert [s.index for s in specs] == list(range(len(specs)))
+    assert len({s.key for s in specs}) == len(specs)
+    groups = plan.groups(specs)
+    assert [g for g, _ in groups] == [("tcp", "broker", 1), ("tcp", "broker", 4),
+                                      ("tcp", "queue", 1), ("tcp", "queue", 4),
+                                      ("ipc", "broker", 1), ("ipc", "broker", 4),
+                                      ("ipc", "queue", 1), ("ipc", "queue", 4)]
+    for (transport, design, workers), runs in groups:
+        assert {(s.transport, s.dispatch, s.workers) for s in runs} == \
+            {(transport, design, workers)}
+        assert len(runs) == 16
+    assert specs[1].repeat == 1 and specs[1].rate is None and specs[2].rate == 100.0
+    assert "broker w1 b1 sequential r2/2" in specs[1].label(2)
+    with pytest.raises(ValueError, match="dispatch"):
+        plan.plan([1], [1], 1, dispatch="nope")
+
+
+def test_plan_checks_its_axes():
+    from comlab.lab import plan
+    with pytest.raises(ValueError, match="transport"):
+        plan.plan([1], [1], 1, transport="udp")
+    with pytest.raises(ValueError, match="strategy"):
+        plan.plan([1], [1], 1, strategy="nonsense")
+    with pytest.raises(ValueError, match="at least 1"):
+        plan.plan([0], [1], 1)
+    with pytest.raises(ValueError, match="at least 1"):
+        plan.plan([1], [0], 1)
+    assert plan.plan([1], [0], 1, remote_workers=2)[0].workers == 0
+
+
+def test_plan_weights_follow_the_ideal_time():
+    from comlab.lab import plan
+    waits = [0.5] * 8
+    one, four = plan.plan([1], [1, 4], 1)
+    assert plan.ideal_s(one, waits) == pytest.approx(4.0)
+    assert plan.ideal_s(four, waits) == pytest.approx(1.0)
+    assert plan.weight(one, waits) > plan.weight(four, waits) > plan.RUN_OVERHEAD_S
+    open_loop = plan.plan([8], [4], 1, rate=1.0)[0]
+    assert plan.ideal_s(open_loop, waits) == pytest.approx(8.0)  # the schedule, not the work
+    assert plan.default_timeout(one, waits) > 3 * 4.0
+
+
+def test_a_sweep_longer_than_ten_minutes_warns_before_it_starts():
+    from comlab.lab import experiment, plan
+    inputs = experiment.Inputs(keys=["10.0.0.1:foo"] * 100, waits=np.full(100, 10.0), smap={},
+                               commands_source="x", map_source="y")
+    long_runs = plan.plan([1], [1], 1)  # 100 tasks of 10 s on one worker: 1000 s ideal
+    with pytest.warns(UserWarning, match="ideal time alone is 16.7 min"):
+        experiment._warn_if_long(long_runs, inputs, 0)
+    short = plan.plan([100], [1], 1)  # one batch, thread-per-task: 10 s
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        experiment._warn_if_long(short, inputs, 0)
+
+
+def test_progress_is_weighted_by_ideal_time_and_shows_the_run():
+    from comlab.lab import experiment, plan
+    specs = plan.plan([1, 4], [2], 1)
+    waits = [0.1] * 8
+    weights = {s.index: plan.weight(s, waits) for s in specs}
+    assert weights[0] == pytest.approx(0.4 + plan.RUN_OVERHEAD_S)  # 8 batches on 2 workers
+    with experiment._Progress(specs, specs[1:], weights, True) as bar:
+        assert bar.bar.total == pytest.approx(sum(weights.values()), abs=0.01)
+        assert bar.bar.n == pytest.approx(weights[0], abs=0.01)  # saved already: counted
+        bar.show(specs[1])
+        assert "b4" in bar.bar.postfix and "thread-per-task" in bar.bar.postfix
+        bar.done(specs[1])
+        assert bar.bar.n == pytest.approx(bar.bar.total, abs=0.02)

@@ -44,9 +44,9 @@ def control(url: str, *request, timeout: float = 5.0):
     sock.setsockopt(zmq.LINGER, 0)
     try:
         sock.connect(url)
-        sock.send(P.pack([P.VERSION, *request]))
+        sock.send(P.Control(request[0], list(request[1:])).pack())
         assert sock.poll(timeout * 1000), f"no answer to {request!r} from {url}"
-        return P.unpack(sock.recv())[2]
+        return P.ControlReply.decode(sock.recv()).payload
     finally:
         sock.close(0)
         ctx.term()

@@ -1,5 +1,6 @@
-"""The server's look-up, without processes or sockets: a Server is built but never run, and the
-two ways out of on_batch (to_client for misses, dispatch for work) are captured."""
+"""The server's intake (look-up, runs), without processes or sockets: a Server is built but never
+run, and the two ways out of on_batch (answers to clients for misses, the ledger for work) are
+captured."""
 
 from __future__ import annotations
 
@@ -13,24 +14,48 @@ TABLE = {"192.168.1.1:foo": (7, 0.0), "192.168.1.1:bar": (8, 0.5),
          "192.168.1.200:foo": (9, 0.25)}
 
 
-def make_server(networks=(), reply_url="tcp://default:1", **kw):
-    server = Server(TABLE, "tcp://127.0.0.1:0", reply_url, 0, networks=networks, **kw)
-    server.sent, server.work = [], []
-    server.to_client = lambda url, frame: server.sent.append((url, P.unpack(frame)))
-    server.client_socket = lambda url: None  # checks a reply URL by connecting: no sockets here
-    server.dispatch = server.work.append
-    return server
+class FakeClients:
+    def __init__(self, sent):
+        self.sent = sent
+
+    def get(self, url):  # the real one checks a reply URL by connecting: no sockets here
+        return None
+
+    def send(self, url, frame):
+        self.sent.append((url, P.decode(frame)))
+        return True
+
+
+class FakeLedger:
+    full = False
+
+    def __init__(self, work):
+        self.submit = work.append
+
+
+def make_intake(networks=(), reply_url="tcp://default:1", **kw):
+    server = Server(TABLE, "tcp://127.0.0.1:0", reply_url, 0, networks=networks,
+                    workers_url="tcp://127.0.0.1:0", **kw)
+    intake = server.intake
+    intake.sent, intake.work = [], []
+    intake.clients = FakeClients(intake.sent)
+    intake.ledger = FakeLedger(intake.work)
+    return intake
+
+
+def batch(batch_id, url, t_sent, ids, keys, run=1):
+    return P.Batch(run, batch_id, url, t_sent, ids, keys)
 
 
 def test_status_without_networks_is_unknown():
-    s = make_server()
+    s = make_intake()
     assert s.status_of("10.0.0.1:foo") == P.UNKNOWN
     assert s.status_of("192.168.1.1:nope") == P.UNKNOWN
     assert s.status_of("not-an-ip:foo") == P.UNKNOWN
 
 
 def test_status_with_networks():
-    s = make_server(networks=["192.168.1.0/25", "10.0.0.0/8"])
+    s = make_intake(networks=["192.168.1.0/25", "10.0.0.0/8"])
     assert s.status_of("192.168.1.5:nope") == P.UNKNOWN       # in reach, no such entry
     assert s.status_of("10.1.2.3:foo") == P.UNKNOWN
     assert s.status_of("192.168.1.200:foo") == P.UNREACHABLE  # outside every network
@@ -39,7 +64,7 @@ def test_status_with_networks():
 
 
 def test_status_is_per_ip_and_cached():
-    s = make_server(networks=["192.168.1.0/25"])
+    s = make_intake(networks=["192.168.1.0/25"])
     assert s.status_of("192.168.1.200:a") == P.UNREACHABLE
     assert s.status_of("192.168.1.200:b") == P.UNREACHABLE
     assert s.ip_status["192.168.1.200"] == P.UNREACHABLE
@@ -47,68 +72,84 @@ def test_status_is_per_ip_and_cached():
 
 
 def test_networks_are_not_strict():
-    s = make_server(networks=["192.168.1.7/25"])  # host bits set: still 192.168.1.0/25
+    s = make_intake(networks=["192.168.1.7/25"])  # host bits set: still 192.168.1.0/25
     assert s.status_of("192.168.1.100:x") == P.UNKNOWN
     assert s.status_of("192.168.1.128:x") == P.UNREACHABLE
 
 
 def test_batch_of_hits_is_one_work_item():
-    s = make_server()
-    s.on_batch(111, 4, "tcp://c:9", 100, [10, 11], ["192.168.1.1:foo", "192.168.1.1:bar"])
+    s = make_intake()
+    s.on_batch(111, batch(4, "tcp://c:9", 100, [10, 11], ["192.168.1.1:foo", "192.168.1.1:bar"]))
     assert s.sent == []
     assert len(s.work) == 1
     work = s.work[0]
-    assert work[:9] == [P.VERSION, P.WORK, 4, "tcp://c:9", strategies.DEFAULT, 100, 111,
-                        work[7], 0]
-    assert work[7] >= 111  # t_enqueued: stamped after t_in
-    assert work[9:] == [[10, 11], [7, 8], [0.0, 0.5]]
+    assert work[:8] == (1, 4, "tcp://c:9", strategies.DEFAULT, 100, 111, work.t_enqueued, 0)
+    assert work.t_enqueued >= 111  # stamped after t_in
+    assert (work.task_ids, list(work.responses), list(work.waits)) == ([10, 11], [7, 8], [0.0, 0.5])
     assert s.stats["batches"] == 1 and s.stats["tasks"] == 2
 
 
 def test_batch_splits_misses_from_work():
-    s = make_server(networks=["192.168.1.0/25"])
+    s = make_intake(networks=["192.168.1.0/25"])
     keys = ["192.168.1.1:foo", "192.168.1.1:nope", "192.168.1.200:foo", "192.168.1.201:foo",
             "192.168.1.1:bar"]
-    s.on_batch(5, 2, "", 3, [20, 21, 22, 23, 24], keys)
+    s.on_batch(5, batch(2, "", 3, [20, 21, 22, 23, 24], keys))
     # Misses answered at once, to the default reply URL (the batch named none). .200:foo is in
     # the map but out of reach: unreachable too (README: "tasks for addresses outside every
     # network are answered unreachable").
     assert len(s.sent) == 1
     url, msg = s.sent[0]
     assert url == "tcp://default:1"
-    assert msg[1] == P.RESULTS and msg[2] == 2 and msg[3] == "server"
-    assert msg[9] == [21, 22, 23] and msg[10] == [P.UNKNOWN, P.UNREACHABLE, P.UNREACHABLE]
-    assert msg[11] == [None] * 3 and msg[14] is None
-    assert [w[9] for w in s.work] == [[20, 24]]
-    assert s.work[0][10] == [7, 8]
+    assert type(msg) is P.Results and msg.batch_id == 2 and msg.worker == "server"
+    assert msg.task_ids == [21, 22, 23]
+    assert msg.statuses == [P.UNKNOWN, P.UNREACHABLE, P.UNREACHABLE]
+    assert msg.responses == [None] * 3 and msg.errors is None
+    assert [w.task_ids for w in s.work] == [[20, 24]]
+    assert list(s.work[0].responses) == [7, 8]
     assert s.stats["unknown"] == 1 and s.stats["unreachable"] == 2
     assert s.stats["tasks"] == 5
 
 
 def test_known_key_out_of_reach_is_unreachable():
-    s = make_server(networks=["192.168.1.0/25"])
-    s.on_batch(5, 0, "tcp://c:9", 3, [0], ["192.168.1.200:foo"])
+    s = make_intake(networks=["192.168.1.0/25"])
+    s.on_batch(5, batch(0, "tcp://c:9", 3, [0], ["192.168.1.200:foo"]))
     assert s.work == []
-    assert [(m[9], m[10]) for _, m in s.sent] == [([0], [P.UNREACHABLE])]
+    assert [(m.task_ids, m.statuses) for _, m in s.sent] == [([0], [P.UNREACHABLE])]
     assert TABLE["192.168.1.200:foo"] == (9, 0.25)  # the caller's table is left alone
 
 
 def test_batch_of_only_misses_dispatches_nothing():
-    s = make_server()
-    s.on_batch(5, 0, "tcp://c:9", 3, [0, 1], ["1.1.1.1:a", "1.1.1.1:b"])
+    s = make_intake()
+    s.on_batch(5, batch(0, "tcp://c:9", 3, [0, 1], ["1.1.1.1:a", "1.1.1.1:b"]))
     assert s.work == []
-    assert [(u, m[9], m[10]) for u, m in s.sent] == [("tcp://c:9", [0, 1], [P.UNKNOWN] * 2)]
+    assert [(u, m.task_ids, m.statuses) for u, m in s.sent] == \
+        [("tcp://c:9", [0, 1], [P.UNKNOWN] * 2)]
 
 
 def test_client_message_with_bad_key_is_dropped():
-    s = make_server()
-    s.on_client_message(P.pack([P.VERSION, P.BATCH, 0, "tcp://c:1", 0, [0], [123]]))
-    s.on_client_message(P.pack([P.VERSION, P.BATCH, 0, "tcp://c:1", 0, [0], [["list"]]]))
-    s.on_client_message(b"\xc1 garbage")
+    s = make_intake()
+    s.on_client_frame(batch(0, "tcp://c:1", 0, [0], [123]).pack())
+    s.on_client_frame(batch(0, "tcp://c:1", 0, [0], [["list"]]).pack())
+    s.on_client_frame(batch(0, "tcp://c:1", 0, [0], [{"a": 1}]).pack())
+    s.on_client_frame(b"\xc1 garbage")
+    s.on_client_frame(b"\x91" * 1000 + b"\x01")  # nested 1,000 deep: repr would raise
     assert s.sent == [] and s.work == []
-    assert s.stats["dropped"] == 3
+    assert s.stats["dropped"] == 5
+
+
+def test_batches_of_an_ended_run_are_stale():
+    s = make_intake()
+    s.on_batch(1, batch(0, "tcp://c:1", 0, [0], ["192.168.1.1:foo"], run=1))
+    s.runs["tcp://c:1"] = 2  # a new client said HELLO on the same URL
+    s.on_batch(1, batch(1, "tcp://c:1", 0, [1], ["192.168.1.1:foo"], run=1))
+    assert len(s.work) == 1 and s.stats["stale"] == 1
 
 
 def test_strategy_is_checked_at_construction():
     with pytest.raises(ValueError):
-        Server(TABLE, "tcp://127.0.0.1:0", "", 0, strategy="nope")
+        Server(TABLE, "tcp://127.0.0.1:0", "", 1, strategy="nope")
+
+
+def test_no_local_workers_and_no_worker_endpoint_is_refused():
+    with pytest.raises(ValueError, match="workers-url"):
+        Server(TABLE, "tcp://127.0.0.1:0", "", 0)

@@ -4,12 +4,28 @@ The lab starts it once per experiment (``python -m comlab.agent``) instead of on
 per run, so a run costs no interpreter start-up (0.3 s here). Requests and answers are
 length-prefixed msgpack frames on stdin/stdout; stdin closing means the lab is gone, and the
 agent exits, so a killed notebook kernel leaves nothing behind.
+
+It notices the lab's end even in the middle of a run (when it reads nothing from stdin): a
+thread waits for the pipe's hang-up (poll with no events: POLLHUP) and PR_SET_PDEATHSIG (Linux)
+covers a lab whose pipe some other process still holds open; either sends the main thread
+SIGTERM, which ends the run at once (the client's sockets are closed, bounded). A lab that stops
+the agent says BYE before closing the pipe; a pipe that closes without it means the lab died,
+and the agent then removes the lab's working directory (``--workdir``): a SIGKILLed lab cannot,
+and its server never owned it. (Asking for the parent pid instead races: a killed lab's pipe
+closes before its children are re-parented.)
 """
 
 from __future__ import annotations
 
+import argparse
+import ctypes
+import os
+import select
+import shutil
+import signal
 import struct
 import sys
+import threading
 
 import msgpack
 import numpy as np
@@ -59,10 +75,24 @@ def _decode(obj):
     return obj
 
 
+class LabGone(BaseException):
+    """The lab closed our stdin or died: stop whatever is running (not an Exception, so no
+    ``except Exception`` on the way catches it)."""
+
+
+BYE = {"bye": True}  # the lab's last frame when it stops the agent (it is alive)
+_BYE_BYTES = _LEN.pack(len(msgpack.packb(BYE))) + msgpack.packb(BYE)
+_bye_seen = False
+
+
 def serve(inp, out) -> None:
+    global _bye_seen
     from ..system.client import Client, NoServer
     keys = None
     while (req := read_frame(inp)) is not None:
+        if req == BYE:
+            _bye_seen = True
+            return
         if "keys" in req:
             keys = req["keys"]
         try:
@@ -77,10 +107,70 @@ def serve(inp, out) -> None:
         write_frame(out, answer)
 
 
-def main() -> None:
-    import signal
+def _lab_gone(signum, frame):
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # once: the teardown must not be cut short
+    raise LabGone
+
+
+def _die_with_parent() -> None:
+    """SIGTERM this process when the lab (its parent) dies (Linux; elsewhere the pipe tells)."""
+    if sys.platform.startswith("linux"):
+        try:
+            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+        except (OSError, AttributeError):
+            pass
+
+
+def _watch_hangup(fd: int) -> None:
+    """Block until the lab's end of the pipe is closed, then stop the agent, even mid-run.
+
+    SIGTERM must land on the main thread: only there does it interrupt the blocking poll of a
+    run (a signal taken by another thread runs its Python handler only once the main thread
+    wakes up, at the run's next result or its deadline). So this thread blocks it (libzmq's
+    threads block every signal), and signals the main thread directly."""
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+    poller = select.poll()
+    poller.register(fd, 0)  # no events asked: only POLLHUP / POLLERR / POLLNVAL wake us
+    while True:
+        try:
+            if poller.poll():
+                break
+        except InterruptedError:
+            continue
+    signal.pthread_kill(threading.main_thread().ident, signal.SIGTERM)
+
+
+def _bye_pending(fd: int) -> bool:
+    """Is the lab's BYE still unread in the pipe (it came while a run was going)?"""
+    data = b""
+    try:
+        os.set_blocking(fd, False)
+        while chunk := os.read(fd, 65536):
+            data += chunk
+    except OSError:
+        pass
+    return _BYE_BYTES in data
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(prog="python -m comlab.lab.agent")
+    p.add_argument("--lab-pid", type=int, help="the lab's pid (our parent)")
+    p.add_argument("--workdir", help="the lab's temporary files: removed if the lab dies")
+    args = p.parse_args(argv)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the lab decides when we stop
-    serve(sys.stdin.buffer, sys.stdout.buffer)
+    signal.signal(signal.SIGTERM, _lab_gone)
+    threading.Thread(target=_watch_hangup, args=(sys.stdin.fileno(),), daemon=True,
+                     name="lab-hangup").start()
+    _die_with_parent()
+    try:
+        if args.lab_pid is None or os.getppid() == args.lab_pid:  # the lab may be gone already
+            serve(sys.stdin.buffer, sys.stdout.buffer)
+    except (LabGone, BrokenPipeError):
+        pass
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        if args.workdir and not _bye_seen and not _bye_pending(sys.stdin.fileno()):
+            shutil.rmtree(args.workdir, ignore_errors=True)  # the lab died: nobody else will
 
 
 if __name__ == "__main__":

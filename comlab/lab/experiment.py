@@ -1,58 +1,63 @@
-"""``run_experiment``: sweep the system in background processes, return per-task records.
+"""``run_experiment``: plan -> session -> save.
 
-Runs are ordered so that every run with the same (transport, workers) shares one server and
-pool; a strategy change between runs is a control message, not a restart. The client is a
-long-lived agent process that starts a fresh client (fresh sockets, fresh port) per run. The
-clock of a run starts after the client's handshake with the server, so neither process start-up
-nor connection set-up is measured. Whatever happens, every process started here is stopped before
-``run_experiment`` returns or raises, and every finished run is already on disk.
+* ``plan`` (comlab.lab.plan): the runs of the sweep, pure; runs that share a server are adjacent.
+* ``Session`` (comlab.lab.session): the processes (client agent, one server at a time) as context
+  managers: whatever happens, everything started is stopped before ``run_experiment`` returns or
+  raises.
+* ``ResultStore`` (comlab.lab.results): each finished run is on disk at once; resume, refusal,
+  locking and the format of meta.json live there.
+
+The clock of a run starts after the client's handshake with the server, so neither process
+start-up nor connection set-up is measured.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
 import ipaddress
-import itertools
-import os
-import shutil
-import time
 import warnings
-from pathlib import Path
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 
 from .. import data
-from ..system import strategies
-from . import clocks, ideal, records
-from .processes import AgentProcess, ServerProcess, workdir as _workdir
+from ..system import dispatch as dispatch_mod, strategies
+from . import plan as planning
+from . import provenance, records, stability
 from .results import ResultStore
+from .session import Session
 
-TRANSPORTS = ("tcp", "ipc")
-REMOTE_JOIN_TIMEOUT_S = 30.0  # how long a server waits for the remote workers to join
-
-
-def _as_list(value) -> list:
-    return list(value) if isinstance(value, (list, tuple)) else [value]
+LONG_SWEEP_S = 600.0  # warn before a sweep whose ideal time alone is longer
 
 
-def _load_inputs(commands, server_map, wait_scale: float):
-    tasks = data.read_commands(commands if commands is not None
-                               else data.seed_path("client_data.txt"))
-    smap = data.read_server_map(server_map if server_map is not None
-                                else data.seed_path("server_data.txt"))
+@dataclass
+class Inputs:
+    """The data a sweep actually uses: tasks, the (scaled) server map, where they came from."""
+    keys: list
+    waits: np.ndarray
+    smap: data.ServerMap
+    commands_source: str
+    map_source: str
+
+    def params(self) -> dict:
+        return {"commands": self.commands_source, "server_map": self.map_source,
+                "n_tasks": len(self.keys),
+                "data_sha256": provenance.data_hash(self.keys, self.smap)}
+
+
+def load_inputs(commands, server_map, wait_scale: float, networks=()) -> Inputs:
+    """Read and check the data (shipped seed files by default); scale the waits."""
+    commands = commands if commands is not None else data.seed_path("client_data.txt")
+    server_map = server_map if server_map is not None else data.seed_path("server_data.txt")
+    tasks = data.read_commands(commands)
+    smap = data.read_server_map(server_map)
     if wait_scale != 1.0:
         smap = data.scale_waits(smap, wait_scale)
-    return tasks, smap
-
-
-def default_timeout(batches: list, workers: int, strategy: str, rate: float | None,
-                    n_tasks: int) -> float:
-    """Generous: the ideal time three times over, plus slack for zero-wait runs."""
-    ideal_s = ideal.ideal_makespan(batches, workers, strategy)
-    if rate:
-        ideal_s = max(ideal_s, n_tasks / rate)
-    return 10.0 + 3.0 * ideal_s + n_tasks * 20e-6
+    keys = [f"{ip}:{cmd}" for ip, cmd in tasks]
+    table = _reachable(smap.flat(), networks)
+    waits = np.array([table.get(k, (0, 0.0))[1] for k in keys], dtype=float)
+    return Inputs(keys, waits, smap, _source(commands), _source(server_map))
 
 
 def run_experiment(batch_sizes=(1, 4, 16, 64), workers=(1, 4, 16, 32), repeats: int = 3,
@@ -61,15 +66,23 @@ def run_experiment(batch_sizes=(1, 4, 16, 64), workers=(1, 4, 16, 32), repeats: 
                    progress: bool = True, results_dir="results", name: str | None = None,
                    rate=None, networks=(), resume: bool = True, remote_workers: int = 0,
                    workers_url: str | None = None, server_address: str = "127.0.0.1",
-                   client_address: str = "127.0.0.1", server_prefix=()) -> pd.DataFrame:
+                   client_address: str = "127.0.0.1", server_prefix=(),
+                   fresh: bool = False, dispatch=dispatch_mod.DEFAULT) -> pd.DataFrame:
     """Run every combination of the swept axes x repeats; return one row per task per run.
 
-    ``batch_sizes``, ``workers``, ``strategy``, ``transport`` and ``rate`` (tasks/s, open loop;
-    None = as fast as possible) may each be a value or a list; lists are swept. ``commands`` is
+    ``batch_sizes``, ``workers``, ``strategy``, ``transport``, ``dispatch`` (broker, broker:K,
+    queue: comlab.system.dispatch) and ``rate`` (tasks/s, open loop; None = as fast as possible)
+    may each be a value or a list; lists are swept. ``commands`` is
     a path or a list of "ip:command" strings, ``server_map`` a path or a dict
     ip -> command -> (response, wait); both default to the shipped seed data. Results go to
-    ``results_dir/name`` (name None: a timestamp); with ``resume`` a rerun of the same name and
-    parameters skips the runs already saved.
+    ``results_dir/name`` (name None: a timestamp; a plain name, no path separators).
+
+    Saving (comlab.lab.results): a rerun of the same name resumes, skipping the runs saved
+    already, only when the parameters, the data's content, the comlab commit (and dirty state),
+    the host, its CPU count and the library versions all match; otherwise it refuses, naming
+    what differs. ``fresh=True`` (or ``resume=False``) starts afresh after moving an earlier
+    result aside to ``<name>.<its start time>`` (nothing is deleted). A result is locked while
+    a sweep writes it: a second sweep on it fails at once.
 
     Remote workers: with ``remote_workers=N`` the server also binds ``workers_url`` (e.g.
     "tcp://0.0.0.0:5558") and each server waits until N remote workers (``comlab worker-host``
@@ -82,117 +95,112 @@ def run_experiment(batch_sizes=(1, 4, 16, 64), workers=(1, 4, 16, 32), repeats: 
     (``comlab.clocks``); stamps of other hosts are converted to the client's clock, and the
     offsets with their uncertainties go into the run's entry in meta.json (``clock``).
     """
-    batch_sizes, workers = [int(b) for b in _as_list(batch_sizes)], [int(w) for w in
-                                                                     _as_list(workers)]
-    strats = [strategies.check(s) for s in _as_list(strategy)]
-    transports = _as_list(transport)
-    rates = _as_list(rate)
-    for t in transports:
-        if t not in TRANSPORTS:
-            raise ValueError(f"unknown transport {t!r}; use one of {TRANSPORTS}")
-    if min(batch_sizes) < 1 or min(workers) < (0 if remote_workers else 1) or repeats < 1:
-        raise ValueError("batch sizes, workers and repeats must be at least 1 "
-                         "(workers 0: remote workers only)")
-    if remote_workers and not workers_url:
-        raise ValueError("remote_workers needs workers_url: where worker hosts connect")
-    if remote_workers and "ipc" in transports:
-        raise ValueError("remote workers send results to the client over tcp: transport ipc "
-                         "cannot be used with them")
-    tasks, smap = _load_inputs(commands, server_map, wait_scale)
-    keys = [f"{ip}:{cmd}" for ip, cmd in tasks]
-    table = _reachable(smap.flat(), networks)
-    waits = np.array([table.get(k, (0, 0.0))[1] for k in keys], dtype=float)
-
-    name = name or _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    params = {"batch_sizes": batch_sizes, "workers": workers, "repeats": repeats,
-              "strategy": strats, "transport": transports, "rate": rates,
+    specs = planning.plan(batch_sizes, workers, repeats, strategy, transport, rate,
+                          remote_workers=remote_workers, dispatch=dispatch)
+    _check_remote(remote_workers, workers_url, specs)
+    inputs = load_inputs(commands, server_map, wait_scale, networks)
+    params = {"batch_sizes": [int(b) for b in planning.as_list(batch_sizes)],
+              "workers": [int(w) for w in planning.as_list(workers)], "repeats": repeats,
+              "strategy": [strategies.check(s) for s in planning.as_list(strategy)],
+              "transport": planning.as_list(transport), "rate": planning.as_list(rate),
+              "dispatch": planning.as_list(dispatch),
               "wait_scale": wait_scale, "timeout": timeout, "networks": list(networks),
-              "commands": str(commands) if not isinstance(commands, list) else
-              f"<list of {len(commands)}>", "n_tasks": len(keys),
-              "server_map": str(server_map) if not isinstance(server_map, dict) else
-              f"<dict of {len(table)}>"}
+              **inputs.params()}
     if remote_workers:
         params.update(remote_workers=int(remote_workers), workers_url=workers_url)
-    store = ResultStore(Path(results_dir) / name, params, resume=resume)
-    done = store.finished()
+    name = name if name is not None else _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    store = ResultStore(results_dir, name, params, resume=resume and not fresh)
+    session = Session(inputs.smap, networks=networks, remote_workers=remote_workers,
+                      workers_url=workers_url, server_address=server_address,
+                      client_address=client_address, server_prefix=server_prefix)
+    with store:
+        return _sweep(specs, inputs, store, session, timeout, progress, remote_workers)
 
-    plan = list(itertools.product(transports, workers, strats, batch_sizes, rates,
-                                  range(repeats)))
-    bar = _progress(len(plan), progress)
-    tmp = _workdir()
-    map_file = os.path.join(tmp, "server_map.txt")
-    _write_map(smap, map_file)
-    agent = server = None
+
+def _sweep(specs, inputs: Inputs, store: ResultStore, session: Session, timeout, progress,
+           remote_workers: int) -> pd.DataFrame:
+    """Measure the runs not saved yet, one server per (transport, workers) group."""
+    saved = store.finished()
+    todo = [s for s in specs if s.key not in saved]
+    weights = {s.index: planning.weight(s, inputs.waits, remote_workers) for s in specs}
+    _warn_if_long(todo, inputs, remote_workers)
+    name = store.path.name
+    with _Progress(specs, todo, weights, progress) as bar, session:
+        for (transport, design, workers), runs in planning.groups(todo):
+            with session.server(transport, workers, runs[0].strategy, design) as server:
+                for spec in runs:
+                    bar.show(spec)
+                    run_timeout = timeout or planning.default_timeout(spec, inputs.waits,
+                                                                      remote_workers)
+                    df, entry = session.measure(server, spec, keys=inputs.keys,
+                                                waits=inputs.waits, timeout=run_timeout,
+                                                experiment=name)
+                    store.save_run(df, entry)
+                    bar.done(spec)
+    df = store.finish()
+    _warn_unstable(df, store)
+    return df
+
+
+def _warn_unstable(df: pd.DataFrame, store: ResultStore) -> None:
+    """Stability warnings (comlab.lab.stability), printed and kept in meta.json."""
+    if df.empty:
+        return
     try:
-        for (transport_, workers_), group in itertools.groupby(
-                enumerate(plan), key=lambda item: (item[1][0], item[1][1])):
-            group = list(group)
-            todo = [(i, p) for i, p in group if _key(p) not in done]
-            bar.update(len(group) - len(todo))
-            if not todo:
-                continue
-            agent = agent or AgentProcess(tmp)
-            server = ServerProcess(map_file, workers_, tmp, transport=transport_,
-                                   networks=networks, strategy=todo[0][1][2],
-                                   workers_url=workers_url if remote_workers else None,
-                                   address=server_address, prefix=server_prefix)
-            n_workers = workers_ + remote_workers
-            if remote_workers:
-                server.wait_for_workers(n_workers, REMOTE_JOIN_TIMEOUT_S)
-            current = todo[0][1][2]
-            for i, p in todo:
-                _, _, strat, size, rate_, repeat = p
-                if strat != current:
-                    server.control("strategy", strat)
-                    current = strat
-                clock = clocks.estimate(server)  # every host's offset against the client's
-                t_run = time.perf_counter()
-                batches = [waits[b:b + size].tolist() for b in range(0, len(keys), size)]
-                run_timeout = timeout or default_timeout(batches, n_workers, strat, rate_,
-                                                         len(keys))
-                bind = (f"ipc://{tmp}/client-{i}" if transport_ == "ipc"
-                        else f"tcp://{client_address}:*")
-                answer = agent.run(keys, batch_size=size, bind_url=bind,
-                                   server_url=server.url, timeout=run_timeout, rate=rate_)
-                answer["columns"] = records.to_client_clock(
-                    answer["columns"], clock["offsets_ns"], clock["server_host"])
-                info = {"experiment": name, "run": i, "repeat": repeat, "batch_size": size,
-                        "workers": n_workers, "strategy": strat, "transport": transport_}
-                if remote_workers:
-                    info["remote_workers"] = remote_workers
-                if rate_ is not None:
-                    info["rate"] = float(rate_)
-                # Raises InvariantError unless each task sent has exactly one final record.
-                df = records.build(answer["columns"], answer["t_start"], keys=keys,
-                                   waits=waits, run_info=info, open_loop=rate_ is not None,
-                                   accepted=answer["accepted"])
-                store.save_run(df, {"key": _key(p), "run": i, **info,
-                                    "server_start_s": round(server.start_s, 4),
-                                    "run_wall_s": round(time.perf_counter() - t_run, 4),
-                                    "duplicates": answer["duplicates"],
-                                    "garbage": answer["garbage"],
-                                    "clock": {"client_host": clock["client_host"],
-                                              "hosts": clock["hosts"]}})
-                bar.update(1)
-            server.stop()
-            server = None
-        return store.finish()
-    except BaseException:
-        if server is not None:
-            server.stop()
-            server = None
-        try:
-            store.finish()  # join what finished; never mask the exception that got us here
-        except Exception as exc:
-            warnings.warn(f"could not join the finished runs of {store.path}: {exc}")
-        raise
-    finally:
-        if server is not None:
-            server.stop()
-        if agent is not None:
-            agent.stop()
-        bar.close()
-        shutil.rmtree(tmp, ignore_errors=True)
+        found = stability.check(records.summarize(df), store.meta)
+    except Exception as exc:  # a check must never cost the user a finished sweep
+        found = [f"the stability checks failed: {exc!r}"]
+    store.write_meta(warnings=found)
+    resumed = store.meta["resumed_runs"]
+    if resumed:
+        warnings.warn(f"{store.path}: {resumed} of {len(store.meta['runs'])} runs were measured "
+                      f"by an earlier session (started {store.meta['started']}); fresh=True "
+                      f"measures them again", stacklevel=4)
+    for text in found:
+        warnings.warn(f"{store.path.name}: {text}", stability.StabilityWarning, stacklevel=4)
+
+
+def _warn_if_long(todo, inputs: Inputs, remote_workers: int) -> None:
+    total = sum(planning.ideal_s(s, inputs.waits, remote_workers) for s in todo)
+    if total > LONG_SWEEP_S:
+        warnings.warn(f"this sweep's ideal time alone is {total / 60:.1f} min ({len(todo)} runs "
+                      f"to do): expect longer; fewer repeats or a smaller wait_scale shorten it",
+                      stacklevel=3)
+
+
+class _Progress:
+    """A tqdm bar weighted by each run's ideal time, showing the run in progress."""
+
+    def __init__(self, specs, todo, weights: dict, enabled: bool) -> None:
+        from tqdm.auto import tqdm
+        self.weights, self.repeats = weights, 1 + max(s.repeat for s in specs)
+        self.bar = tqdm(total=round(sum(weights.values()), 2), disable=not enabled,
+                        desc="comlab", unit="s ideal", bar_format=BAR_FORMAT)
+        todo_keys = {s.key for s in todo}
+        self.bar.update(round(sum(weights[s.index] for s in specs if s.key not in todo_keys), 2))
+
+    def __enter__(self) -> "_Progress":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.bar.close()
+
+    def show(self, spec) -> None:
+        self.bar.set_postfix_str(spec.label(self.repeats), refresh=True)
+
+    def done(self, spec) -> None:
+        self.bar.update(round(self.weights[spec.index], 2))
+
+
+BAR_FORMAT = "{desc}: {percentage:3.0f}%|{bar}| [{elapsed}<{remaining}]{postfix}"
+
+
+def _check_remote(remote_workers: int, workers_url, specs) -> None:
+    if remote_workers and not workers_url:
+        raise ValueError("remote_workers needs workers_url: where worker hosts connect")
+    if remote_workers and any(s.transport == "ipc" for s in specs):
+        raise ValueError("remote workers send results to the client over tcp: transport ipc "
+                         "cannot be used with them")
 
 
 def _reachable(table: dict, networks) -> dict:
@@ -204,21 +212,13 @@ def _reachable(table: dict, networks) -> dict:
             if any(ipaddress.ip_address(k.partition(":")[0]) in net for net in nets)}
 
 
-def _key(p) -> str:
-    transport, workers, strat, size, rate, repeat = p
-    return f"{transport}|{workers}|{strat}|{size}|{rate}|{repeat}"
-
-
-def _write_map(smap: data.ServerMap, path: str) -> None:
-    with open(path, "w") as f:
-        for ip, cmds in smap.items():
-            for cmd, (response, wait) in cmds.items():
-                f.write(f"{ip}:{cmd}:{response}:{wait!r}\n")
-
-
-def _progress(total: int, enabled: bool):
-    from tqdm.auto import tqdm
-    return tqdm(total=total, disable=not enabled, desc="comlab runs", unit="run")
+def _source(value) -> str:
+    """What meta.json says about an input: its path, or what was passed instead of a file."""
+    if isinstance(value, (list, tuple)):
+        return f"<list of {len(value)}>"
+    if isinstance(value, dict):
+        return f"<dict of {len(value)} hosts>"
+    return str(value)
 
 
 summarize = records.summarize

@@ -38,6 +38,12 @@ class _Child:
                                      stderr=self._log, start_new_session=True,
                                      env={**os.environ, "PYTHONUNBUFFERED": "1"})
 
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
     def failure(self, what: str) -> RuntimeError:
         return RuntimeError(f"{what} (exit code {self.proc.poll()}); its log "
                             f"{self.log_path}:\n{_tail(self.log_path)}")
@@ -73,7 +79,7 @@ class ServerProcess(_Child):
     def __init__(self, map_file: str, workers: int, workdir: str, *, transport: str = "tcp",
                  networks=(), workers_url: str | None = None, strategy: str | None = None,
                  ready_timeout: float = 60.0, address: str = "127.0.0.1",
-                 prefix=()) -> None:
+                 prefix=(), dispatch: str | None = None) -> None:
         """``address``: the interface its tcp batch socket binds; ``prefix``: a command to run
         it under (e.g. ``ip netns exec NS``, ``taskset -c 0``)."""
         self.workdir = workdir
@@ -83,6 +89,8 @@ class ServerProcess(_Child):
                 str(workers), "--control", self.control_url, "--watch-stdin", "--ready-json"]
         if strategy:
             args += ["--strategy", strategy]
+        if dispatch:
+            args += ["--dispatch", dispatch]
         for net in networks:
             args += ["--network", net]
         if workers_url:
@@ -122,13 +130,14 @@ class ServerProcess(_Child):
             self._ctl = self._zctx.socket(zmq.REQ)
             self._ctl.setsockopt(zmq.LINGER, 0)
             self._ctl.connect(self.control_url)
-        self._ctl.send(P.pack([P.VERSION, *request]))
+        op, *args = request
+        self._ctl.send(P.Control(op, list(args)).pack())
         if not self._ctl.poll(timeout * 1000):
             raise self.failure(f"the server did not answer {request[0]!r} within {timeout:g} s")
-        answer = P.unpack(self._ctl.recv())
-        if answer[1] == "error":
-            raise ValueError(answer[2])
-        return answer[2]
+        answer = P.ControlReply.decode(self._ctl.recv())
+        if answer.op == "error":
+            raise ValueError(answer.payload)
+        return answer.payload
 
     def wait_for_workers(self, n: int, timeout: float) -> list:
         """Wait until ``n`` workers (local and remote) have joined; their name/host/pid list."""
@@ -155,9 +164,20 @@ class AgentProcess(_Child):
     """``python -m comlab.lab.agent``: runs clients on request (see comlab.lab.agent)."""
 
     def __init__(self, workdir: str) -> None:
-        super().__init__([sys.executable, "-m", "comlab.lab.agent"],
+        # If this process dies (no BYE), the agent removes workdir (it notices even mid-run).
+        super().__init__([sys.executable, "-m", "comlab.lab.agent", "--lab-pid",
+                          str(os.getpid()), "--workdir", workdir],
                          os.path.join(workdir, "client.log"))
         self._keys_sent = None
+
+    def stop(self, grace_s: float = 2.0) -> None:
+        """BYE first: the agent then knows the lab lives on and leaves workdir to it."""
+        if self.proc.poll() is None:
+            try:
+                agent_mod.write_frame(self.proc.stdin, agent_mod.BYE)
+            except (OSError, ValueError):
+                pass
+        super().stop(grace_s)
 
     def run(self, keys: list, **spec) -> dict:
         request = dict(spec)

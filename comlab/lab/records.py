@@ -1,9 +1,8 @@
 """Per-task records (one row per task per run) and the per-run summary.
 
-Stamps arrive as integer monotonic nanoseconds from one host clock; records hold float seconds
-since the run's start (the client's clock start, after the handshake), NaN where a stage never
-happened (a lost task). ``latency_s`` runs from the send (or, open-loop, from the intended send),
-``overhead_s`` is what the system added on top of the task's own wait.
+Every column is described in comlab.schema (dtype, unit, meaning, where each stamp is taken):
+``build`` makes the records in that order with those dtypes. Stamps arrive as integer monotonic
+nanoseconds from one host clock; records hold float seconds since the run's start.
 """
 
 from __future__ import annotations
@@ -11,13 +10,14 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from .. import schema
 from ..system import protocol as P
 from . import ideal
 
-STAMPS = ("t_sent", "t_server_in", "t_enqueued", "t_started", "t_finished", "t_received")
-AXES = ("batch_size", "workers", "strategy", "transport")
+STAMPS = schema.STAMPS
+AXES = ("batch_size", "workers", "strategy", "transport", "dispatch")
 STATUS = pd.CategoricalDtype(list(P.STATUS_NAMES))
-CATEGORIES = ("experiment", "strategy", "transport", "ip", "command", "worker", "host")
+CATEGORIES = schema.CATEGORIES
 
 
 class InvariantError(RuntimeError):
@@ -70,9 +70,19 @@ def build(columns: dict, t_start: int, *, keys: list, waits: np.ndarray, run_inf
     df["latency_s"] = df["t_received"] - origin
     df["overhead_s"] = df["latency_s"] - df["wait_s"]
     df["error"] = columns["error"]
-    for name in CATEGORIES:
-        if name in df:
-            df[name] = df[name].astype("category")
+    return in_schema_order(df)
+
+
+def in_schema_order(df: pd.DataFrame) -> pd.DataFrame:
+    """Columns in comlab.schema's order with its dtypes (columns it does not know go last)."""
+    known = [c.name for c in schema.COLUMNS if c.name in df]
+    df = df[known + [c for c in df.columns if c not in schema.BY_NAME]]
+    for name in known:
+        dtype = schema.BY_NAME[name].dtype
+        if name == "status":
+            continue  # categorical with the fixed STATUS categories already
+        if str(df[name].dtype) != dtype:
+            df[name] = df[name].astype(dtype)
     return df
 
 
@@ -94,44 +104,88 @@ def to_client_clock(columns: dict, offsets: dict, server_host: str) -> dict:
     return out
 
 
-def summarize(df: pd.DataFrame, cpus: int | None = None) -> pd.DataFrame:
+def summarize(df: pd.DataFrame, cpus: int | None = None,
+              timeouts: dict | float | None = None) -> pd.DataFrame:
     """One row per run: axes, counts per status, makespan, ideal, efficiency, percentiles.
 
-    ``cpus`` (for the cpu-bound ideal) defaults to the CPU count of the machine that made the
-    records (``df.attrs``, set by run_experiment and load_results), else this machine's.
+    Runs are grouped by (experiment, run), so records of several experiments concatenated
+    never merge (``experiment`` stays a column). ``cpus`` (for the cpu-bound ideal) defaults to
+    the CPU count of the machine that made the records (``df.attrs``, set by run_experiment and
+    load_results), else this machine's.
+
+    Latency columns (``latency_p50_s``, ``_p90_s``, ``_p99_s``, ``_p999_s``, ``_max_s``, and
+    ``overhead_p50_s``, ``_p99_s``) are over every task that went to a worker: ``ok``,
+    ``failed`` and ``lost`` (``n_latency`` of them; unknown / unreachable, answered by the
+    server at once, are left out). A lost task never came back: it counts with latency
+    ``lost_latency_s``, the run's timeout (``timeouts``: {(experiment, run): s} or one value;
+    by default from ``df.attrs``, set from meta.json), a lower bound of its true latency; when
+    the timeout is unknown (results of format 1), the time from its send to the run's last
+    result, a lower bound too. ``n_lost`` says how many; none is dropped.
     """
     cpus = cpus or df.attrs.get("cpu_count")
-    rows = []
-    axes = [a for a in AXES + ("repeat", "rate") if a in df.columns]
-    for run, g in df.groupby("run", sort=True, observed=True):
-        first = g.iloc[0]
-        counts = g["status"].value_counts()
-        n_status = {f"n_{s}": int(counts.get(s, 0)) for s in P.STATUS_NAMES}
-        if sum(n_status.values()) != len(g):  # a record with no known status goes uncounted
-            raise InvariantError(f"run {run}: {len(g) - sum(n_status.values())} of {len(g)} "
-                                 f"records have no known status")
-        received = g["t_received"].max()
-        origin = g["t_intended"].min() if "t_intended" in g and g["t_intended"].notna().any() \
-            else g["t_sent"].min()
-        makespan = received - origin
-        ok = g[g["status"] == "ok"]
-        waits = g.sort_values("task_id").groupby("batch_id", sort=True)["wait_s"].agg(list)
-        releases = None
-        if "t_intended" in g and g["t_intended"].notna().any():
-            releases = (g.groupby("batch_id", sort=True)["t_intended"].min() - origin).tolist()
-        ideal_s = ideal.ideal_makespan(waits.tolist(), int(first["workers"]),
-                                       str(first["strategy"]), releases=releases, cpus=cpus)
-        row = {"run": run, **{a: first[a] for a in axes}, "n_tasks": len(g),
-               **n_status,
-               "makespan_s": makespan, "ideal_s": ideal_s,
-               "efficiency": ideal_s / makespan if makespan > 0 else np.nan,
-               "throughput_tps": len(g) / makespan if makespan > 0 else np.nan}
-        for col in ("latency", "overhead"):
-            values = ok[f"{col}_s"]
-            row[f"{col}_p50_s"] = values.quantile(0.5)
-            row[f"{col}_p99_s"] = values.quantile(0.99)
-        rows.append(row)
-    out = pd.DataFrame(rows)
-    if "experiment" in df:
-        out.insert(0, "experiment", df["experiment"].iloc[0] if len(df) else None)
+    timeouts = df.attrs.get("timeouts") if timeouts is None else timeouts
+    keys = [k for k in ("experiment", "run") if k in df.columns]
+    rows = [_summary_row(g, key if isinstance(key, tuple) else (key,), keys, cpus, timeouts)
+            for key, g in df.groupby(keys, sort=True, observed=True)]
+    return pd.DataFrame(rows)
+
+
+def _summary_row(g: pd.DataFrame, key: tuple, keys: list, cpus, timeouts) -> dict:
+    first = g.iloc[0]
+    axes = [a for a in AXES + ("repeat", "rate") if a in g.columns]
+    counts = g["status"].value_counts()
+    n_status = {f"n_{s}": int(counts.get(s, 0)) for s in P.STATUS_NAMES}
+    if sum(n_status.values()) != len(g):  # a record with no known status goes uncounted
+        raise InvariantError(f"run {key[-1]}: {len(g) - sum(n_status.values())} of {len(g)} "
+                             f"records have no known status")
+    open_loop = "t_intended" in g and g["t_intended"].notna().any()
+    origin = g["t_intended"].min() if open_loop else g["t_sent"].min()
+    makespan = g["t_received"].max() - origin
+    waits = g.sort_values("task_id").groupby("batch_id", sort=True)["wait_s"].agg(list)
+    releases = None
+    if open_loop:
+        releases = (g.groupby("batch_id", sort=True)["t_intended"].min() - origin).tolist()
+    ideal_s = ideal.ideal_makespan(waits.tolist(), int(first["workers"]),
+                                   str(first["strategy"]), releases=releases, cpus=cpus)
+    row = {**dict(zip(keys, key)), **{a: first[a] for a in axes}, "n_tasks": len(g),
+           **n_status, "makespan_s": makespan, "ideal_s": ideal_s,
+           "efficiency": ideal_s / makespan if makespan > 0 else np.nan,
+           "throughput_tps": len(g) / makespan if makespan > 0 else np.nan}
+    return {**row, **_latency_columns(g, _timeout_of(key, keys, timeouts))}
+
+
+def _timeout_of(key: tuple, keys: list, timeouts) -> float | None:
+    if timeouts is None or isinstance(timeouts, (int, float)):
+        return timeouts
+    named = dict(zip(keys, key))
+    return timeouts.get((named.get("experiment"), named.get("run")))
+
+
+LATENCY_QUANTILES = {"p50": 0.5, "p90": 0.9, "p99": 0.99, "p999": 0.999}
+
+
+def _latency_columns(g: pd.DataFrame, timeout: float | None) -> dict:
+    """Percentiles of one run's latency and overhead, lost tasks counted (see summarize)."""
+    worked = g[g["status"].isin(("ok", "failed", "lost"))]
+    lost = (worked["status"] == "lost").to_numpy()
+    latency = worked["latency_s"].to_numpy(dtype=float, na_value=np.nan).copy()
+    lost_as = np.nan
+    if lost.any():
+        origin = worked["t_intended"] if "t_intended" in worked and \
+            worked["t_intended"].notna().any() else worked["t_sent"]
+        lost_as = timeout if timeout is not None else \
+            float(np.nanmax(g["t_received"].max() - origin[lost]))
+        latency[lost] = lost_as
+    overhead = latency - worked["wait_s"].to_numpy(dtype=float)
+    out = {"n_latency": len(worked), "lost_latency_s": lost_as}
+    for name, q in LATENCY_QUANTILES.items():
+        out[f"latency_{name}_s"] = _quantile(latency, q)
+    out["latency_max_s"] = _quantile(latency, 1.0)
+    out["overhead_p50_s"] = _quantile(overhead, 0.5)
+    out["overhead_p99_s"] = _quantile(overhead, 0.99)
     return out
+
+
+def _quantile(values: np.ndarray, q: float) -> float:
+    values = values[~np.isnan(values)]
+    return float(np.quantile(values, q)) if len(values) else np.nan

@@ -1,87 +1,163 @@
 """Saved results: ``<dir>/records.parquet``, ``<dir>/meta.json`` and one part per finished run.
 
 Each run is written to ``parts/`` as soon as it ends, so an interrupted sweep keeps what finished
-and can resume; ``records.parquet`` is the parts joined, written when the experiment stops.
-meta.json carries how the figures were made (pyperf's habit): parameters, versions, host, clock,
-timer slack, start and duration, and one entry per finished run.
+and can resume; ``records.parquet`` is the parts joined, written when the sweep stops (finished
+or not). meta.json carries how the figures were made (pyperf's habit): parameters, versions,
+host, clock, timer slack, start and duration, and one entry per finished run.
+
+Trust: a sweep resumes a saved result only when its parameters (which include the content hash
+of the data), the comlab commit and dirty state, the host, its CPU count and the library
+versions all match (``provenance.RESUME_KEYS``); otherwise ``ResumeRefused`` names what differs.
+Starting afresh (``fresh=True``, ``comlab run --fresh``) moves the earlier result aside to
+``<name>.<its start time>``: nothing is ever deleted. While a sweep writes a result it holds an
+exclusive ``flock`` on ``<results_dir>/.<name>.lock``: a second sweep on it gets ``ResultLocked``.
+
+Format history of meta.json (``format_version``; records.parquet is plain parquet throughout):
+
+* 1 (no ``format_version`` key; comlab up to commit f3d5b7b): ``params``, ``environment``,
+  ``started`` (rewritten by every resume), ``duration_s``, ``runs`` (one entry per run: ``key``,
+  ``run``, the axes, ``part``, ``server_start_s``, ``run_wall_s``, ``duplicates``, ``garbage``,
+  ``clock``). Loads (categoricals restored by name); cannot be resumed.
+  Records of format 1 have no ``dispatch`` column: ``load_results`` adds it as "broker", the
+  only design there was.
+* 2: adds ``format_version``, ``name``, ``complete`` (false until every planned run finished),
+  ``sessions`` (one per sweep that wrote to it: ``started``, ``duration_s``, ``runs``,
+  ``loadavg_start``), ``resumed_runs``, ``started`` kept from the first session, ``dtypes``
+  (column -> dtype of the records, restored on load), ``warnings`` (comlab.lab.stability).
+  Runs gain ``session``, ``resumed`` (measured by an earlier session), ``timeout_s``,
+  ``loadavg_start``, ``loadavg_end`` and ``server`` (the server's counters over the run). ``params`` gain ``data_sha256`` and name the data files
+  actually used; ``environment`` gains ``git_dirty``, ``git_diff_sha256``, ``numpy``,
+  ``pyarrow``.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
+import fcntl
 import json
 import os
-import platform
-import socket
-import subprocess
 import time
+import warnings
 from pathlib import Path
 
 import pandas as pd
 
-from .. import __version__
+from .provenance import differences, environment  # noqa: F401  (environment: bench uses it)
 from .records import CATEGORIES
+from .stability import loadavg
 
+FORMAT_VERSION = 2
 META = "meta.json"
 RECORDS = "records.parquet"
 PARTS = "parts"
+FRESH_HINT = "fresh=True (comlab run --fresh) starts afresh and moves the earlier result aside"
 
 
-def environment() -> dict:
-    """Versions, host and clock facts that a figure depends on."""
-    import zmq
-    import msgpack
-    clock = time.get_clock_info("monotonic")
-    try:
-        slack = int(Path("/proc/self/timerslack_ns").read_text())
-    except OSError:
-        slack = None
-    return {
-        "comlab": __version__, "git_commit": _git_commit(),
-        "python": platform.python_version(), "implementation": platform.python_implementation(),
-        "pyzmq": zmq.__version__, "libzmq": zmq.zmq_version(),
-        "msgpack": ".".join(map(str, msgpack.version)), "pandas": pd.__version__,
-        "platform": platform.platform(), "hostname": socket.gethostname(),
-        "cpu_count": os.cpu_count(),
-        "clock": {"name": "monotonic", "implementation": clock.implementation,
-                  "resolution": clock.resolution, "monotonic": clock.monotonic},
-        "timer_slack_ns": slack,
-    }
+class ResultError(ValueError):
+    """A result directory that cannot be written as asked."""
 
 
-def _git_commit() -> str | None:
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                             timeout=5, cwd=Path(__file__).resolve().parent)
-        return out.stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):
-        return None
+class ResumeRefused(ResultError):
+    """A saved result differs from the sweep that would resume it."""
+
+
+class ResultLocked(ResultError):
+    """Another sweep is writing this result."""
+
+
+def check_name(name) -> str:
+    """A result's name is a plain name: a directory inside ``results_dir``, nothing else."""
+    text = str(name)
+    if not text or text.startswith(".") or any(c in text for c in ("/", "\\", "\0")) \
+            or text != text.strip():
+        raise ResultError(f"result name {text!r} is not a plain name (no path separators, no "
+                          f"leading '.', not empty)")
+    return text
+
+
+def _now() -> str:
+    return _dt.datetime.now().astimezone().isoformat(timespec="seconds")
 
 
 class ResultStore:
-    """One experiment's directory."""
+    """One experiment's directory, locked while a sweep writes it (a context manager)."""
 
-    def __init__(self, path: str | os.PathLike, params: dict, *, resume: bool = True) -> None:
-        self.path = Path(path)
-        (self.path / PARTS).mkdir(parents=True, exist_ok=True)
-        old = self.read_meta() if resume else None
-        self.meta = {"params": params, "environment": environment(),
-                     "started": _dt.datetime.now().astimezone().isoformat(timespec="seconds"),
-                     "duration_s": None, "runs": []}
-        if old and old.get("params") == params:
-            self.meta["runs"] = old.get("runs", [])
-        else:
-            for part in (self.path / PARTS).glob("*.parquet"):
-                part.unlink()
-        self._t0 = time.perf_counter()
-        self._frames: dict[str, pd.DataFrame] = {}
-        self.write_meta()
-
-    def read_meta(self) -> dict | None:
+    def __init__(self, results_dir, name: str, params: dict, *, resume: bool = True) -> None:
+        results_dir = Path(results_dir)
+        self.path = results_dir / check_name(name)
+        results_dir.mkdir(parents=True, exist_ok=True)
+        self._lock = _acquire(results_dir / f".{name}.lock", self.path)
         try:
-            return json.loads((self.path / META).read_text())
-        except (OSError, ValueError):
+            self.env = environment()
+            old = self._earlier(params, resume)
+            (self.path / PARTS).mkdir(parents=True, exist_ok=True)
+            self.meta = self._new_meta(name, params, old)
+            self._t0 = time.perf_counter()
+            self._frames: dict[str, pd.DataFrame] = {}
+            self.write_meta()
+        except BaseException:
+            self.close()
+            raise
+
+    def __enter__(self) -> "ResultStore":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        try:
+            if exc_type is not None:
+                self._finish_after_failure()
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        if self._lock is not None:
+            fcntl.flock(self._lock, fcntl.LOCK_UN)
+            self._lock.close()
+            self._lock = None
+
+    def _earlier(self, params: dict, resume: bool) -> dict | None:
+        """The saved meta to resume from; refuses or moves aside what cannot be resumed."""
+        if not self.path.exists() or not any(self.path.iterdir()):
             return None
+        old = read_meta(self.path)
+        if not resume:
+            self._move_aside(old)
+            return None
+        if old is None:
+            raise ResumeRefused(f"{self.path} exists but holds no readable {META}; "
+                                f"{FRESH_HINT}")
+        diffs = differences(old, params, self.env)
+        if old.get("format_version") is None:
+            diffs.insert(0, "saved by an older comlab (meta.json format 1)")
+        if diffs:
+            raise ResumeRefused(f"{self.path} holds an earlier sweep that cannot be resumed: "
+                                f"{'; '.join(diffs)}. {FRESH_HINT}")
+        return old
+
+    def _move_aside(self, old: dict | None) -> None:
+        started = (old or {}).get("started") or _dt.datetime.fromtimestamp(
+            self.path.stat().st_mtime).isoformat()
+        stamp = started[:19].replace("-", "").replace(":", "").replace("T", "-")
+        target, n = self.path.with_name(f"{self.path.name}.{stamp}"), 1
+        while target.exists():
+            target, n = self.path.with_name(f"{self.path.name}.{stamp}-{n}"), n + 1
+        self.path.rename(target)
+        warnings.warn(f"starting {self.path} afresh: the earlier result was moved to {target}",
+                      stacklevel=4)
+
+    def _new_meta(self, name: str, params: dict, old: dict | None) -> dict:
+        old = old or {}
+        runs = [{**r, "resumed": True} for r in old.get("runs", [])]
+        sessions = old.get("sessions", []) + [{"started": _now(), "duration_s": 0.0, "runs": 0,
+                                               "loadavg_start": loadavg()}]
+        return {"format_version": FORMAT_VERSION, "name": name, "params": params,
+                "environment": self.env, "started": old.get("started") or _now(),
+                "complete": False, "duration_s": None, "sessions": sessions,
+                "resumed_runs": len(runs), "runs": runs, "warnings": [], "dtypes": {}}
+
+    @property
+    def session(self) -> int:
+        return len(self.meta["sessions"]) - 1
 
     def finished(self) -> dict:
         """Run key -> run entry, for runs saved already (resume)."""
@@ -91,56 +167,107 @@ class ResultStore:
         part = f"run-{entry['run']:05d}.parquet"
         df.to_parquet(self.path / PARTS / part, index=False)
         self._frames[part] = df  # finish() joins these without reading them back
-        self.meta["runs"].append({**entry, "part": part})
+        self.meta["runs"].append({**entry, "part": part, "session": self.session,
+                                  "resumed": False})
+        self.meta["sessions"][-1]["runs"] += 1
         self.write_meta()
 
     def write_meta(self, **extra) -> None:
         self.meta.update(extra)
-        self.meta["duration_s"] = round(time.perf_counter() - self._t0, 3)
+        self.meta["sessions"][-1]["duration_s"] = round(time.perf_counter() - self._t0, 3)
+        self.meta["duration_s"] = round(sum(s.get("duration_s") or 0
+                                            for s in self.meta["sessions"]), 3)
         tmp = self.path / (META + ".tmp")
         tmp.write_text(json.dumps(self.meta, indent=2, default=str))
         tmp.replace(self.path / META)
 
-    def finish(self) -> pd.DataFrame:
+    def finish(self, complete: bool = True) -> pd.DataFrame:
+        """Join the finished runs into records.parquet; ``complete``: every planned run is in."""
         df = load_parts(self.path, [r["part"] for r in self.meta["runs"]], self._frames)
         df.to_parquet(self.path / RECORDS, index=False)
-        self.write_meta()
-        df.attrs["cpu_count"] = self.meta["environment"]["cpu_count"]
+        self.write_meta(complete=complete, dtypes={c: str(t) for c, t in df.dtypes.items()})
+        _set_attrs(df, self.meta)
         return df
 
+    def _finish_after_failure(self) -> None:
+        try:
+            self.finish(complete=False)  # join what finished; never mask what got us here
+        except Exception as exc:
+            warnings.warn(f"could not join the finished runs of {self.path}: {exc}")
 
-def load_parts(path: Path, parts: list, in_memory: dict | None = None) -> pd.DataFrame:
+
+def _acquire(lock_path: Path, result: Path):
+    f = open(lock_path, "a")
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.close()
+        raise ResultLocked(f"{result} is being written by another sweep (lock {lock_path} is "
+                           f"held); wait for it to finish or choose another name") from None
+    return f
+
+
+def read_meta(path) -> dict | None:
+    try:
+        return json.loads((Path(path) / META).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def load_parts(path: Path, parts: list, in_memory: dict | None = None,
+               dtypes: dict | None = None) -> pd.DataFrame:
     in_memory = in_memory or {}
     frames = [in_memory[p] if p in in_memory else pd.read_parquet(path / PARTS / p)
               for p in parts if p in in_memory or (path / PARTS / p).exists()]
     if not frames:
         return pd.DataFrame()
-    return restore_dtypes(pd.concat(frames, ignore_index=True))
+    return restore_dtypes(pd.concat(frames, ignore_index=True), dtypes)
 
 
-def restore_dtypes(df: pd.DataFrame) -> pd.DataFrame:
-    """Categoricals are per part in parquet; unify them after a concat."""
+def restore_dtypes(df: pd.DataFrame, dtypes: dict | None = None) -> pd.DataFrame:
+    """Categoricals are per part in parquet: unify them after a concat; then (format 2) give
+    every column the dtype meta.json recorded for it."""
     from .records import STATUS
     for name in CATEGORIES:
         if name in df:
             df[name] = df[name].astype("category")
     if "status" in df:
         df["status"] = df["status"].astype(str).astype(STATUS)
+    for name, dtype in (dtypes or {}).items():
+        if name in df and name != "status" and str(df[name].dtype) != dtype:
+            df[name] = df[name].astype(dtype)
     return df
+
+
+def _set_attrs(df: pd.DataFrame, meta: dict) -> None:
+    """What summarize needs beyond the records: the cores of the machine that ran them (the
+    cpu-bound ideal) and each run's timeout (the latency a lost task counts with)."""
+    df.attrs["cpu_count"] = meta.get("environment", {}).get("cpu_count")
+    name = meta.get("name")
+    df.attrs["timeouts"] = {(r.get("experiment", name), r["run"]): r["timeout_s"]
+                            for r in meta.get("runs", []) if r.get("timeout_s") is not None}
 
 
 def load_results(path: str | os.PathLike) -> pd.DataFrame:
     """Records of a saved experiment (records.parquet, or the parts of an interrupted one)."""
     path = Path(path)
-    meta = json.loads((path / META).read_text())
+    meta = load_meta(path)
+    dtypes = meta.get("dtypes") if meta.get("format_version", 1) >= 2 else None
     if (path / RECORDS).exists():
-        df = restore_dtypes(pd.read_parquet(path / RECORDS))
+        df = restore_dtypes(pd.read_parquet(path / RECORDS), dtypes)
     else:
-        df = load_parts(path, [r["part"] for r in meta["runs"]])
-    # The ideal time of cpu-bound runs depends on the cores of the machine that ran them.
-    df.attrs["cpu_count"] = meta.get("environment", {}).get("cpu_count")
+        df = load_parts(path, [r["part"] for r in meta["runs"]], dtypes=dtypes)
+    if meta.get("format_version", 1) < 2 and len(df) and "dispatch" not in df:
+        # Saved before dispatch designs were an axis: every run used today's default broker.
+        df.insert(int(df.columns.get_loc("transport")) + 1, "dispatch",
+                  pd.Categorical(["broker"] * len(df)))
+    _set_attrs(df, meta)
     return df
 
 
 def load_meta(path: str | os.PathLike) -> dict:
-    return json.loads((Path(path) / META).read_text())
+    """meta.json of a saved result; ``FileNotFoundError`` naming it when there is none."""
+    path = Path(path)
+    if not (path / META).is_file():
+        raise FileNotFoundError(f"{path}: not a comlab result (no {META})")
+    return json.loads((path / META).read_text())

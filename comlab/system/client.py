@@ -13,7 +13,9 @@ omission). The hot loop only stores raw result messages; per-task columns are bu
 
 from __future__ import annotations
 
+import gc
 import itertools
+import secrets
 import time
 from dataclasses import dataclass, field
 
@@ -40,11 +42,13 @@ class ClientRun:
     t_start: int = 0                 # clock start (after the handshake)
     t_sent: list = field(default_factory=list)        # per batch
     t_intended: list | None = None                    # per batch, open-loop only
-    messages: list = field(default_factory=list)      # decoded RESULTS
+    messages: list = field(default_factory=list)      # protocol.Results, accepted
     t_received: list = field(default_factory=list)    # per message
-    accepted: int = 0   # task results taken from non-duplicate messages (the invariant's count)
-    duplicates: int = 0
-    garbage: int = 0
+    accepted: int = 0   # distinct tasks answered (the invariant's count)
+    duplicates: int = 0  # messages that answered no task not answered before
+    garbage: int = 0     # messages that were not a valid RESULTS for this run's tasks
+    stale: int = 0       # valid results of another run (an earlier client on this URL)
+    run_id: int = 0
     server_info: dict = field(default_factory=dict)
 
     @property
@@ -83,9 +87,9 @@ class ClientRun:
         message at a time: a batch-1 run has as many messages as tasks."""
         msgs = self.messages
         chain = itertools.chain.from_iterable
-        lengths = np.fromiter((len(m[9]) for m in msgs), np.int64, len(msgs))
+        lengths = np.fromiter((len(m.task_ids) for m in msgs), np.int64, len(msgs))
         total = int(lengths.sum())
-        ids = np.fromiter(chain(m[9] for m in msgs), np.int64, total)
+        ids = np.fromiter(chain(m.task_ids for m in msgs), np.int64, total)
         # A retried batch may answer twice: the first answer wins. An id outside the run cannot
         # be placed: skipped here, so the records' invariant check (accepted results vs tasks
         # with a final status) reports it instead of an IndexError.
@@ -95,28 +99,29 @@ class ClientRun:
         idx = ids[take]
         of_msg = np.repeat(np.arange(len(msgs)), lengths)[take]
 
-        def per_task(field, dtype):
-            return np.fromiter(chain(m[field] for m in msgs), dtype, total)[take]
+        def per_task(name, dtype):
+            return np.fromiter(chain(getattr(m, name) for m in msgs), dtype, total)[take]
 
-        def per_message(field, dtype=np.int64):
-            return np.array([m[field] for m in msgs], dtype=dtype)[of_msg]
+        def per_message(name, dtype=np.int64):
+            return np.array([getattr(m, name) for m in msgs], dtype=dtype)[of_msg]
 
-        cols["status"][idx] = per_task(10, np.int8)
-        responses = np.array(list(chain(m[11] for m in msgs)), dtype=object)[take]
+        cols["status"][idx] = per_task("statuses", np.int8)
+        responses = np.array(list(chain(m.responses for m in msgs)), dtype=object)[take]
         has = responses != None  # noqa: E711 (elementwise on an object array)
         cols["has_response"][idx] = has
         cols["response"][idx[has]] = responses[has].astype(np.int64)
-        cols["t_started"][idx] = per_task(12, np.int64)
-        cols["t_finished"][idx] = per_task(13, np.int64)
-        cols["attempt"][idx] = per_message(5, np.int8)
-        cols["t_server_in"][idx] = per_message(7)
-        cols["t_enqueued"][idx] = per_message(8)
+        cols["t_started"][idx] = per_task("t_started", np.int64)
+        cols["t_finished"][idx] = per_task("t_finished", np.int64)
+        cols["attempt"][idx] = per_message("attempt", np.int8)
+        cols["t_server_in"][idx] = per_message("t_server_in")
+        cols["t_enqueued"][idx] = per_message("t_enqueued")
         cols["t_received"][idx] = np.asarray(self.t_received, np.int64)[of_msg]
-        cols["worker"][idx] = per_message(3, object)
-        cols["host"][idx] = per_message(4, object)
-        if any(m[14] is not None for m in msgs):
-            errors = np.array(list(chain(m[14] if m[14] is not None else [None] * len(m[9])
-                                         for m in msgs)), dtype=object)
+        cols["worker"][idx] = per_message("worker", object)
+        cols["host"][idx] = per_message("host", object)
+        if any(m.errors is not None for m in msgs):
+            errors = np.array(list(chain(m.errors if m.errors is not None
+                                         else [None] * len(m.task_ids) for m in msgs)),
+                              dtype=object)
             cols["error"][idx] = errors[take]
 
     def summary(self) -> dict:
@@ -130,7 +135,7 @@ class ClientRun:
         return {"tasks": self.n_tasks, **{name: int(c) for name, c in
                                           zip(P.STATUS_NAMES, counts)},
                 "sum": int(cols["response"][ok].sum()), "elapsed_s": round(float(elapsed), 6),
-                "duplicates": self.duplicates, "garbage": self.garbage}
+                "duplicates": self.duplicates, "garbage": self.garbage, "stale": self.stale}
 
 
 class Client(Role):
@@ -162,8 +167,13 @@ class Client(Role):
         bound = self.pull.getsockopt_string(zmq.LAST_ENDPOINT)
         wildcard = "://0.0.0.0:" in bound or "://*:" in bound or "[::]" in bound
         self.reply_url = self.advertise or ("" if wildcard else bound)
-        self.push = self.socket(zmq.PUSH, connect=self.server_url, curve_server=False)
-        self.result = ClientRun(self.keys, self.batch_size, self.server_url)
+        try:
+            self.push = self.socket(zmq.PUSH, connect=self.server_url, curve_server=False)
+        except zmq.ZMQError as exc:
+            raise ValueError(f"bad server URL {self.server_url!r}: {exc.strerror}") from None
+        self.run_id = secrets.randbits(63)  # this run's identity on every message
+        self.secret = secrets.token_bytes(16)  # keys the batch tokens (P.batch_token)
+        self.result = ClientRun(self.keys, self.batch_size, self.server_url, run_id=self.run_id)
         self.handshake()
 
     def handshake(self) -> None:
@@ -172,28 +182,51 @@ class Client(Role):
         if not self.push.poll(self.hello_timeout * 1000, zmq.POLLOUT):
             raise NoServer(f"no server at {self.server_url} (nothing connected within "
                            f"{self.hello_timeout:g} s)")
-        self.push.send(P.hello(self.reply_url, self.batch_size))
+        self.push.send(P.Hello(self.run_id, self.reply_url, self.batch_size,
+                               self.secret).pack())
         while (left := deadline - time.monotonic()) > 0:
             if not self.pull.poll(left * 1000):
                 break
             try:
-                msg = P.unpack(self.pull.recv())
+                msg = P.decode(self.pull.recv(), (P.Welcome, P.Results))
             except P.ProtocolError:
                 self.result.garbage += 1
                 continue
-            if msg[1] == P.WELCOME and len(msg) == 3:
-                self.result.server_info = msg[2] if isinstance(msg[2], dict) else {}
+            if msg.run != self.run_id:
+                self.result.stale += 1  # an earlier run's, still in flight to this URL
+            elif type(msg) is P.Welcome and "refused" in msg.info:
+                raise NoServer(f"the server at {self.server_url} refused this client: "
+                               f"{P.preview(msg.info['refused'])}")
+            elif type(msg) is P.Welcome:
+                # Only flat scalars: the info goes into meta.json, and a peer chose it.
+                self.result.server_info = {
+                    str(k)[:64]: v for k, v in list(msg.info.items())[:64]
+                    if isinstance(v, (str, int, float, bool, type(None)))
+                    and not (isinstance(v, str) and len(v) > 1024)}
                 return
         raise NoServer(f"no server at {self.server_url} answered within "
                        f"{self.hello_timeout:g} s")
 
     def loop(self) -> ClientRun:
+        # The loop only allocates messages it keeps, which hold no cycles: the cyclic
+        # collector would walk them again and again (15-35 % of the loop at batch 1 to 256).
+        collecting = gc.isenabled()
+        gc.disable()
+        try:
+            return self.send_and_collect()
+        finally:
+            if collecting:
+                gc.enable()
+
+    def send_and_collect(self) -> ClientRun:
         run = self.result
         keys, size, n = self.keys, self.batch_size, len(self.keys)
         n_batches = -(-n // size)
         pull, push, reply_url = self.pull, self.push, self.reply_url
         messages, received, t_sent = run.messages, run.t_received, run.t_sent
-        seen: set = set()
+        run_id, decode, check, Results = self.run_id, P.decode, P.check_results, (P.Results,)
+        token, secret = P.batch_token, self.secret
+        answered = bytearray(n)  # per task: has a result been taken?
         poller = zmq.Poller()
         poller.register(pull, zmq.POLLIN)
         poller.register(push, zmq.POLLOUT)
@@ -223,13 +256,13 @@ class Client(Role):
                         if intended is not None and intended[sent] > now():
                             break
                         lo, hi = sent * size, min(n, (sent + 1) * size)
-                        ts = now()
+                        t_sent_ = now()  # the t_sent stamp (comlab.schema)
                         try:
-                            push.send(P.batch(sent, reply_url, ts, list(range(lo, hi)),
-                                              keys[lo:hi]), zmq.NOBLOCK)
+                            push.send(P.Batch(run_id, sent, reply_url, t_sent_, list(range(lo, hi)),
+                                              keys[lo:hi]).pack(), zmq.NOBLOCK)
                         except zmq.Again:
                             break
-                        t_sent.append(ts)
+                        t_sent.append(t_sent_)
                         sent += 1
                 else:
                     while True:
@@ -237,20 +270,37 @@ class Client(Role):
                             frame = pull.recv(zmq.NOBLOCK)
                         except zmq.Again:
                             break
-                        t_rx = now()
+                        t_received = now()  # the t_received stamp (comlab.schema)
                         try:
-                            msg = P.unpack(frame)
-                            ids = P.check_results(msg, n)  # shape, ids in range, statuses
-                            key = (msg[2], ids[0] if ids else None)
-                        except (P.ProtocolError, TypeError):
+                            msg = decode(frame, Results)
+                            if msg.run != run_id:
+                                run.stale += 1
+                                continue
+                            ids = check(msg, n, size)  # shape, ids of its batch, statuses
+                            if msg.token != token(secret, msg.batch_id):
+                                raise P.ProtocolError("RESULTS with a wrong batch token")
+                        except P.ProtocolError:
                             run.garbage += 1
                             continue
-                        if key in seen:
+                        new = 0
+                        for i in ids:  # distinct tasks: a retried batch may answer twice
+                            if not answered[i]:
+                                answered[i] = 1
+                                new += 1
+                        if not new:
                             run.duplicates += 1
                             continue
-                        seen.add(key)
                         messages.append(msg)
-                        received.append(t_rx)
-                        accounted += len(ids)
+                        received.append(t_received)
+                        accounted += new
         run.accepted = accounted
+        self.bye()
         return run
+
+    def bye(self) -> None:
+        """Tell the server this run is over, so whatever of it is still queued is dropped."""
+        try:
+            self.push.send(P.Bye(self.run_id, self.reply_url).pack(), zmq.NOBLOCK)
+        except zmq.ZMQError:
+            return
+        self.close_socket(self.push, linger_ms=500)  # give the BYE a moment to leave

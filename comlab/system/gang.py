@@ -5,11 +5,18 @@ hand-off and (waiting on futures in order) a wake-up of the caller for each resu
 costs one lock release to wake its parked thread, and the caller wakes once, when the last job
 of the call is done. Threads are kept between calls, so none is started per job once warm, and
 new ones are started only when a call has more jobs than threads are parked.
+
+Bounded: a gang never has more than MAX_THREADS threads (threads are processes to the kernel,
+and pid_max is shared by everything on the machine). A call with more jobs runs them in waves
+of MAX_THREADS; a thread that cannot be started (RuntimeError: can't start new thread) fails
+its job, never the caller, and the threads already started are kept.
 """
 
 from __future__ import annotations
 
 import threading
+
+MAX_THREADS = 1024
 
 
 class _Call:
@@ -46,19 +53,27 @@ class Gang:
 
     def map(self, fn, args_list: list) -> list:
         """fn(*args) for every args, each on its own thread at once; results in order."""
+        if len(args_list) > MAX_THREADS:
+            return [r for i in range(0, len(args_list), MAX_THREADS)
+                    for r in self.map(fn, args_list[i:i + MAX_THREADS])]
         n = len(args_list)
         if not n:
             return []
-        call = _Call(n)
-        for i, slot in enumerate(self._take(n)):
+        slots, error = self._take(n)
+        call = _Call(len(slots))
+        for i, slot in enumerate(slots):
             slot.job = (fn, args_list[i], i, call)
             slot.go.release()
-        call.done.acquire()
-        return call.results
+        if slots:
+            call.done.acquire()
+        return call.results + [error] * (n - len(slots))
 
-    def warm(self, n: int) -> None:
-        """Have at least n threads parked, started now rather than during a call."""
-        self._park(self._take(n))
+    def warm(self, n: int) -> int:
+        """Have at least n threads parked (at most MAX_THREADS), started now rather than during
+        a call; how many are ready (fewer when threads ran out: that only costs speed)."""
+        slots, _ = self._take(min(n, MAX_THREADS))
+        self._park(slots)
+        return len(slots)
 
     def close(self) -> None:
         """Let every parked thread end (daemon threads: a busy one ends with the process)."""
@@ -68,16 +83,20 @@ class Gang:
             slot.job = None
             slot.go.release()
 
-    def _take(self, n: int) -> list[_Slot]:
+    def _take(self, n: int) -> tuple[list[_Slot], BaseException | None]:
+        """n slots, or fewer and the error that stopped a thread from starting."""
         with self._lock:
             k = min(n, len(self._parked))
             slots = self._parked[len(self._parked) - k:]
             del self._parked[len(self._parked) - k:]
         while len(slots) < n:
-            slot = _Slot(self)
+            try:
+                slot = _Slot(self)
+            except RuntimeError as exc:  # can't start new thread
+                return slots, exc
             self._all.append(slot)
             slots.append(slot)
-        return slots
+        return slots, None
 
     def _park(self, slots: list[_Slot]) -> None:
         with self._lock:

@@ -84,6 +84,11 @@ class Role:
             sock.connect(connect)
         return sock
 
+    def own(self, sock: zmq.Socket) -> zmq.Socket:
+        """Take a socket made elsewhere (a monitor) into this role's teardown."""
+        self._sockets.append(sock)
+        return sock
+
     def close_socket(self, sock: zmq.Socket, linger_ms: int | None = None) -> None:
         if sock in self._sockets:
             self._sockets.remove(sock)

@@ -5,6 +5,10 @@ A worker knows nothing of them beyond ``get(spec)``; the server picks the spec (
 same way: wait ``wait`` seconds (sleep, or busy work for cpu-bound), then answer ``response``.
 A task with wait 0 completes inline without calling sleep (sleep(0) costs ~78 us here).
 
+Each strategy class owns its rules: ``parse(param)`` checks its parameter and ``duration(waits,
+param)`` is its ideal-time model (how long a perfect worker takes for one batch; the lab's
+``ideal.py`` asks the strategy), so a new strategy is one class here and one test.
+
 ``run(responses, waits)`` returns columns (statuses, responses, t_started, t_finished, errors);
 errors is None when every task succeeded, else one str-or-None per task. A task that raises is
 ``failed`` with the error text; the batch and the worker go on.
@@ -12,19 +16,61 @@ errors is None when every task succeeded, else one str-or-None per task. A task 
 
 from __future__ import annotations
 
+import heapq
 import threading
 import time
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 
-from .gang import Gang
+from .gang import MAX_THREADS, Gang
 from .protocol import FAILED, OK
 
 now = time.monotonic_ns
 
 
+def list_schedule(durations: Sequence[float], machines: int,
+                  releases: Sequence[float] | None = None) -> float:
+    """Makespan of jobs taken in order by the first free of `machines` identical machines."""
+    if machines < 1:
+        raise ValueError("need at least one machine")
+    free = [0.0] * min(machines, max(len(durations), 1))
+    heapq.heapify(free)
+    end = 0.0
+    for i, d in enumerate(durations):
+        start = heapq.heappop(free)
+        if releases is not None:
+            start = max(start, releases[i])
+        finish = start + d
+        heapq.heappush(free, finish)
+        end = max(end, finish)
+    return end
+
+
+def _positive_int(name: str, param: str | None, default: int) -> int:
+    if param is None or param == "":
+        return default
+    if not param.isdigit() or int(param) < 1:
+        raise ValueError(f"strategy {name}:{param}: parameter must be a positive integer")
+    return int(param)
+
+
 class Strategy:
     name = ""
     doc = ""
+    cpu_limited = False  # True: at most one batch per core runs at once (ideal model)
+    inline_zero_waits = True  # a batch of zero-wait tasks runs inline (False: map sees it)
+
+    @classmethod
+    def parse(cls, param: str | None):
+        """The parameter's value; ValueError for one this strategy does not take."""
+        if param:
+            raise ValueError(f"strategy {cls.name!r} takes no parameter")
+        return None
+
+    @classmethod
+    def duration(cls, waits: Sequence[float], param: str | None = None) -> float:
+        """Ideal time of one batch: the sum of its waits, one after another (override)."""
+        return float(sum(waits))
 
     def __init__(self, param: str | None = None) -> None:
         self.param = param
@@ -36,15 +82,23 @@ class Strategy:
         return response
 
     def timed(self, response, wait) -> tuple:
-        t0 = now()
+        """The task with its t_started and t_finished stamps (comlab.schema), taken in the
+        thread that runs it."""
+        t_started = now()
         try:
             out = self.task(response, wait)
             err = None
         except Exception as exc:  # the task's failure is data, not the worker's
             out, err = None, f"{type(exc).__name__}: {exc}"
-        return out, t0, now(), err
+        t_finished = now()
+        return out, t_started, t_finished, err
 
     def run(self, responses: list, waits: list) -> tuple:
+        if self.inline_zero_waits and not any(waits):
+            # Every task has wait 0: each runs inline, in order, and takes no time, so one
+            # stamp per task is both its start and its finish (taken as it runs).
+            stamps = [now() for _ in responses]
+            return [OK] * len(stamps), list(responses), stamps, stamps, None
         return _columns(self.map(responses, waits))
 
     def map(self, responses: list, waits: list) -> list:
@@ -85,6 +139,14 @@ class ThreadPerTask(Strategy):
     name = "thread-per-task"
     doc = "every task of a batch at once on its own (reused) thread"
 
+    @classmethod
+    def duration(cls, waits, param=None):
+        """The longest wait; a batch larger than the per-worker thread bound runs in waves."""
+        if not len(waits):
+            return 0.0
+        return float(sum(max(waits[i:i + MAX_THREADS]) for i in range(0, len(waits),
+                                                                      MAX_THREADS)))
+
     def __init__(self, param=None):
         super().__init__(param)
         self.gang = Gang(self.name)
@@ -100,7 +162,7 @@ class ThreadPerTask(Strategy):
         return rows
 
     def warm(self, n):
-        self.gang.warm(min(n, 4096))
+        self.gang.warm(n)
 
     def close(self):
         self.gang.close()
@@ -117,11 +179,20 @@ class ThreadPool(Strategy):
     name = "thread-pool"
     doc = "a bounded pool of N threads (thread-pool:N, default 4); tasks queue for threads"
 
+    @classmethod
+    def parse(cls, param):
+        n = _positive_int(cls.name, param, 4)
+        if n > MAX_THREADS:
+            raise ValueError(f"strategy {cls.name}:{param}: at most {MAX_THREADS} threads")
+        return n
+
+    @classmethod
+    def duration(cls, waits, param=None):
+        return list_schedule(waits, cls.parse(param))
+
     def __init__(self, param=None):
         super().__init__(param)
-        self.size = int(param) if param else 4
-        if self.size < 1:
-            raise ValueError("thread-pool needs at least 1 thread")
+        self.size = self.parse(param)
         self.pool = ThreadPoolExecutor(self.size, thread_name_prefix=self.name)
 
     def map(self, responses, waits):
@@ -154,6 +225,12 @@ class CpuBound(ThreadPerTask):
 
     name = "cpu-bound"
     doc = "busy work worth `wait` seconds of CPU per task, thread per task (shows the GIL)"
+    cpu_limited = True
+
+    @classmethod
+    def duration(cls, waits, param=None):
+        """The sum of its waits: the GIL lets one thread of a process compute at a time."""
+        return float(sum(waits))
 
     def task(self, response, wait):
         end = time.thread_time() + wait
@@ -173,10 +250,15 @@ class Faulty(Sequential):
 
     name = "faulty"
     doc = "sequential, but every Nth task of a batch raises (faulty:N): for fault experiments"
+    inline_zero_waits = False
+
+    @classmethod
+    def parse(cls, param):
+        return _positive_int(cls.name, param, 2)
 
     def __init__(self, param=None):
         super().__init__(param)
-        self.every = int(param) if param else 2
+        self.every = self.parse(param)
 
     def map(self, responses, waits):
         rows = []
@@ -193,19 +275,41 @@ STRATEGIES = {cls.name: cls for cls in (ThreadPerTask, ThreadPool, Sequential, C
 DEFAULT = ThreadPerTask.name
 
 
+def lookup(spec: str) -> tuple[type[Strategy], str | None]:
+    """(strategy class, parameter) of a spec ``name`` or ``name:param``; ValueError if bad."""
+    found = _specs.get(spec) if isinstance(spec, str) else None
+    if found is None:
+        if not isinstance(spec, str):
+            raise ValueError(f"a strategy is named by a string, not {type(spec).__name__}")
+        name, _, param = spec.partition(":")
+        cls = STRATEGIES.get(name)
+        if cls is None:
+            raise ValueError(f"unknown strategy {spec[:60]!r}; known: {', '.join(STRATEGIES)}")
+        cls.parse(param or None)
+        found = (cls, param or None)
+        if len(_specs) < 1024:
+            _specs[spec] = found
+    return found
+
+
+_specs: dict[str, tuple] = {}
+
+
 def check(spec: str) -> str:
     """Validate a strategy spec early (server start), so a typo is not a worker's surprise."""
-    if not isinstance(spec, str):
-        raise ValueError(f"a strategy is named by a string, not {spec!r}")
-    name, _, param = spec.partition(":")
-    if name not in STRATEGIES:
-        raise ValueError(f"unknown strategy {spec!r}; known: {', '.join(STRATEGIES)}")
-    if param and name in ("thread-pool", "faulty"):
-        if not param.isdigit() or int(param) < 1:
-            raise ValueError(f"strategy {spec!r}: parameter must be a positive integer")
-    elif param:
-        raise ValueError(f"strategy {name!r} takes no parameter")
+    lookup(spec)
     return spec
+
+
+def duration(spec: str, waits: Sequence[float]) -> float:
+    """Ideal time of one batch under ``spec``."""
+    cls, param = lookup(spec)
+    return cls.duration(waits, param) if len(waits) else 0.0
+
+
+def cost(work) -> float:
+    """Expected run time of a work item (the ledger's prefetch rule and overdue deadline)."""
+    return duration(work.strategy, work.waits)
 
 
 class Cache:
@@ -217,8 +321,8 @@ class Cache:
     def get(self, spec: str) -> Strategy:
         strategy = self._made.get(spec)
         if strategy is None:
-            name, _, param = check(spec).partition(":")
-            strategy = self._made[spec] = STRATEGIES[name](param or None)
+            cls, param = lookup(spec)
+            strategy = self._made[spec] = cls(param)
         return strategy
 
     def close(self) -> None:

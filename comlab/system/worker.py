@@ -17,45 +17,55 @@ import multiprocessing
 import os
 import signal
 import sys
-from collections import OrderedDict
+from collections import OrderedDict, deque
 
 import zmq
 
-from . import protocol as P
+from . import dispatch, protocol as P
+from .clients import ClientSockets
 from .role import HOST, Role
 from .strategies import Cache, now
 
 log = logging.getLogger("comlab.worker")
 
-RESULT_SEND_TIMEOUT_MS = 10_000  # a client gone for this long gets its results dropped
-MAX_CLIENT_SOCKETS = 32
+SERVER_TYPES = (P.Work, P.Connect, P.Forget, P.Stop, P.Ping)
+QUEUE_WAIT_S = 0.05  # a queue worker answers the server at least this often
+NOBLOCK = int(zmq.NOBLOCK)
 
 
 class Worker(Role):
     linger_ms = 1000  # results in flight at shutdown still get a chance to leave
 
-    def __init__(self, server_url: str, name: str, *, watch_parent: bool = True,
-                 security=None) -> None:
+    def __init__(self, server_url: str, name: str, *, ident: str | None = None,
+                 watch_parent: bool = True, security=None, queue=None, slots=None,
+                 slot: int = 0) -> None:
+        """``queue``/``slots``/``slot``: the shared queue design (comlab.system.dispatch):
+        batches come from ``queue``; slots[2 * slot] says which one this worker holds."""
         super().__init__()
         self.server_url = server_url
         self.name = name
+        self.ident = ident or name  # the routing id (local workers: name + a secret token)
         self.watch_parent = watch_parent
         self.security = security
         self.strategies = Cache()
-        self.clients: OrderedDict[str, zmq.Socket] = OrderedDict()
+        self.queue, self.slots, self.slot = queue, slots, slot
+        self.ended: OrderedDict[int, None] = OrderedDict()  # runs whose batches are skipped
+        self.backlog: deque[P.Work] = deque()                # batches given, not yet run
 
     def setup(self):
+        # Results never block the worker: a client that takes none costs its own results.
+        self.clients = ClientSockets(self, linger_ms=1000)
         # Forked workers may connect before the server binds: retry after 10 ms (doubling to
         # 1 s), not libzmq's default 100 ms, which would be most of a pool's start-up.
-        self.server = self.socket(zmq.DEALER, connect=None, routing_id=self.name.encode(),
+        self.server = self.socket(zmq.DEALER, connect=None, routing_id=self.ident.encode(),
                                   curve_server=False, reconnect_ivl=10, reconnect_ivl_max=1000)
         # Each handshake after the first is a new connection (server restarted, network back):
         # say READY again, so a server that never met us takes us on.
-        self.monitor = self.server.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED)
-        self._sockets.append(self.monitor)
+        self.monitor = self.own(self.server.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED))
         self.handshakes = 0
         self.server.connect(self.server_url)
-        self.server.send(P.ready(self.name, HOST, os.getpid()))
+        self.ready = P.Ready(self.name, HOST, os.getpid()).pack()
+        self.server.send(self.ready)
         self.poller = zmq.Poller()
         self.poller.register(self.server, zmq.POLLIN)
         self.poller.register(self.monitor, zmq.POLLIN)
@@ -65,16 +75,76 @@ class Worker(Role):
             self.poller.register(self.parent_fd, zmq.POLLIN)
 
     def loop(self):
-        recv, handle = self.server.recv, self.handle
+        if self.queue is not None:
+            return self.queue_loop()
         while True:
-            events = dict(self.poller.poll())
+            events = dict(self.poller.poll(60_000 if len(self.clients) else None))
             if self.parent_fd is not None and self.parent_fd in events:
                 log.info("%s: parent gone, exiting", self.name)
                 return
-            if self.server in events and not handle(recv()):
+            if self.server in events and not self.serve():
                 return
             if self.monitor in events:
                 self.on_handshake()
+            if not events:
+                self.clients.expire()  # idle a minute: let go of clients that left silently
+
+    def serve(self) -> bool:
+        """Take every message the server has queued for us, then run the batches in order.
+        DONE says "finished up to this batch": it is sent once at most one batch is left here,
+        so the server tops us up while we run that one, and under load one DONE covers several
+        batches (fewer messages at the server); False means stop."""
+        backlog, recv, handle = self.backlog, self.server.recv, self.handle
+        finished = None
+        while True:
+            while True:
+                try:
+                    frame = recv(NOBLOCK)
+                except zmq.Again:
+                    break
+                if not handle(frame):
+                    return False
+            if not backlog:
+                break
+            w = backlog.popleft()
+            if w.run not in self.ended:  # queued before its client left: skipped
+                self.work(w)
+            finished = w
+            if len(backlog) <= 1:
+                self.server.send(P.Done(finished.run, finished.batch_id).pack())
+                finished = None
+        if finished is not None:
+            self.server.send(P.Done(finished.run, finished.batch_id).pack())
+        return True
+
+    def queue_loop(self):
+        """The seed's design: take the next batch from the shared queue when free. The queue's
+        lock lets one waiting worker read at a time (no herd); between waits the worker answers
+        the server (CONNECT, FORGET, STOP, PING), so those wait at most QUEUE_WAIT_S."""
+        poll, slots, mine = self.poller.poll, self.slots, 2 * self.slot
+        while True:
+            for sock, _ in poll(0):
+                if sock == self.parent_fd:
+                    log.info("%s: parent gone, exiting", self.name)
+                    return
+                if sock is self.server and not self.serve():
+                    return
+                if sock is self.monitor:
+                    self.on_handshake()
+            item = dispatch.take(self.queue, QUEUE_WAIT_S)
+            if item is None:
+                continue
+            seq, frame = item
+            slots[mine] = seq            # published before anything can fail
+            slots[mine + 1] += 1         # takes: the server's count of batches taken
+            try:
+                work = P.Work.decode(frame)
+            except P.ProtocolError as exc:
+                log.warning("%s: dropped a queued batch: %s", self.name, exc)
+            else:
+                if work.run not in self.ended:
+                    self.work(work)
+            slots[mine] = dispatch.NOTHING
 
     def on_handshake(self) -> None:
         while True:
@@ -85,72 +155,58 @@ class Worker(Role):
             self.handshakes += 1
             if self.handshakes > 1:
                 log.info("%s: reconnected to %s: READY again", self.name, self.server_url)
-                self.server.send(P.ready(self.name, HOST, os.getpid()))
+                self.server.send(self.ready)
 
     def handle(self, frame: bytes) -> bool:
         """Act on one message from the server; False means stop."""
         try:
-            msg = P.unpack(frame)
-            kind = msg[1]
+            msg = P.decode(frame, SERVER_TYPES)
         except P.ProtocolError as exc:
             log.warning("%s: dropped message from server: %s", self.name, exc)
             return True
-        if kind == P.WORK:
-            self.work(msg)
-        elif kind == P.CONNECT:
-            self.join(*msg[2:5])
-        elif kind == P.STOP:
+        kind = type(msg)
+        if kind is P.Work:
+            self.backlog.append(msg)
+        elif kind is P.Connect:
+            self.join(msg)
+        elif kind is P.Forget:
+            self.clients.release(msg.reply_url)
+            self.ended[msg.run] = None
+            if len(self.ended) > 1024:
+                self.ended.popitem(last=False)
+        elif kind is P.Stop:
             return False
-        elif kind == P.PING:
-            if len(msg) > 2 and isinstance(msg[2], int):  # a clock sample; None: a probe
-                self.server.send(P.pong(msg[2], now()))
-        else:
-            log.warning("%s: unexpected message type %r", self.name, kind)
+        elif msg.t is not None:  # PING with a stamp: a clock sample; None: a probe
+            self.server.send(P.Pong(msg.t, now()).pack())
         return True
 
-    def work(self, msg: list) -> None:
-        (_, _, batch_id, reply_url, spec, t_sent, t_in, t_enq, attempt,
-         task_ids, responses, waits) = msg
+    def work(self, w: P.Work) -> None:
         try:
-            statuses, outs, starts, ends, errors = self.strategies.get(spec).run(responses, waits)
-        except Exception as exc:  # a broken strategy fails its batch, not the worker
+            if len({len(w.task_ids), len(w.responses), len(w.waits)}) != 1:
+                raise ValueError("columns of unequal length")
+            statuses, outs, starts, ends, errors = self.strategies.get(w.strategy).run(
+                w.responses, w.waits)
+        except Exception as exc:  # a broken strategy or work item fails its batch, not us
             t = now()
-            n = len(task_ids)
+            n = len(w.task_ids)
             statuses, outs, starts, ends = [P.FAILED] * n, [None] * n, [t] * n, [t] * n
-            errors = [f"strategy {spec!r}: {type(exc).__name__}: {exc}"] * n
-        result = P.pack([P.VERSION, P.RESULTS, batch_id, self.name, HOST, attempt, t_sent, t_in,
-                         t_enq, task_ids, statuses, outs, starts, ends, errors])
-        try:
-            self.client(reply_url).send(result)
-        except zmq.Again:
-            log.error("%s: client %s took no results for %.0f s; batch %s dropped",
-                      self.name, reply_url, RESULT_SEND_TIMEOUT_MS / 1000, batch_id)
-        self.server.send(P.done(batch_id))
+            errors = [f"strategy {P.preview(w.strategy)}: {type(exc).__name__}: "
+                      f"{P.preview(str(exc))}"] * n
+        self.clients.send(w.reply_url, P.Results(
+            w.run, w.batch_id, self.name, HOST, w.attempt, w.t_sent, w.t_server_in, w.t_enqueued,
+            w.task_ids, statuses, outs, starts, ends, errors, w.token).pack())
 
-    def join(self, reply_url: str, spec: str, warm: int) -> None:
+    def join(self, c: P.Connect) -> None:
         """Connect to a new client and start the threads its batches will need, before its
         clock starts; then tell the server."""
-        self.client(reply_url)
-        if spec and warm:
-            try:
-                self.strategies.get(spec).warm(warm)
-            except Exception as exc:  # a failed warm-up only costs speed; the batch will tell
-                log.warning("%s: warming %s failed: %s", self.name, spec, exc)
-        self.server.send(P.joined(reply_url))
-
-    def client(self, url: str) -> zmq.Socket:
-        """The PUSH socket to a client, kept (a few) so each client is connected once."""
-        sock = self.clients.get(url)
-        if sock is None:
-            sock = self.socket(zmq.PUSH, sndtimeo=RESULT_SEND_TIMEOUT_MS, curve_server=False)
-            sock.connect(url)
-            self.clients[url] = sock
-            if len(self.clients) > MAX_CLIENT_SOCKETS:
-                _, old = self.clients.popitem(last=False)
-                self.close_socket(old)
-        else:
-            self.clients.move_to_end(url)
-        return sock
+        try:
+            self.clients.get(c.reply_url)
+            if c.strategy and c.warm:
+                self.strategies.get(c.strategy).warm(c.warm)
+        except Exception as exc:  # a failed warm-up only costs speed; the batch will tell
+            log.warning("%s: joining %s failed: %s", self.name, P.preview(c.reply_url),
+                        P.preview(str(exc)))
+        self.server.send(P.Joined(c.reply_url).pack())
 
     def teardown(self):
         self.strategies.close()
@@ -166,10 +222,11 @@ def die_with_parent() -> None:
             pass
 
 
-def main(server_url: str, name: str, log_level: int = logging.WARNING, security=None) -> None:
+def main(name: str, server_url: str, log_level: int = logging.WARNING, security=None, *,
+         ident: str | None = None, **queue) -> None:
     """Entry point of a worker process (a multiprocessing target: lives in the package)."""
     die_with_parent()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the server's to handle
     signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a forked worker inherits the server's
     logging.basicConfig(level=log_level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    Worker(server_url, name, security=security).run()
+    Worker(server_url, name, ident=ident, security=security, **queue).run()

@@ -30,8 +30,8 @@ import signal
 import sys
 import time
 
+from .pool import Pool
 from .role import HOST
-from .server import stop_processes
 from .signals import WakeupPipe
 
 log = logging.getLogger("comlab.worker_host")
@@ -48,54 +48,35 @@ class WorkerHost:
             raise ValueError("a worker host needs at least 1 worker")
         self.server_url = server_url
         self.n = workers
-        self.security = security
-        self.log_level = log_level
-        self.mp = multiprocessing.get_context(start_method)
         self.on_ready = on_ready
-        self.procs: dict[int, tuple] = {}   # sentinel -> (Process, started at)
-        self.restarts: list[float] = []     # due times of delayed replacements
-        self.deaths = 0
-        self._next = 0
+        from . import worker
+        self.pool = Pool(worker.main, (server_url, log_level, security),
+                         start_method=start_method, backoff_s=RESTART_BACKOFF_S,
+                         name_of=lambda n: f"{HOST}/{os.getpid()}/{n}")
         self._stop = False
 
-    def name(self) -> str:
-        name = f"{HOST}/{os.getpid()}/{self._next}"
-        self._next += 1
-        return name
-
-    def start_worker(self) -> None:
-        from . import worker
-        name = self.name()
-        proc = self.mp.Process(target=worker.main, name=f"comlab-{name}", daemon=True,
-                               args=(self.server_url, name, self.log_level, self.security))
-        proc.start()
-        self.procs[proc.sentinel] = (proc, time.monotonic())
-        self.sel.register(proc.sentinel, selectors.EVENT_READ)
+    @property
+    def deaths(self) -> int:
+        return self.pool.deaths
 
     def run(self) -> int:
         self.sel = selectors.DefaultSelector()
+        self.pool.watch = lambda fd: self.sel.register(fd, selectors.EVENT_READ)
+        self.pool.unwatch = self.sel.unregister
         wakeup = self._catch_signals()
         try:
-            if self.mp.get_start_method() == "forkserver":
-                self.mp.set_forkserver_preload(["comlab.system.worker"])
             for _ in range(self.n):
-                self.start_worker()
+                self.pool.start()
             if self.on_ready is not None:
                 self.on_ready(self.info())
+            timeout = None
             while not self._stop:
-                timeout = None
-                if self.restarts:
-                    timeout = max(0.0, min(self.restarts) - time.monotonic())
                 for key, _ in self.sel.select(timeout):
                     if wakeup is not None and key.fd == wakeup[0].fd:
                         wakeup[0].drain()
-                    elif key.fd in self.procs:
-                        self.on_exit(key.fd)
-                t = time.monotonic()
-                for due in [d for d in self.restarts if d <= t]:
-                    self.restarts.remove(due)
-                    if not self._stop:
-                        self.replace()
+                    elif key.fd in self.pool.procs and not self._stop:
+                        self.pool.exited(key.fd)
+                timeout = None if self._stop else self.pool.restart_due()
             return 0
         finally:
             self.stop()
@@ -107,39 +88,13 @@ class WorkerHost:
 
     def info(self) -> dict:
         return {"host": HOST, "pid": os.getpid(), "server": self.server_url,
-                "workers": [p.name.removeprefix("comlab-") for p, _ in self.procs.values()]}
-
-    def on_exit(self, sentinel: int) -> None:
-        proc, started = self.procs.pop(sentinel)
-        self.sel.unregister(sentinel)
-        proc.join(0)
-        if self._stop:
-            return
-        self.deaths += 1
-        lived = time.monotonic() - started
-        log.warning("worker %s (pid %s) exited with code %s after %.1f s; replacing it",
-                    proc.name, proc.pid, proc.exitcode, lived)
-        if lived < RESTART_BACKOFF_S:
-            self.restarts.append(time.monotonic() + RESTART_BACKOFF_S)
-        else:
-            self.replace()
-
-    def replace(self) -> None:
-        """Start a replacement; if that fails (the forkserver died too), try again later."""
-        try:
-            self.start_worker()
-        except (OSError, EOFError) as exc:
-            log.warning("could not start a worker (%s); retrying in %.0f s", exc,
-                        RESTART_BACKOFF_S)
-            self.restarts.append(time.monotonic() + RESTART_BACKOFF_S)
+                "workers": [p.name.removeprefix("comlab-") for p, _, _ in
+                            self.pool.procs.values()]}
 
     def stop(self) -> None:
         """SIGTERM every worker, SIGKILL what is left after STOP_GRACE_S."""
         self._stop = True
-        stop_processes([p for p, _ in self.procs.values()], 0.0, term_wait_s=STOP_GRACE_S)
-        for sentinel in list(self.procs):
-            self.sel.unregister(sentinel)
-        self.procs.clear()
+        self.pool.stop(0.0, term_wait_s=STOP_GRACE_S)
 
     def _catch_signals(self):
         """SIGINT/SIGTERM set the stop flag; the wakeup pipe makes the select return at once."""

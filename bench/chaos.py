@@ -1,0 +1,946 @@
+"""``python -m bench.chaos [--quick] [--only NAME ...]``: fault injection against real processes.
+
+Loopback only (and, as root, network namespaces of its own). Each scenario starts a server (and
+whatever else it needs), injects one kind of trouble while clients run, and prints one row:
+scenario, tasks sent / ok / lost / failed, processes left behind, seconds, verdict. PASS means
+every task sent ended in exactly one record (the client's accepted count matches the tasks with
+a final status), no ok task carries a response other than its map's or a result computed before
+the task was sent, nothing the scenario started is still alive 3 s after its clean-up, and the
+scenario's own check holds (e.g. "no task lost"). FAIL says which. Every scenario has a timeout
+(SIGALRM) and kills what it started. Issue 13 lists what the system did wrong when this was
+written; many scenarios FAIL until it is fixed, and the table says so honestly.
+
+Scenarios: worker churn (SIGKILL local workers every few hundred ms during a run), SIGSTOP of the
+server and of a worker, many parallel clients, a flood of batches whose reply URL has no
+listener, hostile messages on every socket (the server's batch, worker and control sockets, a
+client's result socket, a worker's server socket), a departed client (SIGKILLed mid-run, then
+the next client on its port), hostile worker peers on --workers-url (DONE for a batch it does not
+hold, READY while holding one, silence while holding one, a stolen routing id, forged results to
+a client), and a worker host cut off from the server by a network-namespace partition.
+
+The hostile payloads (``garbage_frames``, ``KILLERS``) are shared with tests/test_fuzz.py.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import random
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+
+import numpy as np
+import psutil
+import zmq
+
+from comlab.lab.processes import ServerProcess, workdir
+import msgpack
+
+from comlab.system import protocol as P
+from comlab.system.client import Client, ClientRun
+
+MARK = "COMLAB_CHAOS_RUN"
+LEFT_GRACE_S = 3.0
+LOOPBACK = "127.0.0.1"
+
+
+# -- hostile payloads (shared with tests/test_fuzz.py) -------------------------------------------
+def deep_value(depth: int = 1000) -> bytes:
+    """A msgpack value nested ``depth`` arrays deep: ~1 KB that decodes fine, and whose repr()
+    raises RecursionError (it killed the server in a log line, and a client)."""
+    return b"\x91" * depth + b"\xc0"
+
+
+def raw(value) -> bytes:
+    """Any value as a frame, bypassing the named types (what a peer might send)."""
+    return msgpack.packb(value, use_bin_type=True)
+
+
+def deep_message(kind: str, depth: int = 1000, fields: int = 3) -> bytes:
+    """[VERSION, kind, <deep>, None...]: a versioned message of ``fields`` fields, one deep."""
+    return bytes([0x90 | fields]) + raw(P.VERSION) + raw(kind) + deep_value(depth) + (
+        b"\xc0" * (fields - 3))
+
+
+def kind_of(cls) -> str:
+    return cls.KIND
+
+
+def fields(cls) -> int:
+    """Items in a frame of this message type: VERSION, KIND and its fields."""
+    return 2 + len(cls._fields)
+
+
+# Messages that kill or wedge a process today (issue 13), by target socket.
+KILLERS = {
+    "server-batch": {"deep value": deep_value(),
+                     "deep BATCH": deep_message(kind_of(P.Batch), fields=fields(P.Batch)),
+                     "deep HELLO": deep_message(kind_of(P.Hello), fields=fields(P.Hello))},
+    "server-worker": {"deep value": deep_value(),
+                      "deep READY": deep_message(kind_of(P.Ready), fields=fields(P.Ready))},
+    "server-control": {"deep value": deep_value(),
+                       "deep strategy": deep_message(kind_of(P.Control), fields=fields(P.Control))},
+    "client-results": {"deep value": deep_value(),
+                       "deep RESULTS": deep_message(kind_of(P.Results), fields=fields(P.Results))},
+    "worker": {"deep value": deep_value(),
+               "deep WORK": deep_message(kind_of(P.Work), fields=fields(P.Work)),
+               "short WORK": raw([P.VERSION, kind_of(P.Work), 1]),
+               "CONNECT, bad URL": P.Connect("no-such-url", "", 0).pack()},
+}
+
+
+def garbage_frames(seed: int = 0, n: int = 60) -> list[bytes]:
+    """Undecodable, wrong-version, wrong-type and wrongly-shaped frames (never a valid message
+    of any type, never a killer): what every socket must drop and count."""
+    rng = random.Random(seed)
+    out = [b"", b"\xc1", b"\x00\x01 garbage", bytes(range(256)), raw([P.VERSION + 1, "B"]),
+           raw({"B": 1}), raw("text"), raw([P.VERSION]), raw([P.VERSION, "Z", 1]),
+           raw([P.VERSION, None]), raw([P.VERSION, 1, 2, 3])]
+    shapes = [kind_of(c) for c in (P.Batch, P.Hello, P.Ready, P.Done, P.Results, P.Control)]
+    while len(out) < n:
+        kind = rng.choice(shapes)
+        values = [None, -1, 2**63, 1.5, "", "x" * rng.randint(0, 40), b"\x00", [], {}, [None],
+                  {"a": []}, [1, "a"], True]
+        msg = [P.VERSION, kind] + [rng.choice(values) for _ in range(rng.randint(0, 16))]
+        if rng.random() < 0.3:
+            out.append(raw(msg)[: rng.randint(1, 30)])  # truncated
+        else:
+            out.append(raw(msg))
+    return out
+
+
+# -- accounting ----------------------------------------------------------------------------------
+@dataclass
+class Row:
+    scenario: str
+    sent: int = 0
+    ok: int = 0
+    lost: int = 0
+    failed: int = 0
+    other: int = 0           # unknown / unreachable (none expected here)
+    left: int = 0
+    seconds: float = 0.0
+    problems: list = field(default_factory=list)
+    notes: list = field(default_factory=list)   # what was done, shown with a PASS
+    skipped: str = ""
+
+    @property
+    def verdict(self) -> str:
+        if self.skipped:
+            return "SKIP"
+        return "PASS" if not self.problems else "FAIL"
+
+    @property
+    def reason(self) -> str:
+        text = self.skipped or "; ".join(p.splitlines()[0] if p else p
+                                         for p in self.problems or self.notes)
+        return text if len(text) <= 240 else text[:237] + "..."
+
+    def add(self, run: ClientRun, expected: dict | None = None, label: str = "") -> dict:
+        """Count one client run and check its records; return its counts."""
+        cols = run.columns()
+        status = cols["status"]
+        counts = {name: int((status == code).sum()) for code, name in enumerate(P.STATUS_NAMES)}
+        sent = int((cols["t_sent"] >= 0).sum())
+        self.sent += sent
+        self.ok += counts["ok"]
+        self.lost += counts["lost"]
+        self.failed += counts["failed"]
+        self.other += counts["unknown"] + counts["unreachable"]
+        where = f"{label}: " if label else ""
+        final = int((status != P.LOST).sum())
+        if final != run.accepted:
+            self.problems.append(f"{where}{run.accepted} results accepted for {final} tasks "
+                                 "with a final status")
+        done = status != P.LOST
+        early = done & (cols["t_started"] >= 0) & (cols["t_started"] < cols["t_sent"])
+        if early.any():
+            self.problems.append(f"{where}{int(early.sum())} results started before their "
+                                 "task was sent (an earlier run's, or forged)")
+        if expected is not None:
+            ok = np.flatnonzero(status == P.OK)
+            want = np.array([expected[run.keys[i]] for i in ok], dtype=np.int64)
+            wrong = int((cols["response"][ok] != want).sum())
+            if wrong:
+                self.problems.append(f"{where}{wrong} ok tasks carry a wrong response")
+        return {**counts, "sent": sent}
+
+    def require(self, condition: bool, problem: str) -> None:
+        if not condition:
+            self.problems.append(problem)
+
+
+# -- processes -----------------------------------------------------------------------------------
+def _alive(p: psutil.Process) -> bool:
+    try:
+        return p.is_running() and p.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
+def _ours() -> set:
+    """Live descendants of this process and orphans that carry this run's mark, minus this
+    process's own multiprocessing helpers (they live as long as it does)."""
+    me = psutil.Process()
+    found = set()
+    for p in me.children(recursive=True):
+        try:
+            cmd = " ".join(p.cmdline())
+        except psutil.Error:
+            continue
+        if p.ppid() == me.pid and ("multiprocessing.forkserver" in cmd
+                                   or "multiprocessing.resource_tracker" in cmd):
+            continue
+        found.add(p)
+    for p in psutil.process_iter(["ppid"]):
+        if p.info["ppid"] != 1:
+            continue
+        try:
+            if p.environ().get(MARK) == os.environ.get(MARK):
+                found.add(p)
+        except psutil.Error:
+            pass
+    return {p for p in found if _alive(p)}
+
+
+class ScenarioTimeout(Exception):
+    pass
+
+
+@contextlib.contextmanager
+def alarm(seconds: float):
+    """Raise ScenarioTimeout in the main thread after ``seconds``."""
+    def fire(signum, frame):
+        raise ScenarioTimeout(f"scenario timed out after {seconds:g} s")
+
+    old = signal.signal(signal.SIGALRM, fire)
+    outer, _ = signal.setitimer(signal.ITIMER_REAL, seconds)  # e.g. pytest-timeout's
+    t0 = time.monotonic()
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+        if outer:  # give the outer timer back what is left of it
+            signal.setitimer(signal.ITIMER_REAL, max(0.001, outer - (time.monotonic() - t0)))
+
+
+@dataclass
+class Profile:
+    name: str
+    scale: float     # task counts
+    timeout: float   # per client run
+
+
+PROFILES = {"full": Profile("full", 1.0, 20.0), "quick": Profile("quick", 0.5, 15.0),
+            "tiny": Profile("tiny", 0.25, 4.0)}  # tiny: tests/test_chaos.py
+
+
+class Lab:
+    """What a scenario starts: a working directory, servers, subprocesses; all stopped."""
+
+    def __init__(self, profile: Profile) -> None:
+        self.profile = profile
+        self.dir = workdir()
+        self.servers: list[ServerProcess] = []
+        self.procs: list[subprocess.Popen] = []
+        self.ctx = zmq.Context()
+        self.stopped: list[int] = []  # pids we SIGSTOPped: SIGCONT before stopping anything
+        self.closed = False
+
+    def n(self, full: int, least: int = 4) -> int:
+        return max(least, int(full * self.profile.scale))
+
+    def data(self, n: int, wait: float, prefix: str = "10.1") -> tuple[list, dict, str]:
+        """n distinct keys, each with its own response, and a map file for them."""
+        keys = [f"{prefix}.{i // 250}.{i % 250 + 1}:run" for i in range(n)]
+        expected = {k: 1000 + i for i, k in enumerate(keys)}
+        path = os.path.join(self.dir, f"map-{prefix}-{n}.txt")
+        with open(path, "w") as f:
+            for k, r in expected.items():
+                f.write(f"{k}:{r}:{wait!r}\n")
+        return keys, expected, path
+
+    def server(self, map_file: str, workers: int, **kwargs) -> ServerProcess:
+        s = ServerProcess(map_file, workers, self.dir, **kwargs)
+        self.servers.append(s)
+        return s
+
+    def popen(self, args: list, **kwargs) -> subprocess.Popen:
+        p = subprocess.Popen(args, start_new_session=True, **kwargs)
+        self.procs.append(p)
+        return p
+
+    def socket(self, kind: int, **options) -> zmq.Socket:
+        s = self.ctx.socket(kind)
+        s.setsockopt(zmq.LINGER, 0)
+        for name, value in options.items():
+            s.setsockopt(getattr(zmq, name.upper()), value)
+        return s
+
+    def sigstop(self, pid: int) -> None:
+        os.kill(pid, signal.SIGSTOP)
+        self.stopped.append(pid)
+
+    def sigcont(self, pid: int) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGCONT)
+        with contextlib.suppress(ValueError):
+            self.stopped.remove(pid)
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        for pid in list(self.stopped):
+            self.sigcont(pid)
+        for s in self.servers:
+            with contextlib.suppress(Exception):
+                s.stop()
+        for p in self.procs:
+            if p.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(p.pid, signal.SIGTERM)
+                try:
+                    p.wait(2)
+                except subprocess.TimeoutExpired:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.killpg(p.pid, signal.SIGKILL)
+                    p.wait(2)
+            for stream in (p.stdin, p.stdout, p.stderr):
+                if stream is not None:
+                    stream.close()
+        self.ctx.destroy(linger=0)
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def free_url() -> str:
+    with socket.socket() as s:
+        s.bind((LOOPBACK, 0))
+        return f"tcp://{LOOPBACK}:{s.getsockname()[1]}"
+
+
+class ClientThread(threading.Thread):
+    """A Client running in the background (daemon thread), so the scenario can act mid-run."""
+
+    def __init__(self, keys, batch_size: int, server_url: str, timeout: float,
+                 bind: str = f"tcp://{LOOPBACK}:*") -> None:
+        super().__init__(daemon=True)
+        self.client = Client(keys, batch_size, bind, server_url, timeout=timeout)
+        self.run_result: ClientRun | None = None
+        self.error: BaseException | None = None
+        self.started_s = time.monotonic()
+        self.ended_s = None
+        self.start()
+
+    def run(self) -> None:
+        try:
+            self.run_result = self.client.run()
+        except BaseException as exc:
+            self.error = exc
+        self.ended_s = time.monotonic()
+
+    def in_run(self) -> bool:
+        result = getattr(self.client, "result", None)
+        return bool(result is not None and result.t_start)
+
+    def messages(self) -> int:
+        result = getattr(self.client, "result", None)
+        return len(result.messages) if result is not None else 0
+
+    def finish(self, row: Row, expected: dict, label: str = "", wait: float = 60.0):
+        """Join (bounded); count the run in ``row``; its counts, or None if it broke."""
+        self.join(wait)
+        if self.is_alive():
+            row.problems.append(f"{label or 'client'} did not end within {wait:g} s")
+            return None
+        if self.error is not None:
+            row.problems.append(f"{label or 'client'} crashed: {type(self.error).__name__}: "
+                                f"{str(self.error)[:80]}")
+            return None
+        return row.add(self.run_result, expected, label)
+
+
+def wait_until(predicate, timeout: float, period: float = 0.02):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value or time.monotonic() >= deadline:
+            return value
+        time.sleep(period)
+
+
+def stats(server: ServerProcess, timeout: float = 5.0) -> dict:
+    return server.control("stats", timeout=timeout)
+
+
+def local_worker_pids(server: ServerProcess) -> list[int]:
+    """Pids of the server's own workers that it lists as joined (a dead one not yet reaped is
+    a zombie: left out)."""
+    tree = {p.pid for p in psutil.Process(server.proc.pid).children(recursive=True) if _alive(p)}
+    return [w["pid"] for w in stats(server)["workers"] if w["pid"] in tree]
+
+
+def alive(server: ServerProcess) -> bool:
+    return server.proc.poll() is None
+
+
+def normal_run(lab: Lab, row: Row, server: ServerProcess, keys, expected, label="normal run",
+               batch: int = 4) -> dict | None:
+    """One plain run after the trouble: must end with every task ok."""
+    if not alive(server):
+        row.problems.append(f"server died (exit code {server.proc.poll()})")
+        return None
+    t = ClientThread(keys, batch, server.url, lab.profile.timeout)
+    counts = t.finish(row, expected, label, lab.profile.timeout + 15)
+    if counts is not None:
+        row.require(counts["ok"] == len(keys), f"{label}: {counts['ok']} of {len(keys)} ok "
+                                               f"({counts['lost']} lost, {counts['failed']} "
+                                               "failed)")
+    return counts
+
+
+# -- scenarios -----------------------------------------------------------------------------------
+def worker_churn(lab: Lab, row: Row) -> None:
+    """SIGKILL a local worker every 0.15 s while a run is going: no task may be lost (a batch
+    lost twice fails, which is a record too)."""
+    keys, expected, path = lab.data(lab.n(2000, 200), 0.01)
+    server = lab.server(path, 4)
+    t = ClientThread(keys, 4, server.url, lab.profile.timeout * 2)
+    wait_until(t.in_run, 10)
+    kills = 0
+    rng = random.Random(1)
+    while t.is_alive():
+        pids = local_worker_pids(server)
+        if pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(rng.choice(pids), signal.SIGKILL)
+                kills += 1
+        t.join(0.15)
+    counts = t.finish(row, expected)
+    row.notes.append(f"{kills} SIGKILLs")
+    row.require(kills >= 3, f"only {kills} workers killed: the run was too short to churn")
+    if counts:
+        row.require(counts["lost"] == 0, f"{counts['lost']} tasks lost under churn")
+    row.require(alive(server), "server died")
+
+
+def sigstop_server(lab: Lab, row: Row) -> None:
+    """SIGSTOP the server for 1 s mid-run, then SIGCONT: every task ok."""
+    keys, expected, path = lab.data(lab.n(400, 40), 0.01)
+    server = lab.server(path, 2)
+    t = ClientThread(keys, 2, server.url, lab.profile.timeout)
+    wait_until(lambda: t.messages() > 0, 10)
+    lab.sigstop(server.proc.pid)
+    time.sleep(1.0)  # the fault itself: the server frozen for 1 s
+    lab.sigcont(server.proc.pid)
+    counts = t.finish(row, expected)
+    if counts:
+        row.require(counts["ok"] == len(keys), f"{counts['ok']} of {len(keys)} ok")
+
+
+def sigstop_worker(lab: Lab, row: Row) -> None:
+    """SIGSTOP a local worker holding a batch and leave it stopped: its batch must be retried
+    elsewhere well before the client's timeout (every task ok)."""
+    keys, expected, path = lab.data(16, 0.2)
+    server = lab.server(path, 2)
+    timeout = max(8.0, lab.profile.timeout)  # a stopped worker may take a few s to notice
+    t = ClientThread(keys, 2, server.url, timeout)
+    wait_until(lambda: t.in_run() and stats(server)["busy"] >= 1, 10)
+    pids = local_worker_pids(server)
+    lab.sigstop(pids[0])
+    counts = t.finish(row, expected, wait=timeout + 10)
+    lab.sigcont(pids[0])
+    if counts:
+        row.require(counts["ok"] == len(keys), f"{counts['ok']} of {len(keys)} ok: a stopped "
+                                               "worker's batch waited for the client's timeout")
+
+
+def many_clients(lab: Lab, row: Row) -> None:
+    """Many clients at once against one server (more than its 32 cached client sockets), then
+    the idle server and workers must use ~no CPU."""
+    n_clients = lab.n(50, 36)
+    keys, expected, path = lab.data(16, 0.01)
+    server = lab.server(path, 2)
+    threads = [ClientThread(keys, 4, server.url, lab.profile.timeout) for _ in range(n_clients)]
+    broken = 0
+    for i, t in enumerate(threads):
+        counts = t.finish(row, expected, f"client {i}", lab.profile.timeout + 20)
+        if counts is None or counts["ok"] != len(keys):
+            broken += 1
+    theirs = [p for p in row.problems if p.startswith("client ")]
+    if broken or theirs:
+        row.problems = [p for p in row.problems if not p.startswith("client ")] + [
+            f"{broken} of {n_clients} clients did not get every task ok"
+            + (f" (e.g. {theirs[0]})" if theirs else "")]
+    tree = [psutil.Process(server.proc.pid)] + psutil.Process(server.proc.pid).children(True)
+    for p in tree:
+        with contextlib.suppress(psutil.Error):
+            p.cpu_percent(None)
+    time.sleep(1.0)  # a measuring window, not synchronisation
+    cpu = 0.0
+    for p in tree:
+        with contextlib.suppress(psutil.Error):
+            cpu += p.cpu_percent(None)
+    row.require(cpu < 3.0, f"idle server + workers use {cpu:.0f} % CPU after {n_clients} "
+                           "clients (reconnecting to departed clients)")
+
+
+def batch_flood(lab: Lab, row: Row) -> None:
+    """A peer floods the server with batches whose reply URL has no listener; a legitimate
+    client arriving meanwhile must get every task, in about normal time."""
+    keys, expected, path = lab.data(32, 0.0)  # zero-wait: the flood runs at full speed
+    server = lab.server(path, 2)
+    base = ClientThread(keys, 2, server.url, lab.profile.timeout)
+    base.finish(row, expected, "baseline")
+    baseline = base.ended_s - base.started_s
+    push = lab.socket(zmq.PUSH, sndhwm=0)
+    push.connect(server.url)
+    dead = free_url()  # nobody listens here
+    for b in range(lab.n(2500, 2500)):
+        push.send(P.Batch(4242, b, dead, time.monotonic_ns(), [0], keys[:1]).pack())
+    wait_until(lambda: stats(server)["batches"] >= 2000, 10)
+    t = ClientThread(keys, 2, server.url, lab.profile.timeout)
+    counts = t.finish(row, expected, "client after the flood")
+    took = t.ended_s - t.started_s
+    if counts:
+        row.require(counts["ok"] == len(keys), f"client after the flood: {counts['ok']} of "
+                                               f"{len(keys)} ok")
+        row.require(took < 3 * baseline + 2, f"client after the flood took {took:.1f} s "
+                                             f"(baseline {baseline:.2f} s)")
+    row.require(alive(server), "server died")
+
+
+def _fake_sender(lab: Lab, kind: int, url: str, frames: list[bytes]) -> None:
+    sock = lab.socket(kind)
+    sock.connect(url)
+    for f in frames:
+        sock.send(f)
+    sock.close(2000)  # linger: libzmq delivers what is queued once connected (2 s at most)
+
+
+def settle(server: ServerProcess, timeout: float = 5.0) -> None:
+    """Wait until the server has counted the drops of what it was sent (the count stays the
+    same for 0.3 s), or died; bounded."""
+    deadline = time.monotonic() + timeout
+    last, same = -1, 0
+    while alive(server) and time.monotonic() < deadline and same < 3:
+        try:
+            dropped = stats(server, 1.0)["dropped"]
+        except RuntimeError:  # no answer: it is dying
+            return
+        same = same + 1 if dropped == last and dropped > 0 else 0
+        last = dropped
+        time.sleep(0.1)
+
+
+def hostile_server_batch(lab: Lab, row: Row) -> None:
+    """Garbage and the killers on the server's batch (PULL) socket."""
+    keys, expected, path = lab.data(16, 0.0)
+    server = lab.server(path, 1)
+    frames = garbage_frames(1) + list(KILLERS["server-batch"].values())
+    _fake_sender(lab, zmq.PUSH, server.url, frames)
+    _after_hostile(lab, row, server, keys, expected)
+
+
+def hostile_server_worker(lab: Lab, row: Row) -> None:
+    """Garbage and the killers on the server's worker endpoint (--workers-url)."""
+    keys, expected, path = lab.data(16, 0.0)
+    wurl = free_url()
+    server = lab.server(path, 1, workers_url=wurl)
+    frames = garbage_frames(2) + list(KILLERS["server-worker"].values())
+    _fake_sender(lab, zmq.DEALER, wurl, frames)
+    _after_hostile(lab, row, server, keys, expected)
+
+
+def hostile_server_control(lab: Lab, row: Row) -> None:
+    """Garbage and the killers on the server's control socket (REQ: one at a time)."""
+    keys, expected, path = lab.data(16, 0.0)
+    server = lab.server(path, 1)
+    unanswered = 0
+    for f in garbage_frames(3, 30) + list(KILLERS["server-control"].values()):
+        req = lab.socket(zmq.REQ)
+        req.connect(server.control_url)
+        req.send(f)
+        if req.poll(3000):
+            req.recv()
+        else:
+            unanswered += 1
+        req.close(0)
+        if not alive(server):
+            break
+    row.require(unanswered == 0, f"{unanswered} control requests got no answer")
+    normal_run(lab, row, server, keys, expected)
+
+
+def _after_hostile(lab, row, server, keys, expected) -> None:
+    settle(server)
+    normal_run(lab, row, server, keys, expected)
+
+
+def hostile_client_results(lab: Lab, row: Row) -> None:
+    """Garbage and the killers to a client's result socket mid-run: it must go on."""
+    keys, expected, path = lab.data(8, 0.3)
+    server = lab.server(path, 1)
+    t = ClientThread(keys, 2, server.url, lab.profile.timeout)
+    wait_until(t.in_run, 10)
+    frames = garbage_frames(4) + list(KILLERS["client-results"].values())
+    _fake_sender(lab, zmq.PUSH, t.client.reply_url, frames)
+    counts = t.finish(row, expected)
+    if counts:
+        row.require(counts["ok"] == len(keys), f"{counts['ok']} of {len(keys)} ok")
+
+
+def hostile_to_worker(lab: Lab, row: Row) -> None:
+    """A fake server (ROUTER) sends a worker garbage and the killers, then real work: the same
+    worker process must answer it."""
+    frames = garbage_frames(5) + list(KILLERS["worker"].values())
+    problems = fuzz_worker(lab, frames, timeout=3.0)
+    row.problems.extend(problems)
+    row.sent += 4
+    if not problems:
+        row.ok += 4
+    else:
+        row.lost += 4
+
+
+def fuzz_worker(lab: Lab, frames: list[bytes], timeout: float = 10.0) -> list[str]:
+    """Start a worker host (1 worker) against a fake ROUTER, send it ``frames``, then one WORK
+    of 4 tasks; return problems (empty: the same worker answered with 4 ok results and DONE)."""
+    router = lab.socket(zmq.ROUTER)
+    url = f"tcp://{LOOPBACK}:{router.bind_to_random_port(f'tcp://{LOOPBACK}')}"
+    results = lab.socket(zmq.PULL)
+    reply = f"tcp://{LOOPBACK}:{results.bind_to_random_port(f'tcp://{LOOPBACK}')}"
+    lab.popen([sys.executable, "-m", "comlab.system.worker_host", url, "--workers", "1"],
+              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    if not router.poll(timeout * 1000):
+        return ["the worker never said READY"]
+    ident, ready = router.recv_multipart()[:2]
+    pid = P.Ready.decode(ready).pid
+    for f in frames:
+        router.send_multipart([ident, f])
+    router.send_multipart([ident, P.Work(1, 7, reply, "sequential", 1, 2, 3, 0, [0, 1, 2, 3],
+                                         [5, 6, 7, 8], [0.0] * 4).pack()])
+    problems = []
+    if not results.poll(timeout * 1000):
+        problems.append("no RESULTS for real work after the garbage")
+    else:
+        msg = P.Results.decode(results.recv())
+        if msg.statuses != [P.OK] * 4 or msg.responses != [5, 6, 7, 8]:
+            problems.append(f"wrong RESULTS after the garbage: {str(msg)[:80]}")
+    if not psutil.pid_exists(pid) or not _alive(psutil.Process(pid)):
+        problems.append(f"the worker (pid {pid}) died on the garbage and was replaced")
+    return problems
+
+
+def departed_client(how: str):
+    """A client on a fixed port leaves mid-run (``how``: "killed", SIGKILL; "timeout", its
+    own --timeout passes); the next client on the same port must get only its own results, in
+    about the time the first clean run took."""
+    def scenario(lab: Lab, row: Row) -> None:
+        _departed(lab, row, how)
+    scenario.__doc__ = departed_client.__doc__.replace("``how``", repr(how))
+    return scenario
+
+
+def _departed(lab: Lab, row: Row, how: str) -> None:
+    keys, expected, path = lab.data(32, 0.1)
+    server = lab.server(path, 2)
+    bind = free_url()
+    base = ClientThread(keys, 2, server.url, lab.profile.timeout, bind=bind)
+    base.finish(row, expected, "baseline")
+    baseline = base.ended_s - base.started_s
+    big_keys = keys * 8  # 256 tasks of 0.1 s on 2 workers: ~13 s of queued work
+    cfile = os.path.join(lab.dir, "departing.txt")
+    with open(cfile, "w") as f:
+        f.write("\n".join(big_keys) + "\n")
+    gone = lab.popen([sys.executable, "-m", "comlab.run_client", cfile, "2", bind, server.url,
+                      "--timeout", "60" if how == "killed" else "1"],
+                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_until(lambda: stats(server)["busy"] >= 2, 10)
+    if how == "killed":
+        gone.kill()
+    gone.wait(20)
+    t = ClientThread(keys, 2, server.url, lab.profile.timeout, bind=bind)
+    counts = t.finish(row, expected, "next client")
+    took = t.ended_s - t.started_s
+    if counts:
+        row.require(counts["ok"] == len(keys), f"next client: {counts['ok']} of {len(keys)} ok")
+        row.require(took < 2 * baseline + 1, f"next client took {took:.1f} s (baseline "
+                                             f"{baseline:.2f} s): the departed client's work "
+                                             "ran first")
+        run = t.run_result
+        row.require(run.duplicates == 0, f"next client dropped {run.duplicates} messages as "
+                                         "duplicates (stale results)")
+
+
+class FakeWorker(threading.Thread):
+    """A worker peer on --workers-url that misbehaves as told: ``mode`` is one of
+    done-not-held, ready-while-holding, silent, forged-results."""
+
+    def __init__(self, lab: Lab, url: str, mode: str, ident: bytes | None = None,
+                 n_tasks: int = 0) -> None:
+        super().__init__(daemon=True)
+        self.sock = lab.socket(zmq.DEALER, routing_id=ident or b"peer-" + uuid.uuid4().hex[:6]
+                               .encode())
+        self.sock.connect(url)
+        self.mode, self.n_tasks = mode, n_tasks
+        self.stop = threading.Event()
+        self.ctx = lab.ctx
+        self.start()
+
+    def run(self) -> None:
+        sock = self.sock
+        sock.send(P.Ready("peer", "peer-host", 1).pack())
+        push = None
+        run = 0
+        while not self.stop.is_set():
+            if self.mode == "done-not-held":
+                sock.send(P.Done(run, random.randint(10**6, 10**7)).pack())
+            if not sock.poll(20):
+                continue
+            msg = P.decode(sock.recv())
+            if type(msg) is P.Connect and self.mode != "silent":
+                sock.send(P.Joined(msg.reply_url).pack())
+            elif type(msg) is P.Work:
+                run = msg.run
+                if self.mode == "ready-while-holding":
+                    sock.send(P.Ready("peer", "peer-host", 1).pack())
+                elif self.mode == "forged-results":
+                    # It learnt the run, its batch's token and the client's result URL from its
+                    # batch: first, results for every task of the run (999 each), then its own
+                    # batch answered truly, as a worker would. Only the true ones may count.
+                    if push is None:
+                        push = self.ctx.socket(zmq.PUSH)
+                        push.setsockopt(zmq.LINGER, 0)
+                        push.connect(msg.reply_url)
+                        ids = list(range(self.n_tasks))
+                        n = len(ids)
+                        push.send(P.Results(msg.run, msg.batch_id, "peer", "peer-host", 0, 1,
+                                            2, 3, ids, [P.OK] * n, [999] * n, [4] * n,
+                                            [5] * n, None, msg.token).pack())
+                    n = len(msg.task_ids)
+                    t = time.monotonic_ns()
+                    push.send(P.Results(msg.run, msg.batch_id, "peer", "peer-host", 0,
+                                        msg.t_sent, msg.t_server_in, msg.t_enqueued,
+                                        msg.task_ids, [P.OK] * n, list(msg.responses),
+                                        [t] * n, [t] * n, None, msg.token).pack())
+                    sock.send(P.Done(msg.run, msg.batch_id).pack())
+        if push is not None:
+            push.close(0)
+
+
+def hostile_worker(mode: str):
+    def scenario(lab: Lab, row: Row) -> None:
+        keys, expected, path = lab.data(32, 0.05)
+        wurl = free_url()
+        server = lab.server(path, 2, workers_url=wurl)
+        peer = FakeWorker(lab, wurl, mode, n_tasks=len(keys))
+        wait_until(lambda: len(stats(server)["workers"]) >= 3, 5)
+        try:
+            t0 = time.monotonic()
+            counts = normal_run(lab, row, server, keys, expected, batch=2)
+            took = time.monotonic() - t0
+            if counts and mode == "silent":
+                row.require(took < lab.profile.timeout / 2,
+                            f"the run took {took:.1f} s: a silent peer held a batch")
+        finally:
+            peer.stop.set()
+            peer.join(2)
+    scenario.__doc__ = f"A worker peer on --workers-url: {mode}; a normal run must be all ok."
+    return scenario
+
+
+def steal_routing_id(lab: Lab, row: Row) -> None:
+    """A peer takes the routing id the next local worker will get (w2 with 2 workers), then a
+    local worker dies: its replacement must join, and a normal run must be all ok."""
+    keys, expected, path = lab.data(32, 0.02)
+    wurl = free_url()
+    server = lab.server(path, 2, workers_url=wurl)
+    peer = lab.socket(zmq.DEALER, routing_id=b"w2")
+    peer.connect(wurl)
+    peer.send(P.Ready("w2", "peer-host", 1).pack())
+    if not wait_until(lambda: {"name": "w2", "host": "peer-host", "pid": 1}
+                      in stats(server)["workers"], 5):
+        row.problems.append("set-up: the peer never joined as w2")
+        return
+    victim = local_worker_pids(server)[0]
+    os.kill(victim, signal.SIGKILL)
+    wait_until(lambda: victim not in [w["pid"] for w in stats(server)["workers"]], 5)
+    joined = wait_until(lambda: len(local_worker_pids(server)) >= 2, 3)
+    row.require(bool(joined), "the replacement worker never joined (its routing id is taken)")
+    peer.close(0)
+    normal_run(lab, row, server, keys, expected)
+
+
+def partition(lab: Lab, row: Row) -> None:
+    """A worker host in its own network namespace loses its link mid-run for 2 s: its batches
+    are retried on the server's own worker, every task ok, and it rejoins once the link is back.
+    Needs root and ``ip netns``; skipped otherwise."""
+    if os.geteuid() != 0 or shutil.which("ip") is None:
+        row.skipped = "needs root and ip netns"
+        return
+    tag = uuid.uuid4().hex[:6]
+    ns = {r: f"chaos-{r}-{tag}" for r in ("server", "worker", "client", "br")}
+    addr = {"client": "10.78.0.1", "server": "10.78.0.2", "worker": "10.78.0.3"}
+    made = []
+
+    def ip(*args):
+        return subprocess.run(["ip", *args], capture_output=True, text=True, timeout=10)
+
+    try:
+        if ip("netns", "add", ns["br"]).returncode != 0:
+            row.skipped = "ip netns add failed"
+            return
+        made.append(ns["br"])
+        ip("-n", ns["br"], "link", "add", "br0", "type", "bridge")
+        ip("-n", ns["br"], "link", "set", "br0", "up")
+        for i, role in enumerate(("client", "server", "worker")):
+            ip("netns", "add", ns[role])
+            made.append(ns[role])
+            ip("link", "add", "eth0", "netns", ns[role], "type", "veth", "peer", "name", f"p{i}",
+               "netns", ns["br"])
+            ip("-n", ns["br"], "link", "set", f"p{i}", "master", "br0", "up")
+            ip("-n", ns[role], "addr", "add", f"{addr[role]}/24", "dev", "eth0")
+            ip("-n", ns[role], "link", "set", "eth0", "up")
+            ip("-n", ns[role], "link", "set", "lo", "up")
+        keys, expected, path = lab.data(64, 0.1)
+        wurl = f"tcp://{addr['server']}:5558"
+        exec_in = lambda role: ["ip", "netns", "exec", ns[role]]  # noqa: E731
+        server = lab.server(path, 1, workers_url=wurl, address=addr["server"],
+                            prefix=exec_in("server"))
+        lab.popen([*exec_in("worker"), sys.executable, "-m", "comlab.system.worker_host", wurl,
+                   "--workers", "2"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        if not wait_until(lambda: len(stats(server)["workers"]) >= 3, 15):
+            row.problems.append("the worker host never joined")
+            return
+        cfile = os.path.join(lab.dir, "partition.txt")
+        with open(cfile, "w") as f:
+            f.write("\n".join(keys) + "\n")
+        timeout = max(15.0, lab.profile.timeout)  # a 2 s partition inside a ~1 s run
+        client = lab.popen([*exec_in("client"), sys.executable, "-m", "comlab.run_client",
+                            cfile, "2", f"tcp://{addr['client']}:5556", server.url,
+                            "--timeout", str(timeout), "--json"],
+                           stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        wait_until(lambda: stats(server)["busy"] >= 3, 10)
+        ip("-n", ns["worker"], "link", "set", "eth0", "down")
+        time.sleep(2.0)  # the fault itself: a 2 s partition
+        ip("-n", ns["worker"], "link", "set", "eth0", "up")
+        out, _ = client.communicate(timeout=timeout + 10)
+        try:
+            summary = json.loads(out.strip().splitlines()[-1])
+        except (ValueError, IndexError):
+            row.problems.append(f"client printed no summary (exit {client.returncode})")
+            return
+        row.sent += summary["tasks"]
+        row.ok += summary["ok"]
+        row.lost += summary["lost"]
+        row.failed += summary["failed"]
+        row.require(summary["ok"] == len(keys), f"{summary['ok']} of {len(keys)} ok")
+        row.require(summary["sum"] == sum(expected.values()), "wrong sum of responses")
+        back = wait_until(lambda: len(stats(server)["workers"]) >= 3, 15)
+        row.require(bool(back), "the worker host did not rejoin after the partition")
+    finally:
+        lab.close()  # stop the processes before their namespaces go
+        for name in reversed(made):
+            ip("netns", "del", name)
+
+
+SCENARIOS = {
+    "worker-churn": worker_churn,
+    "sigstop-server": sigstop_server,
+    "sigstop-worker": sigstop_worker,
+    "many-clients": many_clients,
+    "batch-flood": batch_flood,
+    "hostile/server-batch": hostile_server_batch,
+    "hostile/server-worker": hostile_server_worker,
+    "hostile/server-control": hostile_server_control,
+    "hostile/client-results": hostile_client_results,
+    "hostile/worker": hostile_to_worker,
+    "departed-client/killed": departed_client("killed"),
+    "departed-client/timeout": departed_client("timeout"),
+    "peer/done-not-held": hostile_worker("done-not-held"),
+    "peer/ready-while-holding": hostile_worker("ready-while-holding"),
+    "peer/silent": hostile_worker("silent"),
+    "peer/steal-routing-id": steal_routing_id,
+    "peer/forged-results": hostile_worker("forged-results"),
+    "partition": partition,
+}
+
+
+def run_scenario(name: str, profile: str = "quick", timeout: float | None = None) -> Row:
+    """Run one scenario; kill what it left behind; its row."""
+    os.environ.setdefault(MARK, uuid.uuid4().hex)
+    prof = PROFILES[profile]
+    row = Row(name)
+    before = _ours()
+    lab = Lab(prof)
+    t0 = time.monotonic()
+    try:
+        with alarm(timeout or 4 * prof.timeout + 30):
+            SCENARIOS[name](lab, row)
+    except Exception as exc:  # a scenario that breaks is a FAIL with the reason, not a crash
+        row.problems.append(f"{type(exc).__name__}: {str(exc)[:120]}")
+    finally:
+        lab.close()
+    row.seconds = time.monotonic() - t0
+    new = _ours() - before
+    deadline = time.monotonic() + LEFT_GRACE_S
+    while new and time.monotonic() < deadline:
+        time.sleep(0.05)
+        new = {p for p in new if _alive(p)}
+    row.left = len(new)
+    if new:
+        row.problems.append(f"{len(new)} process(es) left behind")
+        for p in new:
+            with contextlib.suppress(psutil.Error):
+                p.kill()
+    return row
+
+
+HEADER = ("scenario", "sent", "ok", "lost", "failed", "left", "s", "verdict")
+
+
+def format_row(row: Row) -> str:
+    cells = (row.scenario, row.sent, row.ok, row.lost, row.failed, row.left,
+             f"{row.seconds:.1f}", row.verdict + (f": {row.reason}" if row.reason else ""))
+    return "| " + " | ".join(str(c) for c in cells) + " |"
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench.chaos", description=__doc__.split("\n\n")[0])
+    p.add_argument("--quick", action="store_true", help="smaller runs (about a minute)")
+    p.add_argument("--only", nargs="+", metavar="NAME", choices=list(SCENARIOS),
+                   help="run only these scenarios")
+    p.add_argument("--json", metavar="FILE", help="also write the rows as JSON")
+    args = p.parse_args(argv)
+    profile = "quick" if args.quick else "full"
+    print("| " + " | ".join(HEADER) + " |")
+    print("|" + "---|" * len(HEADER))
+    rows = []
+    for name in args.only or SCENARIOS:
+        row = run_scenario(name, profile)
+        rows.append(row)
+        print(format_row(row), flush=True)
+    passed = sum(r.verdict == "PASS" for r in rows)
+    failed = sum(r.verdict == "FAIL" for r in rows)
+    print(f"\n{passed} PASS, {failed} FAIL, {len(rows) - passed - failed} SKIP")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump([{**{k: getattr(r, k) for k in ("scenario", "sent", "ok", "lost",
+                                                      "failed", "left", "seconds")},
+                        "verdict": r.verdict, "reason": r.reason} for r in rows], f, indent=1)
+    return 0 if failed == 0 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,7 @@
+"""``python -m comlab``: the ``comlab`` command."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())

@@ -1,0 +1,104 @@
+"""The plan of a sweep: one ``RunSpec`` per run, pure (no processes, no files).
+
+Runs are ordered so that every run with the same (transport, dispatch, workers) is adjacent:
+they share one server and pool (``groups``); a strategy change between them is a control
+message. A run's ``key``
+names it across sessions (resume).
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+
+from ..system import dispatch as dispatch_mod, strategies
+from . import ideal
+
+TRANSPORTS = ("tcp", "ipc")
+RUN_OVERHEAD_S = 0.1  # the lab's own cost per run (about 0.06 s here): the progress bar's floor
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One run of a sweep: a fresh client against a server of ``workers`` local workers."""
+    index: int
+    transport: str
+    workers: int
+    strategy: str
+    batch_size: int
+    rate: float | None
+    repeat: int
+    dispatch: str = dispatch_mod.DEFAULT
+
+    @property
+    def key(self) -> str:
+        return (f"{self.transport}|{self.workers}|{self.strategy}|{self.batch_size}|"
+                f"{self.rate}|{self.repeat}|{self.dispatch}")
+
+    @property
+    def server(self) -> tuple[str, str, int]:
+        """Runs with the same (transport, dispatch, workers) share one server."""
+        return self.transport, self.dispatch, self.workers
+
+    def label(self, repeats: int | None = None) -> str:
+        """Short description for a progress bar."""
+        rate = f" {self.rate:g}/s" if self.rate else ""
+        of = f"/{repeats}" if repeats else ""
+        return (f"{self.transport} {self.dispatch} w{self.workers} b{self.batch_size} "
+                f"{self.strategy}{rate} r{self.repeat + 1}{of}")
+
+
+def as_list(value) -> list:
+    return list(value) if isinstance(value, (list, tuple)) else [value]
+
+
+def plan(batch_sizes, workers, repeats: int, strategy=strategies.DEFAULT, transport="tcp",
+         rate=None, *, remote_workers: int = 0,
+         dispatch=dispatch_mod.DEFAULT) -> list[RunSpec]:
+    """Every combination of the swept axes x repeats, checked, grouped by server."""
+    sizes = [int(b) for b in as_list(batch_sizes)]
+    pools = [int(w) for w in as_list(workers)]
+    strats = [strategies.check(s) for s in as_list(strategy)]
+    transports, rates = as_list(transport), as_list(rate)
+    designs = [dispatch_mod.check(d) for d in as_list(dispatch)]
+    for t in transports:
+        if t not in TRANSPORTS:
+            raise ValueError(f"unknown transport {t!r}; use one of {TRANSPORTS}")
+    if not sizes or not pools or min(sizes) < 1 or min(pools) < (0 if remote_workers else 1) \
+            or repeats < 1:
+        raise ValueError("batch sizes, workers and repeats must be at least 1 "
+                         "(workers 0: remote workers only)")
+    combos = itertools.product(transports, designs, pools, strats, sizes, rates, range(repeats))
+    return [RunSpec(i, t, w, s, b, None if r is None else float(r), k, d)
+            for i, (t, d, w, s, b, r, k) in enumerate(combos)]
+
+
+def groups(specs: list[RunSpec]) -> list[tuple[tuple[str, str, int], list[RunSpec]]]:
+    """Consecutive runs that share one server: [((transport, dispatch, workers), [spec, ...]),
+    ...]."""
+    return [(server, list(runs))
+            for server, runs in itertools.groupby(specs, key=lambda s: s.server)]
+
+
+def batches(waits, batch_size: int) -> list[list[float]]:
+    """The waits of each batch, in sending order."""
+    waits = list(waits)
+    return [waits[b:b + batch_size] for b in range(0, len(waits), batch_size)]
+
+
+def ideal_s(spec: RunSpec, waits, remote_workers: int = 0) -> float:
+    """The run's ideal time (comlab.lab.ideal); open loop: at least the sending schedule."""
+    waits = list(waits)
+    t = ideal.ideal_makespan(batches(waits, spec.batch_size), spec.workers + remote_workers,
+                             spec.strategy)
+    return max(t, len(waits) / spec.rate) if spec.rate else t
+
+
+def default_timeout(spec: RunSpec, waits, remote_workers: int = 0) -> float:
+    """Generous: the ideal time three times over, plus slack for zero-wait runs."""
+    return 10.0 + 3.0 * ideal_s(spec, waits, remote_workers) + len(waits) * 20e-6
+
+
+def weight(spec: RunSpec, waits, remote_workers: int = 0) -> float:
+    """A run's share of a progress bar: its ideal time plus the lab's cost per run."""
+    return ideal_s(spec, waits, remote_workers) + RUN_OVERHEAD_S

@@ -1,0 +1,154 @@
+"""Is a result stable enough to trust? pyperf's habit: record the conditions, warn when they look bad.
+
+Per run (in its meta.json entry): the load average at its start and end, and the server's
+counters over the run (``server``: what the control socket's ``stats`` counted during the run,
+e.g. ``retried``, ``worker_deaths``, ``dropped``; plus ``pending`` / ``busy`` at its end). Per
+sweep session: the load average before anything started. Per configuration
+(``summarize_configs``): the number of repeats and their spread.
+
+Warnings (``check``; printed by run_experiment as ``StabilityWarning`` and kept in meta.json):
+
+* repeats disagree: a configuration's makespans differ by more than 10 % of their median
+  ((max - min) / median, the spread used throughout);
+* busy machine: the 1-min load average before the sweep started was above half the CPU count
+  (the sweep itself then adds up to a core of client and server work; pyperf's rule of thumb);
+* cpu-bound oversubscribed: a cpu-bound configuration runs more computing threads at once
+  (one per busy worker: the GIL) than the machine has cores.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+GAUGES = ("pending", "busy", "idle")  # the server's stats that are levels, not counters
+
+
+def loadavg() -> list[float] | None:
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        return None
+
+
+def counters(stats: dict) -> dict:
+    """The numeric part of a server's ``stats`` answer (drops the workers list)."""
+    return {k: v for k, v in stats.items() if isinstance(v, (int, float))
+            and not isinstance(v, bool)}
+
+
+@dataclass
+class RunConditions:
+    """The machine's and the server's state at the start of a run."""
+    load_start: list | None
+    stats_start: dict
+
+    @classmethod
+    def start(cls, server) -> "RunConditions":
+        return cls(loadavg(), counters(server.control("stats")))
+
+    def end(self, server) -> dict:
+        """The run's entries for meta.json: load averages, and the server's counters over it."""
+        stats = counters(server.control("stats"))
+        delta = {k: v if k in GAUGES else v - self.stats_start.get(k, 0)
+                 for k, v in stats.items()}
+        return {"loadavg_start": self.load_start, "loadavg_end": loadavg(), "server": delta}
+
+
+# -- per configuration ---------------------------------------------------------------------------
+CONFIG_AXES = ("batch_size", "workers", "strategy", "transport", "rate", "dispatch")
+METRICS = ("makespan_s", "throughput_tps", "latency_p50_s", "latency_p99_s")
+SPREAD_LIMIT = 0.10   # repeats whose makespans differ by more than this fraction: a warning
+BUSY_LOAD_PER_CPU = 0.5  # 1-min load average above half the CPUs at a sweep's start: busy
+
+
+class StabilityWarning(UserWarning):
+    """A result whose figures may not be trustworthy (comlab.lab.stability)."""
+
+
+def config_axes(summary) -> list[str]:
+    """The configuration axes present (and ``experiment`` when there is one)."""
+    return [a for a in ("experiment",) + CONFIG_AXES if a in summary.columns]
+
+
+def spread(values) -> float:
+    """Relative range of repeats: (max - min) / median; NaN with fewer than two."""
+    import numpy as np
+    values = np.asarray(values, dtype=float)
+    values = values[~np.isnan(values)]
+    if len(values) < 2:
+        return np.nan
+    med = np.median(values)
+    return float((values.max() - values.min()) / med) if med else np.nan
+
+
+def summarize_configs(summary):
+    """One row per configuration of a per-run summary: ``n_repeats``, the median of each
+    metric in ``METRICS``, of ``efficiency``, ``ideal_s`` and ``overhead_p99_s``, ``{metric}_spread`` (the relative range of the
+    repeats, (max - min) / median), and ``n_lost`` (all repeats)."""
+    import pandas as pd
+    axes = config_axes(summary)
+    rows = []
+    for key, g in summary.groupby(axes, sort=False, observed=True, dropna=False):
+        row = dict(zip(axes, key if isinstance(key, tuple) else (key,)))
+        row["n_repeats"] = len(g)
+        for m in METRICS + ("efficiency", "ideal_s", "overhead_p99_s"):
+            if m in g:
+                row[m] = g[m].median()
+                if m in METRICS or m == "efficiency":
+                    row[f"{m}_spread"] = spread(g[m])
+        row["n_lost"] = int(g["n_lost"].sum()) if "n_lost" in g else 0
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def describe(row, axes) -> str:
+    names = {"batch_size": "b", "workers": "w"}
+    parts = []
+    for a in axes:
+        v = row[a]
+        if a == "experiment" or v is None or v != v:  # NaN rate: closed loop
+            continue
+        parts.append(f"{names[a]}{v}" if a in names else f"{v:g}/s" if a == "rate" else str(v))
+    return " ".join(parts)
+
+
+def check(summary, meta: dict) -> list[str]:
+    """The warnings a result deserves (pyperf's ``check``), one line each."""
+    out = []
+    configs = summarize_configs(summary)
+    axes = config_axes(summary)
+    noisy = configs[configs["makespan_s_spread"] > SPREAD_LIMIT]
+    if len(noisy):
+        listed = ", ".join(f"{describe(r, axes)} ({r['makespan_s_spread']:.0%})"
+                           for _, r in noisy.head(8).iterrows())
+        out.append(f"repeats disagree: makespans differ by more than {SPREAD_LIMIT:.0%} of "
+                   f"their median ((max - min) / median) in {len(noisy)} of {len(configs)} "
+                   f"configurations: {listed}{' ...' if len(noisy) > 8 else ''}")
+    cpus = meta.get("environment", {}).get("cpu_count") or os.cpu_count() or 1
+    out += _busy_at_start(meta, cpus) + _cpu_bound_oversubscribed(summary, cpus, axes)
+    return out
+
+
+def _busy_at_start(meta: dict, cpus: int) -> list[str]:
+    busy = [s for s in meta.get("sessions", []) if s.get("runs", 1)  # it measured something
+            and s.get("loadavg_start") and s["loadavg_start"][0] > BUSY_LOAD_PER_CPU * cpus]
+    return [f"the machine was busy when the sweep started ({s['started']}): 1-min load "
+            f"average {s['loadavg_start'][0]:g} on {cpus} CPUs (more than "
+            f"{BUSY_LOAD_PER_CPU:g} per CPU); figures may be slower and noisier than an idle "
+            f"machine's" for s in busy]
+
+
+def _cpu_bound_oversubscribed(summary, cpus: int, axes) -> list[str]:
+    """cpu-bound: a worker's threads share one GIL, so each worker computes on at most one
+    core at a time: min(workers, batches) threads compute at once."""
+    if "strategy" not in summary:
+        return []
+    cpu = summary[summary["strategy"].astype(str).str.startswith("cpu-bound")]
+    out = []
+    for _, r in cpu.drop_duplicates(subset=axes).iterrows():
+        busy = min(int(r["workers"]), -(-int(r["n_tasks"]) // int(r["batch_size"])))
+        if busy > cpus:
+            out.append(f"cpu-bound {describe(r, axes)}: {busy} workers compute at once on "
+                       f"{cpus} CPUs: they share the cores (the ideal counts {cpus} at a time)")
+    return out

@@ -1,0 +1,237 @@
+"""The server's bookkeeping, apart from its sockets: who holds which batch, what waits, retries.
+
+The ledger knows the workers (by routing id), the pending queue and every batch a worker holds,
+in the order it got them. The dispatch design (comlab.system.dispatch: ``broker[:K]``,
+``queue``) decides where a new batch goes and when a busy worker may take more; the ledger hands
+work out through the ``send`` callable it is given, which answers False when the worker cannot
+be reached; it never touches a socket itself, so every rule here
+is unit-tested without processes (tests/test_ledger.py).
+
+Trust: a worker is believed only about batches it holds. DONE for a batch it does not hold is
+refused (counted, nothing changes), and so is READY from a worker that holds batches (a worker
+that reconnected still runs them and will say DONE); a batch is retried once when its worker is
+lost, and fails the second time (``fail`` answers its tasks). A batch held past its deadline
+(a stopped or wedged worker) is reported by ``overdue`` so the server can act.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from dataclasses import dataclass, field
+
+from .dispatch import Broker
+from .protocol import Work
+
+MAX_ATTEMPTS = 2  # a batch runs at most twice: once, and once more if its worker was lost
+
+
+@dataclass
+class Held:
+    work: Work
+    cost_s: float        # expected run time: the strategy's ideal duration of the batch
+    since: float         # monotonic time it was handed out
+
+
+@dataclass
+class WorkerState:
+    name: str
+    host: str
+    pid: int
+    local: bool = False
+    held: deque = field(default_factory=deque)   # Held, in the order given
+    progress: float = 0.0                        # last time it finished or got work while idle
+
+
+class Ledger:
+    def __init__(self, send, fail, cost, *, policy=None, local=frozenset(),
+                 max_pending: int = 64, clock=time.monotonic) -> None:
+        """``send(ident, work) -> bool``; ``fail(work, worker_name)`` answers a batch's tasks as
+        failed; ``cost(work) -> seconds`` is its expected run time; ``policy`` a dispatch design;
+        ``local`` the routing ids of the server's own workers (a set kept up to date)."""
+        self.send, self.fail, self.cost = send, fail, cost
+        self.policy = policy or Broker()
+        self.local = local
+        self.max_pending = max_pending
+        self.clock = clock
+        self.workers: dict[bytes, WorkerState] = {}
+        self.pending: deque[Work] = deque()
+        self.idle: deque[bytes] = deque()
+        self.short: deque[bytes] = deque()   # busy workers that may take one more
+        self.silent: set[bytes] = set()      # never answered a CONNECT: no work until they do
+        self.counts = dict.fromkeys(("retried", "failed_batches", "refused_done",
+                                     "refused_ready", "dropped_tasks"), 0)
+
+    # -- questions ---------------------------------------------------------------------------
+    @property
+    def full(self) -> bool:
+        return len(self.pending) + self.policy.queued() >= self.max_pending
+
+    def busy(self) -> int:
+        return sum(1 for w in self.workers.values() if w.held)
+
+    def holds(self, ident: bytes) -> bool:
+        w = self.workers.get(ident)
+        return w is not None and bool(w.held)
+
+    # -- events --------------------------------------------------------------------------------
+    def submit(self, work: Work) -> None:
+        """A new (or retried) batch: where the dispatch design puts it, or the pending queue."""
+        if not self.policy.place(self, work):
+            self.pending.append(work)
+
+    def brokered(self, ident: bytes) -> bool:
+        return self.policy.brokers(ident, self)
+
+    def give(self, ident: bytes, work: Work) -> bool:
+        """Hand ``work`` to a known worker (the design chose it)."""
+        w = self.workers.get(ident)
+        return w is not None and self._give(ident, w, work)
+
+    def to_free_worker(self, work: Work, remote_only: bool = False) -> bool:
+        """Give ``work`` to an idle worker, failing that to one that may take more (the
+        design's prefetch rule); False if there is none."""
+        for candidates in (self.idle, self.short):
+            skipped = []
+            while candidates:
+                ident = candidates.popleft()
+                w = self.workers.get(ident)
+                if w is None or (candidates is self.short and not self.policy.takes_more(w)):
+                    continue
+                if candidates is self.idle and w.held:
+                    continue  # stale entry
+                if (remote_only and ident in self.local) or ident in self.silent:
+                    skipped.append(ident)
+                    continue
+                if self._give(ident, w, work):
+                    candidates.extend(skipped)
+                    return True
+            candidates.extend(skipped)
+        return False
+
+    def ready(self, ident: bytes, name: str, host: str, pid: int, *, local: bool = False) -> bool:
+        """A worker announced itself; False if refused: READY is believed only from a worker
+        that holds nothing."""
+        w = self.workers.get(ident)
+        if w is not None:
+            if w.held:  # a live worker that reconnected still runs its batches: they stay
+                self.counts["refused_ready"] += 1
+                return False
+            return True  # idle, or about to be given work: nothing changes
+        self.workers[ident] = WorkerState(name, host, pid, local=local, progress=self.clock())
+        self._next(ident)
+        return True
+
+    def done(self, ident: bytes, run: int, batch_id: int) -> bool:
+        """A worker finished its batches up to and including (run, batch_id): a worker runs
+        them in the order given, and one DONE may cover several. False, and nothing changes,
+        unless it holds that batch."""
+        w = self.workers.get(ident)
+        k = None if w is None else next(
+            (i for i, h in enumerate(w.held) if h.work.batch_id == batch_id
+             and h.work.run == run), None)
+        if k is None:
+            self.counts["refused_done"] += 1
+            return False
+        for _ in range(k + 1):
+            w.held.popleft()
+        w.progress = self.clock()
+        if not w.held:
+            self._next(ident)
+            return True
+        if w.held[0].since < w.progress:
+            w.held[0].since = w.progress  # its deadline runs from when it can start
+        self._refill(ident, w)
+        return True
+
+    def _refill(self, ident: bytes, w: WorkerState) -> None:
+        """Top a busy worker up to what the design lets it hold."""
+        while self.pending and self.policy.takes_more(w):
+            work = self.pending.popleft()
+            if not self._give(ident, w, work):
+                self.pending.appendleft(work)
+                return
+        if self.policy.takes_more(w) and ident not in self.short:
+            self.short.append(ident)
+
+    def lose(self, ident: bytes) -> None:
+        """A worker is gone: retry its batches once, or fail them; hand out what waits."""
+        w = self.workers.pop(ident, None)
+        if w is None:
+            self.requeue(self.policy.lost_local(ident), ident.decode(errors="replace"))
+            return
+        _discard(self.idle, ident)
+        _discard(self.short, ident)
+        self.requeue([h.work for h in w.held] + self.policy.lost_local(ident), w.name)
+
+    def requeue(self, works: list, name: str) -> None:
+        """Batches a lost worker held: each retried once (ahead of the queue), or failed."""
+        for work in reversed(works):
+            if work.attempt + 1 < MAX_ATTEMPTS:
+                self.counts["retried"] += 1
+                self.pending.appendleft(work._replace(attempt=work.attempt + 1))
+            else:
+                self.counts["failed_batches"] += 1
+                self.fail(work, name)
+        self._drain_pending()
+
+    def drop_run(self, run: int) -> int:
+        """Forget the queued (not yet handed out) batches of a run; the number of tasks."""
+        kept = deque(w for w in self.pending if w.run != run)
+        n = sum(len(w.task_ids) for w in self.pending if w.run == run) + self.policy.drop_run(run)
+        self.pending = kept
+        self.counts["dropped_tasks"] += n
+        return n
+
+    def overdue(self, slack_s: float, factor: float, remote_slack_s: float | None = None) \
+            -> list[bytes]:
+        """Workers whose oldest batch has run longer than ``factor`` x its cost + ``slack_s``
+        (``remote_slack_s`` for remote workers: no sentinel, no heartbeat can tell a wedged
+        peer from a slow one, and a hostile one may simply keep its batch)."""
+        t = self.clock()
+        remote = slack_s if remote_slack_s is None else remote_slack_s
+        return [i for i, w in self.workers.items()
+                if w.held and t - w.held[0].since > factor * w.held[0].cost_s
+                + (slack_s if i in self.local else remote)]
+
+    # -- internals -----------------------------------------------------------------------------
+    def _next(self, ident: bytes) -> None:
+        """An idle worker: give it the next pending batch, or mark it idle."""
+        w = self.workers[ident]
+        if self.pending and self.policy.brokers(ident, self):
+            work = self.pending.popleft()
+            if not self._give(ident, w, work):
+                self.pending.appendleft(work)
+                return
+            self._refill(ident, w)
+            return
+        self.idle.append(ident)
+
+    def _give(self, ident: bytes, w: WorkerState, work: Work) -> bool:
+        """Hand ``work`` to a worker; False if it is unreachable (then it is lost, and the
+        caller still owns ``work``)."""
+        if not self.send(ident, work):
+            self.lose(ident)
+            return False
+        t = self.clock()
+        if not w.held:
+            w.progress = t
+        w.held.append(Held(work, self.cost(work), t))
+        if self.policy.takes_more(w):
+            self.short.append(ident)
+        return True
+
+    def _drain_pending(self) -> None:
+        """Hand out what waits: to idle workers, or (queue design) onto the queue."""
+        while self.pending:
+            work = self.pending.popleft()
+            if not self.policy.place(self, work):
+                self.pending.appendleft(work)
+                return
+
+
+def _discard(q: deque, item) -> None:
+    try:
+        q.remove(item)
+    except ValueError:
+        pass

@@ -1,0 +1,137 @@
+"""Supervision of local worker processes, for the server and the worker host alike.
+
+A ``Pool`` starts workers (``comlab.system.worker.main``), watches their sentinels through the
+owner's poller (``watch``/``unwatch`` callables), replaces one that dies (after a back-off when
+it lived less than ``backoff_s``, so a worker that cannot start does not spin) and stops them
+all within a bound: ``stop_processes`` waits, then terminates, then kills.
+
+Local workers are named ``<prefix><n>`` (what records show) and connect with the routing id
+``<name>-<token>``: the token is random per pool, so no peer on a server's remote worker endpoint
+can take a routing id a local worker will need.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import secrets
+import time
+
+log = logging.getLogger("comlab.pool")
+
+
+class Pool:
+    def __init__(self, target, args, *, prefix: str = "w", start_method: str = "forkserver",
+                 watch=None, unwatch=None, backoff_s: float = 0.0,
+                 name_of=None, kwargs_of=None) -> None:
+        """``target(name, *args, ident=..., **kwargs_of(ident))`` runs a worker; ``name_of(n)``
+        may name worker n."""
+        self.kwargs_of = kwargs_of or (lambda ident: {})
+        self.target, self.args = target, args
+        self.prefix = prefix
+        self.mp = multiprocessing.get_context(start_method)
+        if start_method == "forkserver":
+            self.mp.set_forkserver_preload(["comlab.system.worker"])
+        self.watch, self.unwatch = watch, unwatch
+        self.backoff_s = backoff_s
+        self.token = secrets.token_hex(4) if name_of is None else None
+        self.name_of = name_of or (lambda n: f"{self.prefix}{n}")
+        self.procs: dict[int, tuple] = {}   # sentinel -> (Process, routing id, started at)
+        self.local: set[bytes] = set()      # routing ids of the running workers
+        self.restarts: list[float] = []     # due times of delayed replacements
+        self.deaths = 0
+        self._next = 0
+
+    def start(self, mp=None) -> bytes:
+        """Start one worker (``mp``: another start method, e.g. fork before any thread)."""
+        name = self.name_of(self._next)
+        self._next += 1
+        ident = f"{name}-{self.token}" if self.token else name
+        kwargs = {"ident": ident, **self.kwargs_of(ident.encode())}
+        proc = (mp or self.mp).Process(target=self.target, name=f"comlab-{name}", daemon=True,
+                                       args=(name, *self.args), kwargs=kwargs)
+        proc.start()
+        ident = ident.encode()
+        self.local.add(ident)
+        self.procs[proc.sentinel] = (proc, ident, time.monotonic())
+        if self.watch is not None:
+            self.watch(proc.sentinel)
+        return ident
+
+    def idents(self) -> set[bytes]:
+        return set(self.local)
+
+    def pid_of(self, ident: bytes) -> int | None:
+        for proc, i, _ in self.procs.values():
+            if i == ident:
+                return proc.pid
+        return None
+
+    def exited(self, sentinel: int) -> tuple:
+        """A worker's sentinel fired: forget it, schedule a replacement; (Process, ident)."""
+        proc, ident, started = self.procs.pop(sentinel)
+        self.local.discard(ident)
+        if self.unwatch is not None:
+            self.unwatch(sentinel)
+        proc.join(0)
+        self.deaths += 1
+        lived = time.monotonic() - started
+        log.warning("worker %s (pid %s) exited with code %s after %.1f s; replacing it",
+                    proc.name, proc.pid, proc.exitcode, lived)
+        if lived < self.backoff_s:
+            self.restarts.append(time.monotonic() + self.backoff_s)
+        else:
+            self.replace()
+        return proc, ident
+
+    def replace(self) -> None:
+        """Start a replacement; if that fails (the forkserver died too), try again later."""
+        try:
+            self.start()
+        except (OSError, EOFError) as exc:
+            log.warning("could not start a worker (%s); retrying in %.1f s", exc,
+                        max(self.backoff_s, 1.0))
+            self.restarts.append(time.monotonic() + max(self.backoff_s, 1.0))
+
+    def restart_due(self) -> float | None:
+        """Start the replacements that are due; seconds until the next one (None: none)."""
+        if not self.restarts:
+            return None
+        t = time.monotonic()
+        for due in [d for d in self.restarts if d <= t]:
+            self.restarts.remove(due)
+            self.replace()
+        return max(0.0, min(self.restarts) - t) if self.restarts else None
+
+    def kill(self, ident: bytes) -> None:
+        """SIGKILL one worker (stopped or wedged); its sentinel then fires as for any death."""
+        for proc, i, _ in self.procs.values():
+            if i == ident and proc.is_alive():
+                proc.kill()
+
+    def stop(self, grace_s: float, term_wait_s: float = 0.3) -> None:
+        procs = [p for p, _, _ in self.procs.values()]
+        stop_processes(procs, grace_s, term_wait_s)
+        if self.unwatch is not None:
+            for sentinel in list(self.procs):
+                self.unwatch(sentinel)
+        self.procs.clear()
+        self.local.clear()
+        self.restarts.clear()
+
+
+def stop_processes(procs, grace_s: float, term_wait_s: float = 0.3) -> None:
+    """Wait for processes to stop, then terminate, then kill: bounded, nothing survives."""
+    deadline = time.monotonic() + grace_s
+    for p in procs:
+        p.join(max(0.0, deadline - time.monotonic()))
+    for p in procs:
+        if p.is_alive():
+            p.terminate()
+    deadline = time.monotonic() + term_wait_s
+    for p in procs:
+        p.join(max(0.0, deadline - time.monotonic()))
+    for p in procs:
+        if p.is_alive():
+            p.kill()
+            p.join(1.0)

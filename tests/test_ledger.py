@@ -1,0 +1,154 @@
+"""The server's bookkeeping without sockets: dispatch, prefetch, trust, retries, departed runs."""
+
+from __future__ import annotations
+
+import pytest
+
+from comlab.system import strategies
+from comlab.system.dispatch import Broker
+from comlab.system.ledger import Ledger
+from comlab.system.protocol import Work
+
+
+class Clock:
+    t = 0.0
+
+    def __call__(self):
+        return self.t
+
+
+def work(batch_id, waits=(0.5,), run=1, attempt=0):
+    n = len(waits)
+    return Work(run, batch_id, "tcp://c:1", "sequential", 0, 0, 0, attempt, list(range(n)),
+                [1] * n, list(waits))
+
+
+@pytest.fixture
+def ledger(request):
+    """A ledger with strict load balancing (broker:0) unless the test names a policy."""
+    policy = getattr(request, "param", Broker("0"))
+    sent, failed, unreachable = [], [], set()
+    clock = Clock()
+
+    def send(ident, w):
+        if ident in unreachable:
+            return False
+        sent.append((ident, w.batch_id, w.attempt))
+        return True
+
+    led = Ledger(send, lambda w, name: failed.append((w.batch_id, name)), strategies.cost,
+                 policy=policy, max_pending=4, clock=clock)
+    led.sent, led.failed, led.unreachable, led.now = sent, failed, unreachable, clock
+    return led
+
+
+def test_idle_worker_gets_work_then_queue_waits(ledger):
+    ledger.ready(b"a", "a", "h", 1)
+    ledger.submit(work(0))
+    ledger.submit(work(1))
+    assert ledger.sent == [(b"a", 0, 0)] and [w.batch_id for w in ledger.pending] == [1]
+    assert ledger.done(b"a", 1, 0)
+    assert ledger.sent[-1] == (b"a", 1, 0) and not ledger.pending
+
+
+def test_ready_takes_pending_work(ledger):
+    ledger.submit(work(0))
+    ledger.ready(b"a", "a", "h", 1)
+    assert ledger.sent == [(b"a", 0, 0)]
+
+
+@pytest.mark.parametrize("ledger", [Broker()], indirect=True, ids=["adaptive"])
+def test_short_batches_are_prefetched_long_ones_are_not(ledger):
+    ledger.ready(b"a", "a", "h", 1)
+    for i in range(5):
+        ledger.submit(work(i, waits=(0.0001,)))
+    assert [s[1] for s in ledger.sent] == [0, 1, 2, 3]  # tiny: queued at the busy worker
+    assert [w.batch_id for w in ledger.pending] == [4]  # ... at most 4 of them
+    ledger.ready(b"b", "b", "h", 2)
+    assert ledger.sent[-1] == (b"b", 4, 0)
+    assert ledger.done(b"b", 1, 4) and ledger.done(b"a", 1, 0)
+    ledger.submit(work(5, waits=(1.0,)))    # to b, idle
+    ledger.submit(work(6, waits=(0.0001,)))  # behind a's 0.4 ms of tiny work: fine
+    assert [s[:2] for s in ledger.sent[-2:]] == [(b"b", 5), (b"a", 6)]
+    ledger.submit(work(7, waits=(0.0001,)))  # a is full, b runs 1 s: ahead at b, the one
+    assert ledger.sent[-1][:2] == (b"b", 7)  # expected to free first (nobody else could)
+    ledger.submit(work(8, waits=(1.0,)))
+    assert [w.batch_id for w in ledger.pending] == [8]  # one ahead, no more
+
+
+@pytest.mark.parametrize("ledger", [Broker()], indirect=True, ids=["adaptive"])
+def test_adaptive_broker_puts_one_batch_ahead_at_the_first_to_free(ledger):
+    ledger.ready(b"a", "a", "h", 1)
+    ledger.ready(b"b", "b", "h", 2)
+    ledger.submit(work(0, waits=(1.0,)))
+    ledger.now.t = 0.5
+    ledger.submit(work(1, waits=(1.0,)))       # b: free
+    ledger.submit(work(2, waits=(0.2,)))       # a frees at 1.0, b at 1.5: ahead at a
+    assert [s[:2] for s in ledger.sent] == [(b"a", 0), (b"b", 1), (b"a", 2)]
+    ledger.submit(work(3, waits=(0.2,)))       # b: one ahead
+    ledger.submit(work(4, waits=(0.2,)))       # both hold one ahead: waits
+    assert ledger.sent[-1][:2] == (b"b", 3) and [w.batch_id for w in ledger.pending] == [4]
+
+
+def test_done_for_a_batch_not_held_is_refused(ledger):
+    ledger.ready(b"a", "a", "h", 1)
+    ledger.submit(work(0))
+    assert not ledger.done(b"a", 1, 99)       # not the batch it holds
+    assert not ledger.done(b"a", 2, 0)        # another run's
+    assert not ledger.done(b"x", 1, 0)        # a stranger
+    assert ledger.counts["refused_done"] == 3
+    assert ledger.holds(b"a")
+    assert ledger.done(b"a", 1, 0) and not ledger.holds(b"a")
+
+
+def test_ready_while_holding_is_refused_and_changes_nothing(ledger):
+    ledger.ready(b"a", "a", "h", 1)
+    ledger.submit(work(0))
+    assert not ledger.ready(b"a", "a", "h", 1)
+    assert ledger.counts["refused_ready"] == 1 and ledger.counts["retried"] == 0
+    assert ledger.holds(b"a")
+
+
+def test_lost_worker_batch_retried_once_then_failed(ledger):
+    ledger.ready(b"a", "a", "h", 1)
+    ledger.ready(b"b", "b", "h", 2)
+    ledger.submit(work(0))
+    ledger.submit(work(1))
+    ledger.lose(b"a")
+    assert ledger.counts["retried"] == 1
+    assert list(ledger.pending) == [work(0, attempt=1)]
+    ledger.ready(b"c", "c", "h", 3)
+    assert ledger.sent[-1] == (b"c", 0, 1)
+    ledger.lose(b"c")
+    assert ledger.failed == [(0, "c")] and not ledger.pending
+
+
+def test_unreachable_worker_is_lost_and_work_goes_elsewhere(ledger):
+    ledger.ready(b"a", "a", "h", 1)
+    ledger.ready(b"b", "b", "h", 2)
+    ledger.unreachable.add(b"a")
+    ledger.submit(work(0))
+    assert ledger.sent == [(b"b", 0, 0)] and b"a" not in ledger.workers
+
+
+def test_drop_run_forgets_only_that_runs_queued_work(ledger):
+    for i in range(3):
+        ledger.submit(work(i, run=1 + i % 2, waits=(0.5, 0.5)))
+    assert ledger.drop_run(1) == 4
+    assert [w.run for w in ledger.pending] == [2]
+
+
+def test_full_is_the_pending_bound(ledger):
+    for i in range(4):
+        assert not ledger.full
+        ledger.submit(work(i))
+    assert ledger.full
+
+
+def test_overdue_worker_is_reported(ledger):
+    ledger.ready(b"a", "a", "h", 1)
+    ledger.submit(work(0, waits=(1.0,)))
+    ledger.now.t = 5.0
+    assert ledger.overdue(slack_s=10, factor=4) == []
+    ledger.now.t = 14.5
+    assert ledger.overdue(slack_s=10, factor=4) == [b"a"]

@@ -1,0 +1,205 @@
+"""Saved results: format versions, refusal to resume on any mismatch, lock, names, meta.json."""
+
+import json
+import multiprocessing
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import comlab
+from comlab.lab import experiment, provenance, results
+from comlab.lab.records import STATUS
+from comlab.lab.results import ResultLocked, ResultStore, ResumeRefused
+
+EXAMPLE = Path(__file__).resolve().parents[1] / "results" / "example"
+PARAMS = {"batch_sizes": [1, 4], "workers": [2], "repeats": 2, "data_sha256": "abc"}
+
+
+def fake_run(run: int, n: int = 4, experiment_name: str = "x") -> pd.DataFrame:
+    """Records shaped like a run's: categoricals, nullable ints, floats, NaN stamps."""
+    df = pd.DataFrame({
+        "experiment": experiment_name, "run": run, "repeat": run % 2, "batch_size": 1,
+        "workers": 2, "strategy": "sequential", "transport": "tcp",
+        "task_id": np.arange(n), "ip": [f"10.0.0.{i}" for i in range(n)],
+        "response": pd.array([1] * (n - 1) + [None], dtype="Int64"),
+        "status": pd.Categorical(["ok"] * (n - 1) + ["lost"], dtype=STATUS),
+        "t_sent": np.linspace(0, 1, n), "t_received": [0.1] * (n - 1) + [np.nan],
+        "error": [None] * n,
+    })
+    for c in ("experiment", "strategy", "transport", "ip"):
+        df[c] = df[c].astype("category")
+    return df
+
+
+def entry(run: int) -> dict:
+    return {"key": f"k{run}", "run": run, "experiment": "x", "timeout_s": 5.0}
+
+
+@pytest.fixture
+def env(monkeypatch):
+    """A fixed environment the tests change one key at a time."""
+    current = provenance.environment()
+    monkeypatch.setattr(results, "environment", lambda: dict(current))
+    return current
+
+
+def saved(tmp_path, params=PARAMS, runs=(0, 1)) -> Path:
+    with ResultStore(tmp_path, "x", params) as store:
+        for run in runs:
+            store.save_run(fake_run(run), entry(run))
+        store.finish()
+    return tmp_path / "x"
+
+
+# -- format -------------------------------------------------------------------------------------
+def test_meta_carries_the_format_version_and_records_keep_their_dtypes(tmp_path, env):
+    path = saved(tmp_path)
+    meta = comlab.load_meta(path)
+    assert meta["format_version"] == results.FORMAT_VERSION == 2
+    assert meta["complete"] is True
+    df = comlab.load_results(path)
+    expected = pd.concat([fake_run(0), fake_run(1)], ignore_index=True)
+    for c in ("experiment", "strategy", "transport", "ip"):
+        expected[c] = expected[c].astype("category")
+    assert dict(df.dtypes.astype(str)) == dict(expected.dtypes.astype(str))
+    assert str(df["response"].dtype) == "Int64" and df["response"].isna().sum() == 2
+    assert df.attrs["timeouts"] == {("x", 0): 5.0, ("x", 1): 5.0}
+
+
+def test_example_result_of_format_1_still_loads():
+    meta = comlab.load_meta(EXAMPLE)
+    assert "format_version" not in meta  # written before versions: format 1
+    df = comlab.load_results(EXAMPLE)
+    assert len(df) == 512 * len(meta["runs"])
+    for col in ("strategy", "transport", "experiment", "worker", "status"):
+        assert str(df[col].dtype) == "category", col
+    assert str(df["response"].dtype) == "Int64"
+    s = comlab.summarize(df)
+    assert len(s) == len(meta["runs"]) and (s["n_ok"] == 512).all()
+
+
+def test_a_format_1_result_is_not_resumed(tmp_path, env):
+    shutil.copytree(EXAMPLE, tmp_path / "x")
+    with pytest.raises(ResumeRefused, match="format 1"):
+        ResultStore(tmp_path, "x", PARAMS)
+
+
+# -- resume only when everything matches ---------------------------------------------------------
+def test_resume_keeps_the_start_and_marks_resumed_runs(tmp_path, env):
+    with pytest.raises(KeyboardInterrupt):
+        with ResultStore(tmp_path, "x", PARAMS) as store:
+            store.save_run(fake_run(0), entry(0))
+            raise KeyboardInterrupt
+    meta = comlab.load_meta(tmp_path / "x")
+    assert meta["complete"] is False and len(meta["runs"]) == 1
+    assert len(comlab.load_results(tmp_path / "x")) == 4  # joined despite the interrupt
+    started = meta["started"]
+    with ResultStore(tmp_path, "x", PARAMS) as store:
+        assert set(store.finished()) == {"k0"}
+        store.save_run(fake_run(1), entry(1))
+        store.finish()
+    meta = comlab.load_meta(tmp_path / "x")
+    assert meta["started"] == started and meta["complete"] is True
+    assert [(r["run"], r["resumed"], r["session"]) for r in meta["runs"]] == [
+        (0, True, 0), (1, False, 1)]
+    assert len(meta["sessions"]) == 2 and meta["resumed_runs"] == 1
+
+
+@pytest.mark.parametrize("change", [
+    ("params", "repeats", 3), ("params", "data_sha256", "def"),
+    ("env", "git_commit", "0" * 40), ("env", "git_dirty", "flip"),
+    ("env", "git_diff_sha256", "other edit"), ("env", "hostname", "elsewhere"),
+    ("env", "cpu_count", 64), ("env", "pyzmq", "1.0"), ("env", "libzmq", "1.0"),
+    ("env", "pandas", "0.1"), ("env", "numpy", "0.1"), ("env", "python", "2.7"),
+    ("env", "comlab", "0.0.1"),
+])
+def test_resume_refused_on_any_mismatch(tmp_path, env, change):
+    path = saved(tmp_path)
+    before = sorted(p.name for p in (path / "parts").iterdir())
+    where, key, value = change
+    params = {**PARAMS, key: value} if where == "params" else PARAMS
+    original = env.get(key)
+    value = (not original) if value == "flip" else value
+    if where == "env":
+        env[key] = value
+    what = "data (commands or server map contents)" if key == "data_sha256" else key
+    with pytest.raises(ResumeRefused) as info:
+        ResultStore(tmp_path, "x", params)
+    message = str(info.value)
+    assert f"{what}:" in message and "fresh=True" in message and "--fresh" in message
+    assert sorted(p.name for p in (path / "parts").iterdir()) == before  # nothing deleted
+    env[key] = original
+    ResultStore(tmp_path, "x", PARAMS).close()  # unchanged: still resumable (and unlocked)
+
+
+def test_fresh_moves_the_earlier_result_aside(tmp_path, env):
+    path = saved(tmp_path)
+    with pytest.warns(UserWarning, match="moved to"):
+        store = ResultStore(tmp_path, "x", {**PARAMS, "repeats": 5}, resume=False)
+    with store:
+        assert store.finished() == {}
+        store.finish()
+    aside = [p for p in tmp_path.iterdir() if p.name.startswith("x.")]
+    assert len(aside) == 1
+    assert len(comlab.load_results(aside[0])) == 8  # the earlier runs, intact
+    assert comlab.load_meta(path)["params"]["repeats"] == 5
+
+
+# -- lock and names ------------------------------------------------------------------------------
+def _try_store(results_dir, queue):
+    try:
+        ResultStore(results_dir, "x", PARAMS).close()
+        queue.put("opened")
+    except ResultLocked as exc:
+        queue.put(f"locked: {exc}")
+
+
+@pytest.mark.timeout(60)
+def test_a_second_sweep_on_one_result_is_refused(tmp_path, env):
+    with ResultStore(tmp_path, "x", PARAMS) as store:
+        with pytest.raises(ResultLocked, match="another sweep"):
+            ResultStore(tmp_path, "x", PARAMS)
+        ctx = multiprocessing.get_context("forkserver")
+        queue = ctx.Queue()
+        proc = ctx.Process(target=_try_store, args=(tmp_path, queue))
+        proc.start()
+        answer = queue.get(timeout=30)
+        proc.join(30)
+        assert answer.startswith("locked: ") and str(tmp_path / "x") in answer
+        store.save_run(fake_run(0), entry(0))
+        store.finish()
+    ResultStore(tmp_path, "x", PARAMS).close()  # released
+
+
+@pytest.mark.parametrize("name", ["", "../x", "a/b", "a\\b", ".", "..", ".hidden", " x"])
+def test_names_are_plain_names(tmp_path, name):
+    with pytest.raises(results.ResultError, match="plain name"):
+        ResultStore(tmp_path, name, PARAMS)
+    with pytest.raises(ValueError, match="plain name"):
+        comlab.run_experiment(batch_sizes=[1], workers=[1], repeats=1, progress=False,
+                              commands=["10.0.0.1:foo"], server_map={"10.0.0.1": {"foo": (1, 0)}},
+                              results_dir=tmp_path / "r", name=name)
+    assert not (tmp_path / "x").exists() and not (tmp_path / "b").exists()
+
+
+# -- what the data was ---------------------------------------------------------------------------
+def test_params_name_the_data_actually_used(tmp_path):
+    inputs = experiment.load_inputs(None, None, 0.01)
+    params = inputs.params()
+    assert params["commands"].endswith("client_data.txt") and Path(params["commands"]).is_file()
+    assert params["server_map"].endswith("server_data.txt")
+    assert params["n_tasks"] == 512
+    again = experiment.load_inputs(None, None, 0.01).params()["data_sha256"]
+    assert again == params["data_sha256"]
+    assert experiment.load_inputs(None, None, 0.02).params()["data_sha256"] != again
+    edited = tmp_path / "client.txt"
+    lines = Path(params["commands"]).read_text().splitlines()
+    lines[1], lines[2] = lines[2], lines[1]  # the same tasks in another order
+    edited.write_text("\n".join(lines))
+    assert experiment.load_inputs(edited, None, 0.01).params()["data_sha256"] != again
+    listed = experiment.load_inputs(["10.0.0.1:foo"], {"10.0.0.1": {"foo": (1, 0.5)}}, 1.0)
+    assert listed.params()["commands"] == "<list of 1>"
+    assert listed.params()["server_map"] == "<dict of 1 hosts>"
