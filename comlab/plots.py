@@ -59,6 +59,11 @@ def _seconds():
     return EngFormatter(unit="s", places=None, sep=" ")
 
 
+def _unitless(label: str) -> str:
+    """A label without its " (s)": where ticks carry the unit themselves (10 ms, 1 s)."""
+    return label.replace(" (s)", "")
+
+
 def fmt_s(v) -> str:
     """A duration in s, ms, µs or ns with 3 significant digits (for annotations)."""
     if v is None or not np.isfinite(v):
@@ -245,22 +250,45 @@ def _repeats_note(df: pd.DataFrame) -> str:
 
 # --- figures -----------------------------------------------------------------------------------
 
-def latency_ecdf(df: pd.DataFrame, ax=None, by=("batch_size", "workers"), auto: bool = True):
+def latency_ecdf(df: pd.DataFrame, ax=None, by=("batch_size", "workers"), auto: bool = True,
+                 facet: str | None = "auto", max_lines: int = 6):
     """ECDF of per-task latency (send -> reply) per configuration, log x, p50/p99 marked.
 
     Only ``ok`` tasks; repeats of a configuration are pooled. ``by`` names the columns of a
     configuration; with ``auto`` the swept strategy/transport/rate join it when they vary.
+
+    Small multiples: with ``facet="auto"`` and more than ``max_lines`` configurations, one
+    panel per worker count (colour: the rest of the configuration, e.g. batch size), all on
+    one latency axis. ``facet`` may name another column, or be None for one panel. The panels
+    take the place of ``ax`` in its figure (``ax`` becomes the first panel and is returned;
+    all of them: ``ax.figure.axes``).
     """
-    ax = ax if ax is not None else _new_ax((10, 5.5))
     ok = _ok(df)
     ok = ok[np.isfinite(ok["latency_s"])] if "latency_s" in ok else ok.iloc[0:0]
     cols = _config_cols(df, by, auto)
     groups = [(k, g["latency_s"].to_numpy()) for k, g in _groups(ok, cols)]
     groups = [(k, v) for k, v in groups if len(v)]
+    if facet == "auto":
+        facet = "workers" if len(groups) > max_lines and "workers" in cols and len(cols) > 1 \
+            else None
+    if ax is None:
+        rows = _facet_rows(ok[facet].nunique()) if facet in cols else 0
+        ax = _new_ax((10.5, 1.2 + 3.3 * rows) if rows else (10, 5.5))
     if not groups:
         return _note(ax, "no ok tasks with a latency to plot")
-    styles = _styles([k for k, _ in groups], cols)
-    all_lat = np.concatenate([v for _, v in groups])
+    if facet is not None and facet in cols and ax.get_subplotspec() is not None:
+        return _ecdf_facets(df, ok, ax, cols, facet)
+    lat_all = np.concatenate([v for _, v in groups])
+    _ecdf_panel(ax, groups, cols, _styles([k for k, _ in groups], cols), _log_ok(lat_all, 10))
+    ax.set_ylabel("fraction of tasks with latency ≤ x")
+    note = _repeats_note(df)
+    ax.set_title("Latency distribution per configuration (ok tasks"
+                 + (f", {note}" if note else "") + ")")
+    _legend_outside(ax, _ecdf_handles(ax), title=_legend_title(cols))
+    return ax
+
+
+def _ecdf_panel(ax, groups, cols, styles, log: bool) -> None:
     for (key, lat), (color, ls) in zip(groups, styles):
         ax.ecdf(lat, color=color, linestyle=ls, linewidth=1.6, label=_label(cols, key))
         p50, p99 = np.quantile(lat, [0.5, 0.99])
@@ -270,22 +298,72 @@ def latency_ecdf(df: pd.DataFrame, ax=None, by=("batch_size", "workers"), auto: 
                    linewidth=0.6, zorder=3)
     for y in (0.5, 0.99):
         ax.axhline(y, color="0.6", linewidth=0.8, linestyle=":", zorder=0)
-    if all_lat.min() > 0:
+    if log:
         ax.set_xscale("log")
+        ax.xaxis.set_minor_formatter(NullFormatter())  # LogFormatter's would print no unit
     ax.xaxis.set_major_formatter(_seconds())
     ax.set_ylim(0, 1.02)
-    ax.set_xlabel("latency: send → reply received (s, log scale)")
-    ax.set_ylabel("fraction of tasks with latency ≤ x")
-    note = _repeats_note(df)
-    ax.set_title("Latency distribution per configuration (ok tasks"
-                 + (f", {note}" if note else "") + ")")
+    ax.set_xlabel("latency: send → reply received" + (" (log scale)" if log else ""))
     ax.grid(True, which="major", alpha=0.3)
+
+
+def _ecdf_handles(ax) -> list:
     handles, _ = ax.get_legend_handles_labels()
-    handles += [Line2D([], [], linestyle="none", marker="o", color="0.5", markeredgecolor="black",
-                       label="p50 (median)"),
-                Line2D([], [], linestyle="none", marker="^", color="0.5", markeredgecolor="black",
-                       label="p99")]
-    _legend_outside(ax, handles, title=_legend_title(cols))
+    return handles + [
+        Line2D([], [], linestyle="none", marker="o", color="0.5", markeredgecolor="black",
+               label="p50 (median)"),
+        Line2D([], [], linestyle="none", marker="^", color="0.5", markeredgecolor="black",
+               label="p99")]
+
+
+def _facet_cols(n: int) -> int:
+    return n if n <= 3 else int(np.ceil(np.sqrt(n)))
+
+
+def _facet_rows(n: int) -> int:
+    return int(np.ceil(n / _facet_cols(n))) if n else 0
+
+
+def _ecdf_facets(df, ok, ax, cols, facet):
+    """One ECDF panel per value of ``facet`` in place of ``ax``; colours shared by all panels."""
+    rest = [c for c in cols if c != facet]
+    values = sorted(ok[facet].dropna().unique(), key=_sort_key)
+    keys = sorted({k for k, _ in _groups(ok, rest)}, key=_sort_key)
+    color_of = dict(zip(keys, _palette(len(keys))))
+    n = len(values)
+    ncols = _facet_cols(n)
+    nrows = _facet_rows(n)
+    fig = ax.figure
+    grid = ax.get_subplotspec().subgridspec(nrows, ncols)
+    ax.set_subplotspec(grid[0, 0])
+    panels = [ax] + [fig.add_subplot(grid[i // ncols, i % ncols], sharex=ax, sharey=ax)
+                     for i in range(1, n)]
+    log = _log_ok(ok["latency_s"], 10)  # under a decade a log axis would show no labelled tick
+    for i, (panel, value) in enumerate(zip(panels, values)):
+        sub = ok[ok[facet] == value]
+        groups = [(k, g["latency_s"].to_numpy()) for k, g in _groups(sub, rest)]
+        groups = [(k, v) for k, v in groups if len(v)]
+        _ecdf_panel(panel, groups, rest, [(color_of[k], "-") for k, _ in groups], log)
+        panel.set_title(_fmt_value(facet, value).replace("w=", "workers = "),
+                        fontsize="medium")
+        if i % ncols:
+            panel.tick_params(labelleft=False)
+        else:
+            panel.set_ylabel("fraction ≤ x")
+        if i < n - ncols:
+            panel.set_xlabel("")
+    # only the figure's own panels? then the figure title says what all of them show
+    if all(a in panels for a in fig.axes) and hasattr(fig, "suptitle"):
+        note = _repeats_note(df)
+        fig.suptitle("Latency distribution, one panel per "
+                     + ("worker count" if facet == "workers" else facet)
+                     + " (ok tasks" + (f", {note}" if note else "") + ")")
+    handles = [Line2D([], [], color=color_of[k], linewidth=1.6, label=_label(rest, k))
+               for k in keys]
+    panels[ncols - 1].legend(handles=handles + _ecdf_handles(panels[0])[-2:],
+                             title=_legend_title(rest), loc="upper left",
+                             bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0, frameon=False,
+                             fontsize="small", title_fontsize="small")
     return ax
 
 
@@ -351,14 +429,16 @@ def efficiency_heatmap(summary_or_df: pd.DataFrame, ax=None, value: str = "effic
     ax.set_ylabel(ylabel)
     n_rep = s["repeat"].nunique() if "repeat" in s else 1
     what = VALUE_LABELS.get(value, value)
+    what = _unitless(what) if is_time else what
     ax.set_title(f"{what[0].upper() + what[1:]}"
                  + (f"\nmedian of {n_rep} repeats" if n_rep > 1 else "")
                  + ("; brighter is better" if value in ("efficiency", "throughput_tps")
                     or is_time else ""))
     cbar = ax.figure.colorbar(im, ax=ax, shrink=0.9)
-    cbar.set_label(what)
+    cbar.set_label(_unitless(what) if is_time else what)
     if is_time:
         cbar.ax.yaxis.set_major_formatter(_seconds())
+        cbar.ax.yaxis.set_minor_formatter(NullFormatter())
     if value == "efficiency" and len(finite) and finite.max() > 1.0:
         cbar.ax.axhline(1.0, color="white", linewidth=1)
     return ax
@@ -426,15 +506,20 @@ def throughput_vs_workers(summary_or_df: pd.DataFrame, ax=None, cpus: int | None
     return ax
 
 
-def stage_breakdown(df: pd.DataFrame, ax=None, stat: str = "median", normalize: bool = False,
+def stage_breakdown(df: pd.DataFrame, ax=None, stat: str = "median", normalize: bool = True,
                     by=("batch_size", "workers"), auto: bool = True):
-    """Stacked bars per configuration: time per stage of a task (``median`` or ``mean``).
+    """Stacked bars per configuration: where a task's time goes (``median`` or ``mean`` per stage).
 
     Stages: client -> server, server, queue wait (enqueued -> a worker starts it), running,
     worker -> client. Results of a batch leave together when its last task ends, so the last
     stage includes waiting for the slowest task of the batch. Only ok tasks; repeats pooled.
     Bars are the ``stat`` of each stage, so their total need not equal the ``stat`` of the
-    latency. ``normalize`` shows each stage as a fraction of the bar.
+    latency.
+
+    ``normalize`` (default) draws each stage as a share of its bar, with the bar's total time
+    printed at its right: every configuration is readable, however far apart their totals.
+    ``normalize=False`` draws the times on one linear axis (comparable lengths, but the slowest
+    configuration dominates when totals differ by orders of magnitude).
     """
     if stat not in ("median", "mean"):
         raise ValueError("stat must be 'median' or 'mean'")
@@ -475,15 +560,25 @@ def stage_breakdown(df: pd.DataFrame, ax=None, stat: str = "median", normalize: 
             ax.text(total, yi, " " + fmt_s(total), va="center", ha="left", fontsize="small",
                     color="0.25")
         ax.set_xlim(0, totals.max() * 1.18 if totals.max() > 0 else 1)
-        ax.set_xlabel(f"{stat} time per stage, stacked (s)")
+        ax.set_xlabel(f"{stat} time per stage, stacked")
     else:
-        ax.set_xlim(0, 1)
+        # the totals get a column of their own right of the 100 % line
+        ax.set_xlim(0, 1.13)
+        ax.xaxis.set_major_locator(FixedLocator(np.linspace(0, 1, 6)))
         ax.xaxis.set_major_formatter(lambda x, _: f"{x:.0%}")
-        ax.set_xlabel(f"share of the stacked {stat} stage times (%)")
+        ax.axvline(1.0, color="0.5", linewidth=0.8)
+        for yi, total in zip(y, totals):
+            ax.text(1.012, yi, fmt_s(total), va="center", ha="left", fontsize="small",
+                    color="0.2")
+        ax.text(1.012, -0.5, "total", va="bottom", ha="left", fontsize="small",
+                color="0.2", fontweight="bold")
+        ax.set_xlabel(f"share of the stacked {stat} stage times; total at the right")
     ax.set_ylabel("configuration" + (f" ({_legend_title(cols)})" if _legend_title(cols)
                                        else ""))
     note = _repeats_note(df)
     what = f"share of each stage in the stacked {stat}s" if normalize else f"{stat} per stage"
+    if not normalize and totals.min() > 0 and totals.max() / totals.min() > 10:
+        what += " on one linear axis"
     ax.set_title(f"Where a task's time goes: {what} (ok tasks"
                  + (f", {note}" if note else "") + ")")
     ax.grid(True, axis="x", alpha=0.3)
@@ -560,7 +655,7 @@ def timeline(df: pd.DataFrame, run=None, ax=None, color_by: str = "batch_id"):
     ax.set_ylim(len(names) - 0.5, -0.5)
     ax.set_xlim(left=0)
     ax.xaxis.set_major_formatter(_seconds())
-    ax.set_xlabel("time since run start (s)")
+    ax.set_xlabel("time since run start")
     ax.set_ylabel("worker")
     first = g.iloc[0]
     desc = [f"run {run}"]
@@ -635,7 +730,7 @@ def overhead_percentiles(df: pd.DataFrame, ax=None, by: str = "rate",
         ax.set_yscale("log")
     ax.yaxis.set_major_formatter(_seconds())
     ax.set_xlabel("offered load (tasks/s)" if by == "rate" else by)
-    ax.set_ylabel("overhead = latency − wait (s)")
+    ax.set_ylabel("overhead = latency − wait")
     ax.set_title("Overhead percentiles vs offered load (open loop, ok tasks)")
     ax.grid(True, which="major", alpha=0.3)
     _legend_outside(ax, title=_legend_title(cols) if cols else "percentile")
@@ -677,17 +772,18 @@ def write_figures(result_dir, dpi: int = 120) -> list[Path]:
     hm_cols = summary["workers"].nunique()
     hm_size = (max(6.0, 2.8 + 1.1 * hm_cols), max(3.5, 1.6 + 0.55 * hm_rows))
     legend_h = 1.5 + 0.22 * n_conf
+    ecdf_size = (10.5, max(5.5, legend_h))
+    if n_conf > 6 and "workers" in cols and len(cols) > 1:  # latency_ecdf draws small multiples
+        ecdf_size = (10.5, 1.2 + 3.3 * _facet_rows(df["workers"].nunique()))
 
     jobs = [
-        ("latency_ecdf", (10.5, max(5.5, legend_h)), lambda ax: latency_ecdf(df, ax=ax)),
+        ("latency_ecdf", ecdf_size, lambda ax: latency_ecdf(df, ax=ax)),
         ("efficiency_heatmap", hm_size,
          lambda ax: efficiency_heatmap(summary, ax=ax, value="efficiency")),
         ("makespan_heatmap", hm_size,
          lambda ax: efficiency_heatmap(summary, ax=ax, value="makespan_s")),
         ("throughput_vs_workers", (10, 5.5), lambda ax: throughput_vs_workers(summary, ax=ax)),
         ("stage_breakdown", (13, 1.8 + 0.42 * n_conf), lambda ax: stage_breakdown(df, ax=ax)),
-        ("stage_shares", (13, 1.8 + 0.42 * n_conf),
-         lambda ax: stage_breakdown(df, ax=ax, normalize=True)),
     ]
     runs = [df["run"].min()]
     if summary["efficiency"].notna().any():

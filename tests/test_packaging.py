@@ -1,8 +1,13 @@
 """environment.yml and pyproject.toml must name the same packages."""
 
 import re
-import tomllib
+import sys
 from pathlib import Path
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # tomllib is new in 3.11; tomli is the same parser (a dev dependency on 3.10)
+    import tomli as tomllib
 
 ROOT = Path(__file__).resolve().parents[1]
 CONDA_NAMES = {"msgpack": "msgpack-python"}  # pip name -> conda-forge name
@@ -27,3 +32,36 @@ def test_seed_data_shipped_as_package_data():
     import comlab.data
     for name in ("client_data.txt", "server_data.txt"):
         assert comlab.data.seed_path(name).read_bytes() == (ROOT / "data" / name).read_bytes()
+
+
+def _pins(requirements) -> dict:
+    return {_name(r): re.sub(r"\s|;.*", "", r)[len(_name(r)):] for r in requirements}
+
+
+def test_environment_yml_pins_the_same_versions():
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    pip = _pins([*project["dependencies"], *project["optional-dependencies"]["dev"],
+                 *project["optional-dependencies"]["lab"]])
+    lines = [line.strip()[2:] for line in (ROOT / "environment.yml").read_text().splitlines()
+             if re.match(r"^  - [A-Za-z]", line)]
+    conda = {_name(r): r.replace(" ", "")[len(_name(r)):] for r in lines}
+    differ = {n: (spec, conda[CONDA_NAMES.get(n, n)]) for n, spec in pip.items()
+              if conda.get(CONDA_NAMES.get(n, n)) != spec}
+    assert not differ, f"pyproject vs environment.yml: {differ}"
+
+
+def test_lab_and_plot_requirements():
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    # plots.latency_ecdf draws with Axes.ecdf, new in matplotlib 3.8
+    assert "matplotlib>=3.8" in project["dependencies"]
+    import matplotlib.axes
+    assert hasattr(matplotlib.axes.Axes, "ecdf")
+    # tqdm.auto draws widget bars in a notebook only with ipywidgets
+    lab = {_name(r) for r in project["optional-dependencies"]["lab"]}
+    assert {"jupyterlab", "ipywidgets", "nbconvert"} <= lab
+
+
+def test_py_typed_is_package_data():
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    assert "py.typed" in config["package-data"]["comlab"]
+    assert (ROOT / "comlab" / "py.typed").is_file()

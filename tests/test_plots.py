@@ -1,6 +1,8 @@
 """Tests for comlab.plots on one small real result (4 runs of 32 tasks)."""
 
+import io
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -9,6 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from matplotlib.axes import Axes
+from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 import comlab
@@ -74,6 +77,45 @@ def test_latency_ecdf_one_line_per_configuration(records, ax):
     assert ax.get_legend() is not None
 
 
+def test_latency_ecdf_many_configurations_in_small_multiples(records):
+    # 4 worker counts x 2 batch sizes = 8 configurations: more than one panel should hold
+    many = pd.concat([records.assign(workers=records["workers"] + 10 * k, run=records["run"] + 100 * k)
+                      for k in range(2)], ignore_index=True)
+    fig = Figure(figsize=(10, 7), layout="constrained")
+    ax = fig.add_subplot()
+    out = plots.latency_ecdf(many, ax=ax)
+    assert out is ax
+    panels = fig.axes
+    assert len(panels) == many["workers"].nunique() == 4
+    titles = sorted(p.get_title() for p in panels)
+    assert titles == sorted(f"workers = {w}" for w in many["workers"].unique())
+    # one curve per batch size in each panel, same colour for a batch size everywhere
+    assert all(len(legend_lines(p)) == len(BATCH_SIZES) for p in panels)
+    colors = {line.get_label(): line.get_color() for p in panels for line in legend_lines(p)}
+    assert len(colors) == len(BATCH_SIZES)
+    assert all(p.get_xscale() == "log" for p in panels)
+    assert fig._suptitle is not None and "panel per worker count" in fig._suptitle.get_text()
+    fig.savefig(io.BytesIO(), format="png")  # lays out and draws without error
+
+
+def test_latency_ecdf_facet_none_keeps_one_panel(records, ax):
+    many = pd.concat([records.assign(workers=records["workers"] + 10 * k, run=records["run"] + 100 * k)
+                      for k in range(2)], ignore_index=True)
+    plots.latency_ecdf(many, ax=ax, facet=None)
+    assert len(ax.figure.axes) == 1
+    assert len(legend_lines(ax)) == 8
+
+
+def test_latency_ecdf_within_a_decade_is_linear_with_labelled_ticks(records, ax):
+    # latencies from 20 to 60 ms: a log axis would have no major tick, so no label at all
+    narrow = records.assign(latency_s=0.02 + 0.04 * (records["task_id"] % 8) / 7)
+    plots.latency_ecdf(narrow, ax=ax)
+    assert ax.get_xscale() == "linear"
+    FigureCanvasAgg(ax.figure).draw()
+    labels = [t.get_text() for t in ax.xaxis.get_ticklabels() if t.get_text()]
+    assert len(labels) >= 3 and all(t.endswith("ms") for t in labels), labels
+
+
 def test_latency_ecdf_by_one_column(records, ax):
     plots.latency_ecdf(records, ax=ax, by="workers")
     assert len(legend_lines(ax)) == len(WORKERS)
@@ -135,8 +177,9 @@ def test_throughput_vs_workers_accepts_records(records, ax):
 
 # --- stage_breakdown -----------------------------------------------------------------------------
 
-def test_stage_breakdown(records, ax):
-    out = plots.stage_breakdown(records, ax=ax)
+@pytest.mark.parametrize("normalize", [True, False])
+def test_stage_breakdown(records, ax, normalize):
+    out = plots.stage_breakdown(records, ax=ax, normalize=normalize)
     assert out is ax
     labelled(ax)
     assert len(ax.containers) == len(plots.STAGES)
@@ -144,10 +187,17 @@ def test_stage_breakdown(records, ax):
     assert len(ax.get_yticklabels()) == N_CONFIGS
 
 
-def test_stage_breakdown_normalized_bars_sum_to_one(records, ax):
-    plots.stage_breakdown(records, ax=ax, normalize=True, stat="mean")
+def test_stage_breakdown_shares_by_default_with_totals(records, ax):
+    plots.stage_breakdown(records, ax=ax, stat="mean")
     widths = np.array([[bar.get_width() for bar in c] for c in ax.containers])
-    np.testing.assert_allclose(widths.sum(axis=0), 1.0)
+    np.testing.assert_allclose(widths.sum(axis=0), 1.0)  # every configuration fills its row
+    # each row's total time is printed beside it (the shares alone would hide the scale)
+    ok = records[records["status"] == "ok"]
+    means = {k: sum((g[b] - g[a]).mean() for _, a, b in plots.STAGES)
+             for k, g in ok.groupby(["batch_size", "workers"], observed=True)}
+    texts = [t.get_text() for t in ax.texts]
+    assert texts.count("total") == 1
+    assert sorted(texts[:-1]) == sorted(plots.fmt_s(v) for v in means.values())
 
 
 # --- timeline ------------------------------------------------------------------------------------
@@ -237,8 +287,33 @@ def test_strategies_are_not_pooled(records, ax):
                                "thread-per-task", "sequential"))
     both = pd.concat([records.assign(strategy=records["strategy"].astype(str)), other],
                      ignore_index=True)
-    plots.latency_ecdf(both, ax=ax)
-    assert len(legend_lines(ax)) == 2 * N_CONFIGS
+    plots.latency_ecdf(both, ax=ax)  # 8 configurations: one panel per worker count
+    assert sum(len(legend_lines(a)) for a in ax.figure.axes) == 2 * N_CONFIGS
+    labels = {line.get_label() for a in ax.figure.axes for line in legend_lines(a)}
+    assert any("sequential" in x for x in labels) and any("thread-per-task" in x for x in labels)
+
+
+def makespan_heatmap(df, ax):
+    return plots.efficiency_heatmap(df, ax=ax, value="makespan_s")
+
+
+@pytest.mark.parametrize("fn", ALL + [makespan_heatmap], ids=lambda f: f.__name__)
+def test_units_in_labels_agree_with_ticks(records, fn):
+    """An axis whose ticks say "10 ms" is not labelled "(s)", and the other way round."""
+    df = records.assign(rate=np.where(records["task_id"] % 2 == 0, 100.0, 1000.0)) \
+        if fn is plots.overhead_percentiles else records
+    fig = Figure(figsize=(10, 6), layout="constrained")
+    fn(df, ax=fig.add_subplot())
+    FigureCanvasAgg(fig).draw()  # tick labels are set at draw time
+    for axes in fig.axes:
+        for axis in (axes.xaxis, axes.yaxis):
+            label = axis.get_label().get_text()
+            ticks = [t.get_text() for t in axis.get_ticklabels(which="both") if t.get_text()]
+            with_unit = [t for t in ticks if re.search(r"\d\s*[mµn]?s$", t)]
+            if "(s" in label or "s)" in label:
+                assert not with_unit, f"{fn.__name__}: {label!r} with ticks {with_unit}"
+            if with_unit:
+                assert not re.search(r"\(s\b|\bs\)", label), f"{label!r}: {with_unit}"
 
 
 # --- write_figures and the command line ----------------------------------------------------------
