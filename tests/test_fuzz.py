@@ -13,12 +13,9 @@ WORK / CONNECT, forged results) have tests of their own; each failed before its 
 
 from __future__ import annotations
 
-import inspect
 import os
 import subprocess
 import sys
-import threading
-import time
 from pathlib import Path
 
 import msgpack

@@ -23,12 +23,10 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import multiprocessing
 import os
 import selectors
 import signal
 import sys
-import time
 
 from .pool import Pool
 from .role import HOST
