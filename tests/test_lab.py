@@ -186,16 +186,17 @@ def test_plan_groups_runs_by_server():
     assert [s.index for s in specs] == list(range(len(specs)))
     assert len({s.key for s in specs}) == len(specs)
     groups = plan.groups(specs)
-    assert [g for g, _ in groups] == [("tcp", "broker", 1), ("tcp", "broker", 4),
-                                      ("tcp", "queue", 1), ("tcp", "queue", 4),
-                                      ("ipc", "broker", 1), ("ipc", "broker", 4),
-                                      ("ipc", "queue", 1), ("ipc", "queue", 4)]
-    for (transport, design, workers), runs in groups:
-        assert {(s.transport, s.dispatch, s.workers) for s in runs} == \
-            {(transport, design, workers)}
-        assert len(runs) == 16
-    assert specs[1].repeat == 1 and specs[1].rate is None and specs[2].rate == 100.0
-    assert "broker w1 b1 sequential r2/2" in specs[1].label(2)
+    servers = [("tcp", "broker", 1), ("tcp", "broker", 4), ("tcp", "queue", 1),
+               ("tcp", "queue", 4), ("ipc", "broker", 1), ("ipc", "broker", 4),
+               ("ipc", "queue", 1), ("ipc", "queue", 4)]
+    assert [g for g, _ in groups] == servers * 2  # repeats outermost: every server twice
+    for i, ((transport, design, workers), runs) in enumerate(groups):
+        assert {(s.transport, s.dispatch, s.workers, s.repeat) for s in runs} == \
+            {(transport, design, workers, i // len(servers))}
+        assert len(runs) == 8
+    assert specs[0].repeat == 0 and specs[-1].repeat == 1
+    assert specs[0].rate is None and specs[1].rate == 100.0
+    assert "broker w1 b1 sequential r1/2" in specs[0].label(2)
     with pytest.raises(ValueError, match="dispatch"):
         plan.plan([1], [1], 1, dispatch="nope")
 

@@ -1,8 +1,9 @@
 """The plan of a sweep: one ``RunSpec`` per run, pure (no processes, no files).
 
-Runs are ordered so that every run with the same (transport, dispatch, workers) is adjacent:
-they share one server and pool (``groups``); a strategy change between them is a control
-message. A run's ``key``
+Repeats come outermost (every configuration once, then again: load drift on a shared machine
+spreads over all configurations); within a repeat, runs with the same (transport, dispatch,
+workers) are adjacent and share one server and pool (``groups``); a strategy change between them
+is a control message. A run's ``key``
 names it across sessions (resume).
 """
 
@@ -68,9 +69,12 @@ def plan(batch_sizes, workers, repeats: int, strategy=strategies.DEFAULT, transp
             or repeats < 1:
         raise ValueError("batch sizes, workers and repeats must be at least 1 "
                          "(workers 0: remote workers only)")
-    combos = itertools.product(transports, designs, pools, strats, sizes, rates, range(repeats))
+    # Repeats outermost: each repeat measures every configuration in turn, so a machine whose
+    # load drifts during a sweep spreads that drift over all of them instead of biasing the
+    # configurations that happened to run last (each repeat starts its own servers).
+    combos = itertools.product(range(repeats), transports, designs, pools, strats, sizes, rates)
     return [RunSpec(i, t, w, s, b, None if r is None else float(r), k, d)
-            for i, (t, d, w, s, b, r, k) in enumerate(combos)]
+            for i, (k, t, d, w, s, b, r) in enumerate(combos)]
 
 
 def groups(specs: list[RunSpec]) -> list[tuple[tuple[str, str, int], list[RunSpec]]]:
