@@ -138,10 +138,11 @@ class Ledger:
         w.progress = self.clock()
         if not w.held:
             self._next(ident)
-            return True
-        if w.held[0].since < w.progress:
-            w.held[0].since = w.progress  # its deadline runs from when it can start
-        self._refill(ident, w)
+        else:
+            if w.held[0].since < w.progress:
+                w.held[0].since = w.progress  # its deadline runs from when it can start
+            self._refill(ident, w)
+        self._drain_pending()  # the design may place more now (the adaptive broker: one ahead)
         return True
 
     def _refill(self, ident: bytes, w: WorkerState) -> None:
