@@ -57,7 +57,13 @@ def test_ready_takes_pending_work(ledger):
     assert ledger.sent == [(b"a", 0, 0)]
 
 
-@pytest.mark.parametrize("ledger", [Broker()], indirect=True, ids=["adaptive"])
+def _adaptive(prefetch_max: int = 4) -> Broker:
+    b = Broker()
+    b.prefetch_max = prefetch_max  # a small window keeps the test short
+    return b
+
+
+@pytest.mark.parametrize("ledger", [_adaptive()], indirect=True, ids=["adaptive"])
 def test_short_batches_are_prefetched_long_ones_are_not(ledger):
     ledger.ready(b"a", "a", "h", 1)
     for i in range(5):
@@ -76,7 +82,7 @@ def test_short_batches_are_prefetched_long_ones_are_not(ledger):
     assert [w.batch_id for w in ledger.pending] == [8]  # one ahead, no more
 
 
-@pytest.mark.parametrize("ledger", [Broker()], indirect=True, ids=["adaptive"])
+@pytest.mark.parametrize("ledger", [_adaptive()], indirect=True, ids=["adaptive"])
 def test_adaptive_broker_puts_one_batch_ahead_at_the_first_to_free(ledger):
     ledger.ready(b"a", "a", "h", 1)
     ledger.ready(b"b", "b", "h", 2)

@@ -7,7 +7,7 @@ the server knows which batch each worker holds. Credit-based prefetch (RabbitMQ'
 ``prefetch``): with ``broker:K`` a worker may hold up to K batches beyond the one it runs
 (``broker:0`` is strict load balancing: at batch 1 every task waits a DONE -> WORK round trip,
 three messages per batch at the server). Plain ``broker`` is the adaptive policy: a busy worker
-takes more while what it holds sums to at most 1 ms of expected work (at most 4 batches), so
+takes more while what it holds sums to at most 1 ms of expected work (at most 32 batches), so
 tiny batches never wait for the round trip; and when no worker is free, a batch goes one ahead
 to the worker expected to free first (start + the strategy's ideal time of what it runs), so
 long batches do not wait for it either. Cost: with K > 0 a short batch can queue behind a long
@@ -43,7 +43,7 @@ class Broker:
 
     def __init__(self, param: str | None = None, **_) -> None:
         self.prefetch = None if param is None else _count(self.name, param)
-        self.prefetch_s, self.prefetch_max = 0.001, 4
+        self.prefetch_s, self.prefetch_max = 0.001, 32
 
     def takes_more(self, w) -> bool:
         """May this busy worker hold one more batch?"""
