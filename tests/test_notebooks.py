@@ -209,31 +209,26 @@ def test_html_command_writes_executed_copies(tmp_path):
         "print('static', os.environ.get('COMLAB_STATIC'))")]
     src = tmp_path / "tiny.ipynb"
     nbformat.write(nb, src)
+    # and one whose cell raises: named in one line at the end, exit 1, the other still written
+    broken = nbformat.v4.new_notebook()
+    broken.cells = [nbformat.v4.new_code_cell("raise ValueError('broken on purpose')")]
+    nbformat.write(broken, tmp_path / "broken.ipynb")
     out_dir = tmp_path / "html"
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     env.pop("MPLBACKEND", None)
-    run = subprocess.run([sys.executable, "-m", "comlab.notebook", "--html", str(out_dir),
-                          "--quick", str(src)],
-                         capture_output=True, text=True, timeout=170, env=env, cwd=tmp_path)
-    assert run.returncode == 0, run.stderr
-    page = out_dir / "tiny.html"
-    assert run.stdout.split() == [str(page)]
-    text = page.read_text()
-    assert "data:image/png;base64" in text  # the figure is embedded
-    assert "quick mode" in text and "static 1" in text
-    assert nbformat.read(src, as_version=4).cells[2].outputs == []  # the source is untouched
-    # a cell that raises: one line naming the notebook and the error, exit 1; the others written
-    nb.cells.append(nbformat.v4.new_code_cell("raise ValueError('broken on purpose')"))
-    nbformat.write(nb, tmp_path / "broken.ipynb")
-    page.unlink()
     run = subprocess.run([sys.executable, "-m", "comlab.notebook", "--html", str(out_dir),
                           "--quick", str(tmp_path / "broken.ipynb"), str(src)],
                          capture_output=True, text=True, timeout=170, env=env, cwd=tmp_path)
     assert run.returncode == 1
     assert run.stderr.strip().splitlines()[-1] == (
         "python -m comlab.notebook: broken.ipynb: a cell raised ValueError: broken on purpose")
-    assert run.stdout.split() == [str(page)] and page.is_file()
+    page = out_dir / "tiny.html"
+    assert run.stdout.split() == [str(page)]
     assert not (out_dir / "broken.html").exists()
+    text = page.read_text()
+    assert "data:image/png;base64" in text  # the figure is embedded
+    assert "quick mode" in text and "static 1" in text
+    assert nbformat.read(src, as_version=4).cells[2].outputs == []  # the source is untouched
 
 
 def test_html_command_bad_input_is_one_line(tmp_path):
