@@ -76,8 +76,9 @@ def test_notebook_runs_in_quick_mode(path, tmp_path):
     _execute(path, tmp_path, COMLAB_QUICK="1")
 
 
-# 05 has no committed bench to draw: with USE_EXAMPLE and none saved it runs its quick bench
-EXAMPLE_PATHS = [p for p in PATHS if not p.stem.startswith("05_")]
+# 05 has no committed bench to draw (with USE_EXAMPLE and none saved it runs its quick bench),
+# 08 no committed dispatch sweep (it runs its quick experiments)
+EXAMPLE_PATHS = [p for p in PATHS if not p.stem.startswith(("05_", "08_"))]
 
 
 @pytest.mark.timeout(300)
