@@ -141,7 +141,10 @@ def _running(p: psutil.Process) -> bool:
 
 
 SCRIPT = """
+import signal
 import comlab
+# A job started in the background of a shell inherits SIGINT ignored: be the user at a terminal.
+signal.signal(signal.SIGINT, signal.default_int_handler)
 comlab.run_experiment(batch_sizes=[1], workers=[2, 3, 4], repeats=3, progress=False,
                       commands=[f"10.0.0.{i}:foo" for i in range(20)],
                       server_map={f"10.0.0.{i}": {"foo": (1, 0.05)} for i in range(20)},
