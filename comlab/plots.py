@@ -839,13 +839,15 @@ def compare_ratios(cmp: pd.DataFrame, metric: str = "makespan_s", ax=None):
                     capsize=3)
     ax.axvline(1.0, color="0.2", linestyle="--", linewidth=1)
     ax.set_yticks(y, [_label(shown, tuple(row)) for row in cmp[shown].itertuples(index=False)])
-    ax.invert_yaxis()
+    if not ax.yaxis_inverted():  # first row on top; idempotent, so panels may share y
+        ax.invert_yaxis()
     label = VALUE_LABELS.get(metric, metric).replace(" (s)", "")
     ax.set_xlabel(f"{label}: ratio b / a (95 % bootstrap interval; < 1: b lower)")
     handles = [Line2D([], [], marker="o", linestyle="", color=c, label=v)
                for v, c in (("b faster", "tab:green"), ("b slower", "tab:red"),
                             ("no significant difference / too few repeats", "0.45"))]
-    ax.legend(handles=handles, loc="best", fontsize="small")
+    ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize="small",
+              borderaxespad=0.0)  # beside the plot: never on top of a ratio
     return ax
 
 

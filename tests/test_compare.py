@@ -229,3 +229,17 @@ def test_an_axis_that_differs_as_a_whole_is_what_is_compared():
     assert c.attrs["across"] == {"strategy": ("sequential", "thread-pool:4")}
     mixed = pd.concat([a, experiment("a2", {1: TIGHT}).assign(strategy="cpu-bound")])
     assert "strategy" in comlab.compare(mixed, a).columns  # a swept axis stays an axis
+
+
+def test_compare_ratios_keeps_the_first_row_on_top_when_drawn_twice():
+    import matplotlib
+    matplotlib.use("Agg")
+    from matplotlib.figure import Figure
+    from comlab import plots
+    cmp = pd.DataFrame({"batch_size": [1, 16], "makespan_s_ratio": [0.9, 1.1],
+                        "makespan_s_ratio_lo": [0.8, 1.0], "makespan_s_ratio_hi": [1.0, 1.2],
+                        "verdict": ["faster", "no significant difference"]})
+    ax = Figure().subplots()
+    plots.compare_ratios(cmp, ax=ax)
+    plots.compare_ratios(cmp, ax=ax)  # a second panel sharing y calls it again
+    assert ax.yaxis_inverted()
