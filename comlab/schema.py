@@ -15,8 +15,6 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-FORMAT = "records, one row per task per run"
-
 
 class Column(NamedTuple):
     name: str

@@ -61,12 +61,6 @@ class Pool:
     def idents(self) -> set[bytes]:
         return set(self.local)
 
-    def pid_of(self, ident: bytes) -> int | None:
-        for proc, i, _ in self.procs.values():
-            if i == ident:
-                return proc.pid
-        return None
-
     def exited(self, sentinel: int) -> tuple:
         """A worker's sentinel fired: forget it, schedule a replacement; (Process, ident)."""
         proc, ident, started = self.procs.pop(sentinel)
