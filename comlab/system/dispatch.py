@@ -32,6 +32,8 @@ from __future__ import annotations
 import logging
 import queue as _queue
 
+from .protocol import assign
+
 log = logging.getLogger("comlab.dispatch")
 
 DEFAULT = "broker"
@@ -50,7 +52,7 @@ class Broker:
         held = len(w.held)
         if self.prefetch is not None:
             return 0 < held <= self.prefetch
-        return 0 < held < self.prefetch_max and sum(h.cost_s for h in w.held) <= self.prefetch_s
+        return 0 < held < self.prefetch_max and w.held_cost <= self.prefetch_s
 
     def place(self, ledger, work) -> bool:
         if ledger.to_free_worker(work):
@@ -115,7 +117,7 @@ class SharedQueue:
         if ledger.to_free_worker(work, remote_only=True):
             return True
         self.outstanding[self.seq] = work
-        self.queue.put(self.seq.to_bytes(8, "little") + work.pack())
+        self.queue.put(self.seq.to_bytes(8, "little") + assign((work,)))
         self.seq += 1
         if len(self.outstanding) > 4 * len(self.slot_of) + 64:
             self._forget_done()
@@ -135,7 +137,7 @@ class SharedQueue:
     def drop_run(self, run: int) -> int:
         """Tasks of a run's batches still on the queue: the workers skip them (FORGET)."""
         taken = self.taken()
-        return sum(len(w.task_ids) for seq, w in self.outstanding.items()
+        return sum(w.n for seq, w in self.outstanding.items()
                    if seq >= taken and w.run == run)
 
     def local_pool_kwargs(self, ident: bytes) -> dict:

@@ -19,9 +19,10 @@ import logging
 import time
 from collections import OrderedDict
 
+import numpy as np
 import zmq
 
-from . import protocol as P
+from . import protocol as P, strategies
 from .clients import TooManyClients
 from .role import HOST
 
@@ -34,6 +35,14 @@ ENDED_RUNS_KEPT = 4096
 CLIENT_TYPES = (P.Batch, P.Hello, P.Bye)
 
 
+def _entry(key: str, response: int, wait: float) -> bytes:
+    try:
+        return np.array([(response, wait)], P.ENTRY).tobytes()
+    except OverflowError:
+        raise ValueError(f"{key}: response {response} is outside the signed 64-bit range "
+                         f"{P.INT64_MIN}..{P.INT64_MAX}") from None
+
+
 class Intake:
     def __init__(self, table: dict, networks, reply_url: str, strategy: str, stats: dict,
                  role) -> None:
@@ -42,11 +51,15 @@ class Intake:
         self.networks = [ipaddress.ip_network(n, strict=False) for n in networks]
         self.reply_url, self.strategy, self.stats, self.role = reply_url, strategy, stats, role
         self.ip_status: dict[str, int] = {}
-        self.table = table
         if self.networks:
             # An address out of reach is unreachable even when the map knows it: drop such keys
             # from the table once, so the per-task look-up stays a single dict get.
-            self.table = {k: v for k, v in table.items() if self.status_of(k) != P.UNREACHABLE}
+            table = {k: v for k, v in table.items() if self.status_of(k) != P.UNREACHABLE}
+        self.table = table
+        # The look-up's two answers, ready to use: a task's ENTRY record (its response and
+        # wait as the WORK column's bytes) and its wait (the batch's expected cost).
+        self.entry_of = {k: _entry(k, r, w) for k, (r, w) in table.items()}
+        self.wait_of = {k: float(w) for k, (_, w) in table.items()}
         self.runs: dict[str, int] = {}                 # reply URL -> its current run
         self.ended: OrderedDict[int, None] = OrderedDict()
         self.hellos: dict[str, tuple] = {}             # reply URL -> (workers not joined, deadline)
@@ -148,40 +161,52 @@ class Intake:
                 return
             self.clients.get(url)  # a client that never said HELLO: its first batch starts
             self.runs[url] = b.run  # the run (a bad URL is dropped here)
-        entries = list(map(self.table.get, b.keys))  # the look-up: one dict get per task
-        task_ids = b.task_ids
-        if None in entries:
-            entries = self.answer_misses(t_server_in, b, url, entries)
-            task_ids = [t for t, e in zip(task_ids, entries) if e is not None]
-            entries = [e for e in entries if e is not None]
+        keys, task_ids = b.keys, b.task_ids
+        try:
+            entries = b"".join(map(self.entry_of.get, keys))  # the look-up: a dict get per task
+        except TypeError:  # a key the table does not hold (None in the join)
+            keys, task_ids, entries = self.answer_misses(t_server_in, b, url)
         stats = self.stats
         stats["batches"] += 1
         stats["tasks"] += len(b.keys)
-        if entries:
-            responses, waits = zip(*entries)  # tuples pack as msgpack arrays too
+        if keys:
+            waits = list(map(self.wait_of.__getitem__, keys))
+            cost = self.duration(waits) if any(waits) else 0.0
             t_enqueued = now()  # the t_enqueued stamp (comlab.schema): the work item exists
-            self.ledger.submit(P.Work(b.run, b.batch_id, url, self.strategy, b.t_sent,
-                                      t_server_in, t_enqueued, 0, task_ids, responses, waits,
-                                      self.token(b)))
+            self.ledger.submit(P.Work(b.run, b.batch_id, url, self.strategy, t_server_in,
+                                      t_enqueued, 0, task_ids, entries, self.token(b), cost,
+                                      len(keys)))
 
-    def answer_misses(self, t_server_in: int, b: P.Batch, url: str, entries: list) -> list:
-        """Answer tasks no worker can run (unknown key, unreachable address) at once."""
-        ids, statuses = [], []
-        for tid, key, entry in zip(b.task_ids, b.keys, entries):
-            if entry is None:
-                if not isinstance(key, str):
-                    raise P.ProtocolError(f"task key {P.preview(key)} is not a string")
-                ids.append(tid)
-                statuses.append(self.status_of(key))
+    @property
+    def strategy(self) -> str:
+        return self._strategy
+
+    @strategy.setter
+    def strategy(self, spec: str) -> None:
+        self._strategy = spec
+        cls, param = strategies.lookup(spec)
+        self.duration = lambda waits: cls.duration(waits, param)
+
+    def answer_misses(self, t_server_in: int, b: P.Batch, url: str) -> tuple:
+        """Answer tasks no worker can run (unknown key, unreachable address) at once; the
+        keys, task ids and entries of the rest."""
+        ids = np.frombuffer(b.task_ids, P.I64)
+        known = [k in self.entry_of for k in b.keys]
+        missed = [k for k, hit in zip(b.keys, known) if not hit]
+        for key in missed:
+            if not isinstance(key, str):
+                raise P.ProtocolError(f"task key {P.preview(key)} is not a string")
+        statuses = [self.status_of(key) for key in missed]
         for status in statuses:
             self.stats[P.STATUS_NAMES[status]] += 1
+        hit = np.array(known, dtype=bool)
         t = now()
-        n = len(ids)
-        self.clients.send(url, P.Results(b.run, b.batch_id, "server", HOST, 0, b.t_sent,
-                                         t_server_in, t,
-                                         ids, statuses, [None] * n, [t] * n, [t] * n,
-                                         None, self.token(b)).pack())
-        return entries
+        n = len(missed)
+        self.clients.send(url, P.results(
+            b.run, "server", HOST, [(b.batch_id, 0, t_server_in, t, self.token(b), n)],
+            ids[~hit], statuses, [0] * n, [t] * n, [t] * n).pack())
+        keys = [k for k, h in zip(b.keys, known) if h]
+        return keys, ids[hit].tobytes(), b"".join(map(self.entry_of.__getitem__, keys))
 
     def token(self, b: P.Batch) -> int:
         return P.batch_token(self.secrets.get(b.run, b""), b.batch_id)

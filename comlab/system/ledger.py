@@ -26,11 +26,14 @@ from .protocol import Work
 MAX_ATTEMPTS = 2  # a batch runs at most twice: once, and once more if its worker was lost
 
 
-@dataclass
 class Held:
-    work: Work
-    cost_s: float        # expected run time: the strategy's ideal duration of the batch
-    since: float         # monotonic time it was handed out
+    """A batch a worker holds: ``since`` is when it was handed out (or, for one queued behind
+    others, when the one before it finished); its expected run time is ``work.cost_s``."""
+
+    __slots__ = ("work", "cost_s", "since")
+
+    def __init__(self, work: Work, since: float) -> None:
+        self.work, self.cost_s, self.since = work, work.cost_s, since
 
 
 @dataclass
@@ -41,15 +44,16 @@ class WorkerState:
     local: bool = False
     held: deque = field(default_factory=deque)   # Held, in the order given
     progress: float = 0.0                        # last time it finished or got work while idle
+    held_cost: float = 0.0                       # sum of the held batches' cost_s (O(1) rule)
 
 
 class Ledger:
-    def __init__(self, send, fail, cost, *, policy=None, local=frozenset(),
+    def __init__(self, send, fail, *, policy=None, local=frozenset(),
                  max_pending: int = 64, clock=time.monotonic) -> None:
         """``send(ident, work) -> bool``; ``fail(work, worker_name)`` answers a batch's tasks as
-        failed; ``cost(work) -> seconds`` is its expected run time; ``policy`` a dispatch design;
+        failed; a batch's expected run time is its ``cost_s``; ``policy`` a dispatch design;
         ``local`` the routing ids of the server's own workers (a set kept up to date)."""
-        self.send, self.fail, self.cost = send, fail, cost
+        self.send, self.fail = send, fail
         self.policy = policy or Broker()
         self.local = local
         self.max_pending = max_pending
@@ -133,8 +137,11 @@ class Ledger:
         if k is None:
             self.counts["refused_done"] += 1
             return False
+        held = w.held
         for _ in range(k + 1):
-            w.held.popleft()
+            w.held_cost -= held.popleft().cost_s
+        if not held:
+            w.held_cost = 0.0  # no drift from the float sums
         w.progress = self.clock()
         if not w.held:
             self._next(ident)
@@ -165,6 +172,19 @@ class Ledger:
         _discard(self.short, ident)
         self.requeue([h.work for h in w.held] + self.policy.lost_local(ident), w.name)
 
+    def undeliverable(self, ident: bytes, works: list) -> None:
+        """Batches handed to a worker whose connection turned out to be gone when they were
+        sent (the server sends what it gave in one message per pass): they never reached it, so
+        they go back to the front of the queue as they were; the worker is lost."""
+        w = self.workers.get(ident)
+        if w is not None:
+            mine = {id(x) for x in works}
+            kept = deque(h for h in w.held if id(h.work) not in mine)
+            w.held, w.held_cost = kept, sum(h.cost_s for h in kept)
+        self.lose(ident)
+        self.pending.extendleft(reversed(works))
+        self._drain_pending()
+
     def release(self, ident: bytes) -> None:
         """A remote worker holds its batches far too long (wedged, partitioned, or keeping
         them): retry them elsewhere, and give it nothing until it shows life (``silent``). It
@@ -174,6 +194,7 @@ class Ledger:
             return
         held = [h.work for h in w.held]
         w.held.clear()
+        w.held_cost = 0.0
         _discard(self.short, ident)
         self.silent.add(ident)
         if ident not in self.idle:
@@ -194,7 +215,7 @@ class Ledger:
     def drop_run(self, run: int) -> int:
         """Forget the queued (not yet handed out) batches of a run; the number of tasks."""
         kept = deque(w for w in self.pending if w.run != run)
-        n = sum(len(w.task_ids) for w in self.pending if w.run == run) + self.policy.drop_run(run)
+        n = sum(w.n for w in self.pending if w.run == run) + self.policy.drop_run(run)
         self.pending = kept
         self.counts["dropped_tasks"] += n
         return n
@@ -232,7 +253,8 @@ class Ledger:
         t = self.clock()
         if not w.held:
             w.progress = t
-        w.held.append(Held(work, self.cost(work), t))
+        w.held.append(Held(work, t))
+        w.held_cost += work.cost_s
         if self.policy.takes_more(w):
             self.short.append(ident)
         return True

@@ -2,13 +2,20 @@
 
 Each message is a NamedTuple; ``msg.pack()`` gives its frame and ``decode(frame)`` (or
 ``Type.decode(frame)``) gives it back, checked: builders and readers use field names only, and
-a field added to a type is added everywhere at once. On the wire a message is still one frame
-holding a msgpack array ``[VERSION, KIND, *fields]`` (never pickle): the named types cost
-nothing there. Lists inside are columnar (one list per field) because msgpack packs and unpacks
-a list of ints far faster than a list of small lists, and the hot paths never build per-task
-objects. Encoding measured with ``python -m bench.wire`` (one PUSH/PULL hop over tcp loopback,
-encode + decode on each end): msgpack on par with orjson, 3x json; orjson cannot carry bytes and
-would add a dependency.
+a field added to a type is added everywhere at once. On the wire a message is one frame holding
+a msgpack array ``[VERSION, KIND, *fields]`` (never pickle).
+
+Per-task columns travel as **binary columns**: packed little-endian arrays in msgpack ``bin``
+fields (task ids and stamps int64, statuses int8, a task's response and wait as one (int64,
+float64) record), read with ``numpy.frombuffer`` and checked vectorised, so no per-task Python
+object is made on the hot path by the encoding (version 2 packed msgpack lists of ints: about a
+third of a batch-256 message's cost at each end was their per-element encoding and checking).
+The per-batch facts a result needs (batch id, attempt, the server's two stamps, the batch token,
+the number of tasks) are a ``HEAD`` record per batch: a WORK message may carry several batches of
+one run (the server sends a worker every batch it gave it during one pass of its loop in one
+message) and so may a RESULTS (a worker's batches of one run that finished together), which is
+what keeps batch-1 runs from paying three messages per task. Nothing else changes per batch:
+each batch is still dispatched, run and stamped on its own.
 
 All stamps are integers from ``time.monotonic_ns()`` (CLOCK_MONOTONIC, shared by every process on
 a Linux host). ``run`` is the client session's identity (a random 63-bit int drawn per client
@@ -17,9 +24,10 @@ result URL can never be taken for one of this run's, and a server can drop a dep
 queued work.
 
 A peer's message can cost that peer its message, nothing else: ``decode`` raises only
-ProtocolError (shape, field types, version), msgpack bounds nesting (about 1,000 deep) and
-libzmq bounds size (MAX_MESSAGE_BYTES), and ``preview`` formats a peer's value for a log line
-within a bounded depth and length (``repr`` of a deeply nested value raises RecursionError).
+ProtocolError (shape, field types, version), the ``check_*`` functions refuse columns of the
+wrong length or values out of range, msgpack bounds nesting (about 1,000 deep) and libzmq bounds
+size (MAX_MESSAGE_BYTES), and ``preview`` formats a peer's value for a log line within a bounded
+depth and length (``repr`` of a deeply nested value raises RecursionError).
 """
 
 from __future__ import annotations
@@ -27,20 +35,30 @@ from __future__ import annotations
 import reprlib
 from array import array as _array
 from hashlib import blake2b as _blake2b
+from itertools import chain as _chain
 from typing import NamedTuple
 
 import msgpack
+import numpy as np
 
-VERSION = 2
+VERSION = 3
 
 # Status codes on the wire; names are what records and reports use.
 OK, UNKNOWN, UNREACHABLE, FAILED, LOST = range(5)
 STATUS_NAMES = ("ok", "unknown", "unreachable", "failed", "lost")
 
-INT64_MIN, INT64_MAX = -(2 ** 63), 2 ** 63 - 1  # responses are 64-bit integers end to end
+INT64_MIN, INT64_MAX = -(2 ** 63), 2 ** 63 - 1  # responses are signed 64-bit integers
 
 # Bound on any message a comlab socket accepts (libzmq drops the peer above it).
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+
+# The binary columns' element types (little-endian on every host).
+I64 = np.dtype("<i8")
+I8 = np.dtype("i1")
+ENTRY = np.dtype([("response", "<i8"), ("wait", "<f8")])  # one task of a work item
+HEAD_FIELDS = ("batch_id", "attempt", "t_server_in", "t_enqueued", "token", "n")
+HEAD = np.dtype([(name, "<i8") for name in HEAD_FIELDS])  # one batch of a WORK / RESULTS
+_HEAD_STRUCT_SIZE = HEAD.itemsize
 
 _pack = msgpack.Packer(use_bin_type=True).pack
 _unpackb = msgpack.unpackb
@@ -77,6 +95,16 @@ def _packer(kind):
     return pack
 
 
+def ids_bytes(ids) -> bytes:
+    """Task ids (any int sequence) as the int64 column."""
+    return np.asarray(ids, dtype=I64).tobytes()
+
+
+def heads_bytes(rows) -> bytes:
+    """HEAD records from (batch_id, attempt, t_server_in, t_enqueued, token, n) tuples."""
+    return _array("q", _chain.from_iterable(rows)).tobytes()
+
+
 # -- client -> server (client PUSH, server PULL) ---------------------------------------------
 @message("H", int, str, int, bytes)
 class Hello(NamedTuple):
@@ -89,15 +117,25 @@ class Hello(NamedTuple):
     secret: bytes = b""
 
 
-@message("B", int, int, str, int, list, list)
+@message("B", int, str, int, bytes, list)
 class Batch(NamedTuple):
-    """keys are "ip:command" strings, task_ids ints; reply_url "" = the server's default."""
+    """A batch: ``task_ids`` the int64 column (one per key), keys "ip:command" strings;
+    reply_url "" = the server's default. (The fields that are the same for every batch of a
+    run come first: the client packs them once per run, see ``batch_prefix``.)"""
     run: int
-    batch_id: int
     reply_url: str
-    t_sent: int
-    task_ids: list
+    batch_id: int
+    task_ids: bytes
     keys: list
+
+
+def batch_prefix(run: int, reply_url: str) -> bytes:
+    """The bytes every BATCH of a run starts with: ``Batch(...).pack()`` equals
+    ``batch_prefix(run, url) + _pack(batch_id) + _pack(task_ids) + array header + keys``, so a
+    client can build a frame from pre-packed keys without a Python object per key."""
+    packer = msgpack.Packer(use_bin_type=True)
+    return (packer.pack_array_header(2 + len(Batch._fields)) + packer.pack(VERSION)
+            + packer.pack(Batch.KIND) + packer.pack(run) + packer.pack(reply_url))
 
 
 @message("E", int, str)
@@ -117,27 +155,33 @@ class Welcome(NamedTuple):
 
 
 # -- worker (or server) -> client ------------------------------------------------------------
-@message("R", int, int, str, str, int, int, int, int, list, list, list, list, list,
-         (list, _NONE), int)
+@message("R", int, str, str, bytes, bytes, bytes, bytes, bytes, bytes, (list, _NONE))
 class Results(NamedTuple):
-    """Per-task columns of one batch; statuses are STATUS codes; errors None or one
-    str-or-None per task. worker "server": answered by the server itself (unknown,
-    unreachable, failed after a lost worker, refused)."""
+    """The results of one or more batches of a run, in binary columns: ``heads`` one HEAD per
+    batch (its ``n`` tasks follow in the task columns, batch after batch); statuses int8 codes;
+    responses int64 (meaningful only where the status is OK); errors None or one str-or-None per
+    task. worker "server": answered by the server itself (unknown, unreachable, failed after a
+    lost worker)."""
     run: int
-    batch_id: int
     worker: str
     host: str
-    attempt: int
-    t_sent: int
-    t_server_in: int
-    t_enqueued: int
-    task_ids: list
-    statuses: list
-    responses: list
-    t_started: list
-    t_finished: list
+    heads: bytes
+    task_ids: bytes
+    statuses: bytes
+    responses: bytes
+    t_started: bytes
+    t_finished: bytes
     errors: list | None
-    token: int = 0
+
+
+def results(run: int, worker: str, host: str, heads, task_ids, statuses, responses, t_started,
+            t_finished, errors=None) -> Results:
+    """A RESULTS from plain sequences (the server's own answers, tests, peers): ``heads`` are
+    (batch_id, attempt, t_server_in, t_enqueued, token, n) tuples; a response None is 0."""
+    return Results(run, worker, host, heads_bytes(heads), ids_bytes(task_ids),
+                   np.asarray(statuses, dtype=I8).tobytes(),
+                   np.asarray([0 if r is None else r for r in responses], dtype=I64).tobytes(),
+                   ids_bytes(t_started), ids_bytes(t_finished), errors)
 
 
 # -- server <-> worker (server ROUTER, worker DEALER) -----------------------------------------
@@ -151,28 +195,68 @@ class Ready(NamedTuple):
 
 @message("D", int, int)
 class Done(NamedTuple):
-    """worker -> server: that batch's results are sent; also a request for more work."""
+    """worker -> server: the results of every batch up to and including this one are sent;
+    also a request for more work."""
     run: int
     batch_id: int
 
 
-@message("W", int, int, str, str, int, int, int, int, (list, tuple), (list, tuple),
-         (list, tuple), int)
 class Work(NamedTuple):
-    """server -> worker: run these tasks with ``strategy``, push results to reply_url; echo
-    ``token`` in the RESULTS."""
+    """One batch as the server keeps it (the ledger's unit), never a message by itself: WORK
+    (``Assign``) carries one or more of them. ``task_ids`` is the int64 column, ``entries`` one
+    ENTRY (response, wait) per task, ``cost_s`` the strategy's ideal time of the batch (the
+    ledger's prefetch rule and overdue deadline), ``n`` its number of tasks."""
     run: int
     batch_id: int
     reply_url: str
     strategy: str
-    t_sent: int
     t_server_in: int
     t_enqueued: int
     attempt: int
-    task_ids: list
-    responses: list
-    waits: list
+    task_ids: bytes
+    entries: bytes
     token: int = 0
+    cost_s: float = 0.0
+    n: int = 0
+
+    def head(self) -> tuple:
+        return (self.batch_id, self.attempt, self.t_server_in, self.t_enqueued, self.token,
+                self.n)
+
+
+def work(run: int, batch_id: int, reply_url: str, strategy: str, task_ids, responses, waits, *,
+         attempt: int = 0, t_server_in: int = 0, t_enqueued: int = 0, token: int = 0,
+         cost_s: float | None = None) -> Work:
+    """A Work from plain sequences (tests, tools); cost_s defaults to the sum of the waits."""
+    entries = np.empty(len(task_ids), ENTRY)
+    entries["response"], entries["wait"] = responses, waits
+    return Work(run, batch_id, reply_url, strategy, t_server_in, t_enqueued, attempt,
+                ids_bytes(task_ids), entries.tobytes(), token,
+                float(sum(waits)) if cost_s is None else cost_s, len(task_ids))
+
+
+@message("W", int, str, str, bytes, bytes, bytes)
+class Assign(NamedTuple):
+    """server -> worker: run these batches (one HEAD each, their tasks' ids and ENTRY records
+    batch after batch) in order with ``strategy``, push their results to reply_url, echoing each
+    batch's HEAD (its token proves the RESULTS answers a batch the server gave out)."""
+    run: int
+    reply_url: str
+    strategy: str
+    heads: bytes
+    task_ids: bytes
+    entries: bytes
+
+
+def assign(works) -> bytes:
+    """One WORK frame for batches of one run, reply URL and strategy (the caller groups)."""
+    w0 = works[0]
+    if len(works) == 1:
+        return _pack((VERSION, "W", w0.run, w0.reply_url, w0.strategy, heads_bytes((w0.head(),)),
+                      w0.task_ids, w0.entries))
+    return _pack((VERSION, "W", w0.run, w0.reply_url, w0.strategy,
+                  heads_bytes(w.head() for w in works),
+                  b"".join([w.task_ids for w in works]), b"".join([w.entries for w in works])))
 
 
 @message("C", str, str, int)
@@ -288,45 +372,80 @@ def preview(obj) -> str:
         return f"<{type(obj).__name__}>"  # possible from msgpack, but cheap to be sure)
 
 
+def column(data: bytes, dtype: np.dtype, n: int, what: str) -> np.ndarray:
+    """A binary column of exactly ``n`` elements of ``dtype`` (read-only, no copy)."""
+    if len(data) != n * dtype.itemsize:
+        raise ProtocolError(f"{what}: {len(data)} bytes for {n} values of {dtype.itemsize}")
+    return np.frombuffer(data, dtype)
+
+
+def read_heads(data: bytes, what: str) -> np.ndarray:
+    """The HEAD records of a WORK or RESULTS; each batch's task count must be >= 0."""
+    if len(data) % _HEAD_STRUCT_SIZE:
+        raise ProtocolError(f"{what}: {len(data)} bytes of batch heads, not a multiple of "
+                            f"{_HEAD_STRUCT_SIZE}")
+    heads = np.frombuffer(data, HEAD)
+    if len(heads) and heads["n"].min() < 0:
+        raise ProtocolError(f"{what}: a batch with a negative task count")
+    return heads
+
+
 def check_batch(b: Batch) -> Batch:
-    """A BATCH's columns agree: one key per task id."""
-    if len(b.task_ids) != len(b.keys):
-        raise ProtocolError(f"BATCH with {len(b.task_ids)} task ids and {len(b.keys)} keys")
+    """A BATCH's columns agree: one int64 task id per key."""
+    if len(b.task_ids) != 8 * len(b.keys):
+        raise ProtocolError(f"BATCH with {len(b.task_ids)} bytes of task ids for "
+                            f"{len(b.keys)} keys")
     return b
 
 
-def check_results(r: Results, n_tasks: int, batch_size: int | None = None) -> list:
-    """Validate a RESULTS a client received for a run of ``n_tasks``; return its task ids.
-    With ``batch_size``, every task id must belong to the batch the message names.
+def check_assign(a: Assign) -> tuple[np.ndarray, np.ndarray]:
+    """A WORK's heads and its ENTRY records, checked for agreeing lengths and finite waits."""
+    heads = read_heads(a.heads, "WORK")
+    n = int(heads["n"].sum())
+    column(a.task_ids, I64, n, "WORK task ids")
+    entries = column(a.entries, ENTRY, n, "WORK entries")
+    waits = entries["wait"]
+    if n and not (np.isfinite(waits).all() and waits.min() >= 0):
+        raise ProtocolError("WORK with waits that are not finite and >= 0")
+    return heads, entries
 
-    Checks equal column lengths, that every task id is an int the client sent, every status a
-    final one (never LOST, which only the client assigns), every stamp and response a 64-bit
-    int, so a stray or forged message is dropped as garbage instead of breaking the client's
-    per-task columns later. Per-item checks run at C speed: array('q', column) refuses a
-    non-int or a value beyond 64 bits.
+
+class Checked(NamedTuple):
+    """A RESULTS a client accepted the shape of: its heads and per-task columns."""
+    heads: np.ndarray
+    task_ids: np.ndarray
+    statuses: np.ndarray
+
+
+def check_results(r: Results, n_tasks: int, batch_size: int | None = None) -> Checked:
+    """Validate a RESULTS a client received for a run of ``n_tasks``; its checked columns.
+    With ``batch_size``, every task id must belong to the batch its HEAD names.
+
+    Checks that every column has one element per task the heads announce, every task id is one
+    the client sent, every status a final one (never LOST, which only the client assigns) and
+    the errors strings or None, so a stray or forged message is dropped as garbage instead of
+    breaking the client's per-task columns later. Everything but the errors runs vectorised.
     """
-    ids = r.task_ids
-    n = len(ids)
-    if (len(r.statuses) != n or len(r.responses) != n or len(r.t_started) != n
-            or len(r.t_finished) != n or (r.errors is not None and len(r.errors) != n)):
-        raise ProtocolError(f"RESULTS with columns of unequal length ({n} task ids)")
+    heads = read_heads(r.heads, "RESULTS")
+    counts = heads["n"]
+    n = int(counts.sum())
+    ids = column(r.task_ids, I64, n, "RESULTS task ids")
+    statuses = column(r.statuses, I8, n, "RESULTS statuses")
+    column(r.responses, I64, n, "RESULTS responses")
+    column(r.t_started, I64, n, "RESULTS t_started")
+    column(r.t_finished, I64, n, "RESULTS t_finished")
+    if r.errors is not None and len(r.errors) != n:
+        raise ProtocolError(f"RESULTS with {len(r.errors)} errors for {n} tasks")
     if not n:
-        return ids
-    try:
-        id_col, status_col = _array("q", ids), _array("q", r.statuses)
-        _array("q", r.t_started), _array("q", r.t_finished)
-        _array("q", r.responses if None not in r.responses else
-               [x for x in r.responses if x is not None])
-    except (TypeError, OverflowError):
-        raise ProtocolError("RESULTS with ids, statuses, stamps or responses that are not "
-                            "64-bit integers") from None
-    if not (0 <= min(id_col) and max(id_col) < n_tasks):
+        return Checked(heads, ids, statuses)
+    if not (0 <= ids.min() and ids.max() < n_tasks):
         raise ProtocolError(f"RESULTS for task ids outside 0..{n_tasks - 1}")
-    if batch_size is not None and not (r.batch_id * batch_size <= min(id_col)
-                                       and max(id_col) < (r.batch_id + 1) * batch_size):
-        raise ProtocolError(f"RESULTS of batch {r.batch_id} for tasks of other batches")
-    if not (OK <= min(status_col) and max(status_col) < LOST):
+    if batch_size is not None:
+        of_batch = np.repeat(heads["batch_id"], counts) if len(heads) > 1 else heads["batch_id"]
+        if not np.array_equal(ids // batch_size, np.broadcast_to(of_batch, ids.shape)):
+            raise ProtocolError("RESULTS of a batch for tasks of other batches")
+    if not (OK <= statuses.min() and statuses.max() < LOST):
         raise ProtocolError(f"RESULTS with status codes outside {OK}..{LOST - 1}")
     if r.errors is not None and not set(map(type, r.errors)) <= {str, _NONE}:
         raise ProtocolError("RESULTS with errors that are not strings")
-    return ids
+    return Checked(heads, ids, statuses)

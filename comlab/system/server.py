@@ -25,6 +25,7 @@ import tempfile
 import threading
 import time
 
+import numpy as np
 import zmq
 
 from .. import __version__
@@ -120,8 +121,8 @@ class Server(Role):
                                      unwatch=self.poller.unregister)
         cpus = os.cpu_count() or 1
         self.overdue_factor = 4.0 * max(1.0, self.max_workers / cpus)
-        self.ledger = Ledger(self.send_work, self.fail_work, strategies.cost,
-                             policy=self.policy, local=self.pool.local,
+        self.outbox: dict[bytes, list] = {}  # worker -> batches given in this pass
+        self.ledger = Ledger(self.send_work, self.fail_work, policy=self.policy, local=self.pool.local,
                              max_pending=self.max_pending)
         self.liveness = Liveness(self.to_worker)
         self.intake.attach()
@@ -185,6 +186,8 @@ class Server(Role):
                     return
             if hot:
                 self.pump()
+            if self.outbox:
+                self.flush()
 
     def pump(self, most: int = 4096) -> None:
         """Move messages while any wait on the worker and client sockets, with no poll between
@@ -217,6 +220,8 @@ class Server(Role):
                     break
                 on_client(frame)
                 moved += 1
+            if self.outbox:
+                self.flush()  # what this round gave each worker, one message per worker
             if moved == before:
                 return
 
@@ -291,22 +296,45 @@ class Server(Role):
             return False
 
     def send_work(self, ident: bytes, work: P.Work) -> bool:
-        if self.to_worker(ident, work.pack()):
-            return True
-        self.pool.kill(ident)  # a local worker with no connection is stopped or wedged
-        return False
+        """Batches given to a worker wait in its outbox until the end of the server's pass
+        (``flush``): every batch a worker got in one pass goes in one WORK message, so at
+        batch 1 a worker with a window of tiny batches costs one message, not one per batch."""
+        box = self.outbox.get(ident)
+        if box is None:
+            self.outbox[ident] = [work]
+        else:
+            box.append(work)
+        return True
+
+    def flush(self) -> None:
+        """Send every outbox: one WORK per worker and run (a worker's batches in the order the
+        ledger gave them). A worker whose connection is gone gets its batches back in the queue
+        untouched and is lost."""
+        outbox, self.outbox = self.outbox, {}
+        for ident, works in outbox.items():
+            start = 0
+            for i in range(1, len(works) + 1):
+                if i == len(works) or works[i].run != works[start].run \
+                        or works[i].reply_url != works[start].reply_url \
+                        or works[i].strategy != works[start].strategy:
+                    if not self.to_worker(ident, P.assign(works[start:i])):
+                        self.pool.kill(ident)  # a local worker with no connection is stopped
+                        self.ledger.undeliverable(ident, works[start:])  # or wedged
+                        break
+                    start = i
+        if self.outbox:  # the ledger handed the returned batches to other workers
+            self.flush()
 
     def fail_work(self, work: P.Work, name: str) -> None:
         """A batch lost twice: its tasks fail."""
-        self.stats["failed"] += len(work.task_ids)
+        self.stats["failed"] += work.n
         log.error("batch %s lost twice (last with worker %s): its tasks fail", work.batch_id, name)
         t = now()
-        n = len(work.task_ids)
-        self.clients.send(work.reply_url, P.Results(
-            work.run, work.batch_id, name, HOST, work.attempt, work.t_sent, work.t_server_in,
-            work.t_enqueued, work.task_ids, [P.FAILED] * n, [None] * n, [t] * n, [t] * n,
-            [f"worker {name} died running this batch (attempt {work.attempt + 1})"] * n,
-            work.token).pack())
+        n = work.n
+        self.clients.send(work.reply_url, P.results(
+            work.run, name, HOST, [work.head()], np.frombuffer(work.task_ids, P.I64),
+            [P.FAILED] * n, [0] * n, [t] * n, [t] * n,
+            [f"worker {name} died running this batch (attempt {work.attempt + 1})"] * n).pack())
 
     def on_worker_frame(self, ident: bytes, frame: bytes = b"", *rest) -> None:
         try:

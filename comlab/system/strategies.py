@@ -307,9 +307,6 @@ def duration(spec: str, waits: Sequence[float]) -> float:
     return cls.duration(waits, param) if len(waits) else 0.0
 
 
-def cost(work) -> float:
-    """Expected run time of a work item (the ledger's prefetch rule and overdue deadline)."""
-    return duration(work.strategy, work.waits)
 
 
 class Cache:

@@ -17,6 +17,7 @@ import multiprocessing
 import os
 import signal
 import sys
+from array import array as _array
 from collections import OrderedDict, deque
 
 import zmq
@@ -24,13 +25,84 @@ import zmq
 from . import dispatch, protocol as P
 from .clients import ClientSockets
 from .role import HOST, Role
-from .strategies import Cache, now
+from .strategies import Cache, lookup, now
 
 log = logging.getLogger("comlab.worker")
 
-SERVER_TYPES = (P.Work, P.Connect, P.Forget, P.Stop, P.Ping)
+SERVER_TYPES = (P.Assign, P.Connect, P.Forget, P.Stop, P.Ping)
 QUEUE_WAIT_S = 0.05  # a queue worker answers the server at least this often
 NOBLOCK = int(zmq.NOBLOCK)
+RESULTS_MAX_TASKS = 65536  # results held back for one RESULTS message at most
+
+
+class Unit:
+    """What a worker runs in one go: one batch, or several zero-wait batches of a WORK in a
+    row (they take no time, so running them together changes no stamp's meaning)."""
+
+    __slots__ = ("run", "url", "strategy", "heads", "ids", "entries", "zero", "batches",
+                 "last_batch")
+
+    def __init__(self, a: P.Assign, heads, ids: bytes, entries, zero: bool) -> None:
+        self.run, self.url, self.strategy = a.run, a.reply_url, a.strategy
+        self.heads, self.ids, self.entries, self.zero = heads, ids, entries, zero
+        self.batches = len(heads)
+        self.last_batch = int(heads["batch_id"][-1])
+
+
+def split(a: P.Assign) -> list[Unit]:
+    """A WORK's units: all of it when every wait is 0, else a unit per batch."""
+    heads, entries = P.check_assign(a)
+    if not len(heads):
+        return []
+    try:
+        inline = lookup(a.strategy)[0].inline_zero_waits
+    except ValueError:  # an unknown strategy: each batch fails on its own (run_unit)
+        inline = False
+    if inline and not entries["wait"].any():
+        return [Unit(a, heads, a.task_ids, entries, True)]
+    units, lo = [], 0
+    for i, n in enumerate(heads["n"].tolist()):
+        e = entries[lo:lo + n]
+        units.append(Unit(a, heads[i:i + 1], a.task_ids[8 * lo:8 * (lo + n)], e,
+                          not e["wait"].any()))
+        lo += n
+    return units
+
+
+class Outbox:
+    """Results held back until the batches that finish together are done: one RESULTS per
+    client run, sent at ``flush``."""
+
+    def __init__(self, clients: ClientSockets, name: str) -> None:
+        self.clients, self.name = clients, name
+        self.key = None
+        self.parts: list = []
+        self.size = 0
+
+    def add(self, u: Unit, heads, statuses: bytes, responses: bytes, starts: bytes,
+            ends: bytes, errors) -> None:
+        if self.key != (u.run, u.url):
+            self.flush()
+            self.key = (u.run, u.url)
+        self.parts.append((heads.tobytes(), u.ids, statuses, responses, starts, ends, errors,
+                           len(u.entries)))
+        self.size += len(u.entries)
+
+    def flush(self) -> None:
+        if not self.parts:
+            return
+        parts, (run, url) = self.parts, self.key
+        self.parts, self.size, self.key = [], 0, None
+        if len(parts) == 1:
+            heads, ids, st, rs, t0, t1, errors, _ = parts[0]
+        else:
+            heads, ids, st, rs, t0, t1 = (b"".join([p[i] for p in parts]) for i in range(6))
+            errors = None
+            if any(p[6] is not None for p in parts):
+                errors = [e for p in parts for e in (p[6] if p[6] is not None else
+                                                      [None] * p[7])]
+        self.clients.send(url, P.Results(run, self.name, HOST, heads, ids, st, rs, t0, t1,
+                                         errors).pack())
 
 
 class Worker(Role):
@@ -50,11 +122,13 @@ class Worker(Role):
         self.strategies = Cache()
         self.queue, self.slots, self.slot = queue, slots, slot
         self.ended: OrderedDict[int, None] = OrderedDict()  # runs whose batches are skipped
-        self.backlog: deque[P.Work] = deque()                # batches given, not yet run
+        self.backlog: deque[Unit] = deque()                  # batches given, not yet run
+        self.queued = 0                                      # ... how many batches that is
 
     def setup(self):
         # Results never block the worker: a client that takes none costs its own results.
         self.clients = ClientSockets(self, linger_ms=1000)
+        self.results = Outbox(self.clients, self.name)
         # Forked workers may connect before the server binds: retry after 10 ms (doubling to
         # 1 s), not libzmq's default 100 ms, which would be most of a pool's start-up.
         self.server = self.socket(zmq.DEALER, connect=None, routing_id=self.ident.encode(),
@@ -93,7 +167,9 @@ class Worker(Role):
         """Take every message the server has queued for us, then run the batches in order.
         DONE says "finished up to this batch": it is sent once at most one batch is left here,
         so the server tops us up while we run that one, and under load one DONE covers several
-        batches (fewer messages at the server); False means stop."""
+        batches (fewer messages at the server); False means stop. Results of batches that
+        finish together (zero-wait batches in a row) leave in one RESULTS, always before the
+        DONE that covers them."""
         backlog, recv, handle = self.backlog, self.server.recv, self.handle
         finished = None
         while True:
@@ -106,15 +182,22 @@ class Worker(Role):
                     return False
             if not backlog:
                 break
-            w = backlog.popleft()
-            if w.run not in self.ended:  # queued before its client left: skipped
-                self.work(w)
-            finished = w
-            if len(backlog) <= 1:
-                self.server.send(P.Done(finished.run, finished.batch_id).pack())
+            unit = backlog.popleft()
+            self.queued -= unit.batches
+            if unit.run not in self.ended:  # queued before its client left: skipped
+                self.run_unit(unit)
+            finished = unit
+            nxt = backlog[0] if backlog else None
+            if nxt is None or not (nxt.zero and nxt.run == unit.run and nxt.url == unit.url) \
+                    or self.results.size >= RESULTS_MAX_TASKS:
+                self.results.flush()
+            if self.queued <= 1:
+                self.results.flush()
+                self.server.send(P.Done(finished.run, finished.last_batch).pack())
                 finished = None
+        self.results.flush()
         if finished is not None:
-            self.server.send(P.Done(finished.run, finished.batch_id).pack())
+            self.server.send(P.Done(finished.run, finished.last_batch).pack())
         return True
 
     def queue_loop(self):
@@ -138,12 +221,14 @@ class Worker(Role):
             slots[mine] = seq            # published before anything can fail
             slots[mine + 1] += 1         # takes: the server's count of batches taken
             try:
-                work = P.Work.decode(frame)
+                units = split(P.Assign.decode(frame))
             except P.ProtocolError as exc:
                 log.warning("%s: dropped a queued batch: %s", self.name, exc)
             else:
-                if work.run not in self.ended:
-                    self.work(work)
+                for unit in units:
+                    if unit.run not in self.ended:
+                        self.run_unit(unit)
+                self.results.flush()
             slots[mine] = dispatch.NOTHING
 
     def on_handshake(self) -> None:
@@ -165,8 +250,14 @@ class Worker(Role):
             log.warning("%s: dropped message from server: %s", self.name, exc)
             return True
         kind = type(msg)
-        if kind is P.Work:
-            self.backlog.append(msg)
+        if kind is P.Assign:
+            try:
+                units = split(msg)
+            except P.ProtocolError as exc:
+                log.warning("%s: dropped a WORK from the server: %s", self.name, exc)
+                return True
+            self.backlog.extend(units)
+            self.queued += sum(u.batches for u in units)
         elif kind is P.Connect:
             self.join(msg)
         elif kind is P.Forget:
@@ -180,21 +271,30 @@ class Worker(Role):
             self.server.send(P.Pong(msg.t, now()).pack())
         return True
 
-    def work(self, w: P.Work) -> None:
+    def run_unit(self, u: Unit) -> None:
+        """Run a unit (one batch, or zero-wait batches in a row) and add its results."""
+        heads, entries = u.heads, u.entries
         try:
-            if len({len(w.task_ids), len(w.responses), len(w.waits)}) != 1:
-                raise ValueError("columns of unequal length")
-            statuses, outs, starts, ends, errors = self.strategies.get(w.strategy).run(
-                w.responses, w.waits)
+            strategy = self.strategies.get(u.strategy)
+            if u.zero and strategy.inline_zero_waits:
+                # Every task has wait 0: each runs inline, in order, and takes no time, so one
+                # stamp per task is both its start and its finish (taken as it runs).
+                stamps = _array("q", [now() for _ in range(len(entries))]).tobytes()
+                self.results.add(u, heads, bytes(len(entries)), entries["response"].tobytes(),
+                                 stamps, stamps, None)
+                return
+            statuses, outs, starts, ends, errors = strategy.run(
+                entries["response"].tolist(), entries["wait"].tolist())
+            outs = _array("q", [0 if x is None else x for x in outs])
         except Exception as exc:  # a broken strategy or work item fails its batch, not us
             t = now()
-            n = len(w.task_ids)
-            statuses, outs, starts, ends = [P.FAILED] * n, [None] * n, [t] * n, [t] * n
-            errors = [f"strategy {P.preview(w.strategy)}: {type(exc).__name__}: "
+            n = len(entries)
+            statuses, outs, starts, ends = [P.FAILED] * n, _array("q", bytes(8 * n)), \
+                [t] * n, [t] * n
+            errors = [f"strategy {P.preview(u.strategy)}: {type(exc).__name__}: "
                       f"{P.preview(str(exc))}"] * n
-        self.clients.send(w.reply_url, P.Results(
-            w.run, w.batch_id, self.name, HOST, w.attempt, w.t_sent, w.t_server_in, w.t_enqueued,
-            w.task_ids, statuses, outs, starts, ends, errors, w.token).pack())
+        self.results.add(u, heads, _array("b", statuses).tobytes(), outs.tobytes(),
+                         _array("q", starts).tobytes(), _array("q", ends).tobytes(), errors)
 
     def join(self, c: P.Connect) -> None:
         """Connect to a new client and start the threads its batches will need, before its
@@ -212,6 +312,16 @@ class Worker(Role):
         self.strategies.close()
 
 
+def precise_sleeps() -> None:
+    """Ask Linux for 1 ns of timer slack (default 50 us): an emulated task's sleep then ends
+    when it should, so the harness adds no overshoot of its own to every task (Linux only)."""
+    if sys.platform.startswith("linux"):
+        try:
+            ctypes.CDLL(None, use_errno=True).prctl(29, 1)  # PR_SET_TIMERSLACK
+        except (OSError, AttributeError):
+            pass
+
+
 def die_with_parent() -> None:
     """Ask Linux to SIGKILL this process when its parent dies (no-op elsewhere)."""
     if sys.platform.startswith("linux"):
@@ -226,6 +336,7 @@ def main(name: str, server_url: str, log_level: int = logging.WARNING, security=
          ident: str | None = None, **queue) -> None:
     """Entry point of a worker process (a multiprocessing target: lives in the package)."""
     die_with_parent()
+    precise_sleeps()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the server's to handle
     signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a forked worker inherits the server's
     logging.basicConfig(level=log_level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
