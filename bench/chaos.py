@@ -92,8 +92,8 @@ KILLERS = {
     "client-results": {"deep value": deep_value(),
                        "deep RESULTS": deep_message(kind_of(P.Results), fields=fields(P.Results))},
     "worker": {"deep value": deep_value(),
-               "deep WORK": deep_message(kind_of(P.Work), fields=fields(P.Work)),
-               "short WORK": raw([P.VERSION, kind_of(P.Work), 1]),
+               "deep WORK": deep_message(kind_of(P.Assign), fields=fields(P.Assign)),
+               "short WORK": raw([P.VERSION, kind_of(P.Assign), 1]),
                "CONNECT, bad URL": P.Connect("no-such-url", "", 0).pack()},
 }
 
@@ -145,7 +145,8 @@ class Row:
                                          for p in self.problems or self.notes)
         return text if len(text) <= 240 else text[:237] + "..."
 
-    def add(self, run: ClientRun, expected: dict | None = None, label: str = "") -> dict:
+    def add(self, run: ClientRun, expected: dict | None = None, label: str = "",
+            keys: list | None = None) -> dict:
         """Count one client run and check its records; return its counts."""
         cols = run.columns()
         status = cols["status"]
@@ -168,7 +169,7 @@ class Row:
                                  "task was sent (an earlier run's, or forged)")
         if expected is not None:
             ok = np.flatnonzero(status == P.OK)
-            want = np.array([expected[run.keys[i]] for i in ok], dtype=np.int64)
+            want = np.array([expected[keys[i]] for i in ok], dtype=np.int64)
             wrong = int((cols["response"][ok] != want).sum())
             if wrong:
                 self.problems.append(f"{where}{wrong} ok tasks carry a wrong response")
@@ -335,6 +336,7 @@ class ClientThread(threading.Thread):
     def __init__(self, keys, batch_size: int, server_url: str, timeout: float,
                  bind: str = f"tcp://{LOOPBACK}:*") -> None:
         super().__init__(daemon=True)
+        self.keys = keys
         self.client = Client(keys, batch_size, bind, server_url, timeout=timeout)
         self.run_result: ClientRun | None = None
         self.error: BaseException | None = None
@@ -355,7 +357,7 @@ class ClientThread(threading.Thread):
 
     def messages(self) -> int:
         result = getattr(self.client, "result", None)
-        return len(result.messages) if result is not None else 0
+        return result.log.count if result is not None else 0
 
     def finish(self, row: Row, expected: dict, label: str = "", wait: float = 60.0):
         """Join (bounded); count the run in ``row``; its counts, or None if it broke."""
@@ -367,7 +369,7 @@ class ClientThread(threading.Thread):
             row.problems.append(f"{label or 'client'} crashed: {type(self.error).__name__}: "
                                 f"{str(self.error)[:80]}")
             return None
-        return row.add(self.run_result, expected, label)
+        return row.add(self.run_result, expected, label, self.keys)
 
 
 def wait_until(predicate, timeout: float, period: float = 0.02):
@@ -507,7 +509,7 @@ def batch_flood(lab: Lab, row: Row) -> None:
     push.connect(server.url)
     dead = free_url()  # nobody listens here
     for b in range(lab.n(2500, 2500)):
-        push.send(P.Batch(4242, b, dead, time.monotonic_ns(), [0], keys[:1]).pack())
+        push.send(P.Batch(4242, dead, b, P.ids_bytes([0]), keys[:1]).pack())
     wait_until(lambda: stats(server)["batches"] >= 2000, 10)
     t = ClientThread(keys, 2, server.url, lab.profile.timeout)
     counts = t.finish(row, expected, "client after the flood")
@@ -628,14 +630,14 @@ def fuzz_worker(lab: Lab, frames: list[bytes], timeout: float = 10.0) -> list[st
     pid = P.Ready.decode(ready).pid
     for f in frames:
         router.send_multipart([ident, f])
-    router.send_multipart([ident, P.Work(1, 7, reply, "sequential", 1, 2, 3, 0, [0, 1, 2, 3],
-                                         [5, 6, 7, 8], [0.0] * 4).pack()])
+    router.send_multipart([ident, P.assign([P.work(1, 7, reply, "sequential", [0, 1, 2, 3],
+                                                   [5, 6, 7, 8], [0.0] * 4)])])
     problems = []
     if not results.poll(timeout * 1000):
         problems.append("no RESULTS for real work after the garbage")
     else:
         msg = P.Results.decode(results.recv())
-        if msg.statuses != [P.OK] * 4 or msg.responses != [5, 6, 7, 8]:
+        if msg.statuses != bytes(4) or msg.responses != P.ids_bytes([5, 6, 7, 8]):
             problems.append(f"wrong RESULTS after the garbage: {str(msg)[:80]}")
     if not psutil.pid_exists(pid) or not _alive(psutil.Process(pid)):
         problems.append(f"the worker (pid {pid}) died on the garbage and was replaced")
@@ -711,7 +713,7 @@ class FakeWorker(threading.Thread):
             msg = P.decode(sock.recv())
             if type(msg) is P.Connect and self.mode != "silent":
                 sock.send(P.Joined(msg.reply_url).pack())
-            elif type(msg) is P.Work:
+            elif type(msg) is P.Assign:
                 run = msg.run
                 if self.mode == "ready-while-holding":
                     sock.send(P.Ready("peer", "peer-host", 1).pack())
@@ -725,16 +727,17 @@ class FakeWorker(threading.Thread):
                         push.connect(msg.reply_url)
                         ids = list(range(self.n_tasks))
                         n = len(ids)
-                        push.send(P.Results(msg.run, msg.batch_id, "peer", "peer-host", 0, 1,
-                                            2, 3, ids, [P.OK] * n, [999] * n, [4] * n,
-                                            [5] * n, None, msg.token).pack())
-                    n = len(msg.task_ids)
-                    t = time.monotonic_ns()
-                    push.send(P.Results(msg.run, msg.batch_id, "peer", "peer-host", 0,
-                                        msg.t_sent, msg.t_server_in, msg.t_enqueued,
-                                        msg.task_ids, [P.OK] * n, list(msg.responses),
-                                        [t] * n, [t] * n, None, msg.token).pack())
-                    sock.send(P.Done(msg.run, msg.batch_id).pack())
+                        head = P.read_heads(msg.heads, "WORK")[0].tolist()
+                        push.send(P.results(msg.run, "peer", "peer-host", [(*head[:5], n)],
+                                            ids, [P.OK] * n, [999] * n, [4] * n,
+                                            [5] * n).pack())
+                    heads, entries = P.check_assign(msg)
+                    n = len(entries)
+                    t = P.ids_bytes([time.monotonic_ns()] * n)
+                    push.send(P.Results(msg.run, "peer", "peer-host", msg.heads, msg.task_ids,
+                                        bytes(n), entries["response"].tobytes(), t, t,
+                                        None).pack())
+                    sock.send(P.Done(msg.run, int(heads["batch_id"][-1])).pack())
         if push is not None:
             push.close(0)
 

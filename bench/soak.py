@@ -59,8 +59,9 @@ def main(argv=None) -> int:
                                    args=(lambda: me.children(recursive=True), peaks, stop))
         sampler.start()
         t0 = time.perf_counter()
-        answer = agent.run(keys, batch_size=args.batch_size, bind_url="tcp://127.0.0.1:*",
-                           server_url=server.url, timeout=600.0)
+        run = agent.run(keys, batch_size=args.batch_size, bind_url="tcp://127.0.0.1:*",
+                        server_url=server.url, timeout=600.0, log_path=f"{tmp}/results.log")
+        cols = run.columns()  # read back from the agent's result log, here
         wall = time.perf_counter() - t0
     finally:
         stop.set()
@@ -69,11 +70,10 @@ def main(argv=None) -> int:
         if server:
             server.stop()
         shutil.rmtree(tmp, ignore_errors=True)
-    status = answer["columns"]["status"]
+    status = cols["status"]
     counts = {name: int(c) for name, c in zip(P.STATUS_NAMES,
                                                np.bincount(status, minlength=5))}
-    sent = answer["columns"]["t_sent"]
-    recv = answer["columns"]["t_received"]
+    sent, recv = cols["t_sent"], cols["t_received"]
     elapsed = (recv.max() - sent.min()) / 1e9
     print(f"tasks {args.tasks:,}  batch {args.batch_size}  workers {args.workers}  "
           f"strategy {args.strategy}")

@@ -17,13 +17,13 @@ import time
 import msgpack
 import zmq
 
-SAMPLE = [2, "B", 4242, 12345, "tcp://127.0.0.1:5556", 123456789012345, [7],
+SAMPLE = [3, "B", 4242, "tcp://127.0.0.1:5556", 12345, (7).to_bytes(8, "little"),
           ["192.168.1.7:foo"]]
 
 
 def _codecs():
     codecs = {"raw bytes": (None, None),
-              "json": (lambda o: json.dumps(o).encode(), json.loads),
+              "json": (lambda o: json.dumps(o[:5] + [7] + o[6:]).encode(), json.loads),
               "msgpack": (msgpack.Packer(use_bin_type=True).pack,  # as comlab.protocol does
                           lambda b: msgpack.unpackb(b, raw=False, strict_map_key=False))}
     from comlab.system import protocol as P

@@ -50,6 +50,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+from array import array
 import shutil
 import signal
 import socket
@@ -143,14 +144,15 @@ def cli(module: str, *args, timeout: float = 30.0) -> tuple[subprocess.Completed
     return proc, time.monotonic() - t0
 
 
-def results_message(ids=(0,), statuses=None, *, run=0, batch_id=1000, n_fields=17,
+def results_message(ids=(0,), statuses=None, *, run=0, batch_id=1000, token=0, n_fields=12,
                     **fields) -> list:
-    """A RESULTS message as a plain list (``raw`` packs it); keyword fields override fields."""
+    """A RESULTS message of one batch as a plain list (``raw`` packs it); keyword fields
+    replace the message's fields as they are on the wire (binary columns: bytes)."""
     ids = list(ids)
     n = len(ids)
-    msg = P.Results(run, batch_id, "w9", "host", 0, 1, 2, 3, ids,
+    msg = P.results(run, "w9", "host", [(batch_id, 0, 1, 2, token, n)], ids,
                     [P.OK] * n if statuses is None else list(statuses), [1] * n, [4] * n,
-                    [5] * n, None)._replace(**fields)
+                    [5] * n)._replace(**fields)
     return [P.VERSION, P.Results.KIND, *msg][:n_fields]
 
 
@@ -289,7 +291,7 @@ def test_server_killed_mid_run(make_data, dispatch):
         assert pids <= {p.pid for p in tree} and len(pids) == 2
         timeout = 3.0
         client = ClientThread(keys, 1, server.url, timeout=timeout)
-        wait_for(lambda: client.started() and client.client.result.messages, 10,
+        wait_for(lambda: client.started() and client.client.result.log.count, 10,
                  "the first result")
         server.proc.kill()
         left = wait_gone(tree, 2.0)
@@ -425,7 +427,7 @@ def test_faulty_tasks_fail_and_the_worker_lives_on(make_data, free_url, dispatch
 def test_server_drops_bad_client_messages(make_data, free_url):
     client_file, server_file = make_data(n=8, wait=0.0)
     keys = keys_of(client_file)
-    good = P.Batch(5, 0, "tcp://127.0.0.1:9", 1, [0, 1], keys[:2])
+    good = P.Batch(5, "tcp://127.0.0.1:9", 0, P.ids_bytes([0, 1]), keys[:2])
     fields = [P.VERSION, P.Batch.KIND, *good]
     bad = {
         "garbage bytes": b"\xc1 not msgpack at all",
@@ -436,16 +438,18 @@ def test_server_drops_bad_client_messages(make_data, free_url):
         "not an array": raw({"B": 1}),
         "unknown type": raw([P.VERSION, "Z", 1]),
         "results to the server": raw(results_message()),
-        "batch, 7 fields": raw(fields[:7]),
-        "batch, ids and keys differ": raw(fields[:6] + [[0], keys[:2]]),
-        "batch, key not a string": good._replace(task_ids=[0], keys=[12]).pack(),
-        "batch, unhashable key": good._replace(task_ids=[0], keys=[[1]]).pack(),
-        "batch, nested 1,000 deep": raw(fields[:7] + [msgpack.unpackb(b"\x91" * 999 + b"\x01")]),
+        "batch, 6 fields": raw(fields[:6]),
+        "batch, ids and keys differ": raw(fields[:5] + [P.ids_bytes([0]), keys[:2]]),
+        "batch, ids not int64": raw(fields[:5] + [b"\0" * 12, keys[:2]]),
+        "batch, ids a list": raw(fields[:5] + [[0, 1], keys[:2]]),
+        "batch, key not a string": good._replace(task_ids=P.ids_bytes([0]), keys=[12]).pack(),
+        "batch, unhashable key": good._replace(task_ids=P.ids_bytes([0]), keys=[[1]]).pack(),
+        "batch, nested 1,000 deep": raw(fields[:6] + [msgpack.unpackb(b"\x91" * 999 + b"\x01")]),
         "nested 1,000 deep": b"\x91" * 1000 + b"\x01",
         # Reply URLs libzmq refuses: these used to kill the server (or a worker, twice).
         "batch, no reply URL": good._replace(reply_url="").pack(),
         "batch, bad reply URL": good._replace(reply_url="no-such-url", run=6).pack(),
-        "batch, bad reply URL, unknown task": P.Batch(7, 0, "x://", 1, [0],
+        "batch, bad reply URL, unknown task": P.Batch(7, "x://", 0, P.ids_bytes([0]),
                                                       ["10.9.9.9:zz"]).pack(),
         "hello, bad reply URL": P.Hello(8, "no-such-url", 0).pack(),
         "hello, no reply URL": P.Hello(9, "", 0).pack(),
@@ -511,10 +515,10 @@ def test_server_drops_bad_worker_and_control_messages(make_data, free_url):
 def _oversized_batch() -> bytes:
     """A well-formed BATCH (one unknown task) just above MAX_MESSAGE_BYTES, built by hand:
     were it read, the server would answer it and count it."""
-    head = raw([P.VERSION, P.Batch.KIND, 0, 0, "tcp://127.0.0.1:9", 1, [0]])
-    assert head[0] == 0x97  # fixarray of 7: make it 8 with a keys list of one str32
+    head = raw([P.VERSION, P.Batch.KIND, 0, "tcp://127.0.0.1:9", 0, P.ids_bytes([0])])
+    assert head[0] == 0x96  # fixarray of 6: make it 7 with a keys list of one str32
     key_len = P.MAX_MESSAGE_BYTES
-    frame = b"\x98" + head[1:] + b"\x91\xdb" + struct.pack(">I", key_len) + b"x" * key_len
+    frame = b"\x97" + head[1:] + b"\x91\xdb" + struct.pack(">I", key_len) + b"x" * key_len
     assert len(frame) > P.MAX_MESSAGE_BYTES
     return frame
 
@@ -558,18 +562,23 @@ def test_client_drops_garbage_results(make_data):
         raw([P.VERSION + 1] + results_message()[1:]),          # wrong version
         raw("not an array"),
         P.Joined("x").pack(),                                   # not RESULTS
-        raw(results_message(n_fields=16)),
+        raw(results_message(n_fields=11)),
         b"\x91" * 1000 + b"\x01",                               # nested 1,000 deep
     ]
     # Well-formed for the run, but forged or broken: only the run's own client knows its id.
+    # Each is batch 0's answer with its true token except for the one thing forged or broken:
+    # that thing alone must be what makes the client refuse it.
     forged = [
-        dict(task_ids=[0, 1], statuses=[P.OK]),                 # columns of unequal length
-        dict(task_ids=[10**6]),                                 # a task never sent
-        dict(task_ids=[-1]), dict(task_ids=["a"]),
+        dict(ids=[0, 1], statuses=[P.OK]),                      # columns of unequal length
+        dict(ids=[10**6]),                                      # a task never sent
+        dict(ids=[-1]), dict(task_ids=b"a"),                    # ... not an int64 column
+        dict(ids=[2]),                                          # a task of another batch
         dict(statuses=[9]),                                     # no such status
         dict(statuses=[P.LOST]),                                # only the client says lost
-        dict(batch_id=[1]),                                     # unhashable batch id
-        dict(errors="boom"), dict(responses=[2 ** 63]),
+        dict(heads=b"\x01" * 47),                               # not a whole HEAD
+        dict(errors="boom"), dict(errors=[5]), dict(responses=b"\0" * 9),
+        dict(token=12345),                                      # not the batch's token
+        dict(batch_id=1),                                       # ... nor this batch's
     ]
     with lab_server(server_file, 1) as server:
         client = ClientThread(keys, 2, server.url, timeout=20)
@@ -581,8 +590,10 @@ def test_client_drops_garbage_results(make_data):
             push.connect(client.client.reply_url)
             for frame in garbage:
                 push.send(frame)
+            token = P.batch_token(client.client.secret, 0)
             for changes in forged:
-                push.send(raw(results_message(run=client.client.run_id, **changes)))
+                push.send(raw(results_message(**{"run": client.client.run_id, "batch_id": 0,
+                                                 "token": token, **changes})))
             push.send(raw(results_message(run=client.client.run_id + 1)))  # another run's
             # The run lasts >= 1 s (2 batches of 0.5 s, 1 worker): the garbage lands inside it.
             wait_for(lambda: client.client.result.garbage >= len(garbage) + len(forged), 5,
@@ -616,18 +627,18 @@ def test_client_port_in_use(make_data, free_url):
 
 # -- the "nothing lost" invariant ----------------------------------------------------------------
 def _client_run(n: int, batch_size: int, messages: list, accepted: int) -> ClientRun:
-    run = ClientRun([f"10.0.0.{i}:foo" for i in range(n)], batch_size, "tcp://127.0.0.1:9")
+    run = ClientRun(n, batch_size, "tcp://127.0.0.1:9")
     run.t_start = 1
-    run.t_sent = [1] * -(-n // batch_size)
-    run.messages = [P.Results._make(m[2:]) for m in messages]
-    run.t_received = [6] * len(messages)
+    run.t_sent = array("q", [1] * -(-n // batch_size))
+    for m in messages:
+        run.log.append(raw(m), 6)
     run.accepted = accepted
     return run
 
 
 def _build(run: ClientRun, columns=None):
     return records.build(run.columns() if columns is None else columns, run.t_start,
-                         keys=run.keys, waits=np.zeros(run.n_tasks), run_info={"run": 7},
+                         keys=[f"10.0.0.{i}:foo" for i in range(run.n_tasks)], waits=np.zeros(run.n_tasks), run_info={"run": 7},
                          accepted=run.accepted)
 
 

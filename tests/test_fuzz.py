@@ -56,13 +56,14 @@ def _fields(msg) -> list:
 
 VALID = [_fields(m) for m in (
     P.Hello(5, "tcp://127.0.0.1:9", 4),
-    P.Batch(5, 3, "tcp://127.0.0.1:9", 1, [0, 1], ["10.0.0.1:foo", "10.0.0.2:foo"]),
+    P.Batch(5, "tcp://127.0.0.1:9", 3, P.ids_bytes([0, 1]), ["10.0.0.1:foo", "10.0.0.2:foo"]),
     P.Bye(5, "tcp://127.0.0.1:9"),
     P.Ready("w0", "host", 12),
     P.Done(5, 3),
-    P.Work(5, 3, "tcp://127.0.0.1:9", "sequential", 1, 2, 3, 0, [0, 1], [1, 2], [0.0, 0.0]),
-    P.Results(5, 3, "w0", "host", 0, 1, 2, 3, [0, 1], [P.OK, P.OK], [1, 2], [4, 4], [5, 5],
-              None),
+    P.Assign.decode(P.assign([P.work(5, 3, "tcp://127.0.0.1:9", "sequential", [0, 1], [1, 2],
+                                     [0.0, 0.0], t_server_in=1, t_enqueued=2, token=3)])),
+    P.results(5, "w0", "host", [(0, 0, 1, 2, 3, 2)], [0, 1], [P.OK, P.OK], [1, 2], [4, 4],
+              [5, 5]),
     P.Connect("tcp://127.0.0.1:9", "sequential", 4),
     P.Forget("tcp://127.0.0.1:9", 5),
     P.Pong(1, 2),
@@ -78,7 +79,8 @@ def raw(value) -> bytes:
 def mutated(draw):
     """A valid message with one field replaced, one dropped or one added."""
     msg = list(draw(st.sampled_from(VALID)))
-    how = draw(st.sampled_from(["replace", "drop", "add", "replace-in-column"]))
+    how = draw(st.sampled_from(["replace", "drop", "add", "replace-in-column", "cut-column",
+                                "grow-column"]))
     i = draw(st.integers(2, len(msg) - 1))
     if how == "replace":
         msg[i] = draw(values)
@@ -86,12 +88,22 @@ def mutated(draw):
         del msg[i]
     elif how == "add":
         msg.insert(i, draw(values))
-    else:
-        columns = [j for j, v in enumerate(msg) if isinstance(v, list) and v]
+    elif how == "replace-in-column":
+        columns = [j for j, v in enumerate(msg) if isinstance(v, (list, bytes)) and v]
         if columns:
             j = draw(st.sampled_from(columns))
-            msg[j] = list(msg[j])
-            msg[j][draw(st.integers(0, len(msg[j]) - 1))] = draw(values)
+            if isinstance(msg[j], bytes):  # any bytes at any place of a binary column
+                at = draw(st.integers(0, len(msg[j]) - 1))
+                msg[j] = msg[j][:at] + draw(st.binary(min_size=1, max_size=9)) + msg[j][at + 1:]
+            else:
+                msg[j] = list(msg[j])
+                msg[j][draw(st.integers(0, len(msg[j]) - 1))] = draw(values)
+    else:  # a binary column of the wrong length (a dtype the reader does not expect)
+        columns = [j for j, v in enumerate(msg) if isinstance(v, bytes)]
+        if columns:
+            j = draw(st.sampled_from(columns))
+            k = draw(st.integers(1, 9))
+            msg[j] = msg[j][:-k] if how == "cut-column" else msg[j] + bytes(k)
     return msg
 
 
@@ -133,14 +145,17 @@ def _decode_and_check(frame: bytes) -> None:
     if type(msg) is P.Batch:
         P.check_batch(msg)
     elif type(msg) is P.Results:
-        P.check_results(msg, 4)
+        P.check_results(msg, 4, 2)
+    elif type(msg) is P.Assign:
+        P.check_assign(msg)
 
 
 @FUZZ
 @given(messages)
-@example(_fields(P.Results(5, 3, "w0", "host", 0, 1, 2, 3, [0], [P.OK], [1], [4], [5], None))
-         [:11] + [["a"], [P.OK], [1], [4], [5], None])
-@example(_fields(P.Results(5, 3, "w0", "host", 0, 1, 2, 3, [0], [None], [1], [4], [5], None)))
+@example(_fields(P.results(5, "w0", "host", [(0, 0, 1, 2, 3, 1)], [0], [P.OK], [1], [4], [5]))
+         [:6] + [["a"], b"\0", b"\0" * 8, b"\0" * 8, b"\0" * 8, None])
+@example(_fields(P.results(5, "w0", "host", [(0, 0, 1, 2, 3, 1)], [0], [P.OK], [1], [4], [5]))
+         [:5] + [b"\0" * 47] + [b"\0" * 8, b"\0", b"\0" * 8, b"\0" * 8, b"\0" * 8, None])
 def test_every_check_takes_any_message(msg):
     _decodes_or_protocol_error(_decode_and_check, raw(msg))
 
@@ -417,8 +432,8 @@ def test_client_rejects_forged_results(harness):
     # Not the run's: a stranger cannot know its id (a worker given its batches can: see
     # bench.chaos's peer/forged-results).
     for run in (0, t.client.run_id ^ 1):
-        push.send(P.Results(run, 10**6, "peer", "peer-host", 0, 1, 2, 3, list(range(n)),
-                            [P.OK] * n, [999] * n, [4] * n, [5] * n, None).pack())
+        push.send(P.results(run, "peer", "peer-host", [(0, 0, 1, 2, 3, n)], list(range(n)),
+                            [P.OK] * n, [999] * n, [4] * n, [5] * n).pack())
     counts = t.finish(harness.row, expected, wait=30)
     assert not harness.row.problems, harness.row.problems
     assert counts["ok"] == n

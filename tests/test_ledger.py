@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from comlab.system import strategies
+from comlab.system import protocol as P
 from comlab.system.dispatch import Broker
 from comlab.system.ledger import Ledger
-from comlab.system.protocol import Work
 
 
 class Clock:
@@ -19,8 +18,8 @@ class Clock:
 
 def work(batch_id, waits=(0.5,), run=1, attempt=0):
     n = len(waits)
-    return Work(run, batch_id, "tcp://c:1", "sequential", 0, 0, 0, attempt, list(range(n)),
-                [1] * n, list(waits))
+    return P.work(run, batch_id, "tcp://c:1", "sequential", list(range(n)), [1] * n,
+                  list(waits), attempt=attempt)
 
 
 @pytest.fixture
@@ -36,8 +35,7 @@ def ledger(request):
         sent.append((ident, w.batch_id, w.attempt))
         return True
 
-    led = Ledger(send, lambda w, name: failed.append((w.batch_id, name)), strategies.cost,
-                 policy=policy, max_pending=4, clock=clock)
+    led = Ledger(send, lambda w, name: failed.append((w.batch_id, name)), policy=policy, max_pending=4, clock=clock)
     led.sent, led.failed, led.unreachable, led.now = sent, failed, unreachable, clock
     return led
 

@@ -4,6 +4,7 @@ message of this version, and says so with a ProtocolError only."""
 from __future__ import annotations
 
 import msgpack
+import numpy as np
 import pytest
 
 from comlab.system import protocol as P
@@ -12,20 +13,21 @@ T = 1_700_000_000_123_456_789
 EXAMPLES = [
     P.Hello(7, "tcp://127.0.0.1:1", 16),
     P.Welcome(7, {"version": "x", "workers": 3}),
-    P.Batch(7, 3, "tcp://h:2", T, [0, 1, 2], ["1.2.3.4:a", "1.2.3.4:b", "x"]),
-    P.Batch(7, 0, "", 0, [], []),
+    P.Batch(7, "tcp://h:2", 3, P.ids_bytes([0, 1, 2]), ["1.2.3.4:a", "1.2.3.4:b", "x"]),
+    P.Batch(7, "", 0, b"", []),
     P.Bye(7, "tcp://h:2"),
     P.Ready("w0", "host", 4242),
     P.Done(7, 99),
-    P.Work(7, 3, "tcp://c:1", "thread-pool:2", T, T, T, 0, [4, 5], [10, 11], [0.0, 0.25]),
+    P.Assign(7, "tcp://c:1", "thread-pool:2", P.heads_bytes([(3, 0, T, T, 9, 2)]),
+             P.ids_bytes([4, 5]), P.work(7, 3, "", "", [4, 5], [10, 11], [0.0, 0.25]).entries),
     P.Connect("tcp://c:3", "sequential", 8),
     P.Joined("tcp://c:3"),
     P.Forget("tcp://c:3", 7),
     P.Stop(),
     P.Ping(None), P.Ping(T),
     P.Pong(T, T + 1),
-    P.Results(7, 3, "w1", "host", 1, T, T + 1, T + 2, [4, 5], [P.OK, P.FAILED], [10, None],
-              [T + 3, T + 4], [T + 5, T + 6], [None, "boom"]),
+    P.results(7, "w1", "host", [(3, 1, T, T + 1, T + 2, 2)], [4, 5], [P.OK, P.FAILED],
+              [10, None], [T + 3, T + 4], [T + 5, T + 6], [None, "boom"]),
     P.Control("strategy", ["sequential"]),
     P.ControlReply("stats", {"batches": 1}),
 ]
@@ -87,7 +89,7 @@ def test_protocol_error_is_value_error():
     assert issubclass(P.ProtocolError, ValueError)
 
 
-GOOD_BATCH = [P.VERSION, "B", 1, 1, "tcp://c:1", 5, [0, 1], ["a:b", "c:d"]]
+GOOD_BATCH = [P.VERSION, "B", 1, "tcp://c:1", 1, P.ids_bytes([0, 1]), ["a:b", "c:d"]]
 
 
 def _with(index, value):
@@ -100,13 +102,14 @@ def _with(index, value):
     pytest.param(GOOD_BATCH[:-1], id="too-few-fields"),
     pytest.param(GOOD_BATCH + [None], id="too-many-fields"),
     pytest.param(_with(2, "1"), id="run-str"),
-    pytest.param(_with(3, None), id="batch-id-none"),
-    pytest.param(_with(4, None), id="reply-url-none"),
-    pytest.param(_with(4, b"tcp://c:1"), id="reply-url-bytes"),
-    pytest.param(_with(5, 1.5), id="t-sent-float"),
-    pytest.param(_with(6, "01"), id="ids-str"),
-    pytest.param(_with(7, "a:b"), id="keys-str"),
-    pytest.param(_with(7, ["a:b"]), id="length-mismatch"),
+    pytest.param(_with(4, None), id="batch-id-none"),
+    pytest.param(_with(3, None), id="reply-url-none"),
+    pytest.param(_with(3, b"tcp://c:1"), id="reply-url-bytes"),
+    pytest.param(_with(5, [0, 1]), id="ids-list"),
+    pytest.param(_with(5, P.ids_bytes([0, 1])[:-1]), id="ids-short"),
+    pytest.param(_with(5, P.ids_bytes([0, 1, 2])), id="ids-long"),
+    pytest.param(_with(6, "a:b"), id="keys-str"),
+    pytest.param(_with(6, ["a:b"]), id="length-mismatch"),
     pytest.param(_with(1, ["B"]), id="kind-list"),
 ])
 def test_malformed_batches_are_refused(msg):
@@ -114,25 +117,67 @@ def test_malformed_batches_are_refused(msg):
         P.check_batch(P.decode(msgpack.packb(msg)))
 
 
-def _results(**changes):
-    good = P.Results(7, 0, "w", "h", 0, 1, 2, 3, [0, 1], [P.OK, P.OK], [1, None], [4, 5],
-                     [6, 7], None)
-    return good._replace(**changes)
+def _results(heads=((0, 0, 1, 2, 3, 2),), task_ids=(0, 1), statuses=(P.OK, P.OK),
+             responses=(1, 0), t_started=(4, 5), t_finished=(6, 7), errors=None, **raw):
+    good = P.results(7, "w", "h", heads, task_ids, statuses, responses, t_started, t_finished,
+                     errors)
+    return good._replace(**raw)
 
 
 def test_check_results_accepts_good_results():
-    assert P.check_results(_results(), n_tasks=2) == [0, 1]
+    checked = P.check_results(_results(), n_tasks=2)
+    assert checked.task_ids.tolist() == [0, 1] and checked.statuses.tolist() == [P.OK, P.OK]
+    assert checked.heads["token"].tolist() == [3]
+
+
+I64_BAD = np.array([1, 2], "<i8").astype(">i8").tobytes()  # big-endian: wrong values
 
 
 @pytest.mark.parametrize("changes", [
-    {"task_ids": [0, 2]}, {"task_ids": [-1, 0]}, {"task_ids": [0.0, 1]},
-    {"statuses": [P.OK, P.LOST]}, {"statuses": [P.OK]}, {"t_started": [4, "5"]},
-    {"responses": [1, "x"]}, {"responses": [1, [2]]}, {"errors": [None, 5]},
-    {"task_ids": [0, [1]]}, {"responses": [2 ** 63, None]},
+    {"task_ids": (0, 2)}, {"task_ids": (-1, 0)}, {"task_ids": (0,)},
+    {"statuses": (P.OK, P.LOST)}, {"statuses": (P.OK, -1)}, {"errors": [None, 5]},
+    {"errors": [None]}, {"heads": ((0, 0, 1, 2, 3, 3),)}, {"heads": ((0, 0, 1, 2, 3, -2),)},
+    {"heads": ((0, 0, 1, 2, 3, 1), (0, 0, 1, 2, 3, 1), (0, 0, 0, 0, 0, 1))},
+    {"statuses": b"\x00"}, {"responses": b"\x00" * 15}, {"t_started": b"\x00" * 17},
+    {"t_finished": b""}, {"heads": b"\x00" * 47}, {"task_ids": I64_BAD},
 ], ids=str)
 def test_check_results_refuses_forged_or_broken(changes):
+    raw = {k: v for k, v in changes.items() if isinstance(v, bytes)}
+    plain = {k: v for k, v in changes.items() if not isinstance(v, bytes)}
     with pytest.raises(P.ProtocolError):
-        P.check_results(_results(**changes), n_tasks=2)
+        P.check_results(_results(**plain)._replace(**raw), n_tasks=2)
+
+
+def test_check_assign_refuses_bad_columns():
+    w = P.work(7, 0, "tcp://c:1", "sequential", [0, 1], [1, 2], [0.0, 0.5])
+    good = P.Assign.decode(P.assign([w]))
+    heads, entries = P.check_assign(good)
+    assert heads["n"].tolist() == [2] and entries["wait"].tolist() == [0.0, 0.5]
+    nan = P.work(7, 0, "", "", [0, 1], [1, 2], [0.0, float("nan")]).entries
+    for bad in ({"entries": good.entries[:-1]}, {"task_ids": good.task_ids + b"\0" * 8},
+                {"entries": nan}, {"heads": good.heads[:-8]},
+                {"entries": P.work(7, 0, "", "", [0, 1], [1, 2], [0.0, -1.0]).entries}):
+        with pytest.raises(P.ProtocolError):
+            P.check_assign(good._replace(**bad))
+
+
+def test_assign_of_several_batches_keeps_each_head_and_its_tasks():
+    works = [P.work(7, b, "tcp://c:1", "sequential", [2 * b, 2 * b + 1], [b, b], [0.0, 0.0],
+                    token=100 + b) for b in range(3)]
+    a = P.Assign.decode(P.assign(works))
+    heads, entries = P.check_assign(a)
+    assert heads["batch_id"].tolist() == [0, 1, 2] and heads["token"].tolist() == [100, 101, 102]
+    assert np.frombuffer(a.task_ids, P.I64).tolist() == list(range(6))
+    assert entries["response"].tolist() == [0, 0, 1, 1, 2, 2]
+
+
+def test_hand_built_batch_frames_equal_packed_batches():
+    keys = ["1.2.3.4:ls", "a:b", "x" * 300 + ":y", "\u00e9:z"]
+    frames = P.BatchFrames(7, "tcp://c:1", P.Keys.of(keys))
+    for b, (lo, hi) in enumerate([(0, 2), (2, 4), (3, 4), (0, 4)]):
+        assert frames.frame(b, lo, hi) == \
+            P.Batch(7, "tcp://c:1", b, P.ids_bytes(range(lo, hi)), keys[lo:hi]).pack()
+    assert P.Keys.from_sizes(P.Keys.of(keys).blob, P.Keys.of(keys).sizes()).tolist() == keys
 
 
 def test_preview_of_a_deeply_nested_value_is_bounded():
@@ -150,9 +195,15 @@ def test_batch_token_is_keyed_and_per_batch():
 
 
 def test_check_results_keeps_a_batch_to_its_own_tasks():
-    r = _results(batch_id=1, task_ids=[2, 3])
-    assert P.check_results(r, n_tasks=8, batch_size=2) == [2, 3]
+    r = _results(heads=((1, 0, 1, 2, 3, 2),), task_ids=(2, 3))
+    assert P.check_results(r, n_tasks=8, batch_size=2).task_ids.tolist() == [2, 3]
     with pytest.raises(P.ProtocolError, match="other batches"):
-        P.check_results(r._replace(task_ids=[3, 4]), n_tasks=8, batch_size=2)
+        P.check_results(_results(heads=((1, 0, 1, 2, 3, 2),), task_ids=(3, 4)), n_tasks=8,
+                        batch_size=2)
     with pytest.raises(P.ProtocolError, match="other batches"):
-        P.check_results(r._replace(batch_id=0), n_tasks=8, batch_size=2)
+        P.check_results(_results(heads=((0, 0, 1, 2, 3, 2),), task_ids=(2, 3)), n_tasks=8,
+                        batch_size=2)
+    two = _results(heads=((1, 0, 1, 2, 3, 1), (3, 0, 1, 2, 3, 1)), task_ids=(2, 6))
+    assert P.check_results(two, n_tasks=8, batch_size=2).task_ids.tolist() == [2, 6]
+    with pytest.raises(P.ProtocolError, match="other batches"):
+        P.check_results(two._replace(task_ids=P.ids_bytes([6, 2])), n_tasks=8, batch_size=2)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from array import array
+
 from pathlib import Path
 
 import numpy as np
@@ -24,11 +26,11 @@ def test_records_have_the_schema_columns_and_dtypes():
 
 
 def test_freshly_built_records_follow_the_schema():
-    run = ClientRun(["10.0.0.1:a", "10.0.0.2:b"], 1, "tcp://x:1")
-    run.t_start, run.t_sent, run.t_intended = 1, [1, 2], [1, 2]
+    run = ClientRun(2, 1, "tcp://x:1")
+    run.t_start, run.t_sent, run.t_intended = 1, array("q", [1, 2]), np.array([1, 2])
     info = {"experiment": "e", "run": 0, "repeat": 0, "batch_size": 1, "workers": 1,
             "strategy": "sequential", "transport": "tcp", "dispatch": "broker", "rate": 10.0}
-    df = records.build(run.columns(), 1, keys=run.keys, waits=np.zeros(2), run_info=info,
+    df = records.build(run.columns(), 1, keys=["10.0.0.1:a", "10.0.0.2:b"], waits=np.zeros(2), run_info=info,
                        open_loop=True, accepted=0)
     assert list(df.columns) == [c.name for c in schema.COLUMNS if c.name != "remote_workers"]
     for c in schema.COLUMNS:
@@ -37,8 +39,8 @@ def test_freshly_built_records_follow_the_schema():
 
 
 def test_client_columns_are_schema_columns():
-    run = ClientRun(["10.0.0.1:a"], 1, "tcp://x:1")
-    run.t_sent, run.t_intended = [1], [1]
+    run = ClientRun(1, 1, "tcp://x:1")
+    run.t_sent, run.t_intended = array("q", [1]), np.array([1])
     helpers = {"has_response"}  # turned into the response column's NA
     assert set(run.columns()) - helpers <= set(schema.BY_NAME)
 

@@ -4,6 +4,7 @@ captured."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from comlab.system import protocol as P
@@ -44,7 +45,24 @@ def make_intake(networks=(), reply_url="tcp://default:1", **kw):
 
 
 def batch(batch_id, url, t_sent, ids, keys, run=1):
-    return P.Batch(run, batch_id, url, t_sent, ids, keys)
+    """A BATCH (``t_sent``: the client's stamp, not on the wire since version 3)."""
+    return P.Batch(run, url, batch_id, P.ids_bytes(ids), keys)
+
+
+def ids_of(column: bytes) -> list:
+    return np.frombuffer(column, P.I64).tolist()
+
+
+def entries_of(w) -> tuple[list, list]:
+    e = np.frombuffer(w.entries, P.ENTRY)
+    return e["response"].tolist(), e["wait"].tolist()
+
+
+def results_of(msg) -> tuple:
+    """(batch ids, task ids, statuses, responses) of a RESULTS."""
+    heads, ids, statuses = P.check_results(msg, 1 << 40)
+    return (heads["batch_id"].tolist(), ids.tolist(), statuses.tolist(),
+            np.frombuffer(msg.responses, P.I64).tolist())
 
 
 def test_status_without_networks_is_unknown():
@@ -83,9 +101,10 @@ def test_batch_of_hits_is_one_work_item():
     assert s.sent == []
     assert len(s.work) == 1
     work = s.work[0]
-    assert work[:8] == (1, 4, "tcp://c:9", strategies.DEFAULT, 100, 111, work.t_enqueued, 0)
+    assert work[:7] == (1, 4, "tcp://c:9", strategies.DEFAULT, 111, work.t_enqueued, 0)
     assert work.t_enqueued >= 111  # stamped after t_in
-    assert (work.task_ids, list(work.responses), list(work.waits)) == ([10, 11], [7, 8], [0.0, 0.5])
+    assert (ids_of(work.task_ids), entries_of(work)) == ([10, 11], ([7, 8], [0.0, 0.5]))
+    assert work.n == 2 and work.cost_s == 0.5  # sequential: the sum of the waits
     assert s.stats["batches"] == 1 and s.stats["tasks"] == 2
 
 
@@ -100,12 +119,11 @@ def test_batch_splits_misses_from_work():
     assert len(s.sent) == 1
     url, msg = s.sent[0]
     assert url == "tcp://default:1"
-    assert type(msg) is P.Results and msg.batch_id == 2 and msg.worker == "server"
-    assert msg.task_ids == [21, 22, 23]
-    assert msg.statuses == [P.UNKNOWN, P.UNREACHABLE, P.UNREACHABLE]
-    assert msg.responses == [None] * 3 and msg.errors is None
-    assert [w.task_ids for w in s.work] == [[20, 24]]
-    assert list(s.work[0].responses) == [7, 8]
+    assert type(msg) is P.Results and msg.worker == "server" and msg.errors is None
+    assert results_of(msg) == ([2], [21, 22, 23], [P.UNKNOWN, P.UNREACHABLE, P.UNREACHABLE],
+                               [0, 0, 0])
+    assert [ids_of(w.task_ids) for w in s.work] == [[20, 24]]
+    assert entries_of(s.work[0])[0] == [7, 8]
     assert s.stats["unknown"] == 1 and s.stats["unreachable"] == 2
     assert s.stats["tasks"] == 5
 
@@ -114,7 +132,7 @@ def test_known_key_out_of_reach_is_unreachable():
     s = make_intake(networks=["192.168.1.0/25"])
     s.on_batch(5, batch(0, "tcp://c:9", 3, [0], ["192.168.1.200:foo"]))
     assert s.work == []
-    assert [(m.task_ids, m.statuses) for _, m in s.sent] == [([0], [P.UNREACHABLE])]
+    assert [results_of(m)[1:3] for _, m in s.sent] == [([0], [P.UNREACHABLE])]
     assert TABLE["192.168.1.200:foo"] == (9, 0.25)  # the caller's table is left alone
 
 
@@ -122,7 +140,7 @@ def test_batch_of_only_misses_dispatches_nothing():
     s = make_intake()
     s.on_batch(5, batch(0, "tcp://c:9", 3, [0, 1], ["1.1.1.1:a", "1.1.1.1:b"]))
     assert s.work == []
-    assert [(u, m.task_ids, m.statuses) for u, m in s.sent] == \
+    assert [(u, *results_of(m)[1:3]) for u, m in s.sent] == \
         [("tcp://c:9", [0, 1], [P.UNKNOWN] * 2)]
 
 

@@ -61,7 +61,8 @@ def test_seed_shaped_run(make_data, server_proc, free_url):
     assert_ok(proc, summary, 64, 64 * 3)
 
     run, cols = run_in_process(client_file, 16, server.url, free_url())
-    ids = np.concatenate([np.asarray(m.task_ids, dtype=np.int64) for m in run.messages])
+    ids = np.concatenate([np.frombuffer(P.Results.decode(f).task_ids, P.I64)
+                          for f, _ in run.log])
     assert sorted(ids.tolist()) == list(range(64))  # every task id exactly once
     assert run.duplicates == 0 and run.garbage == 0
     assert (cols["status"] == P.OK).all()
@@ -168,7 +169,7 @@ def test_server_stop_leaves_nothing(signum, make_data, server_proc, free_url):
     # A run just before the signal: it lands while the server still handles the workers' DONE
     # messages (a SIGTERM there used to be lost until the next message came).
     run, _ = run_in_process(client_file, 4, server.url, free_url())
-    assert len(run.messages) == 8
+    assert run.accepted == 32
     tree = server.tree()
     pids = {p.pid for p in tree}
     assert server.pid in pids

@@ -40,7 +40,7 @@ def test_timed_out_run_does_not_poison_the_next_on_the_same_url(make_data, free_
     assert status_names(second.columns()) == ["ok"] * 32
     assert second.accepted == 32 and second.duplicates == 0
     # Every result it took was computed after it started: none of the first run's.
-    assert min(m.t_started[0] for m in second.messages) >= second.t_start
+    assert second.columns()["t_started"].min() >= second.t_start
     assert second.summary()["elapsed_s"] < 2.0  # not behind 6 s of the first run's queue
     assert stats["runs_ended"] >= 1 and stats["dropped_tasks"] > 0, stats
 
@@ -148,20 +148,22 @@ def test_hostile_worker_peer_cannot_lose_or_forge_a_run(make_data, free_url):
             peer.send(P.Ready("mallory", "evil", 1))
             wait_for(lambda: len(server.control("stats")["workers"]) == 2, 10, "the peer joined")
             client = ClientThread(keys, 2, server.url, timeout=30)
-            peer_work = peer.recv((P.Work,))
+            peer_work = peer.recv((P.Assign,))
+            peer_batch = int(P.read_heads(peer_work.heads, "WORK")["batch_id"][0])
             # Claims: done with batches it never held, ready again while holding one.
             for batch_id in range(8):
                 peer.send(P.Done(peer_work.run, batch_id + 100))
-            peer.send(P.Done(peer_work.run + 1, peer_work.batch_id))
+            peer.send(P.Done(peer_work.run + 1, peer_batch))
             peer.send(P.Ready("mallory", "evil", 1))
             # Forged results straight to the client: it cannot know the run, and a result
             # for the batch it holds is at most its own batch's answer.
             forger = peer.ctx.socket(zmq.PUSH)
             forger.setsockopt(zmq.LINGER, 0)
             forger.connect(client.client.reply_url)
-            n = len(peer_work.task_ids)
-            forger.send(P.Results(peer_work.run + 1, 0, "x", "x", 0, 1, 1, 1, list(range(16)),
-                                  [P.OK] * 16, [999] * 16, [1] * 16, [1] * 16, None).pack())
+            n = len(peer_work.task_ids) // 8
+            forger.send(P.results(peer_work.run + 1, "x", "x", [(0, 0, 1, 1, 0, 16)],
+                                  list(range(16)), [P.OK] * 16, [999] * 16, [1] * 16,
+                                  [1] * 16).pack())
             wait_for(lambda: client.client.result.stale >= 1, 10, "the forgery refused")
             # The peer goes silent holding its batch: the batch is retried once it is overdue
             # or the peer is gone; here it disconnects.
@@ -193,7 +195,7 @@ def test_dead_reply_url_does_not_block_workers(make_data, free_url, dispatch):
             push.connect(server.url)
             nowhere = free_url()  # nobody listens there
             for b in range(3000):  # beyond a PUSH socket's high-water mark (1000)
-                push.send(P.Batch(42, b, nowhere, 0, [0], keys[:1]).pack())
+                push.send(P.Batch(42, nowhere, b, P.ids_bytes([0]), keys[:1]).pack())
             wait_for(lambda: server.control("stats")["batches"] >= 3000, 20, "batches read")
         finally:
             ctx.destroy(linger=0)

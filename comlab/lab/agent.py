@@ -2,7 +2,10 @@
 
 The lab starts it once per experiment (``python -m comlab.agent``) instead of one client process
 per run, so a run costs no interpreter start-up (0.3 s here). Requests and answers are
-length-prefixed msgpack frames on stdin/stdout; stdin closing means the lab is gone, and the
+length-prefixed msgpack frames on stdin/stdout: a request carries the run's keys packed
+(protocol.Keys) when they change, and the path of the file the client streams its accepted
+results to (client.ResultLog); the answer describes the run, and the lab reads the results from
+that file, so the agent's memory stays small however many tasks a run has; stdin closing means the lab is gone, and the
 agent exits, so a killed notebook kernel leaves nothing behind.
 
 It notices the lab's end even in the middle of a run (when it reads nothing from stdin): a
@@ -88,20 +91,19 @@ _bye_seen = False
 def serve(inp, out) -> None:
     global _bye_seen
     from ..system.client import Client, NoServer
+    from ..system.protocol import Keys
     keys = None
     while (req := read_frame(inp)) is not None:
         if req == BYE:
             _bye_seen = True
             return
-        if "keys" in req:
-            keys = req["keys"]
+        if "keys_blob" in req:  # packed keys: a million keys cost their bytes, not 1M strs
+            keys = Keys.from_sizes(req.pop("keys_blob"), req.pop("keys_sizes"))
         try:
             run = Client(keys, req["batch_size"], req["bind_url"], req["server_url"],
-                         timeout=req["timeout"], rate=req.get("rate")).run()
-            answer = {"ok": True, "columns": run.columns(), "t_start": run.t_start,
-                      "accepted": run.accepted,  # the lab checks the columns against it
-                      "duplicates": run.duplicates, "garbage": run.garbage,
-                      "server_info": run.server_info}
+                         timeout=req["timeout"], rate=req.get("rate"),
+                         log_path=req["log_path"]).run()
+            answer = {"ok": True, "run": run.describe()}
         except (NoServer, ValueError, OSError) as exc:
             answer = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
         write_frame(out, answer)

@@ -179,10 +179,15 @@ class AgentProcess(_Child):
                 pass
         super().stop(grace_s)
 
-    def run(self, keys: list, **spec) -> dict:
+    def run(self, keys: list, **spec):
+        """One client run with ``spec`` (batch_size, bind_url, server_url, timeout, rate,
+        log_path: where the agent streams the accepted results); its client.ClientRun."""
+        from ..system.client import ClientRun
+        from ..system.protocol import Keys
         request = dict(spec)
         if keys is not self._keys_sent:
-            request["keys"] = keys
+            packed = keys if isinstance(keys, Keys) else Keys.of(keys)
+            request["keys_blob"], request["keys_sizes"] = packed.blob, packed.sizes()
         try:
             agent_mod.write_frame(self.proc.stdin, request)
             self._keys_sent = keys
@@ -193,7 +198,7 @@ class AgentProcess(_Child):
             raise self.failure("the client process died")
         if not answer["ok"]:
             raise RuntimeError(f"client run failed: {answer['error']}")
-        return answer
+        return ClientRun.from_description(answer["run"])
 
 
 def workdir() -> str:

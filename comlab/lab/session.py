@@ -84,20 +84,25 @@ class Session:
         t_run = time.perf_counter()
         bind = (f"ipc://{self.workdir}/client-{spec.index}" if spec.transport == "ipc"
                 else f"tcp://{self.client_address}:*")
-        answer = self.agent.run(keys, batch_size=spec.batch_size, bind_url=bind,
-                                server_url=server.url, timeout=timeout, rate=spec.rate)
-        wall = time.perf_counter() - t_run
-        conditions = before.end(server)
-        answer["columns"] = records.to_client_clock(answer["columns"], clock["offsets_ns"],
-                                                    clock["server_host"])
+        log_path = os.path.join(self.workdir, f"results-{spec.index}.log")
+        try:
+            run = self.agent.run(keys, batch_size=spec.batch_size, bind_url=bind,
+                                 server_url=server.url, timeout=timeout, rate=spec.rate,
+                                 log_path=log_path)
+            wall = time.perf_counter() - t_run
+            conditions = before.end(server)
+            columns = records.to_client_clock(run.columns(), clock["offsets_ns"],
+                                              clock["server_host"])
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(log_path)
         info = self.run_info(spec, experiment)
         # Raises InvariantError unless each task sent has exactly one final record.
-        df = records.build(answer["columns"], answer["t_start"], keys=keys, waits=waits,
-                           run_info=info, open_loop=spec.rate is not None,
-                           accepted=answer["accepted"])
+        df = records.build(columns, run.t_start, keys=keys, waits=waits, run_info=info,
+                           open_loop=spec.rate is not None, accepted=run.accepted)
         entry = {"key": spec.key, **info, "timeout_s": round(timeout, 4),
                  "server_start_s": round(server.start_s, 4), "run_wall_s": round(wall, 4),
-                 "duplicates": answer["duplicates"], "garbage": answer["garbage"],
+                 "duplicates": run.duplicates, "garbage": run.garbage,
                  **conditions,
                  "clock": {"client_host": clock["client_host"], "hosts": clock["hosts"]}}
         return df, entry

@@ -8,15 +8,19 @@ there and that the return path works, and lets the server tell its workers to co
 
 With ``rate`` (tasks per second) the client is open-loop: batch b is due at t0 + b * size / rate
 and its latency is measured from that intended time, so a stall cannot hide (coordinated
-omission). The hot loop only stores raw result messages; per-task columns are built afterwards.
+omission); it sleeps on a timerfd (comlab.system.timer) until just before a send is due. The hot
+loop only checks results (vectorised, on their binary columns) and keeps the accepted frames in a
+ResultLog, streamed to a file when given one; per-task columns are built afterwards, in chunks.
+BATCH frames are assembled from pre-packed keys (protocol.BatchFrames), not built per task.
 """
 
 from __future__ import annotations
 
 import gc
-import itertools
 import secrets
+import struct
 import time
+from array import array as _array
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -24,6 +28,7 @@ import zmq
 
 from . import protocol as P
 from .role import Role
+from .timer import Timer, precise_sleeps
 
 now = time.monotonic_ns
 
@@ -32,18 +37,78 @@ class NoServer(RuntimeError):
     """No server answered the handshake before the deadline."""
 
 
+class ResultLog:
+    """The RESULTS frames a client accepted, with their t_received, in arrival order.
+
+    With a ``path`` the frames go to that file in chunks of about ``spill_bytes`` as they
+    arrive, so a client's memory does not grow with the run (a million tasks are ~35 MB of
+    frames); without one they stay in memory. Each record is (frame length u32, t_received
+    i64) then the frame as it came off the socket, a versioned comlab message."""
+
+    RECORD = struct.Struct("<Iq")
+
+    def __init__(self, path: str | None = None, spill_bytes: int = 8 << 20) -> None:
+        self.path, self.spill_bytes = path, spill_bytes
+        self.frames: list = []
+        self.stamps = _array("q")
+        self.size = 0
+        self.count = 0
+        self.spilled = 0
+
+    def append(self, frame: bytes, t_received: int) -> None:
+        self.frames.append(frame)
+        self.stamps.append(t_received)
+        self.size += len(frame)
+        self.count += 1
+        if self.path is not None and self.size >= self.spill_bytes:
+            self.spill()
+
+    def spill(self) -> None:
+        """Write what is held to the file (the whole log is there afterwards)."""
+        if self.path is None:
+            return
+        record = self.RECORD.pack
+        with open(self.path, "ab") as f:
+            for frame, t in zip(self.frames, self.stamps):
+                f.write(record(len(frame), t))
+                f.write(frame)
+        self.spilled += len(self.frames)
+        self.frames, self.stamps, self.size = [], _array("q"), 0
+
+    def __iter__(self):
+        if self.path is not None and self.spilled:
+            size = self.RECORD.size
+            with open(self.path, "rb") as f:
+                for _ in range(self.spilled):
+                    head = f.read(size)
+                    if len(head) < size:
+                        raise ValueError(f"{self.path}: result log ends early")
+                    length, t = self.RECORD.unpack(head)
+                    frame = f.read(length)
+                    if len(frame) < length:
+                        raise ValueError(f"{self.path}: result log ends early")
+                    yield frame, t
+        yield from zip(self.frames, self.stamps)
+
+    @classmethod
+    def on_disk(cls, path: str, count: int) -> "ResultLog":
+        log = cls(path)
+        log.count = log.spilled = count
+        return log
+
+
 @dataclass
 class ClientRun:
-    """What one client run saw: raw result messages plus the stamps only the client has."""
+    """What one client run saw: the accepted results (a ResultLog) plus the stamps only the
+    client has; per-task columns are built from them after the run, in chunks."""
 
-    keys: list
+    n_tasks: int
     batch_size: int
     server_url: str
+    log: ResultLog = field(default_factory=ResultLog)
     t_start: int = 0                 # clock start (after the handshake)
-    t_sent: list = field(default_factory=list)        # per batch
-    t_intended: list | None = None                    # per batch, open-loop only
-    messages: list = field(default_factory=list)      # protocol.Results, accepted
-    t_received: list = field(default_factory=list)    # per message
+    t_sent: _array = field(default_factory=lambda: _array("q"))   # per batch
+    t_intended: np.ndarray | None = None                          # per batch, open-loop only
     accepted: int = 0   # distinct tasks answered (the invariant's count)
     duplicates: int = 0  # messages that answered no task not answered before
     garbage: int = 0     # messages that were not a valid RESULTS for this run's tasks
@@ -51,9 +116,41 @@ class ClientRun:
     run_id: int = 0
     server_info: dict = field(default_factory=dict)
 
-    @property
-    def n_tasks(self) -> int:
-        return len(self.keys)
+    def describe(self) -> dict:
+        """Everything but the results themselves, as plain data (the log must be on disk)."""
+        return {"n_tasks": self.n_tasks, "batch_size": self.batch_size,
+                "server_url": self.server_url, "log": self.log.path,
+                "log_count": self.log.count, "t_start": self.t_start,
+                "t_sent": np.frombuffer(self.t_sent, np.int64) if self.t_sent else
+                np.zeros(0, np.int64), "t_intended": self.t_intended,
+                "accepted": self.accepted, "duplicates": self.duplicates,
+                "garbage": self.garbage, "stale": self.stale, "run_id": self.run_id,
+                "server_info": self.server_info}
+
+    @classmethod
+    def from_description(cls, d: dict) -> "ClientRun":
+        run = cls(d["n_tasks"], d["batch_size"], d["server_url"],
+                  log=ResultLog.on_disk(d["log"], d["log_count"]) if d["log"] else ResultLog())
+        run.t_start, run.t_intended = d["t_start"], d["t_intended"]
+        run.t_sent = _array("q", np.asarray(d["t_sent"], np.int64).tobytes())
+        for name in ("accepted", "duplicates", "garbage", "stale", "run_id", "server_info"):
+            setattr(run, name, d[name])
+        return run
+
+    def chunks(self, max_tasks: int = 65536):
+        """The accepted results as column chunks (one row per task answered, the first answer
+        of a task wins: a retried batch may answer twice), in arrival order."""
+        placed = np.zeros(self.n_tasks, np.uint8)
+        parts, size = [], 0
+        for frame, t in self.log:
+            msg = P.Results.decode(frame)
+            parts.append((msg, t))
+            size += len(msg.task_ids) // 8
+            if size >= max_tasks:
+                yield _chunk(parts, placed)
+                parts, size = [], 0
+        if parts:
+            yield _chunk(parts, placed)
 
     def columns(self) -> dict:
         """Per-task columns (index = task id); a task with no result keeps status LOST."""
@@ -72,57 +169,17 @@ class ClientRun:
             "worker": np.full(n, None, dtype=object), "host": np.full(n, None, dtype=object),
             "error": np.full(n, None, dtype=object),
         }
-        sent = np.asarray(self.t_sent, dtype=np.int64)
+        sent = np.frombuffer(self.t_sent, np.int64) if self.t_sent else np.zeros(0, np.int64)
         cols["t_sent"] = np.full(n, -1, dtype=np.int64)
         cols["t_sent"][: len(sent) * self.batch_size] = np.repeat(sent, self.batch_size)[:n]
         if self.t_intended is not None:
             cols["t_intended"] = np.repeat(np.asarray(self.t_intended, np.int64),
                                            self.batch_size)[:n]
-        if self.messages:
-            self._place(cols, n)
+        for chunk in self.chunks():
+            idx = chunk.pop("task_id")
+            for name, values in chunk.items():
+                cols[name][idx] = values
         return cols
-
-    def _place(self, cols: dict, n: int) -> None:
-        """Put every accepted result in its task's row, all messages at once (numpy), not a
-        message at a time: a batch-1 run has as many messages as tasks."""
-        msgs = self.messages
-        chain = itertools.chain.from_iterable
-        lengths = np.fromiter((len(m.task_ids) for m in msgs), np.int64, len(msgs))
-        total = int(lengths.sum())
-        ids = np.fromiter(chain(m.task_ids for m in msgs), np.int64, total)
-        # A retried batch may answer twice: the first answer wins. An id outside the run cannot
-        # be placed: skipped here, so the records' invariant check (accepted results vs tasks
-        # with a final status) reports it instead of an IndexError.
-        inside = np.flatnonzero((ids >= 0) & (ids < n))
-        _, first = np.unique(ids[inside], return_index=True)
-        take = inside[first]
-        idx = ids[take]
-        of_msg = np.repeat(np.arange(len(msgs)), lengths)[take]
-
-        def per_task(name, dtype):
-            return np.fromiter(chain(getattr(m, name) for m in msgs), dtype, total)[take]
-
-        def per_message(name, dtype=np.int64):
-            return np.array([getattr(m, name) for m in msgs], dtype=dtype)[of_msg]
-
-        cols["status"][idx] = per_task("statuses", np.int8)
-        responses = np.array(list(chain(m.responses for m in msgs)), dtype=object)[take]
-        has = responses != None  # noqa: E711 (elementwise on an object array)
-        cols["has_response"][idx] = has
-        cols["response"][idx[has]] = responses[has].astype(np.int64)
-        cols["t_started"][idx] = per_task("t_started", np.int64)
-        cols["t_finished"][idx] = per_task("t_finished", np.int64)
-        cols["attempt"][idx] = per_message("attempt", np.int8)
-        cols["t_server_in"][idx] = per_message("t_server_in")
-        cols["t_enqueued"][idx] = per_message("t_enqueued")
-        cols["t_received"][idx] = np.asarray(self.t_received, np.int64)[of_msg]
-        cols["worker"][idx] = per_message("worker", object)
-        cols["host"][idx] = per_message("host", object)
-        if any(m.errors is not None for m in msgs):
-            errors = np.array(list(chain(m.errors if m.errors is not None
-                                         else [None] * len(m.task_ids) for m in msgs)),
-                              dtype=object)
-            cols["error"][idx] = errors[take]
 
     def summary(self) -> dict:
         """The figures the command line prints: counts per status, sum, elapsed."""
@@ -138,21 +195,65 @@ class ClientRun:
                 "duplicates": self.duplicates, "garbage": self.garbage, "stale": self.stale}
 
 
+def _chunk(parts: list, placed: np.ndarray) -> dict:
+    """Columns of accepted RESULTS messages, rows of tasks not placed before (marked now)."""
+    msgs = [m for m, _ in parts]
+    heads = np.frombuffer(b"".join([m.heads for m in msgs]), P.HEAD)
+    per_msg = np.fromiter((len(m.task_ids) // 8 for m in msgs), np.int64, len(msgs))
+
+    def col(name, dtype):
+        return np.frombuffer(b"".join([getattr(m, name) for m in msgs]), dtype)
+
+    ids = col("task_ids", P.I64)
+    # The first answer of each task, in arrival order; ids outside the run are skipped (the
+    # records' invariant check then reports them), though the client never accepts one.
+    inside = np.flatnonzero((ids >= 0) & (ids < len(placed)))
+    _, first = np.unique(ids[inside], return_index=True)
+    take = inside[first]
+    take = take[placed[ids[take]] == 0]
+    take.sort()
+    idx = ids[take]
+    placed[idx] = 1
+    counts = heads["n"]
+    statuses = col("statuses", P.I8)[take]
+    out = {"task_id": idx, "status": statuses,
+           "response": col("responses", P.I64)[take], "has_response": statuses == P.OK,
+           "t_started": col("t_started", P.I64)[take],
+           "t_finished": col("t_finished", P.I64)[take],
+           "attempt": np.repeat(heads["attempt"], counts)[take].astype(np.int8),
+           "t_server_in": np.repeat(heads["t_server_in"], counts)[take],
+           "t_enqueued": np.repeat(heads["t_enqueued"], counts)[take],
+           "t_received": np.repeat(np.fromiter((t for _, t in parts), np.int64, len(parts)),
+                                   per_msg)[take],
+           "worker": np.repeat(np.array([m.worker for m in msgs], object), per_msg)[take],
+           "host": np.repeat(np.array([m.host for m in msgs], object), per_msg)[take]}
+    if any(m.errors is not None for m in msgs):
+        errors = np.array([e for m in msgs for e in (m.errors if m.errors is not None else
+                                                      [None] * (len(m.task_ids) // 8))],
+                          dtype=object)
+        out["error"] = errors[take]
+    return out
+
+
 class Client(Role):
     linger_ms = 0
+    SPIN_NS = 50_000  # open loop: the last stretch before a send is due is spun, not slept
+    # (a timerfd wake-up lands 30-40 us late here; the spin costs 5 % of a core at 1,000/s)
 
-    def __init__(self, keys: list, batch_size: int, bind_url: str, server_url: str, *,
+    def __init__(self, keys, batch_size: int, bind_url: str, server_url: str, *,
                  timeout: float = 60.0, rate: float | None = None,
                  hello_timeout: float | None = None, advertise: str | None = None,
-                 security=None) -> None:
+                 security=None, log_path: str | None = None) -> None:
+        """``keys`` a list of "ip:command" strings or a protocol.Keys; ``log_path`` a file the
+        accepted results are streamed to (memory bounded however long the run)."""
         super().__init__()
         if batch_size < 1:
             raise ValueError("batch size must be at least 1")
-        if not keys:
+        if not len(keys):
             raise ValueError("no tasks to send")
-        if rate is not None and rate <= 0:
+        if rate is not None and not rate > 0:
             raise ValueError("rate must be positive")
-        self.keys = keys
+        self.keys = keys if isinstance(keys, P.Keys) else P.Keys.of(keys)
         self.batch_size = batch_size
         self.bind_url = bind_url
         self.server_url = server_url
@@ -161,6 +262,7 @@ class Client(Role):
         self.hello_timeout = min(timeout, 10.0) if hello_timeout is None else hello_timeout
         self.advertise = advertise
         self.security = security
+        self.log_path = log_path
 
     def setup(self):
         self.pull = self.socket(zmq.PULL, bind=self.bind_url, rcvhwm=0, curve_server=True)
@@ -173,7 +275,8 @@ class Client(Role):
             raise ValueError(f"bad server URL {self.server_url!r}: {exc.strerror}") from None
         self.run_id = secrets.randbits(63)  # this run's identity on every message
         self.secret = secrets.token_bytes(16)  # keys the batch tokens (P.batch_token)
-        self.result = ClientRun(self.keys, self.batch_size, self.server_url, run_id=self.run_id)
+        self.result = ClientRun(len(self.keys), self.batch_size, self.server_url,
+                                log=ResultLog(self.log_path), run_id=self.run_id)
         self.handshake()
 
     def handshake(self) -> None:
@@ -220,16 +323,24 @@ class Client(Role):
 
     def send_and_collect(self) -> ClientRun:
         run = self.result
-        keys, size, n = self.keys, self.batch_size, len(self.keys)
+        size, n = self.batch_size, len(self.keys)
         n_batches = -(-n // size)
-        pull, push, reply_url = self.pull, self.push, self.reply_url
-        messages, received, t_sent = run.messages, run.t_received, run.t_sent
+        pull, push = self.pull, self.push
+        frames = P.BatchFrames(self.run_id, self.reply_url, self.keys).frame
+        log, t_sent = run.log.append, run.t_sent
         run_id, decode, check, Results = self.run_id, P.decode, P.check_results, (P.Results,)
-        token, secret = P.batch_token, self.secret
-        answered = bytearray(n)  # per task: has a result been taken?
+        secret = self.secret
+        # Every token before the clock starts: checking one is then an array look-up.
+        tokens = np.fromiter((P.batch_token(secret, b) for b in range(n_batches)), np.int64,
+                             n_batches)
+        answered = np.zeros(n, np.uint8)  # per task: has a result been taken?
         poller = zmq.Poller()
         poller.register(pull, zmq.POLLIN)
         poller.register(push, zmq.POLLOUT)
+        timer = Timer.open() if self.rate else None
+        if timer is not None:
+            poller.register(timer.fd, zmq.POLLIN)
+            precise_sleeps()
         push_on = True
         sent = accounted = 0
         t0 = run.t_start = now()
@@ -237,63 +348,80 @@ class Client(Role):
         intended = None
         if self.rate:
             step = size / self.rate * 1e9
-            intended = run.t_intended = [t0 + int(b * step) for b in range(n_batches)]
-        while accounted < n:
-            t = now()
-            if t >= deadline:
-                break
-            wait_ns = deadline - t
-            want_push = sent < n_batches and (intended is None or intended[sent] <= t)
-            if intended is not None and sent < n_batches and not want_push:
-                wait_ns = min(wait_ns, intended[sent] - t)
-            if want_push != push_on:
-                poller.modify(push, zmq.POLLOUT if want_push else 0)
-                push_on = want_push
-            events = poller.poll(max(wait_ns / 1e6, 0.001) if wait_ns > 0 else 0)
-            for sock, _ in events:
-                if sock is push:
-                    while sent < n_batches:
-                        if intended is not None and intended[sent] > now():
-                            break
-                        lo, hi = sent * size, min(n, (sent + 1) * size)
-                        t_sent_ = now()  # the t_sent stamp (comlab.schema)
-                        try:
-                            push.send(P.Batch(run_id, sent, reply_url, t_sent_, list(range(lo, hi)),
-                                              keys[lo:hi]).pack(), zmq.NOBLOCK)
-                        except zmq.Again:
-                            break
-                        t_sent.append(t_sent_)
-                        sent += 1
-                else:
-                    while True:
-                        try:
-                            frame = pull.recv(zmq.NOBLOCK)
-                        except zmq.Again:
-                            break
-                        t_received = now()  # the t_received stamp (comlab.schema)
-                        try:
-                            msg = decode(frame, Results)
-                            if msg.run != run_id:
-                                run.stale += 1
+            run.t_intended = t0 + (np.arange(n_batches) * step).astype(np.int64)
+            intended = run.t_intended.tolist()
+        try:
+            while accounted < n:
+                t = now()
+                if t >= deadline:
+                    break
+                wait_ns = deadline - t
+                want_push = sent < n_batches
+                if intended is not None and want_push and intended[sent] > t:
+                    want_push = False
+                    due = intended[sent] - self.SPIN_NS
+                    if due <= t:
+                        wait_ns = 0           # spin the last stretch
+                    elif timer is not None:
+                        timer.at(due)
+                    else:
+                        wait_ns = min(wait_ns, due - t)
+                if want_push != push_on:
+                    poller.modify(push, zmq.POLLOUT if want_push else 0)
+                    push_on = want_push
+                for sock, _ in poller.poll(-(-wait_ns // 1_000_000)):
+                    if sock is push:
+                        while sent < n_batches:
+                            if intended is not None and intended[sent] > now():
+                                break
+                            lo = sent * size
+                            frame = frames(sent, lo, min(n, lo + size))
+                            t_sent_ = now()  # the t_sent stamp (comlab.schema)
+                            try:
+                                push.send(frame, zmq.NOBLOCK, copy=False)
+                            except zmq.Again:
+                                break
+                            t_sent.append(t_sent_)
+                            sent += 1
+                    elif sock is pull:
+                        while True:
+                            try:
+                                frame = pull.recv(zmq.NOBLOCK)
+                            except zmq.Again:
+                                break
+                            t_received = now()  # the t_received stamp (comlab.schema)
+                            try:
+                                msg = decode(frame, Results)
+                                if msg.run != run_id:
+                                    run.stale += 1
+                                    continue
+                                heads, ids, _ = check(msg, n, size)
+                                b = heads["batch_id"]
+                                if len(b) and (b.min() < 0 or b.max() >= n_batches or
+                                               not np.array_equal(tokens[b], heads["token"])):
+                                    raise P.ProtocolError("RESULTS with a wrong batch token")
+                            except P.ProtocolError:
+                                run.garbage += 1
                                 continue
-                            ids = check(msg, n, size)  # shape, ids of its batch, statuses
-                            if msg.token != token(secret, msg.batch_id):
-                                raise P.ProtocolError("RESULTS with a wrong batch token")
-                        except P.ProtocolError:
-                            run.garbage += 1
-                            continue
-                        new = 0
-                        for i in ids:  # distinct tasks: a retried batch may answer twice
-                            if not answered[i]:
-                                answered[i] = 1
-                                new += 1
-                        if not new:
-                            run.duplicates += 1
-                            continue
-                        messages.append(msg)
-                        received.append(t_received)
-                        accounted += new
+                            # distinct tasks only: a retried batch may answer twice
+                            fresh = ids[answered[ids] == 0]
+                            new = len(fresh)
+                            if new > 1 and not (fresh[1:] > fresh[:-1]).all():
+                                fresh = np.unique(fresh)
+                                new = len(fresh)
+                            if not new:
+                                run.duplicates += 1
+                                continue
+                            answered[fresh] = 1
+                            log(frame, t_received)
+                            accounted += new
+                    else:
+                        timer.clear()
+        finally:
+            if timer is not None:
+                timer.close()
         run.accepted = accounted
+        run.log.spill()
         self.bye()
         return run
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 import heapq
 import threading
 import time
+from array import array as _array
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 
@@ -103,6 +104,13 @@ class Strategy:
 
     def map(self, responses: list, waits: list) -> list:
         raise NotImplementedError
+
+    @staticmethod
+    def inline_stamps(n: int) -> bytes:
+        """The stamps (int64 column) of n zero-wait tasks run inline, in order: each takes no
+        time, so one stamp per task is both its t_started and its t_finished (comlab.schema),
+        taken as it runs (the worker's path for zero-wait batches, no per-task objects)."""
+        return _array("q", [now() for _ in range(n)]).tobytes()
 
     def warm(self, n: int) -> None:
         """Get ready for batches of n tasks (threaded strategies start their threads)."""

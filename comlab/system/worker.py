@@ -26,6 +26,7 @@ from . import dispatch, protocol as P
 from .clients import ClientSockets
 from .role import HOST, Role
 from .strategies import Cache, lookup, now
+from .timer import precise_sleeps
 
 log = logging.getLogger("comlab.worker")
 
@@ -277,9 +278,7 @@ class Worker(Role):
         try:
             strategy = self.strategies.get(u.strategy)
             if u.zero and strategy.inline_zero_waits:
-                # Every task has wait 0: each runs inline, in order, and takes no time, so one
-                # stamp per task is both its start and its finish (taken as it runs).
-                stamps = _array("q", [now() for _ in range(len(entries))]).tobytes()
+                stamps = strategy.inline_stamps(len(entries))
                 self.results.add(u, heads, bytes(len(entries)), entries["response"].tobytes(),
                                  stamps, stamps, None)
                 return
@@ -310,16 +309,6 @@ class Worker(Role):
 
     def teardown(self):
         self.strategies.close()
-
-
-def precise_sleeps() -> None:
-    """Ask Linux for 1 ns of timer slack (default 50 us): an emulated task's sleep then ends
-    when it should, so the harness adds no overshoot of its own to every task (Linux only)."""
-    if sys.platform.startswith("linux"):
-        try:
-            ctypes.CDLL(None, use_errno=True).prctl(29, 1)  # PR_SET_TIMERSLACK
-        except (OSError, AttributeError):
-            pass
 
 
 def die_with_parent() -> None:
