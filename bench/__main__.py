@@ -7,7 +7,8 @@ sleep + queue hand-off, 3 the bare 3-hop pipeline (bench/bare.py) and the bare l
 broker (bench/bare_broker.py) on the same sizes, interleaved with comlab, 4 per-task
 overhead at batch 1 under open-loop load next to a raw REQ/REP round trip (bench/reqrep.py),
 5 pool start-up and the per-run overhead of a sweep, 6 concurrent.futures and Dask on the seed
-and zero-wait workloads. ``--quick`` takes under 2 minutes, the full bench under 15.
+and zero-wait workloads, 7 the client agent's peak memory over 1,000,000 zero-wait tasks
+(bench/soak.py). ``--quick`` takes under 2 minutes, the full bench under 15.
 """
 
 from __future__ import annotations

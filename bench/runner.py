@@ -98,7 +98,9 @@ def run(profile: str = "quick", out=None, *, dask: bool | None = None, log=print
                                            raw["zero_wait"], log)
     notes += peer_notes
 
-    rows = rows1 + rows2 + rows2b + rows3 + rows4 + rows5 + rows5b + rows6
+    rows7, raw["memory"] = step("7 memory", sections.memory, p, out, log)
+
+    rows = rows1 + rows2 + rows2b + rows3 + rows4 + rows5 + rows5b + rows6 + rows7
     env["loadavg_end"] = list(os.getloadavg())
     duration = time.perf_counter() - t_start
     result = _clean({

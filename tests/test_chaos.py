@@ -118,6 +118,7 @@ def test_agent_polite_stop_keeps_workdir_and_stops_a_run(tmp_path):
     the directory to the lab (which is alive and removes it itself)."""
     from comlab.lab.processes import AgentProcess
     from comlab.lab import agent as agent_mod
+    from comlab.system.protocol import Keys
     wd = tmp_path / "wd"
     wd.mkdir()
     agent = AgentProcess(str(wd))
@@ -125,9 +126,11 @@ def test_agent_polite_stop_keeps_workdir_and_stops_a_run(tmp_path):
     with socket.socket() as holder:
         holder.bind(("127.0.0.1", 0))
         silent = f"tcp://127.0.0.1:{holder.getsockname()[1]}"
+        keys = Keys.of(["10.0.0.1:foo"])
         agent_mod.write_frame(agent.proc.stdin, {
-            "keys": ["10.0.0.1:foo"], "batch_size": 1, "bind_url": "tcp://127.0.0.1:*",
-            "server_url": silent, "timeout": 60.0})
+            "keys_blob": keys.blob, "keys_sizes": keys.sizes(), "batch_size": 1,
+            "bind_url": "tcp://127.0.0.1:*", "server_url": silent, "timeout": 60.0,
+            "log_path": str(wd / "results.log")})
         me = psutil.Process(agent.proc.pid)
         wait_for(lambda: any(c.status == psutil.CONN_LISTEN for c in me.net_connections("tcp")),
                  10, "the agent's client bound its result socket (it is inside the run)")

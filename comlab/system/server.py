@@ -122,8 +122,8 @@ class Server(Role):
         cpus = os.cpu_count() or 1
         self.overdue_factor = 4.0 * max(1.0, self.max_workers / cpus)
         self.outbox: dict[bytes, list] = {}  # worker -> batches given in this pass
-        self.ledger = Ledger(self.send_work, self.fail_work, policy=self.policy, local=self.pool.local,
-                             max_pending=self.max_pending)
+        self.ledger = Ledger(self.send_work, self.fail_work, policy=self.policy,
+                             local=self.pool.local, max_pending=self.max_pending)
         self.liveness = Liveness(self.to_worker)
         self.intake.attach()
         for sock in (self.router, self.pull, self.control, self.watch_fd):
@@ -179,7 +179,10 @@ class Server(Role):
                 self.poller.modify(pull, zmq.POLLIN if want_pull else 0)
                 self._pull_on = want_pull
             hot = False
-            for sock, _ in poll(self.timeout_ms()):
+            timeout = self.timeout_ms()  # its chores may give out work: sent before we sleep
+            if self.outbox:
+                self.flush()
+            for sock, _ in poll(timeout):
                 if sock is router or sock is pull:
                     hot = True
                 elif not self.on_event(sock):
