@@ -192,6 +192,9 @@ def test_batch_token_is_keyed_and_per_batch():
     assert len({P.batch_token(a, 3), P.batch_token(a, 4), P.batch_token(b, 3)}) == 3
     assert P.batch_token(b"", 3) == 0
     assert P.batch_token(a, 3) < 2 ** 63  # a msgpack int64
+    assert [P.batch_tokens(a)(i) for i in (-1, 0, 3, 2 ** 40)] == \
+        [P.batch_token(a, i) for i in (-1, 0, 3, 2 ** 40)]
+    assert P.batch_tokens(b"")(3) == 0
 
 
 def test_check_results_keeps_a_batch_to_its_own_tasks():

@@ -26,6 +26,7 @@ from . import protocol as P, strategies
 from .clients import TooManyClients
 from .role import HOST
 
+_NO_TOKEN = P.batch_tokens(b"")  # a run that never said HELLO: no secret, token 0
 log = logging.getLogger("comlab.server")
 now = time.monotonic_ns
 
@@ -64,7 +65,7 @@ class Intake:
         self.ended: OrderedDict[int, None] = OrderedDict()
         self.hellos: dict[str, tuple] = {}             # reply URL -> (workers not joined, deadline)
         self.silent: set[bytes] = set()                # workers that never answered a CONNECT
-        self.secrets: dict[int, bytes] = {}            # run -> its secret (batch tokens)
+        self.tokens: dict[int, object] = {}            # run -> its batch_tokens (its secret)
 
     def attach(self) -> None:
         """The server is set up: its sockets and ledger exist."""
@@ -106,7 +107,7 @@ class Intake:
             self.refuse(url, h.run, str(exc))
             raise
         self.runs[url] = h.run
-        self.secrets[h.run] = h.secret
+        self.tokens[h.run] = P.batch_tokens(h.secret)
         idle = set(self.ledger.idle) - self.silent
         connect = P.Connect(url, self.strategy, max(0, min(h.warm, MAX_WARM))).pack()
         self.broadcast(connect)
@@ -209,7 +210,7 @@ class Intake:
         return keys, ids[hit].tobytes(), b"".join(map(self.entry_of.__getitem__, keys))
 
     def token(self, b: P.Batch) -> int:
-        return P.batch_token(self.secrets.get(b.run, b""), b.batch_id)
+        return self.tokens.get(b.run, _NO_TOKEN)(b.batch_id)
 
     def status_of(self, key: str) -> int:
         ip = key.partition(":")[0]
@@ -247,7 +248,7 @@ class Intake:
         if run is None:
             return
         self.ended[run] = None
-        self.secrets.pop(run, None)
+        self.tokens.pop(run, None)
         if len(self.ended) > ENDED_RUNS_KEPT:
             self.ended.popitem(last=False)
         self.hellos.pop(url, None)

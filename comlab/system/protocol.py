@@ -33,6 +33,7 @@ depth and length (``repr`` of a deeply nested value raises RecursionError).
 from __future__ import annotations
 
 import reprlib
+import struct as _struct
 from array import array as _array
 from hashlib import blake2b as _blake2b
 from itertools import chain as _chain
@@ -98,6 +99,9 @@ def _packer(kind):
 def ids_bytes(ids) -> bytes:
     """Task ids (any int sequence) as the int64 column."""
     return np.asarray(ids, dtype=I64).tobytes()
+
+
+_HEAD_PACK = _struct.Struct("<6q").pack
 
 
 def heads_bytes(rows) -> bytes:
@@ -252,8 +256,9 @@ def assign(works) -> bytes:
     """One WORK frame for batches of one run, reply URL and strategy (the caller groups)."""
     w0 = works[0]
     if len(works) == 1:
-        return _pack((VERSION, "W", w0.run, w0.reply_url, w0.strategy, heads_bytes((w0.head(),)),
-                      w0.task_ids, w0.entries))
+        return _pack((VERSION, "W", w0.run, w0.reply_url, w0.strategy,
+                      _HEAD_PACK(w0.batch_id, w0.attempt, w0.t_server_in, w0.t_enqueued,
+                                 w0.token, w0.n), w0.task_ids, w0.entries))
     return _pack((VERSION, "W", w0.run, w0.reply_url, w0.strategy,
                   heads_bytes(w.head() for w in works),
                   b"".join([w.task_ids for w in works]), b"".join([w.entries for w in works])))
@@ -318,6 +323,20 @@ class ControlReply(NamedTuple):
     error -> the reason."""
     op: str
     payload: object
+
+
+def batch_tokens(secret: bytes):
+    """``batch_token`` for one secret, as a function of the batch id (the keyed hash's key is
+    set up once, not per batch: the server and client call it once per batch)."""
+    if not secret:
+        return lambda batch_id: 0
+    keyed = _blake2b(key=secret[:64], digest_size=8)
+
+    def token(batch_id: int) -> int:
+        h = keyed.copy()
+        h.update(batch_id.to_bytes(8, "little", signed=True))
+        return int.from_bytes(h.digest(), "little") >> 1
+    return token
 
 
 def batch_token(secret: bytes, batch_id: int) -> int:
