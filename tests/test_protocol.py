@@ -210,3 +210,23 @@ def test_check_results_keeps_a_batch_to_its_own_tasks():
     assert P.check_results(two, n_tasks=8, batch_size=2).task_ids.tolist() == [2, 6]
     with pytest.raises(P.ProtocolError, match="other batches"):
         P.check_results(two._replace(task_ids=P.ids_bytes([6, 2])), n_tasks=8, batch_size=2)
+
+
+def test_one_batch_checks_agree_with_the_vectorised_ones():
+    good = P.Assign.decode(P.assign([P.work(7, 3, "u", "sequential", [4, 5], [10, -11],
+                                            [0.0, 0.25], token=9)]))
+    head, waits = P.check_one_batch(good)
+    assert head == (3, 0, 0, 0, 9, 2) and list(waits) == [0.0, 0.25]
+    assert P.entry_lists(good.entries) == ([10, -11], [0.0, 0.25])
+    assert np.frombuffer(P.entry_responses(good.entries), P.I64).tolist() == [10, -11]
+    bad_waits = [P.work(7, 3, "u", "", [4], [1], [w]).entries
+                 for w in (float("nan"), float("inf"), -0.5)]
+    for bad in [{"entries": good.entries[:-1]}, {"task_ids": good.task_ids[:8]},
+                {"heads": P.heads_bytes([(3, 0, 0, 0, 9, -1)])}] + \
+            [{"entries": e, "task_ids": good.task_ids[:8],
+              "heads": P.heads_bytes([(3, 0, 0, 0, 9, 1)])} for e in bad_waits]:
+        for check in (P.check_one_batch, P.check_assign):
+            with pytest.raises(P.ProtocolError):
+                check(good._replace(**bad))
+    two = P.Assign.decode(P.assign([P.work(7, b, "u", "", [b], [1], [0.0]) for b in (0, 1)]))
+    assert P.check_one_batch(two) is None

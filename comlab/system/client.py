@@ -237,8 +237,10 @@ def _chunk(parts: list, placed: np.ndarray) -> dict:
 
 class Client(Role):
     linger_ms = 0
-    SPIN_NS = 50_000  # open loop: the last stretch before a send is due is spun, not slept
-    # (a timerfd wake-up lands 30-40 us late here; the spin costs 5 % of a core at 1,000/s)
+    SPIN_NS = 1_000_000  # open loop: the last stretch before a send is due is spun, not
+    # slept on the timerfd: on a VM each hop through sleeping processes waits for a halted vCPU
+    # to wake, and a spinning client keeps one awake (1,000/s here: p50 ~390 us sleeping to the
+    # due time, ~210 us spinning its last ms); below 1,000/s the client sleeps most of the time
 
     def __init__(self, keys, batch_size: int, bind_url: str, server_url: str, *,
                  timeout: float = 60.0, rate: float | None = None,
@@ -364,8 +366,8 @@ class Client(Role):
                         wait_ns = 0           # spin the last stretch
                     elif timer is not None:
                         timer.at(due)
-                    else:
-                        wait_ns = min(wait_ns, due - t)
+                    else:  # whole milliseconds only: spin the rest
+                        wait_ns = min(wait_ns, (due - t) // 1_000_000 * 1_000_000)
                 if want_push != push_on:
                     poller.modify(push, zmq.POLLOUT if want_push else 0)
                     push_on = want_push

@@ -38,34 +38,43 @@ RESULTS_MAX_TASKS = 65536  # results held back for one RESULTS message at most
 
 class Unit:
     """What a worker runs in one go: one batch, or several zero-wait batches of a WORK in a
-    row (they take no time, so running them together changes no stamp's meaning)."""
+    row (they take no time, so running them together changes no stamp's meaning). Its columns
+    are bytes as they came (HEAD records, task ids, ENTRY records)."""
 
-    __slots__ = ("run", "url", "strategy", "heads", "ids", "entries", "zero", "batches",
+    __slots__ = ("run", "url", "strategy", "heads", "ids", "entries", "n", "zero", "batches",
                  "last_batch")
 
-    def __init__(self, a: P.Assign, heads, ids: bytes, entries, zero: bool) -> None:
+    def __init__(self, a: P.Assign, heads: bytes, ids: bytes, entries: bytes, n: int,
+                 zero: bool, batches: int, last_batch: int) -> None:
         self.run, self.url, self.strategy = a.run, a.reply_url, a.strategy
-        self.heads, self.ids, self.entries, self.zero = heads, ids, entries, zero
-        self.batches = len(heads)
-        self.last_batch = int(heads["batch_id"][-1])
+        self.heads, self.ids, self.entries, self.n, self.zero = heads, ids, entries, n, zero
+        self.batches, self.last_batch = batches, last_batch
+
+
+def _inlines(spec: str) -> bool:
+    try:
+        return lookup(spec)[0].inline_zero_waits
+    except ValueError:  # an unknown strategy: each batch fails on its own (run_unit)
+        return False
 
 
 def split(a: P.Assign) -> list[Unit]:
     """A WORK's units: all of it when every wait is 0, else a unit per batch."""
+    one = P.check_one_batch(a)
+    if one is not None:  # the common case at small batches: no numpy on the way
+        head, waits = one
+        return [Unit(a, a.heads, a.task_ids, a.entries, head[5], not any(waits), 1, head[0])]
     heads, entries = P.check_assign(a)
     if not len(heads):
         return []
-    try:
-        inline = lookup(a.strategy)[0].inline_zero_waits
-    except ValueError:  # an unknown strategy: each batch fails on its own (run_unit)
-        inline = False
-    if inline and not entries["wait"].any():
-        return [Unit(a, heads, a.task_ids, entries, True)]
+    last = int(heads["batch_id"][-1])
+    if not entries["wait"].any() and _inlines(a.strategy):
+        return [Unit(a, a.heads, a.task_ids, a.entries, len(entries), True, len(heads), last)]
     units, lo = [], 0
-    for i, n in enumerate(heads["n"].tolist()):
+    for i, (batch_id, n) in enumerate(zip(heads["batch_id"].tolist(), heads["n"].tolist())):
         e = entries[lo:lo + n]
-        units.append(Unit(a, heads[i:i + 1], a.task_ids[8 * lo:8 * (lo + n)], e,
-                          not e["wait"].any()))
+        units.append(Unit(a, heads[i:i + 1].tobytes(), a.task_ids[8 * lo:8 * (lo + n)],
+                          e.tobytes(), n, not e["wait"].any(), 1, batch_id))
         lo += n
     return units
 
@@ -80,14 +89,13 @@ class Outbox:
         self.parts: list = []
         self.size = 0
 
-    def add(self, u: Unit, heads, statuses: bytes, responses: bytes, starts: bytes,
-            ends: bytes, errors) -> None:
+    def add(self, u: Unit, statuses: bytes, responses: bytes, starts: bytes, ends: bytes,
+            errors) -> None:
         if self.key != (u.run, u.url):
             self.flush()
             self.key = (u.run, u.url)
-        self.parts.append((heads.tobytes(), u.ids, statuses, responses, starts, ends, errors,
-                           len(u.entries)))
-        self.size += len(u.entries)
+        self.parts.append((u.heads, u.ids, statuses, responses, starts, ends, errors, u.n))
+        self.size += u.n
 
     def flush(self) -> None:
         if not self.parts:
@@ -274,25 +282,23 @@ class Worker(Role):
 
     def run_unit(self, u: Unit) -> None:
         """Run a unit (one batch, or zero-wait batches in a row) and add its results."""
-        heads, entries = u.heads, u.entries
+        n = u.n
         try:
             strategy = self.strategies.get(u.strategy)
             if u.zero and strategy.inline_zero_waits:
-                stamps = strategy.inline_stamps(len(entries))
-                self.results.add(u, heads, bytes(len(entries)), entries["response"].tobytes(),
-                                 stamps, stamps, None)
+                stamps = strategy.inline_stamps(n)
+                self.results.add(u, bytes(n), P.entry_responses(u.entries), stamps, stamps,
+                                 None)
                 return
-            statuses, outs, starts, ends, errors = strategy.run(
-                entries["response"].tolist(), entries["wait"].tolist())
+            statuses, outs, starts, ends, errors = strategy.run(*P.entry_lists(u.entries))
             outs = _array("q", [0 if x is None else x for x in outs])
         except Exception as exc:  # a broken strategy or work item fails its batch, not us
             t = now()
-            n = len(entries)
             statuses, outs, starts, ends = [P.FAILED] * n, _array("q", bytes(8 * n)), \
                 [t] * n, [t] * n
             errors = [f"strategy {P.preview(u.strategy)}: {type(exc).__name__}: "
                       f"{P.preview(str(exc))}"] * n
-        self.results.add(u, heads, _array("b", statuses).tobytes(), outs.tobytes(),
+        self.results.add(u, _array("b", statuses).tobytes(), outs.tobytes(),
                          _array("q", starts).tobytes(), _array("q", ends).tobytes(), errors)
 
     def join(self, c: P.Connect) -> None:
