@@ -241,7 +241,9 @@ def restore_dtypes(df: pd.DataFrame, dtypes: dict | None = None) -> pd.DataFrame
 
 def _set_attrs(df: pd.DataFrame, meta: dict) -> None:
     """What summarize needs beyond the records: the cores of the machine that ran them (the
-    cpu-bound ideal) and each run's timeout (the latency a lost task counts with)."""
+    cpu-bound ideal) and each run's timeout (the latency a lost task counts with); and the
+    parameters, so that compare can tell whether two results ran the same workload."""
+    df.attrs["params"] = meta.get("params", {})
     df.attrs["cpu_count"] = meta.get("environment", {}).get("cpu_count")
     name = meta.get("name")
     df.attrs["timeouts"] = {(r.get("experiment", name), r["run"]): r["timeout_s"]
