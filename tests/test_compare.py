@@ -211,15 +211,20 @@ def test_other_waits_are_a_different_workload_not_slower():
     assert len(c.attrs["workload"]) == 1 and "ideal makespan" in c.attrs["workload"][0]
 
 
-def test_other_parameters_are_a_different_workload(tmp_path):
+def save_result(root: Path, name: str, makespans: dict, **params) -> Path:
+    """A saved result of ``experiment(name, makespans)`` with these parameters."""
     from comlab.lab.results import ResultStore
-    for name, scale, sha in (("a", 0.01, "ab" * 32), ("b", 0.1, "cd" * 32)):
-        with ResultStore(tmp_path, name, {"wait_scale": scale, "data_sha256": sha,
-                                           "n_tasks": 20}) as store:
-            for run, m in enumerate(TIGHT):
-                store.save_run(run_records(name, run, m, repeat=run),
-                               {"key": f"k{run}", "run": run, "experiment": name})
-            store.finish()
+    df = experiment(name, makespans)
+    with ResultStore(root, name, {"wait_scale": 0.01, "n_tasks": 20, **params}) as store:
+        for run, g in df.groupby("run"):
+            store.save_run(g, {"key": f"k{run}", "run": int(run), "experiment": name})
+        store.finish()
+    return root / name
+
+
+def test_other_parameters_are_a_different_workload(tmp_path):
+    save_result(tmp_path, "a", {4: TIGHT}, data_sha256="ab" * 32)
+    save_result(tmp_path, "b", {4: TIGHT}, wait_scale=0.1, data_sha256="cd" * 32)
     c = comlab.compare(tmp_path / "a", tmp_path / "b")
     assert set(c["verdict"]) == {"workload differs"}
     assert c.attrs["workload"] == ["wait_scale: a 0.01, b 0.1",
@@ -338,3 +343,43 @@ def test_compare_ratios_keeps_the_first_row_on_top_when_drawn_twice():
     plots.compare_ratios(cmp, ax=ax)
     plots.compare_ratios(cmp, ax=ax)  # a second panel sharing y calls it again
     assert ax.yaxis_inverted()
+
+
+# -- comlab compare: the table, the rules, an exit status for CI --------------------------------
+def test_compare_command_puts_the_verdict_first_and_says_its_rules(tmp_path, capsys):
+    from comlab import cli
+    a = save_result(tmp_path, "a", {1: TIGHT, 4: TIGHT})
+    b = save_result(tmp_path, "b", {1: [1.3 * m for m in TIGHT], 4: TIGHT})
+    assert cli.main(["compare", str(a), str(b)]) == 0  # no threshold: information only
+    out = capsys.readouterr().out
+    assert "U test (4+ repeats a side" in out and "factor (2-3 repeats)" in out
+    lines = out.splitlines()
+    at = next(i for i, line in enumerate(lines) if "b/a" in line)
+    header, first, second = lines[at:at + 3]
+    assert header.split()[:3] == ["verdict", "(b)", "rule"]
+    assert first.split()[:3] == ["slower", "U", "test"] and second.split()[0] == "same"
+
+
+@pytest.mark.parametrize("threshold, code", [("1.2", 1), ("1.5", 0)])
+def test_compare_command_fails_for_ci_beyond_a_threshold(tmp_path, capsys, threshold, code):
+    from comlab import cli
+    a = save_result(tmp_path, "a", {1: TIGHT, 4: TIGHT})
+    b = save_result(tmp_path, "b", {1: [1.3 * m for m in TIGHT], 4: TIGHT})
+    assert cli.main(["compare", str(a), str(b), "--fail-slower", threshold]) == code
+    err = capsys.readouterr().err
+    assert ("FAIL: b is slower by 1.2x or more in 1 of 2 configurations (slower)" in err) \
+        == (code == 1)
+    assert cli.main(["compare", str(b), str(a), "--fail-slower", threshold]) == 0  # faster
+
+
+def test_compare_command_with_other_workloads_gives_no_verdict(tmp_path, capsys):
+    from comlab import cli
+    a = save_result(tmp_path, "a", {4: TIGHT}, data_sha256="ab" * 32)
+    b = save_result(tmp_path, "b", {4: [10 * m for m in TIGHT]}, wait_scale=0.1,
+                    data_sha256="ab" * 32)
+    assert cli.main(["compare", str(a), str(b)]) == 0
+    out = capsys.readouterr().out
+    assert "workload differs: wait_scale: a 0.01, b 0.1" in out
+    assert "slower" not in out.split("verdict (b)")[1]
+    assert cli.main(["compare", str(a), str(b), "--fail-slower", "1.1"]) == 2
+    assert capsys.readouterr().err.startswith("error: --fail-slower: ")

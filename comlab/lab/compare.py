@@ -63,13 +63,15 @@ WORKLOAD_DIFFERS = "workload differs"
 
 
 def rules_text(factor: float = FACTOR, alpha: float = ALPHA, noise: float = NOISE) -> str:
-    """The header line that says what each verdict means."""
-    return (f"verdict from makespan; rule 'U test' (4+ repeats a side, or 3 and 5+): faster/slower when an "
-            f"exact Mann-Whitney U test and Welch's t-test on log values both give "
-            f"p < {alpha:g} and the change exceeds "
-            f"{noise:.0%}; rule 'factor' (fewer, 2+): faster?/slower? (not confirmed) when "
-            f"the ratio is beyond {factor:g}x and Welch's t-test on log values gives "
-            f"p < {alpha:g}; same otherwise")
+    """The header that says what each verdict means (lines)."""
+    return "\n".join((
+        "verdict from makespan, by the rule named in column 'rule':",
+        f"  U test (4+ repeats a side, or 3 and 5+): faster / slower when an exact "
+        f"Mann-Whitney U test and Welch's t-test on log values both give p < {alpha:g} and "
+        f"the change exceeds {noise:.0%}",
+        f"  factor (2-3 repeats): faster? / slower? (not confirmed: more repeats needed) "
+        f"when the ratio is beyond {factor:g}x and Welch's t-test gives p < {alpha:g}",
+        "  same otherwise; too few repeats: fewer than 2 a side"))
 
 
 def as_summary(x) -> pd.DataFrame:
