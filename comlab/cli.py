@@ -140,7 +140,7 @@ def cmd_show(args) -> int:
 
 def cmd_compare(args) -> int:
     import pandas as pd
-    from .lab.compare import compare, failing
+    from .lab.compare import compare, constant_axes, failing, table
     if _result_dir(args.a) is None or _result_dir(args.b) is None:
         return 2
     try:
@@ -153,13 +153,16 @@ def cmd_compare(args) -> int:
     print(cmp.attrs["rules"])
     for axis, (va, vb) in cmp.attrs.get("across", {}).items():
         print(f"compared across {axis}: a {va}, b {vb}")
+    fixed = constant_axes(cmp)
+    if fixed:
+        print("in every configuration: " + ", ".join(f"{k} {v}" for k, v in fixed.items()))
     for line in cmp.attrs["workload"]:
         print(f"workload differs: {line}")
     if cmp.attrs["workload"]:
         print("not the same workload: the ratios measure the workloads too, so no verdict")
     with pd.option_context("display.width", 220, "display.max_rows", 500,
                            "display.max_columns", 50):
-        print(compare_table(cmp).to_string(index=False))
+        print(table(cmp).to_string(index=False))
     if args.csv:
         cmp.to_csv(args.csv, index=False)
         print(f"\nevery column: {args.csv}")
@@ -175,31 +178,6 @@ def cmd_compare(args) -> int:
               f"configurations ({', '.join(sorted(set(bad['verdict'])))})", file=sys.stderr)
         return 1
     return 0
-
-
-def compare_table(cmp):
-    """The comparison as text columns: verdict first, then makespans, ratios with intervals,
-    spreads."""
-    import pandas as pd
-    from .lab.stability import CONFIG_AXES
-    axes = [c for c in CONFIG_AXES if c in cmp.columns and cmp[c].notna().any()]
-    out = pd.DataFrame({"verdict (b)": cmp["verdict"], "rule": cmp["rule"]})
-    out[axes + ["n_a", "n_b"]] = cmp[axes + ["n_a", "n_b"]]
-    out["makespan a"] = cmp["makespan_s_a"].map("{:.4g} s".format)
-    out["makespan b"] = cmp["makespan_s_b"].map("{:.4g} s".format)
-    for m, label in (("makespan_s", "makespan b/a"), ("latency_p50_s", "p50 b/a"),
-                     ("latency_p99_s", "p99 b/a")):  # throughput's is 1 / makespan's
-        out[label] = [_ratio_text(r, lo, hi) for r, lo, hi in
-                      zip(cmp[f"{m}_ratio"], cmp[f"{m}_ratio_lo"], cmp[f"{m}_ratio_hi"])]
-    out["spread a/b"] = [f"{a:.0%}/{b:.0%}" if pd.notna(a) and pd.notna(b) else "-"
-                         for a, b in zip(cmp["makespan_s_spread_a"], cmp["makespan_s_spread_b"])]
-    return out
-
-
-def _ratio_text(r, lo, hi) -> str:
-    if r != r:
-        return "-"
-    return f"{r:.3f} [{lo:.3f}, {hi:.3f}]" if lo == lo else f"{r:.3f} [-]"
 
 
 def cmd_report(args) -> int:

@@ -24,7 +24,8 @@ from matplotlib.collections import PolyCollection
 from matplotlib.colors import LogNorm, Normalize, to_rgb
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
-from matplotlib.ticker import EngFormatter, FixedLocator, NullFormatter, NullLocator
+from matplotlib.ticker import (EngFormatter, FixedLocator, LogLocator, NullFormatter,
+                               NullLocator)
 
 # Swept axes that join the configuration whenever they take more than one value.
 EXTRA_AXES = ("strategy", "transport", "dispatch", "rate")
@@ -752,17 +753,39 @@ def write_figures(result_dir, dpi: int = 120) -> list[Path]:
     Works from the saved files alone (records + meta.json); the ideal time of cpu-bound runs
     uses the CPU count recorded with the result. Returns the paths written.
     """
-    from .lab.results import load_meta, load_results
+    from .lab.results import load_results
     result_dir = Path(result_dir)
     df = load_results(result_dir)
     out = result_dir / "figures"
     out.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for name, png in draw_figures(df, dpi=dpi):
+        path = out / f"{name}.png"
+        path.write_bytes(png)
+        paths.append(path)
+    return paths
+
+
+def draw_figures(df: pd.DataFrame, cpus: int | None = None, dpi: int = 120):
+    """(name, PNG bytes) of every applicable figure of these records, drawn in memory (what
+    ``write_figures`` saves, and what ``comlab report`` embeds when none were saved).
+    ``cpus``: for the cpu-bound ideal (default: the records' own, ``df.attrs``)."""
+    import io
+    for name, size, draw in _figure_jobs(df, cpus):
+        fig = _figure(size)
+        try:
+            draw(fig.add_subplot())
+            buf = io.BytesIO()
+            fig.savefig(buf, format="png", dpi=dpi)
+            yield name, buf.getvalue()
+        finally:
+            fig.clear()
+
+
+def _figure_jobs(df: pd.DataFrame, cpus: int | None) -> list:
+    """(name, figure size, draw(ax)) of every figure that applies to these records."""
     if df.empty:
         return []
-    try:
-        cpus = load_meta(result_dir).get("environment", {}).get("cpu_count")
-    except (OSError, ValueError):
-        cpus = None
     from .lab.records import summarize
     summary = summarize(df, cpus=cpus)
     cols = _config_cols(df)
@@ -797,32 +820,28 @@ def write_figures(result_dir, dpi: int = 120) -> list[Path]:
     if "rate" in df.columns and df["rate"].notna().any():
         jobs.append(("overhead_percentiles", (10, 5.5),
                      lambda ax: overhead_percentiles(df, ax=ax)))
-
-    paths = []
-    for name, size, draw in jobs:
-        fig = _figure(size)
-        try:
-            draw(fig.add_subplot())
-            path = out / f"{name}.png"
-            fig.savefig(path, dpi=dpi)
-            paths.append(path)
-        finally:
-            fig.clear()
-    return paths
+    return jobs
 
 
 __all__ = ["latency_ecdf", "efficiency_heatmap", "throughput_vs_workers", "stage_breakdown",
-           "timeline", "overhead_percentiles", "write_figures", "STAGES"]
+           "timeline", "overhead_percentiles", "write_figures", "draw_figures", "STAGES"]
 
 
 # --- compare_ratios (comlab.compare) ------------------------------------------------------------
-VERDICT_COLORS = {"faster": "tab:green", "slower": "tab:red"}
+# Confirmed verdicts in full colour, marked ("?": too few repeats to confirm) in a light one.
+VERDICT_STYLES = (("faster", "b faster", "tab:green", "o"),
+                  ("slower", "b slower", "tab:red", "o"),
+                  ("faster?", "b faster? (not confirmed)", "#8fd48f", "D"),
+                  ("slower?", "b slower? (not confirmed)", "#f4a3a3", "D"),
+                  ("same", "same", "0.45", "o"),
+                  ("too few repeats", "too few repeats", "0.7", "x"),
+                  ("workload differs", "workload differs: no verdict", "tab:orange", "s"))
 
 
 def compare_ratios(cmp: pd.DataFrame, metric: str = "makespan_s", ax=None):
     """The ratio b / a of ``metric`` per configuration of ``comlab.compare(a, b)``, with its 95 %
-    bootstrap interval; a line at 1 (no change). Green: b faster, red: b slower (makespan's
-    verdict), grey: no significant difference or too few repeats."""
+    interval; a line at 1 (no change). Colour and marker: makespan's verdict (green: b faster,
+    red: b slower, light and a diamond: not confirmed, grey: same)."""
     from .lab.stability import CONFIG_AXES
     ax = ax if ax is not None else _new_ax((9, 1.5 + 0.35 * max(len(cmp), 1)))
     if cmp is None or not len(cmp):
@@ -832,21 +851,30 @@ def compare_ratios(cmp: pd.DataFrame, metric: str = "makespan_s", ax=None):
     ratio = cmp[f"{metric}_ratio"].to_numpy(float)
     lo = cmp[f"{metric}_ratio_lo"].to_numpy(float)
     hi = cmp[f"{metric}_ratio_hi"].to_numpy(float)
+    style = {v: (c, m) for v, _, c, m in VERDICT_STYLES}
     y = np.arange(len(cmp))
-    colors = [VERDICT_COLORS.get(v, "0.45") for v in cmp["verdict"]]
-    for yi, r, l, h, c in zip(y, ratio, lo, hi, colors):
-        ax.errorbar([r], [yi], xerr=[[max(r - l, 0)], [max(h - r, 0)]], fmt="o", color=c,
-                    capsize=3)
+    for yi, r, l, h, v in zip(y, ratio, lo, hi, cmp["verdict"]):
+        color, marker = style.get(v, ("0.45", "o"))
+        err = [[max(r - l, 0)], [max(h - r, 0)]] if np.isfinite(l) and np.isfinite(h) else None
+        ax.errorbar([r], [yi], xerr=err, fmt=marker, color=color, capsize=3,
+                    markeredgecolor="0.2" if marker == "D" else color)
     ax.axvline(1.0, color="0.2", linestyle="--", linewidth=1)
     ax.set_yticks(y, [_label(shown, tuple(row)) for row in cmp[shown].itertuples(index=False)])
     if not ax.yaxis_inverted():  # first row on top; idempotent, so panels may share y
         ax.invert_yaxis()
+    if _log_ok(np.concatenate([ratio, lo, hi]), 3):  # 0.1 and 10 equally far from 1
+        ax.set_xscale("log")
+        ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+        ax.xaxis.set_major_formatter(lambda x, _: f"{x:g}")
+        ax.xaxis.set_minor_formatter(NullFormatter())
     label = VALUE_LABELS.get(metric, metric).replace(" (s)", "")
-    ax.set_xlabel(f"{label}: ratio b / a (95 % bootstrap interval; < 1: b lower)")
-    handles = [Line2D([], [], marker="o", linestyle="", color=c, label=v)
-               for v, c in (("b faster", "tab:green"), ("b slower", "tab:red"),
-                            ("no significant difference / too few repeats", "0.45"))]
-    ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize="small",
+    ax.set_xlabel(f"{label}: ratio b / a (95 % interval over runs; < 1: b lower)")
+    present = set(cmp["verdict"])
+    handles = [Line2D([], [], marker=m, linestyle="", color=c,
+                      markeredgecolor="0.2" if m == "D" else c, label=text)
+               for v, text, c, m in VERDICT_STYLES if v in present]
+    ax.legend(handles=handles, title="verdict (makespan)", loc="upper left",
+              bbox_to_anchor=(1.01, 1.0), fontsize="small", title_fontsize="small",
               borderaxespad=0.0)  # beside the plot: never on top of a ratio
     return ax
 

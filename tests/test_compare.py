@@ -31,6 +31,11 @@ def run_records(experiment: str, run: int, makespan: float, *, repeat: int = 0, 
         "task_id": np.arange(n), "batch_id": np.arange(n) // batch_size, "wait_s": 0.0,
         "status": pd.Categorical(status, dtype=STATUS), "t_sent": 0.0, "t_received": received,
     })
+    # the other stamps, so that every figure can be drawn: each task runs just before it returns
+    df["worker"] = [f"w{i % workers}" for i in range(n)]
+    df["t_server_in"] = df["t_enqueued"] = 0.0
+    df["t_finished"] = df["t_received"]
+    df["t_started"] = df["t_received"] - makespan / n / 2
     df["latency_s"] = df["t_received"] - df["t_sent"]
     df["overhead_s"] = df["latency_s"] - df["wait_s"]
     return df

@@ -252,3 +252,37 @@ def failing(cmp: pd.DataFrame, slower_than: float) -> pd.DataFrame:
     ratio of at least ``slower_than``."""
     bad = cmp["verdict"].isin(("slower", "slower?")) & (cmp["makespan_s_ratio"] >= slower_than)
     return cmp[bad]
+
+
+def table(cmp: pd.DataFrame) -> pd.DataFrame:
+    """The comparison as text columns for people: verdict and rule first, the configuration's
+    axes that vary, repeats, makespans, ratios with their intervals, spreads."""
+    axes = [c for c in CONFIG_AXES if c in cmp.columns and cmp[c].notna().any()
+            and (c in ("batch_size", "workers") or cmp[c].nunique(dropna=False) > 1)]
+    out = pd.DataFrame({"verdict (b)": cmp["verdict"], "rule": cmp["rule"]})
+    out[[TABLE_NAMES.get(c, c) for c in axes] + ["n_a", "n_b"]] = cmp[axes + ["n_a", "n_b"]]
+    out["makespan a"] = cmp["makespan_s_a"].map("{:.4g} s".format)
+    out["makespan b"] = cmp["makespan_s_b"].map("{:.4g} s".format)
+    for m, label in (("makespan_s", "makespan b/a"), ("latency_p50_s", "p50 b/a"),
+                     ("latency_p99_s", "p99 b/a")):  # throughput's is 1 / makespan's
+        out[label] = [_ratio_text(r, lo, hi) for r, lo, hi in
+                      zip(cmp[f"{m}_ratio"], cmp[f"{m}_ratio_lo"], cmp[f"{m}_ratio_hi"])]
+    out["spread a/b"] = [f"{a:.0%}/{b:.0%}" if pd.notna(a) and pd.notna(b) else "-"
+                         for a, b in zip(cmp["makespan_s_spread_a"], cmp["makespan_s_spread_b"])]
+    return out
+
+
+TABLE_NAMES = {"batch_size": "batch"}
+
+
+def constant_axes(cmp: pd.DataFrame) -> dict:
+    """The configuration's axes that ``table`` leaves out: one value in every row."""
+    return {c: cmp[c].iloc[0] for c in CONFIG_AXES if c in cmp.columns
+            and c not in ("batch_size", "workers") and cmp[c].notna().any()
+            and cmp[c].nunique(dropna=False) == 1}
+
+
+def _ratio_text(r, lo, hi) -> str:
+    if r != r:
+        return "-"
+    return f"{r:.3f} [{lo:.3f}, {hi:.3f}]" if lo == lo else f"{r:.3f} [-]"
