@@ -71,6 +71,8 @@ def cmd_sweep(args) -> int:
     out = f"{args.results_dir}/{args.name or df['experiment'].iloc[0]}"
     print_table(summary, args.wait_scale)
     print(f"\nrecords: {out}/records.parquet ({len(df)} rows)")
+    from .lab.compare import how_to_compare
+    print(how_to_compare(out, args.repeats))
     if not args.no_plots:
         from . import plots
         for path in plots.write_figures(out):

@@ -388,3 +388,21 @@ def test_compare_command_with_other_workloads_gives_no_verdict(tmp_path, capsys)
     assert "slower" not in out.split("verdict (b)")[1]
     assert cli.main(["compare", str(a), str(b), "--fail-slower", "1.1"]) == 2
     assert capsys.readouterr().err.startswith("error: --fail-slower: ")
+
+
+@pytest.mark.parametrize("repeats, says", [
+    (2, "2 repeats a side give only unconfirmed verdicts (faster? / slower?, beyond 1.1x); "
+        "a confirmed one needs 4 a side (--repeats 4)"),
+    (4, "4 repeats a side: enough for confirmed verdicts")])
+def test_comlab_run_says_how_to_compare_and_how_many_repeats(tmp_path, monkeypatch, capsys,
+                                                            repeats, says):
+    from comlab import cli
+    df = experiment("main", {1: TIGHT[:repeats], 4: TIGHT[:repeats]})
+    monkeypatch.setattr(comlab, "run_experiment", lambda **kw: df)  # the table, not a sweep
+    assert cli.main(["run", "--repeats", str(repeats), "--no-plots", "--no-progress",
+                     "--results-dir", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert f"comlab compare {tmp_path}/main OTHER" in out and says in out
+    assert cmp_mod.repeats_to_confirm() == 4
+    a, b = experiment("a", {4: TIGHT[:4]}), experiment("b", {4: [1.3 * m for m in TIGHT[:4]]})
+    assert comlab.compare(a, b).iloc[0]["verdict"] == "slower"  # 4 a side do confirm

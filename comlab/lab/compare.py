@@ -286,3 +286,22 @@ def _ratio_text(r, lo, hi) -> str:
     if r != r:
         return "-"
     return f"{r:.3f} [{lo:.3f}, {hi:.3f}]" if lo == lo else f"{r:.3f} [-]"
+
+
+def repeats_to_confirm(alpha: float = ALPHA) -> int:
+    """The fewest repeats a side with which the U test can confirm a verdict (4 at 0.05)."""
+    return next(n for n in range(2, 100) if u_test_reachable(n, n, alpha))
+
+
+def how_to_compare(result_dir, repeats: int) -> str:
+    """What ``comlab run`` prints after its table: how to compare with this result."""
+    need = repeats_to_confirm()
+    enough = (f"{repeats} repeats a side: enough for confirmed verdicts (faster / slower)"
+              if repeats >= need else
+              f"{repeats} repeat{'s' if repeats != 1 else ''} a side give"
+              f"{'s' if repeats == 1 else ''} "
+              + ("no verdict" if repeats < 2 else "only unconfirmed verdicts (faster? / "
+                 f"slower?, beyond {FACTOR:g}x)")
+              + f"; a confirmed one needs {need} a side (--repeats {need})")
+    return (f"compare another result with this one: comlab compare {result_dir} OTHER "
+            f"(ratios OTHER / this; --fail-slower {FACTOR:g} for CI)\n{enough}")
