@@ -209,11 +209,21 @@ def test_a_a_through_compare_itself():
 def test_other_waits_are_a_different_workload_not_slower():
     a = experiment("a", {4: TIGHT})
     b = experiment("b", {4: [10 * m for m in TIGHT]})
-    b["wait_s"] = 0.5  # as with another --wait-scale: the ideal makespan differs
+    b["wait_s"] = 0.5  # as with another --wait-scale
     c = comlab.compare(a, b)
     assert c.iloc[0]["verdict"] == "workload differs"
     assert c.iloc[0]["makespan_s_ratio"] == pytest.approx(10)  # the ratio is still given
-    assert len(c.attrs["workload"]) == 1 and "ideal makespan" in c.attrs["workload"][0]
+    assert c.attrs["workload"] == ["b4 w2 sequential tcp: total wait (s) a 0, b 10"]
+
+
+def test_another_strategy_is_the_same_workload():
+    a = experiment("a", {4: TIGHT})
+    a["wait_s"] = 0.01
+    b = a.assign(strategy="thread-per-task", experiment="b")  # another ideal, the same tasks
+    c = comlab.compare(a, b)
+    assert c.attrs["workload"] == [] and c.attrs["across"] == {
+        "strategy": ("sequential", "thread-per-task")}
+    assert c.iloc[0]["verdict"] == "same"
 
 
 def save_result(root: Path, name: str, makespans: dict, **params) -> Path:

@@ -36,7 +36,7 @@ An axis of how the system runs (strategy, transport, dispatch) that is constant 
 differs between them (a is all thread-per-task, b all thread-pool) is the thing compared: it
 leaves the configuration (``attrs["across"]``). A different workload is not: when the
 parameters that define it (``WORKLOAD_KEYS``: wait scale, data hash, task count, networks)
-differ, or a configuration's task count or ideal makespan does, every verdict is
+differ, or a configuration's task count or total wait (records only) does, every verdict is
 ``workload differs`` and ``attrs["workload"]`` lists what differs (the ratios are still given).
 """
 
@@ -80,6 +80,10 @@ def as_summary(x) -> pd.DataFrame:
         x = results.load_results(Path(x))
     if "task_id" in x.columns:
         summary = records.summarize(x)
+        keys = [k for k in ("experiment", "run") if k in x.columns]
+        if "wait_s" in x.columns:  # the workload of each run, whatever the strategy's ideal
+            waits = x.groupby(keys, observed=True)["wait_s"].sum().rename("wait_total_s")
+            summary = summary.merge(waits.reset_index(), on=keys, how="left")
         summary.attrs["params"] = x.attrs.get("params")  # meta.json's, from load_results
         return summary
     if "makespan_s" in x.columns:
@@ -214,11 +218,11 @@ def _param_differences(pa: dict | None, pb: dict | None) -> list[str]:
 
 
 def _config_differences(out, ca, cb, common, axes) -> list[str]:
-    """Configurations whose runs had another task count or ideal makespan (other waits)."""
+    """Configurations whose runs had another task count or total wait (other data)."""
     from .stability import describe
     found = []
     for (_, row), key in zip(out.iterrows(), common):
-        for col, what in (("n_tasks", "tasks"), ("ideal_s", "ideal makespan")):
+        for col, what in (("n_tasks", "tasks"), ("wait_total_s", "total wait (s)")):
             if col not in ca[key] or col not in cb[key]:
                 continue
             va, vb = ca[key][col].median(), cb[key][col].median()

@@ -234,7 +234,7 @@ def _compare_html(result: Result, other: Result) -> str:
     from matplotlib.figure import Figure
 
     from .. import plots
-    cmp = compare_mod.compare(other.summary, result.summary)
+    cmp = compare_mod.compare(other.records, result.records)  # records: the waits checked
     fig = Figure(figsize=(10, 1.6 + 0.35 * len(cmp)), layout="constrained")
     plots.compare_ratios(cmp, ax=fig.add_subplot())
     buf = io.BytesIO()
