@@ -86,7 +86,8 @@ class ResultStore:
         results_dir = Path(results_dir)
         self.path = results_dir / check_name(name)
         results_dir.mkdir(parents=True, exist_ok=True)
-        self._lock = _acquire(results_dir / f".{name}.lock", self.path)
+        self._lock_path = results_dir / f".{name}.lock"
+        self._lock = _acquire(self._lock_path, self.path)
         try:
             self.env = environment()
             old = self._earlier(params, resume)
@@ -111,6 +112,9 @@ class ResultStore:
 
     def close(self) -> None:
         if self._lock is not None:
+            # removed while still held, so no lock file is left behind; a sweep that opened
+            # it meanwhile sees it was unlinked and takes a new one (_acquire)
+            self._lock_path.unlink(missing_ok=True)
             fcntl.flock(self._lock, fcntl.LOCK_UN)
             self._lock.close()
             self._lock = None
@@ -197,14 +201,20 @@ class ResultStore:
 
 
 def _acquire(lock_path: Path, result: Path):
-    f = open(lock_path, "a")
-    try:
-        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
+    while True:
+        f = open(lock_path, "a")
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.close()
+            raise ResultLocked(f"{result} is being written by another sweep (lock {lock_path} "
+                               f"is held); wait for it to finish or choose another name") from None
+        try:  # the holder before us removes the file on release: ours must still be the one
+            if os.fstat(f.fileno()).st_ino == os.stat(lock_path).st_ino:
+                return f
+        except FileNotFoundError:
+            pass
         f.close()
-        raise ResultLocked(f"{result} is being written by another sweep (lock {lock_path} is "
-                           f"held); wait for it to finish or choose another name") from None
-    return f
 
 
 def read_meta(path) -> dict | None:
