@@ -148,3 +148,12 @@ class Tables(HTMLParser):
     def handle_data(self, data):
         if self.cell is not None:
             self.cell += data
+
+
+def test_zero_wait_efficiency_is_not_applicable_in_the_summary():
+    from test_compare import experiment
+    import comlab
+    configs = report.stability.summarize_configs(
+        comlab.summarize(experiment("z", {1: [0.02, 0.021]})))
+    table, _ = report.summary_table(configs)
+    assert table["efficiency"].tolist() == ["n/a"]

@@ -194,6 +194,9 @@ def summary_table(configs: pd.DataFrame) -> tuple[pd.DataFrame, dict]:
     for c in ("makespan_s_spread", "latency_p99_s_spread"):
         if c in out:
             out[c] = out[c].map(lambda v: "" if pd.isna(v) else f"{v:.0%}")
+    if "efficiency" in out and "ideal_s" in configs:  # zero-wait tasks: an ideal of 0
+        out["efficiency"] = [f"{e:.3g}" if i > 0 else "n/a"
+                             for e, i in zip(configs["efficiency"], configs["ideal_s"])]
     return out.rename(columns=SHORT_NAMES), fixed
 
 
