@@ -71,6 +71,8 @@ def cmd_sweep(args) -> int:
     out = f"{args.results_dir}/{args.name or df['experiment'].iloc[0]}"
     print_table(summary, args.wait_scale)
     print(f"\nrecords: {out}/records.parquet ({len(df)} rows)")
+    from .lab.compare import how_to_compare
+    print(how_to_compare(out, args.repeats))
     if not args.no_plots:
         from . import plots
         for path in plots.write_figures(out):
@@ -140,43 +142,44 @@ def cmd_show(args) -> int:
 
 def cmd_compare(args) -> int:
     import pandas as pd
-    from .lab.compare import compare
+    from .lab.compare import compare, constant_axes, failing, table
     if _result_dir(args.a) is None or _result_dir(args.b) is None:
         return 2
     try:
         cmp = compare(args.a, args.b)
-    except ValueError as exc:
+    except (OSError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    print(f"a = {args.a}, b = {args.b}: ratios b / a of medians over repeats, [95% bootstrap "
-          f"interval]; spread = (max - min) / median; verdict from makespan")
+    print(f"a = {args.a}, b = {args.b}: ratios b / a of geometric means over repeats, [95% "
+          f"interval, Welch's t on the runs]; spread = (max - min) / median")
+    print(cmp.attrs["rules"])
     for axis, (va, vb) in cmp.attrs.get("across", {}).items():
         print(f"compared across {axis}: a {va}, b {vb}")
+    fixed = constant_axes(cmp)
+    if fixed:
+        print("in every configuration: " + ", ".join(f"{k} {v}" for k, v in fixed.items()))
+    for line in cmp.attrs["workload"]:
+        print(f"workload differs: {line}")
+    if cmp.attrs["workload"]:
+        print("not the same workload: the ratios measure the workloads too, so no verdict")
     with pd.option_context("display.width", 220, "display.max_rows", 500,
                            "display.max_columns", 50):
-        print(compare_table(cmp).to_string(index=False))
+        print(table(cmp).to_string(index=False))
     if args.csv:
         cmp.to_csv(args.csv, index=False)
         print(f"\nevery column: {args.csv}")
+    if args.fail_slower is None:
+        return 0
+    if cmp.attrs["workload"]:
+        print(f"error: --fail-slower: {args.a} and {args.b} ran different workloads",
+              file=sys.stderr)
+        return 2
+    bad = failing(cmp, args.fail_slower)
+    if len(bad):
+        print(f"FAIL: b is slower by {args.fail_slower:g}x or more in {len(bad)} of {len(cmp)} "
+              f"configurations ({', '.join(sorted(set(bad['verdict'])))})", file=sys.stderr)
+        return 1
     return 0
-
-
-def compare_table(cmp):
-    """The comparison as text columns: makespans, ratios with intervals, spreads, verdict."""
-    import pandas as pd
-    from .lab.stability import CONFIG_AXES
-    axes = [c for c in CONFIG_AXES if c in cmp.columns and cmp[c].notna().any()]
-    out = cmp[axes + ["n_a", "n_b"]].copy()
-    out["makespan a"] = cmp["makespan_s_a"].map("{:.4g} s".format)
-    out["makespan b"] = cmp["makespan_s_b"].map("{:.4g} s".format)
-    for m, label in (("makespan_s", "makespan b/a"), ("throughput_tps", "throughput b/a"),
-                     ("latency_p50_s", "p50 b/a"), ("latency_p99_s", "p99 b/a")):
-        out[label] = [f"{r:.3f} [{lo:.3f}, {hi:.3f}]" if pd.notna(r) else "-" for r, lo, hi in
-                      zip(cmp[f"{m}_ratio"], cmp[f"{m}_ratio_lo"], cmp[f"{m}_ratio_hi"])]
-    out["spread a/b"] = [f"{a:.0%}/{b:.0%}" if pd.notna(a) and pd.notna(b) else "-"
-                         for a, b in zip(cmp["makespan_s_spread_a"], cmp["makespan_s_spread_b"])]
-    out["verdict (b)"] = cmp["verdict"]
-    return out
 
 
 def cmd_report(args) -> int:
@@ -282,6 +285,10 @@ def _add_result_commands(sub) -> None:
     cp.add_argument("a", metavar="A", help="the baseline result directory")
     cp.add_argument("b", metavar="B", help="the result compared with it (ratios are B / A)")
     cp.add_argument("--csv", metavar="FILE", help="also write every column of the comparison")
+    cp.add_argument("--fail-slower", type=float, metavar="FACTOR",
+                    help="for CI: exit 1 when B is slower (confirmed or marked '?') by a "
+                         "makespan ratio of FACTOR or more in any configuration, e.g. 1.1; "
+                         "exit 2 when A and B ran different workloads")
     cp.set_defaults(func=cmd_compare)
 
     rp = sub.add_parser("report", help="write one self-contained HTML report of a saved result "

@@ -24,6 +24,7 @@ matplotlib and the Jupyter libraries only when they are used.
 from __future__ import annotations
 
 import argparse
+import atexit
 import os
 import shutil
 import sys
@@ -65,6 +66,7 @@ class Lab:
     root: Path | None
     results_dir: Path
     temporary: bool
+    instead: bool = False  # use_example was asked of a notebook with nothing committed to draw
 
     @property
     def example_dir(self) -> Path:
@@ -86,21 +88,29 @@ class Lab:
 
     def __str__(self) -> str:
         mode = ("drawing the committed results/example, running nothing" if self.use_example
+                else "USE_EXAMPLE: nothing committed to draw here, so its quick experiments run "
+                     "instead" if self.instead
                 else "quick mode" if self.quick else "full mode")
         where = "" if self.use_example else f"; results in {self.results_dir}"
         return f"{mode}{where}; {os.cpu_count()} CPUs on this machine"
 
 
 def setup(quick: bool = False, use_example: bool = False, start=None,
-          style: bool = True, verbose: bool = True) -> Lab:
+          style: bool = True, verbose: bool = True, example: bool = True) -> Lab:
     """Settings for a notebook from its parameters and the environment; matplotlib defaults.
 
     ``quick`` or ``COMLAB_QUICK=1``: tiny experiments, results in a temporary folder.
     ``use_example`` or ``COMLAB_USE_EXAMPLE=1``: run nothing, draw ``results/example``.
+    ``example=False``: the notebook has nothing committed to draw; ``use_example`` then means
+    quick mode, and says so (never "running nothing" before experiments run).
     ``COMLAB_RESULTS_DIR`` overrides where results go (the tests point it at their temp dir).
+    A temporary folder is also removed when the kernel exits, if ``cleanup`` was never reached.
     """
     quick = _flag(quick, "COMLAB_QUICK")
     use_example = _flag(use_example, "COMLAB_USE_EXAMPLE")
+    instead = use_example and not example
+    if instead:
+        quick, use_example = True, False
     root = find_root(start)
     temporary = False
     if os.environ.get("COMLAB_RESULTS_DIR"):
@@ -109,6 +119,7 @@ def setup(quick: bool = False, use_example: bool = False, start=None,
         results_dir = root / "results"  # read from, never written: nothing runs
     elif quick or root is None:
         results_dir, temporary = Path(tempfile.mkdtemp(prefix="comlab-nb-")), True
+        atexit.register(shutil.rmtree, results_dir, ignore_errors=True)
     else:
         results_dir = root / "results"
     if use_example and (root is None or not (root / EXAMPLE).is_dir()):
@@ -117,7 +128,7 @@ def setup(quick: bool = False, use_example: bool = False, start=None,
     if style:
         import matplotlib
         matplotlib.rcParams.update(MPL_DEFAULTS)
-    lab = Lab(quick, use_example, root, results_dir, temporary)
+    lab = Lab(quick, use_example, root, results_dir, temporary, instead)
     if verbose:
         print(lab)
     return lab

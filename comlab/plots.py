@@ -24,7 +24,8 @@ from matplotlib.collections import PolyCollection
 from matplotlib.colors import LogNorm, Normalize, to_rgb
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
-from matplotlib.ticker import EngFormatter, FixedLocator, NullFormatter, NullLocator
+from matplotlib.ticker import (EngFormatter, FixedLocator, LogLocator, NullFormatter,
+                               NullLocator)
 
 # Swept axes that join the configuration whenever they take more than one value.
 EXTRA_AXES = ("strategy", "transport", "dispatch", "rate")
@@ -232,6 +233,18 @@ def _pack_lanes(start: np.ndarray, end: np.ndarray) -> tuple[np.ndarray, int]:
     return lane, max(len(lanes_end), 1)
 
 
+def _busy_periods(start: np.ndarray, end: np.ndarray, pixel: float) -> list[tuple]:
+    """(start, width) of the union of intervals (starts sorted), gaps under ``pixel`` closed,
+    each at least ``pixel`` wide (a zero-wait task is still a mark)."""
+    out: list[list[float]] = []
+    for a, b in zip(start, np.maximum(end, start + pixel)):
+        if out and a <= out[-1][1] + pixel:
+            out[-1][1] = max(out[-1][1], b)
+        else:
+            out.append([a, b])
+    return [(a, b - a) for a, b in out]
+
+
 def _text_color(rgba) -> str:
     r, g, b = to_rgb(rgba)
     return "black" if 0.299 * r + 0.587 * g + 0.114 * b > 0.5 else "white"
@@ -386,6 +399,12 @@ def efficiency_heatmap(summary_or_df: pd.DataFrame, ax=None, value: str = "effic
     tab = tab.iloc[sorted(range(len(tab)), key=lambda i: _sort_key(
         tab.index[i] if isinstance(tab.index[i], tuple) else (tab.index[i],)))]
     data = tab.to_numpy(dtype=float)
+    no_ideal = np.zeros(data.shape, dtype=bool)
+    if value == "efficiency" and "ideal_s" in s:  # zero-wait tasks: ideal 0, efficiency n/a
+        ideal = (s.groupby(rows + ["workers"], observed=True, dropna=False)["ideal_s"].median()
+                 .unstack("workers").reindex(index=tab.index, columns=tab.columns))
+        no_ideal = ~(ideal.to_numpy(dtype=float) > 0)
+        data = np.where(no_ideal, np.nan, data)
     finite = data[np.isfinite(data)]
     is_time = value.endswith("_s")
     if is_time and _log_ok(finite, 20):
@@ -410,7 +429,8 @@ def efficiency_heatmap(summary_or_df: pd.DataFrame, ax=None, value: str = "effic
                 ax.text(j, i, fmt(v), ha="center", va="center", fontsize=size,
                         color=_text_color(cmap(norm(v))))
             else:
-                ax.text(j, i, "–", ha="center", va="center", fontsize=size, color="0.3")
+                ax.text(j, i, "n/a" if no_ideal[i, j] else "–", ha="center", va="center",
+                        fontsize=size, color="0.3")
     ax.set_xticks(range(data.shape[1]), [f"{w:g}" for w in tab.columns])
     labels = []
     for key in tab.index:
@@ -433,7 +453,8 @@ def efficiency_heatmap(summary_or_df: pd.DataFrame, ax=None, value: str = "effic
     ax.set_title(f"{what[0].upper() + what[1:]}"
                  + (f"\nmedian of {n_rep} repeats" if n_rep > 1 else "")
                  + ("; brighter is better" if value in ("efficiency", "throughput_tps")
-                    or is_time else ""))
+                    or is_time else "")
+                 + ("\nn/a: zero-wait tasks (ideal makespan 0)" if no_ideal.any() else ""))
     cbar = ax.figure.colorbar(im, ax=ax, shrink=0.9)
     cbar.set_label(_unitless(what) if is_time else what)
     if is_time:
@@ -448,20 +469,25 @@ def throughput_vs_workers(summary_or_df: pd.DataFrame, ax=None, cpus: int | None
     """Throughput (tasks / makespan) against workers, one line per batch size; ideal dashed.
 
     Solid: median over repeats (band: min..max of the repeats). Dashed, same color: the ideal
-    throughput n_tasks / ideal_s of that batch size (comlab.ideal).
+    throughput n_tasks / ideal_s of that batch size (comlab.ideal), drawn and listed only where
+    there is one (zero-wait tasks have none). With a single worker count the x axis is the
+    batch size instead (one line per worker count then), so that the figure still has lines.
     """
     s = _as_summary(summary_or_df, cpus)
     ax = ax if ax is not None else _new_ax((9, 5.5))
     if s.empty or "throughput_tps" not in s.columns:
         return _note(ax, "no throughput to plot")
     s = s.assign(ideal_tps=s["n_tasks"] / s["ideal_s"].where(s["ideal_s"] > 0))
-    cols = _varying(s, EXTRA_AXES) + ["batch_size"]
-    agg = (s.groupby(cols + ["workers"], observed=True, dropna=False)
+    x_col, line_col = "workers", "batch_size"
+    if s["workers"].nunique() == 1 and s["batch_size"].nunique() > 1:
+        x_col, line_col = "batch_size", "workers"
+    cols = _varying(s, EXTRA_AXES) + [line_col]
+    agg = (s.groupby(cols + [x_col], observed=True, dropna=False)
            .agg(med=("throughput_tps", "median"), lo=("throughput_tps", "min"),
                 hi=("throughput_tps", "max"), ideal=("ideal_tps", "median"))
            .reset_index())
     groups = list(_groups(agg, cols))
-    if len(cols) > 1:  # e.g. strategies: hue by everything but the batch size, marker by size
+    if len(cols) > 1:  # e.g. strategies: hue by everything but the line's column, marker by it
         hues = sorted({k[:-1] for k, _ in groups}, key=_sort_key)
         sizes = sorted({k[-1] for k, _ in groups}, key=_sort_key)
         hue_of = dict(zip(hues, _palette(len(hues))))
@@ -471,19 +497,21 @@ def throughput_vs_workers(summary_or_df: pd.DataFrame, ax=None, cpus: int | None
         colors = _palette(len(groups))
         marks = ["o"] * len(groups)
     multi = s["repeat"].nunique() > 1 if "repeat" in s else False
+    has_ideal = bool(np.isfinite(agg["ideal"].to_numpy(float)).any())
     for (key, g), color, mark in zip(groups, colors, marks):
-        g = g.sort_values("workers")
-        x = g["workers"].to_numpy(dtype=float)
+        g = g.sort_values(x_col)
+        x = g[x_col].to_numpy(dtype=float)
         ax.plot(x, g["med"], marker=mark, color=color, linewidth=1.8, label=_label(cols, key))
         if multi:
             ax.fill_between(x, g["lo"], g["hi"], color=color, alpha=0.15, linewidth=0)
-        ax.plot(x, g["ideal"], linestyle="--", marker="_", markersize=14, color=color,
-                linewidth=1.2, alpha=0.9, label=f"_ideal {_label(cols, key)}")
-    workers = agg["workers"].to_numpy(dtype=float)
-    if _log_ok(workers, 4):
-        _set_int_log_xaxis(ax, workers)
+        if has_ideal:
+            ax.plot(x, g["ideal"], linestyle="--", marker="_", markersize=14, color=color,
+                    linewidth=1.2, alpha=0.9, label=f"_ideal {_label(cols, key)}")
+    xs = agg[x_col].to_numpy(dtype=float)
+    if _log_ok(xs, 4):
+        _set_int_log_xaxis(ax, xs)
     else:
-        ax.set_xticks(sorted(set(workers)))
+        ax.set_xticks(sorted(set(xs)))
         ax.xaxis.set_major_formatter(lambda x, _: f"{x:g}")
     ys = np.concatenate([agg["med"].to_numpy(float), agg["ideal"].to_numpy(float)])
     if _log_ok(ys, 20):
@@ -491,18 +519,23 @@ def throughput_vs_workers(summary_or_df: pd.DataFrame, ax=None, cpus: int | None
     elif np.isfinite(ys).any():
         ax.set_ylim(0, 1.08 * np.nanmax(ys))
     ax.yaxis.set_major_formatter(EngFormatter(places=None, sep=""))
-    ax.set_xlabel("workers (processes)")
+    ax.set_xlabel("workers (processes)" if x_col == "workers" else
+                  "batch size (tasks per batch)")
     ax.set_ylabel("throughput (tasks/s)")
-    ax.set_title("Throughput vs workers"
-                 + (" (median of repeats, band = min..max)" if multi else ""))
+    title = "Throughput vs workers" if x_col == "workers" else \
+        f"Throughput vs batch size ({_fmt_value('workers', s['workers'].iloc[0])}, the only " \
+        f"worker count)"
+    ax.set_title(title + (" (median of repeats, band = min..max)" if multi else "")
+                 + ("" if has_ideal else "\nno ideal line: zero-wait tasks (ideal makespan 0)"))
     ax.grid(True, which="major", alpha=0.3)
     handles, _ = ax.get_legend_handles_labels()
     handles = [h for h in handles if not h.get_label().startswith("_")]
-    handles += [Line2D([], [], color="0.3", linewidth=1.8, marker="o", label="measured"),
-                Line2D([], [], color="0.3", linewidth=1.2, linestyle="--", marker="_",
-                       markersize=14, label="ideal (n_tasks / ideal_s)")]
-    title = ", ".join([c for c in cols[:-1]] + ["b = batch size"])
-    _legend_outside(ax, handles, title=title)
+    if has_ideal:
+        handles += [Line2D([], [], color="0.3", linewidth=1.8, marker="o", label="measured"),
+                    Line2D([], [], color="0.3", linewidth=1.2, linestyle="--", marker="_",
+                           markersize=14, label="ideal (n_tasks / ideal_s)")]
+    names = {"batch_size": "b = batch size", "workers": "w = workers"}
+    _legend_outside(ax, handles, title=", ".join(list(cols[:-1]) + [names[line_col]]))
     return ax
 
 
@@ -602,12 +635,18 @@ def _worker_rows(g: pd.DataFrame) -> tuple[list[str], int]:
     return seen, 0
 
 
-def timeline(df: pd.DataFrame, run=None, ax=None, color_by: str = "batch_id"):
+def timeline(df: pd.DataFrame, run=None, ax=None, color_by: str = "batch_id",
+             aggregate: bool | None = None):
     """Gantt chart of one run (default: the first): a row per worker, a bar per task.
 
     Bars run from t_started to t_finished and are colored by batch (colors cycle), so idle
     gaps, stragglers and batches that queue are visible. Tasks the server answered itself and
     tasks that never ran (lost) are counted in the title, not drawn.
+
+    ``aggregate`` (default: when the tasks would be narrower than ~3 pixels each, e.g. 512
+    tasks of a batch-1 run, or zero-wait tasks): each worker's busy periods instead, the union
+    of its tasks' t_started → t_finished, gaps under a pixel closed and every period at least
+    a pixel wide; a barcode of cycled colours says nothing, idle gaps do.
     """
     if df.empty or "run" not in df.columns:
         return _note(ax if ax is not None else _new_ax(), "no runs to plot")
@@ -624,17 +663,33 @@ def timeline(df: pd.DataFrame, run=None, ax=None, color_by: str = "batch_id"):
     cmap = colormaps["tab10"]  # no pale colors: thin lanes stay visible
     worker_str = ran["worker"].astype(str)
     max_lanes = 1
-    # white outlines separate back-to-back tasks of one batch, when tasks are wide enough
-    span = np.nanmax(ran["t_finished"].to_numpy(float)) or 1.0
+    span = max(float(np.nanmax(ran["t_finished"].to_numpy(float))),
+               float(np.nanmax(g["t_received"].to_numpy(float))), 1e-9)
     px = ax.figure.get_figwidth() * ax.figure.dpi * 0.8
-    wide = px * float(np.median(ran["t_finished"] - ran["t_started"])) / span > 4
+    task_px = px * float(np.median(ran["t_finished"] - ran["t_started"])) / span
+    per_row = len(ran) / max(worker_str.nunique(), 1)
+    if aggregate is None:  # too thin to tell apart: a bar under ~3 px, or too many in a row
+        aggregate = task_px < 3 or per_row > px / 3
+    # white outlines separate back-to-back tasks of one batch, when tasks are wide enough
+    wide = task_px > 4
     row_px = ax.figure.get_figheight() * ax.figure.dpi * 0.75 / max(len(names), 1)
+    pixel = span / px
+    labels = list(names)
     for i, name in enumerate(names):
         sub = ran[worker_str == name].sort_values("t_started")
         if sub.empty:
             continue
         start = sub["t_started"].to_numpy(float)
         width = np.maximum(sub["t_finished"].to_numpy(float) - start, 0.0)
+        if aggregate:
+            busy = _busy_periods(start, start + width, pixel)
+            ax.broken_barh(busy, (i - 0.4, 0.8), facecolors="tab:blue", edgecolors="none",
+                           label="_busy")
+            exact = sum(w for _, w in _busy_periods(start, start + width, 0.0))
+            share = exact / span
+            labels[i] = f"{name} ({share:.0%} busy)" if share >= 0.005 or not share \
+                else f"{name} (<1% busy)"
+            continue
         lane, n_lanes = _pack_lanes(start, start + width)
         max_lanes = max(max_lanes, n_lanes)
         h = 0.8 / n_lanes
@@ -651,7 +706,7 @@ def timeline(df: pd.DataFrame, run=None, ax=None, color_by: str = "batch_id"):
     end = g["t_received"].max()
     if np.isfinite(end):
         ax.axvline(end, color="black", linestyle="--", linewidth=1, label="last reply received")
-    ax.set_yticks(range(len(names)), names)
+    ax.set_yticks(range(len(names)), labels)
     ax.set_ylim(len(names) - 0.5, -0.5)
     ax.set_xlim(left=0)
     ax.xaxis.set_major_formatter(_seconds())
@@ -679,7 +734,10 @@ def timeline(df: pd.DataFrame, run=None, ax=None, color_by: str = "batch_id"):
     if n_missing:
         extra.append(f"{n_missing} never ran (lost/failed before start), not shown")
     lanes = f"; concurrent tasks in up to {max_lanes} lanes" if max_lanes > 1 else ""
-    ax.set_title(f"Tasks per worker, t_started → t_finished, color = batch (cycled){lanes}\n"
+    what = (f"Busy periods per worker ({len(ran)} tasks' t_started → t_finished merged: too "
+            f"many or too short to draw one by one)" if aggregate else
+            f"Tasks per worker, t_started → t_finished, color = batch (cycled){lanes}")
+    ax.set_title(f"{what}\n"
                  + ", ".join(desc) + ("; " + "; ".join(extra) if extra else ""),
                  fontsize="medium")
     ax.grid(True, axis="x", alpha=0.3)
@@ -752,17 +810,39 @@ def write_figures(result_dir, dpi: int = 120) -> list[Path]:
     Works from the saved files alone (records + meta.json); the ideal time of cpu-bound runs
     uses the CPU count recorded with the result. Returns the paths written.
     """
-    from .lab.results import load_meta, load_results
+    from .lab.results import load_results
     result_dir = Path(result_dir)
     df = load_results(result_dir)
     out = result_dir / "figures"
     out.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for name, png in draw_figures(df, dpi=dpi):
+        path = out / f"{name}.png"
+        path.write_bytes(png)
+        paths.append(path)
+    return paths
+
+
+def draw_figures(df: pd.DataFrame, cpus: int | None = None, dpi: int = 120):
+    """(name, PNG bytes) of every applicable figure of these records, drawn in memory (what
+    ``write_figures`` saves, and what ``comlab report`` embeds when none were saved).
+    ``cpus``: for the cpu-bound ideal (default: the records' own, ``df.attrs``)."""
+    import io
+    for name, size, draw in _figure_jobs(df, cpus):
+        fig = _figure(size)
+        try:
+            draw(fig.add_subplot())
+            buf = io.BytesIO()
+            fig.savefig(buf, format="png", dpi=dpi)
+            yield name, buf.getvalue()
+        finally:
+            fig.clear()
+
+
+def _figure_jobs(df: pd.DataFrame, cpus: int | None) -> list:
+    """(name, figure size, draw(ax)) of every figure that applies to these records."""
     if df.empty:
         return []
-    try:
-        cpus = load_meta(result_dir).get("environment", {}).get("cpu_count")
-    except (OSError, ValueError):
-        cpus = None
     from .lab.records import summarize
     summary = summarize(df, cpus=cpus)
     cols = _config_cols(df)
@@ -797,32 +877,28 @@ def write_figures(result_dir, dpi: int = 120) -> list[Path]:
     if "rate" in df.columns and df["rate"].notna().any():
         jobs.append(("overhead_percentiles", (10, 5.5),
                      lambda ax: overhead_percentiles(df, ax=ax)))
-
-    paths = []
-    for name, size, draw in jobs:
-        fig = _figure(size)
-        try:
-            draw(fig.add_subplot())
-            path = out / f"{name}.png"
-            fig.savefig(path, dpi=dpi)
-            paths.append(path)
-        finally:
-            fig.clear()
-    return paths
+    return jobs
 
 
 __all__ = ["latency_ecdf", "efficiency_heatmap", "throughput_vs_workers", "stage_breakdown",
-           "timeline", "overhead_percentiles", "write_figures", "STAGES"]
+           "timeline", "overhead_percentiles", "write_figures", "draw_figures", "STAGES"]
 
 
 # --- compare_ratios (comlab.compare) ------------------------------------------------------------
-VERDICT_COLORS = {"faster": "tab:green", "slower": "tab:red"}
+# Confirmed verdicts in full colour, marked ("?": too few repeats to confirm) in a light one.
+VERDICT_STYLES = (("faster", "b faster", "tab:green", "o"),
+                  ("slower", "b slower", "tab:red", "o"),
+                  ("faster?", "b faster? (not confirmed)", "#8fd48f", "D"),
+                  ("slower?", "b slower? (not confirmed)", "#f4a3a3", "D"),
+                  ("same", "same", "0.45", "o"),
+                  ("too few repeats", "too few repeats", "0.7", "x"),
+                  ("workload differs", "workload differs: no verdict", "tab:orange", "s"))
 
 
 def compare_ratios(cmp: pd.DataFrame, metric: str = "makespan_s", ax=None):
     """The ratio b / a of ``metric`` per configuration of ``comlab.compare(a, b)``, with its 95 %
-    bootstrap interval; a line at 1 (no change). Green: b faster, red: b slower (makespan's
-    verdict), grey: no significant difference or too few repeats."""
+    interval; a line at 1 (no change). Colour and marker: makespan's verdict (green: b faster,
+    red: b slower, light and a diamond: not confirmed, grey: same)."""
     from .lab.stability import CONFIG_AXES
     ax = ax if ax is not None else _new_ax((9, 1.5 + 0.35 * max(len(cmp), 1)))
     if cmp is None or not len(cmp):
@@ -832,21 +908,30 @@ def compare_ratios(cmp: pd.DataFrame, metric: str = "makespan_s", ax=None):
     ratio = cmp[f"{metric}_ratio"].to_numpy(float)
     lo = cmp[f"{metric}_ratio_lo"].to_numpy(float)
     hi = cmp[f"{metric}_ratio_hi"].to_numpy(float)
+    style = {v: (c, m) for v, _, c, m in VERDICT_STYLES}
     y = np.arange(len(cmp))
-    colors = [VERDICT_COLORS.get(v, "0.45") for v in cmp["verdict"]]
-    for yi, r, l, h, c in zip(y, ratio, lo, hi, colors):
-        ax.errorbar([r], [yi], xerr=[[max(r - l, 0)], [max(h - r, 0)]], fmt="o", color=c,
-                    capsize=3)
+    for yi, r, l, h, v in zip(y, ratio, lo, hi, cmp["verdict"]):
+        color, marker = style.get(v, ("0.45", "o"))
+        err = [[max(r - l, 0)], [max(h - r, 0)]] if np.isfinite(l) and np.isfinite(h) else None
+        ax.errorbar([r], [yi], xerr=err, fmt=marker, color=color, capsize=3,
+                    markeredgecolor="0.2" if marker == "D" else color)
     ax.axvline(1.0, color="0.2", linestyle="--", linewidth=1)
     ax.set_yticks(y, [_label(shown, tuple(row)) for row in cmp[shown].itertuples(index=False)])
     if not ax.yaxis_inverted():  # first row on top; idempotent, so panels may share y
         ax.invert_yaxis()
+    if _log_ok(np.concatenate([ratio, lo, hi]), 3):  # 0.1 and 10 equally far from 1
+        ax.set_xscale("log")
+        ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+        ax.xaxis.set_major_formatter(lambda x, _: f"{x:g}")
+        ax.xaxis.set_minor_formatter(NullFormatter())
     label = VALUE_LABELS.get(metric, metric).replace(" (s)", "")
-    ax.set_xlabel(f"{label}: ratio b / a (95 % bootstrap interval; < 1: b lower)")
-    handles = [Line2D([], [], marker="o", linestyle="", color=c, label=v)
-               for v, c in (("b faster", "tab:green"), ("b slower", "tab:red"),
-                            ("no significant difference / too few repeats", "0.45"))]
-    ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize="small",
+    ax.set_xlabel(f"{label}: ratio b / a (95 % interval over runs; < 1: b lower)")
+    present = set(cmp["verdict"])
+    handles = [Line2D([], [], marker=m, linestyle="", color=c,
+                      markeredgecolor="0.2" if m == "D" else c, label=text)
+               for v, text, c, m in VERDICT_STYLES if v in present]
+    ax.legend(handles=handles, title="verdict (makespan)", loc="upper left",
+              bbox_to_anchor=(1.01, 1.0), fontsize="small", title_fontsize="small",
               borderaxespad=0.0)  # beside the plot: never on top of a ratio
     return ax
 

@@ -1,6 +1,7 @@
 """The notebooks run top to bottom in quick mode, and are committed without outputs."""
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -42,8 +43,10 @@ def _execute(path, tmp_path, **flags):
     _needs(path)
     nb = nbformat.read(path, as_version=4)
     # results go to pytest's temp dir, so even a notebook failing half-way leaves nothing behind
+    tmp = tmp_path / "tmp"  # the kernel's temporary folders: whatever it leaves is seen
+    tmp.mkdir()
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "COMLAB_QUICK": "", "COMLAB_USE_EXAMPLE": "",
-           "COMLAB_RESULTS_DIR": str(tmp_path / "results"), **flags}
+           "COMLAB_RESULTS_DIR": str(tmp_path / "results"), "TMPDIR": str(tmp), **flags}
     env.pop("DISPLAY", None)
     env.pop("MPLBACKEND", None)  # the kernel's inline backend, headless, turns figures into PNGs
     before = _snapshot()
@@ -67,6 +70,8 @@ def _execute(path, tmp_path, **flags):
               for o in cell.get("outputs", []) if "image/png" in o.get("data", {})]
     assert images, f"{path.name} drew no figure"
     assert _snapshot() == before, "the notebook left files in the repository"
+    left = sorted(p.name for p in tmp.iterdir() if p.name.startswith("comlab"))
+    assert not left, f"{path.name} left temporary folders: {left}"
     return nb
 
 
@@ -99,8 +104,10 @@ def test_notebooks_have_parameters_cell_with_quick_flag():
         assert "QUICK = False" in tagged[0].source, path.name
         assert "USE_EXAMPLE = False" in tagged[0].source, path.name
         # the set-up is comlab.notebook's, not a pasted copy
-        assert any("setup(quick=QUICK, use_example=USE_EXAMPLE)" in c.source
+        assert any(re.search(r"setup\(quick=QUICK, use_example=USE_EXAMPLE[,)]", c.source)
                    for c in nb.cells if c.cell_type == "code"), path.name
+        last = [c for c in nb.cells if c.cell_type == "code"][-1]
+        assert "lab.cleanup()" in last.source, f"{path.name}: quick runs' folder not removed"
 
 
 def test_committed_notebooks_have_no_outputs():
@@ -130,6 +137,20 @@ def test_setup_flags_and_folders(tmp_path, monkeypatch):
     assert not quick.results_dir.exists()
     monkeypatch.setenv("COMLAB_RESULTS_DIR", str(tmp_path / "r"))
     assert notebook.setup(start=NOTEBOOKS, style=False, verbose=False).results_dir == tmp_path / "r"
+
+
+def test_setup_use_example_without_an_example_says_it_runs(monkeypatch, capsys):
+    from comlab import notebook
+    for var in ("COMLAB_QUICK", "COMLAB_USE_EXAMPLE", "COMLAB_RESULTS_DIR"):
+        monkeypatch.delenv(var, raising=False)
+    lab = notebook.setup(use_example=True, start=NOTEBOOKS, style=False, example=False)
+    try:
+        assert (lab.quick, lab.use_example, lab.temporary) == (True, False, True)
+        said = capsys.readouterr().out
+        assert "quick experiments run instead" in said and "running nothing" not in said
+    finally:
+        lab.cleanup()
+    assert not lab.results_dir.exists()
 
 
 def test_setup_use_example(monkeypatch, tmp_path, capsys):

@@ -203,3 +203,14 @@ def test_params_name_the_data_actually_used(tmp_path):
     listed = experiment.load_inputs(["10.0.0.1:foo"], {"10.0.0.1": {"foo": (1, 0.5)}}, 1.0)
     assert listed.params()["commands"] == "<list of 1>"
     assert listed.params()["server_map"] == "<dict of 1 hosts>"
+
+
+def test_no_lock_file_is_left_behind(tmp_path):
+    from comlab.lab.results import ResultStore
+    with ResultStore(tmp_path, "x", {"p": 1}) as store:
+        assert (tmp_path / ".x.lock").exists()  # held while the sweep writes
+        store.finish()
+    assert not (tmp_path / ".x.lock").exists()
+    with ResultStore(tmp_path, "x", {"p": 1}):  # and it can be taken again (resumed)
+        pass
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []

@@ -2,31 +2,49 @@
 
 ``compare(a, b)`` takes records (or per-run summaries) as DataFrames, or result directories, and
 returns one row per configuration present in both (configuration: the axes present among
-batch_size, workers, strategy, transport, rate, dispatch). For each metric m in ``METRICS``:
+batch_size, workers, strategy, transport, rate, dispatch). Runs are the independent unit: every
+test and interval is over per-run values, never over pooled tasks. For each metric m in
+``METRICS``:
 
 * ``{m}_a``, ``{m}_b``: the median over repeats;
-* ``{m}_ratio``: b / a of those medians;
-* ``{m}_ratio_lo``, ``{m}_ratio_hi``: a 95 % bootstrap interval of that ratio: the repeats of a
-  and of b are resampled with replacement (``N_BOOT`` times, fixed seed, so the same inputs
-  always give the same interval) and the ratio of medians taken each time;
-* ``{m}_spread_a``, ``{m}_spread_b``: the relative range of the repeats, (max - min) / median;
+* ``{m}_ratio``: b / a of the geometric means over repeats (the ratio the interval is about);
+* ``{m}_ratio_lo``, ``{m}_ratio_hi``: its 95 % interval from Welch's t on the logarithms of
+  the per-run values (pyperf's t-test, criterion's interval of the relative change); honest
+  with 2 repeats a side too (it is then wide: few degrees of freedom);
+* ``{m}_spread_a``, ``{m}_spread_b``: the relative range of the repeats, (max - min) / median.
+
+Plus ``n_a``, ``n_b`` (repeats), and from makespan: ``verdict``, ``rule`` (which rule gave it)
+and ``p_value`` (of that rule's test). The rules (``RULES``; asv's, with pyperf's t-test where
+asv has only its factor):
+
+* ``U test`` when the repeats can reach it (the smallest two-sided p-value of an exact
+  Mann-Whitney U test, 2 / C(n_a + n_b, n_a), is below ``ALPHA``: 4 repeats a side, or 3 and 5,
+  or 2 and 8): ``faster`` / ``slower`` when it gives p < ``ALPHA``, Welch's t-test on the
+  logarithms agrees (p < ``ALPHA``: an exact U test alone reaches its full 5 % false rate from
+  6 repeats on), and b differs by more than ``NOISE`` (criterion's noise threshold); else
+  ``same``. ``p_value`` is the larger of the two.
+* ``factor`` otherwise (2 or 3 repeats a side): ``faster?`` / ``slower?`` (not confirmed) when
+  the ratio is beyond ``FACTOR`` (asv's ``--factor``, 1.1) and Welch's t-test on the logarithms
+  gives p < ``ALPHA``; else ``same``. The t-test keeps noisy repeats from passing the factor by
+  chance; it assumes roughly log-normal noise, which 2 or 3 values cannot check: hence the ``?``.
+* fewer than 2 repeats on a side: ``too few repeats``.
+
+Simulated A/A comparisons (``tests/test_compare.py``: the same noise on both sides) give a false
+verdict well under 5 % from 4 repeats a side and under 10 % (about 2-4 %) with the factor rule.
 
 An axis of how the system runs (strategy, transport, dispatch) that is constant in each but
 differs between them (a is all thread-per-task, b all thread-pool) is the thing compared: it
-leaves the configuration (``attrs["across"]``). Plus ``n_a``, ``n_b`` (repeats) and ``verdict`` from makespan's interval: "faster" (b is faster:
-the interval lies below 1), "slower" (above 1), "no significant difference" (it contains 1), or
-"too few repeats" when a side has fewer than ``MIN_REPEATS`` (5).
-
-Why 5: with few repeats the bootstrap interval of a median is too narrow. Simulated A/A
-comparisons (both sides the same normal noise, 400 pairs each) gave a verdict other than "no
-significant difference" 30 % of the time with 2 repeats a side, 10 % with 3, 8 % with 4, 1-3 %
-with 5, 6 and 8; a 10 % change with 2 % noise was found every time from 2 repeats up. Below 5
-the interval is still given, but it is no test.
+leaves the configuration (``attrs["across"]``). A different workload is not: when the
+parameters that define it (``WORKLOAD_KEYS``: wait scale, data hash, task count, networks)
+differ, or a configuration's task count or total wait (records only) does, every verdict is
+``workload differs`` and ``attrs["workload"]`` lists what differs (the ratios are still given).
 """
 
 from __future__ import annotations
 
+import math
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -35,9 +53,25 @@ import pandas as pd
 from . import records, results
 from .stability import CONFIG_AXES, METRICS, spread
 
-N_BOOT = 2000
-SEED = 0
-MIN_REPEATS = 5  # fewer: the bootstrap interval is too narrow (see above)
+ALPHA = 0.05
+FACTOR = 1.1   # asv's default --factor
+NOISE = 0.02   # confirmed changes smaller than this are "same" (criterion: 0.01; drift here)
+WORKLOAD_KEYS = ("wait_scale", "data_sha256", "n_tasks", "networks")
+CONFIRMED = ("faster", "slower")
+MARKED = ("faster?", "slower?")
+WORKLOAD_DIFFERS = "workload differs"
+
+
+def rules_text(factor: float = FACTOR, alpha: float = ALPHA, noise: float = NOISE) -> str:
+    """The header that says what each verdict means (lines)."""
+    return "\n".join((
+        "verdict from makespan, by the rule named in column 'rule':",
+        f"  U test (4+ repeats a side, or 3 and 5+): faster / slower when an exact "
+        f"Mann-Whitney U test and Welch's t-test on log values both give p < {alpha:g} and "
+        f"the change exceeds {noise:.0%}",
+        f"  factor (2-3 repeats): faster? / slower? (not confirmed: more repeats needed) "
+        f"when the ratio is beyond {factor:g}x and Welch's t-test gives p < {alpha:g}",
+        "  same otherwise; too few repeats: fewer than 2 a side"))
 
 
 def as_summary(x) -> pd.DataFrame:
@@ -45,7 +79,13 @@ def as_summary(x) -> pd.DataFrame:
     if isinstance(x, (str, os.PathLike)):
         x = results.load_results(Path(x))
     if "task_id" in x.columns:
-        return records.summarize(x)
+        summary = records.summarize(x)
+        keys = [k for k in ("experiment", "run") if k in x.columns]
+        if "wait_s" in x.columns:  # the workload of each run, whatever the strategy's ideal
+            waits = x.groupby(keys, observed=True)["wait_s"].sum().rename("wait_total_s")
+            summary = summary.merge(waits.reset_index(), on=keys, how="left")
+        summary.attrs["params"] = x.attrs.get("params")  # meta.json's, from load_results
+        return summary
     if "makespan_s" in x.columns:
         return x
     raise ValueError("expected records, a per-run summary or a result directory")
@@ -61,31 +101,71 @@ def _configs(summary: pd.DataFrame, axes: list[str]) -> dict:
     return out
 
 
-def ratio_interval(a, b, rng: np.random.Generator, n_boot: int = N_BOOT) -> tuple[float, float]:
-    """95 % bootstrap interval of median(b) / median(a), resampling the repeats of each."""
-    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
-    med_a = np.median(a[rng.integers(0, len(a), (n_boot, len(a)))], axis=1)
-    med_b = np.median(b[rng.integers(0, len(b), (n_boot, len(b)))], axis=1)
-    lo, hi = np.percentile(med_b / med_a, [2.5, 97.5])
-    return float(lo), float(hi)
+# -- the statistics ------------------------------------------------------------------------------
+def _positive(values) -> np.ndarray:
+    v = np.asarray(values, dtype=float)
+    return v[np.isfinite(v) & (v > 0)]
 
 
-def verdict(lo: float, hi: float, n_a: int, n_b: int) -> str:
-    if min(n_a, n_b) < MIN_REPEATS:
-        return "too few repeats"
-    if hi < 1:
-        return "faster"
-    if lo > 1:
-        return "slower"
-    return "no significant difference"
+def welch_log(a, b, alpha: float = ALPHA) -> tuple[float, float, float, float]:
+    """(ratio, lo, hi, p): b / a of the geometric means, its 1 - alpha interval and the p-value
+    of Welch's t-test on the logarithms. NaN where a side has fewer than 2 values."""
+    from scipy import stats
+    la, lb = np.log(_positive(a)), np.log(_positive(b))
+    if not len(la) or not len(lb):
+        return (np.nan,) * 4
+    diff = float(lb.mean() - la.mean())
+    if len(la) < 2 or len(lb) < 2:
+        return math.exp(diff), np.nan, np.nan, np.nan
+    va, vb = la.var(ddof=1) / len(la), lb.var(ddof=1) / len(lb)
+    se = math.sqrt(va + vb)
+    if se == 0:  # identical repeats on both sides: exact, no interval to draw
+        return math.exp(diff), math.exp(diff), math.exp(diff), 1.0 if diff == 0 else 0.0
+    df = (va + vb) ** 2 / (va ** 2 / (len(la) - 1) + vb ** 2 / (len(lb) - 1))
+    half = float(stats.t.ppf(1 - alpha / 2, df)) * se
+    p = float(2 * stats.t.sf(abs(diff) / se, df))
+    return math.exp(diff), math.exp(diff - half), math.exp(diff + half), p
 
 
-def compare(a, b, *, n_boot: int = N_BOOT, seed: int = SEED) -> pd.DataFrame:
+def u_test_reachable(n_a: int, n_b: int, alpha: float = ALPHA) -> bool:
+    """Can an exact two-sided U test on n_a and n_b values give p < alpha at all?"""
+    return n_a >= 1 and n_b >= 1 and 2 / math.comb(n_a + n_b, n_a) < alpha
+
+
+def u_test(a, b) -> float:
+    """Two-sided p-value of the exact Mann-Whitney U test of a against b."""
+    from scipy import stats
+    with warnings.catch_warnings():  # ties (identical repeats): the p-value is then conservative
+        warnings.simplefilter("ignore")
+        return float(stats.mannwhitneyu(b, a, alternative="two-sided", method="exact").pvalue)
+
+
+def judge(a, b, *, factor: float = FACTOR, alpha: float = ALPHA,
+          noise: float = NOISE) -> tuple[str, str, float]:
+    """(verdict, rule, p-value) for per-run values a and b (b / a > 1: b is slower)."""
+    a, b = _positive(a), _positive(b)
+    if min(len(a), len(b)) < 2:
+        return "too few repeats", "-", np.nan
+    ratio, _, _, p_t = welch_log(a, b, alpha)
+    word = "slower" if ratio > 1 else "faster"
+    if u_test_reachable(len(a), len(b), alpha):
+        p = max(u_test(a, b), p_t)  # both must agree: the rank test and the t-test
+        beyond_noise = abs(math.log(ratio)) > math.log1p(noise)
+        return (word if p < alpha and beyond_noise else "same"), "U test", p
+    beyond = ratio > factor or ratio < 1 / factor
+    return (word + "?" if beyond and p_t < alpha else "same"), "factor", p_t
+
+
+# -- the comparison ------------------------------------------------------------------------------
+def compare(a, b, *, factor: float = FACTOR, alpha: float = ALPHA,
+            noise: float = NOISE) -> pd.DataFrame:
     """One row per configuration present in both a and b (see the module's docstring).
 
     An axis in ``ACROSS_AXES`` on which a and b each hold one value, but not the same one (a
     all thread-per-task, b all thread-pool), is what is being compared: it is left out of the
-    configuration, and ``attrs["across"]`` says {axis: (a's value, b's value)}."""
+    configuration, and ``attrs["across"]`` says {axis: (a's value, b's value)}.
+    ``attrs["workload"]``: what differs in the workload (empty: the same); ``attrs["rules"]``:
+    the header line saying what the verdicts mean."""
     sa, sb = as_summary(a), as_summary(b)
     axes = [c for c in CONFIG_AXES if c in sa.columns and c in sb.columns]
     across = _across(sa, sb, axes)
@@ -95,10 +175,14 @@ def compare(a, b, *, n_boot: int = N_BOOT, seed: int = SEED) -> pd.DataFrame:
     if not common:
         raise ValueError(f"no configuration ({', '.join(axes)}) is in both: a has "
                          f"{len(ca)}, b has {len(cb)}")
-    rng = np.random.default_rng(seed)
-    rows = [_row(dict(zip(axes, key)), ca[key], cb[key], rng, n_boot) for key in common]
+    rows = [_row(dict(zip(axes, key)), ca[key], cb[key], factor, alpha, noise)
+            for key in common]
     out = pd.DataFrame(rows)
-    out.attrs["across"] = across
+    workload = _param_differences(sa.attrs.get("params"), sb.attrs.get("params"))
+    workload += _config_differences(out, ca, cb, common, axes)
+    if workload:
+        out["verdict"] = WORKLOAD_DIFFERS
+    out.attrs.update(across=across, workload=workload, rules=rules_text(factor, alpha, noise))
     return out
 
 
@@ -115,16 +199,113 @@ def _across(sa: pd.DataFrame, sb: pd.DataFrame, axes: list[str]) -> dict:
     return out
 
 
-def _row(config: dict, ga: pd.DataFrame, gb: pd.DataFrame, rng, n_boot: int) -> dict:
+def _param_differences(pa: dict | None, pb: dict | None) -> list[str]:
+    """The workload's parameters that differ between two results' meta.json."""
+    if not pa or not pb:
+        return []
+    out = []
+    for key in WORKLOAD_KEYS:
+        va, vb = pa.get(key), pb.get(key)
+        if key == "wait_scale":
+            va, vb = (1.0 if v is None else float(v) for v in (va, vb))
+        elif va is None or vb is None:  # format 1 saved no data hash: the per-run check remains
+            continue
+        if va != vb:
+            what = "data (commands or server map contents)" if key == "data_sha256" else key
+            show = (lambda v: str(v)[:12]) if key == "data_sha256" else str
+            out.append(f"{what}: a {show(va)}, b {show(vb)}")
+    return out
+
+
+def _config_differences(out, ca, cb, common, axes) -> list[str]:
+    """Configurations whose runs had another task count or total wait (other data)."""
+    from .stability import describe
+    found = []
+    for (_, row), key in zip(out.iterrows(), common):
+        for col, what in (("n_tasks", "tasks"), ("wait_total_s", "total wait (s)")):
+            if col not in ca[key] or col not in cb[key]:
+                continue
+            va, vb = ca[key][col].median(), cb[key][col].median()
+            if pd.notna(va) and pd.notna(vb) and not math.isclose(va, vb, rel_tol=1e-6,
+                                                                  abs_tol=1e-9):
+                name = describe(row, axes) or "the configuration"
+                found.append(f"{name}: {what} a {va:.6g}, b {vb:.6g}")
+                break
+    if len(found) > 4:
+        found = found[:4] + [f"... and {len(found) - 4} more configurations"]
+    return found
+
+
+def _row(config: dict, ga: pd.DataFrame, gb: pd.DataFrame, factor, alpha, noise) -> dict:
     row = {**config, "n_a": len(ga), "n_b": len(gb)}
     for m in METRICS:
         va, vb = ga[m].dropna().to_numpy(float), gb[m].dropna().to_numpy(float)
-        ma = float(np.median(va)) if len(va) else np.nan
-        mb = float(np.median(vb)) if len(vb) else np.nan
-        lo, hi = ratio_interval(va, vb, rng, n_boot) if len(va) and len(vb) else (np.nan,) * 2
-        row.update({f"{m}_a": ma, f"{m}_b": mb, f"{m}_ratio": mb / ma if ma else np.nan,
-                    f"{m}_ratio_lo": lo, f"{m}_ratio_hi": hi,
+        ratio, lo, hi, _ = welch_log(va, vb, alpha)
+        row.update({f"{m}_a": float(np.median(va)) if len(va) else np.nan,
+                    f"{m}_b": float(np.median(vb)) if len(vb) else np.nan,
+                    f"{m}_ratio": ratio, f"{m}_ratio_lo": lo, f"{m}_ratio_hi": hi,
                     f"{m}_spread_a": spread(va), f"{m}_spread_b": spread(vb)})
-    row["verdict"] = verdict(row["makespan_s_ratio_lo"], row["makespan_s_ratio_hi"],
-                             row["n_a"], row["n_b"])
+    row["verdict"], row["rule"], row["p_value"] = judge(
+        ga["makespan_s"].dropna(), gb["makespan_s"].dropna(), factor=factor, alpha=alpha,
+        noise=noise)
     return row
+
+
+def failing(cmp: pd.DataFrame, slower_than: float) -> pd.DataFrame:
+    """Configurations that fail a CI threshold: b slower (confirmed or marked) by a makespan
+    ratio of at least ``slower_than``."""
+    bad = cmp["verdict"].isin(("slower", "slower?")) & (cmp["makespan_s_ratio"] >= slower_than)
+    return cmp[bad]
+
+
+def table(cmp: pd.DataFrame) -> pd.DataFrame:
+    """The comparison as text columns for people: verdict and rule first, the configuration's
+    axes that vary, repeats, makespans, ratios with their intervals, spreads."""
+    axes = [c for c in CONFIG_AXES if c in cmp.columns and cmp[c].notna().any()
+            and (c in ("batch_size", "workers") or cmp[c].nunique(dropna=False) > 1)]
+    out = pd.DataFrame({"verdict (b)": cmp["verdict"], "rule": cmp["rule"]})
+    out[[TABLE_NAMES.get(c, c) for c in axes] + ["n_a", "n_b"]] = cmp[axes + ["n_a", "n_b"]]
+    out["makespan a"] = cmp["makespan_s_a"].map("{:.4g} s".format)
+    out["makespan b"] = cmp["makespan_s_b"].map("{:.4g} s".format)
+    for m, label in (("makespan_s", "makespan b/a"), ("latency_p50_s", "p50 b/a"),
+                     ("latency_p99_s", "p99 b/a")):  # throughput's is 1 / makespan's
+        out[label] = [_ratio_text(r, lo, hi) for r, lo, hi in
+                      zip(cmp[f"{m}_ratio"], cmp[f"{m}_ratio_lo"], cmp[f"{m}_ratio_hi"])]
+    out["spread a/b"] = [f"{a:.0%}/{b:.0%}" if pd.notna(a) and pd.notna(b) else "-"
+                         for a, b in zip(cmp["makespan_s_spread_a"], cmp["makespan_s_spread_b"])]
+    return out
+
+
+TABLE_NAMES = {"batch_size": "batch"}
+
+
+def constant_axes(cmp: pd.DataFrame) -> dict:
+    """The configuration's axes that ``table`` leaves out: one value in every row."""
+    return {c: cmp[c].iloc[0] for c in CONFIG_AXES if c in cmp.columns
+            and c not in ("batch_size", "workers") and cmp[c].notna().any()
+            and cmp[c].nunique(dropna=False) == 1}
+
+
+def _ratio_text(r, lo, hi) -> str:
+    if r != r:
+        return "-"
+    return f"{r:.3f} [{lo:.3f}, {hi:.3f}]" if lo == lo else f"{r:.3f} [-]"
+
+
+def repeats_to_confirm(alpha: float = ALPHA) -> int:
+    """The fewest repeats a side with which the U test can confirm a verdict (4 at 0.05)."""
+    return next(n for n in range(2, 100) if u_test_reachable(n, n, alpha))
+
+
+def how_to_compare(result_dir, repeats: int) -> str:
+    """What ``comlab run`` prints after its table: how to compare with this result."""
+    need = repeats_to_confirm()
+    enough = (f"{repeats} repeats a side: enough for confirmed verdicts (faster / slower)"
+              if repeats >= need else
+              f"{repeats} repeat{'s' if repeats != 1 else ''} a side give"
+              f"{'s' if repeats == 1 else ''} "
+              + ("no verdict" if repeats < 2 else "only unconfirmed verdicts (faster? / "
+                 f"slower?, beyond {FACTOR:g}x)")
+              + f"; a confirmed one needs {need} a side (--repeats {need})")
+    return (f"compare another result with this one: comlab compare {result_dir} OTHER "
+            f"(ratios OTHER / this; --fail-slower {FACTOR:g} for CI)\n{enough}")

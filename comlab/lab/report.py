@@ -22,9 +22,6 @@ ENV_KEYS = ("comlab", "git_commit", "git_dirty", "python", "pyzmq", "libzmq", "m
 CONFIG_COLUMNS = ("n_repeats", "makespan_s", "makespan_s_spread", "efficiency",
                   "throughput_tps", "latency_p50_s", "latency_p99_s", "latency_p99_s_spread",
                   "n_lost")
-COMPARE_COLUMNS = ("n_a", "n_b", "makespan_s_a", "makespan_s_b", "makespan_s_ratio",
-                   "makespan_s_ratio_lo", "makespan_s_ratio_hi", "makespan_s_spread_a",
-                   "makespan_s_spread_b", "latency_p99_s_ratio", "verdict")
 
 
 class Result:
@@ -43,7 +40,9 @@ class Result:
 
     @cached_property
     def summary(self) -> pd.DataFrame:
-        return records.summarize(self.records) if len(self.records) else pd.DataFrame()
+        summary = records.summarize(self.records) if len(self.records) else pd.DataFrame()
+        summary.attrs["params"] = self.params  # compare checks the workloads are the same
+        return summary
 
     @cached_property
     def configs(self) -> pd.DataFrame:
@@ -70,16 +69,43 @@ class Result:
     def figures(self) -> list[Path]:
         return sorted((self.path / "figures").glob("*.png"))
 
+    @cached_property
+    def images(self) -> list[tuple[str, bytes]]:
+        """(name, PNG) of the saved figures, or, when none were saved (``comlab plot`` never
+        ran), of every figure drawn now in memory from the records (nothing is written)."""
+        if self.figures:
+            return [(p.stem, p.read_bytes()) for p in self.figures]
+        if not len(self.records):
+            return []
+        from .. import plots
+        return list(plots.draw_figures(self.records))
+
+    def counts(self) -> dict:
+        """Tasks per final status over every run (``n_ok``, ``n_unknown``, ...)."""
+        cols = [c for c in self.summary.columns if c.startswith("n_") and c not in
+                ("n_tasks", "n_latency")] if len(self.summary) else []
+        return {c: int(self.summary[c].sum()) for c in cols}
+
+    def headline(self) -> str:
+        """One line: runs, configurations, tasks and how many of them ended in each status."""
+        counts = self.counts()
+        tasks = sum(counts.values())
+        parts = [f"{counts.get('n_ok', 0):,} ok"] + [
+            f"{counts.get(f'n_{s}', 0):,} {s}" for s in ("unknown", "unreachable", "failed",
+                                                        "lost")]
+        return (f"{len(self.summary)} runs of {len(self.configs)} configurations, {tasks:,} "
+                f"tasks: " + ", ".join(parts))
+
     def config_table(self) -> pd.DataFrame:
         axes = [a for a in stability.config_axes(self.configs) if a != "experiment"]
         cols = axes + [c for c in CONFIG_COLUMNS if c in self.configs]
         return self.configs[cols] if len(self.configs) else self.configs
 
     def _repr_html_(self) -> str:
-        return (f"<div><h3>{_e(self.path)}</h3>{_facts_html(self)}"
+        return (f"<div><h3>{_e(self.path)}</h3>{_headline_html(self)}{_facts_html(self)}"
                 f"{_warnings_html(self.warnings)}"
                 f"<h4>Summary (median over repeats)</h4>{_table_html(self.config_table())}"
-                f"{_figures_html(self.figures, width=220)}</div>")
+                f"{_figures_html(self.images, width=220)}</div>")
 
 
 def load(path) -> Result:
@@ -94,7 +120,7 @@ def text(result: Result) -> str:
     lines = [f"result: {result.path}", f"  format {meta.get('format_version', 1)}, "
              f"{len(meta.get('runs', []))} runs, started {meta.get('started')}, "
              f"{meta.get('duration_s')} s, complete: {meta.get('complete', 'unknown')}",
-             "parameters:"]
+             f"  {result.headline()}", "parameters:"]
     lines += [f"  {k}: {json.dumps(v, default=str)}" for k, v in result.params.items()]
     lines.append("environment:")
     lines += [f"  {k}: {result.environment.get(k)}" for k in ENV_KEYS
@@ -137,9 +163,55 @@ def _warnings_html(found: list[str]) -> str:
 
 
 def _table_html(df: pd.DataFrame) -> str:
+    """A table that scrolls within the page instead of overflowing it."""
     if df is None or not len(df):
         return "<p>(nothing)</p>"
-    return df.to_html(index=False, float_format="{:.4g}".format, na_rep="", border=0)
+    return ("<div class='scroll'>"
+            + df.to_html(index=False, float_format="{:.4g}".format, na_rep="", border=0)
+            + "</div>")
+
+
+def _headline_html(result: Result) -> str:
+    counts = result.counts()
+    bad = any(counts.get(f"n_{s}", 0) for s in BAD_STATUSES)
+    style = " class='bad'" if bad else ""
+    return f"<p{style}><b>{_e(result.headline())}</b></p>"
+
+
+BAD_STATUSES = ("unknown", "unreachable", "failed", "lost")  # a task that did not run as asked
+
+
+def summary_table(configs: pd.DataFrame) -> tuple[pd.DataFrame, dict]:
+    """The per-configuration table for the page, without the axes that have one value
+    throughout (returned apart, {axis: value}): it fits the page's width."""
+    if not len(configs):
+        return configs, {}
+    axes = [a for a in stability.config_axes(configs) if a != "experiment"]
+    fixed = {a: configs[a].iloc[0] for a in axes if a not in ("batch_size", "workers")
+             and configs[a].nunique(dropna=False) == 1}
+    cols = [a for a in axes if a not in fixed]
+    out = configs[cols + [c for c in CONFIG_COLUMNS if c in configs]].copy()
+    for c in ("makespan_s_spread", "latency_p99_s_spread"):
+        if c in out:
+            out[c] = out[c].map(lambda v: "" if pd.isna(v) else f"{v:.0%}")
+    if "efficiency" in out and "ideal_s" in configs:  # zero-wait tasks: an ideal of 0
+        out["efficiency"] = [f"{e:.3g}" if i > 0 else "n/a"
+                             for e, i in zip(configs["efficiency"], configs["ideal_s"])]
+    return out.rename(columns=SHORT_NAMES), fixed
+
+
+SHORT_NAMES = {"batch_size": "batch", "n_repeats": "repeats", "makespan_s": "makespan (s)",
+               "makespan_s_spread": "spread", "efficiency": "efficiency",
+               "throughput_tps": "tasks/s", "latency_p50_s": "p50 (s)",
+               "latency_p99_s": "p99 (s)", "latency_p99_s_spread": "p99 spread",
+               "n_lost": "lost"}
+
+
+def _fixed_html(fixed: dict, where: str) -> str:
+    if not fixed:
+        return ""
+    return (f"<p>{_e(where)}: " + ", ".join(f"{_e(k)} <code>{_e(v)}</code>"
+                                           for k, v in fixed.items()) + "</p>")
 
 
 def _png_b64(path_or_bytes) -> str:
@@ -147,42 +219,54 @@ def _png_b64(path_or_bytes) -> str:
     return base64.b64encode(data).decode("ascii")
 
 
-def _figures_html(paths: list[Path], width: int | None = None) -> str:
-    if not paths:
-        return "<p>No figures (<code>comlab plot DIR</code> writes them).</p>"
+def _figures_html(images: list, width: int | None = None, drawn: bool = False) -> str:
+    """``images``: (name, PNG bytes) pairs, or paths of PNG files."""
+    if not images:
+        return "<p>No figures: the result has no records.</p>"
+    images = [(p.stem, p) if isinstance(p, Path) else p for p in images]
     style = f" width='{width}'" if width else " style='max-width:100%'"
-    return "".join(f"<figure style='display:inline-block;margin:4px'><img{style} "
-                   f"alt='{_e(p.stem)}' src='data:image/png;base64,{_png_b64(p)}'/>"
-                   f"<figcaption>{_e(p.stem)}</figcaption></figure>" for p in paths)
+    note = ("<p>Drawn from the records for this page (none were saved; <code>comlab plot "
+            "DIR</code> saves them).</p>" if drawn else "")
+    return note + "".join(
+        f"<figure style='display:inline-block;margin:4px'><img{style} alt='{_e(name)}' "
+        f"src='data:image/png;base64,{_png_b64(png)}'/><figcaption>{_e(name)}</figcaption>"
+        f"</figure>" for name, png in images)
 
 
 def _compare_html(result: Result, other: Result) -> str:
     from matplotlib.figure import Figure
 
     from .. import plots
-    cmp = compare_mod.compare(other.records, result.records)
-    fig = Figure(figsize=(9, 1.5 + 0.35 * len(cmp)), layout="constrained")
+    cmp = compare_mod.compare(other.records, result.records)  # records: the waits checked
+    fig = Figure(figsize=(10, 1.6 + 0.35 * len(cmp)), layout="constrained")
     plots.compare_ratios(cmp, ax=fig.add_subplot())
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=100)
-    axes = [c for c in stability.CONFIG_AXES if c in cmp.columns]
-    table = cmp[axes + [c for c in COMPARE_COLUMNS if c in cmp]]
+    workload = ""
+    if cmp.attrs["workload"]:
+        items = "".join(f"<li>{_e(w)}</li>" for w in cmp.attrs["workload"])
+        workload = (f"<p class='bad'><b>Not the same workload</b>: the ratios measure the "
+                    f"workloads too, so no verdict.</p><ul class='bad'>{items}</ul>")
+    rules = "<br/>".join(_e(line) for line in cmp.attrs["rules"].splitlines())
     return (f"<h2>Compared with {_e(other.path)}</h2><p>a = {_e(other.path)}, "
-            f"b = {_e(result.path)}: ratios are b / a (medians over repeats) with 95 % "
-            f"bootstrap intervals; the verdict says whether b is faster (makespan).</p>"
-            f"<img style='max-width:100%' src='data:image/png;base64,"
-            f"{_png_b64(buf.getvalue())}'/>{_table_html(table)}")
+            f"b = {_e(result.path)}: ratios are b / a of geometric means over repeats, with "
+            f"95 % intervals (Welch's t on the runs).</p><p class='rules'>{rules}</p>"
+            f"{workload}{_fixed_html(compare_mod.constant_axes(cmp), 'In every configuration')}"
+            f"<img style='max-width:100%' alt='compare_ratios' src='data:image/png;base64,"
+            f"{_png_b64(buf.getvalue())}'/>{_table_html(compare_mod.table(cmp))}")
 
 
 def report_html(result: Result, other: Result | None = None) -> str:
     """One self-contained HTML page: facts, warnings, tables, figures (and a comparison)."""
-    body = [f"<h1>comlab result {_e(result.path.name)}</h1>", _facts_html(result),
-            _warnings_html(result.warnings),
-            "<h2>Summary per configuration</h2><p>Medians over repeats; spread = (max - min) "
-            "/ median of the repeats.</p>", _table_html(result.config_table())]
+    table, fixed = summary_table(result.configs)
+    body = [f"<h1>comlab result {_e(result.path.name)}</h1>", _headline_html(result),
+            _warnings_html(result.warnings)]
     if other is not None:
         body.append(_compare_html(result, other))
-    body += ["<h2>Figures</h2>", _figures_html(result.figures),
+    body += ["<h2>Summary per configuration</h2><p>Medians over repeats; spread = (max - min) "
+             "/ median of the repeats.</p>", _fixed_html(fixed, "In every configuration"),
+             _table_html(table), _facts_html(result),
+             "<h2>Figures</h2>", _figures_html(result.images, drawn=not result.figures),
              "<h2>Every run</h2><details><summary>per-run summary</summary>",
              _table_html(result.summary), "</details>"]
     return ("<!DOCTYPE html><html><head><meta charset='utf-8'>"
@@ -191,8 +275,10 @@ def report_html(result: Result, other: Result | None = None) -> str:
 
 
 CSS = ("body{font-family:sans-serif;margin:2em;max-width:1200px}"
+       ".scroll{overflow-x:auto;max-width:100%}"
        "table{border-collapse:collapse;font-size:90%}"
-       "td,th{padding:2px 8px;border-bottom:1px solid #ddd;text-align:right}")
+       "td,th{padding:2px 8px;border-bottom:1px solid #ddd;text-align:right}"
+       ".bad{color:#a40}.rules{font-size:90%;color:#333}")
 
 
 def write_report(path, compare=None, out=None) -> Path:

@@ -86,7 +86,8 @@ class ResultStore:
         results_dir = Path(results_dir)
         self.path = results_dir / check_name(name)
         results_dir.mkdir(parents=True, exist_ok=True)
-        self._lock = _acquire(results_dir / f".{name}.lock", self.path)
+        self._lock_path = results_dir / f".{name}.lock"
+        self._lock = _acquire(self._lock_path, self.path)
         try:
             self.env = environment()
             old = self._earlier(params, resume)
@@ -111,6 +112,9 @@ class ResultStore:
 
     def close(self) -> None:
         if self._lock is not None:
+            # removed while still held, so no lock file is left behind; a sweep that opened
+            # it meanwhile sees it was unlinked and takes a new one (_acquire)
+            self._lock_path.unlink(missing_ok=True)
             fcntl.flock(self._lock, fcntl.LOCK_UN)
             self._lock.close()
             self._lock = None
@@ -197,14 +201,20 @@ class ResultStore:
 
 
 def _acquire(lock_path: Path, result: Path):
-    f = open(lock_path, "a")
-    try:
-        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
+    while True:
+        f = open(lock_path, "a")
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.close()
+            raise ResultLocked(f"{result} is being written by another sweep (lock {lock_path} "
+                               f"is held); wait for it to finish or choose another name") from None
+        try:  # the holder before us removes the file on release: ours must still be the one
+            if os.fstat(f.fileno()).st_ino == os.stat(lock_path).st_ino:
+                return f
+        except FileNotFoundError:
+            pass
         f.close()
-        raise ResultLocked(f"{result} is being written by another sweep (lock {lock_path} is "
-                           f"held); wait for it to finish or choose another name") from None
-    return f
 
 
 def read_meta(path) -> dict | None:
@@ -241,7 +251,9 @@ def restore_dtypes(df: pd.DataFrame, dtypes: dict | None = None) -> pd.DataFrame
 
 def _set_attrs(df: pd.DataFrame, meta: dict) -> None:
     """What summarize needs beyond the records: the cores of the machine that ran them (the
-    cpu-bound ideal) and each run's timeout (the latency a lost task counts with)."""
+    cpu-bound ideal) and each run's timeout (the latency a lost task counts with); and the
+    parameters, so that compare can tell whether two results ran the same workload."""
+    df.attrs["params"] = meta.get("params", {})
     df.attrs["cpu_count"] = meta.get("environment", {}).get("cpu_count")
     name = meta.get("name")
     df.attrs["timeouts"] = {(r.get("experiment", name), r["run"]): r["timeout_s"]
