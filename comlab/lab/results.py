@@ -10,7 +10,8 @@ of the data), the comlab commit and dirty state, the host, its CPU count and the
 versions all match (``provenance.RESUME_KEYS``); otherwise ``ResumeRefused`` names what differs.
 Starting afresh (``fresh=True``, ``comlab run --fresh``) moves the earlier result aside to
 ``<name>.<its start time>``: nothing is ever deleted. While a sweep writes a result it holds an
-exclusive ``flock`` on ``<results_dir>/.<name>.lock``: a second sweep on it gets ``ResultLocked``.
+exclusive ``flock`` on ``<results_dir>/.<name>.lock``: a second sweep on it gets ``ResultLocked``;
+the lock file is removed when the sweep ends.
 
 Format history of meta.json (``format_version``; records.parquet is plain parquet throughout):
 
@@ -86,7 +87,8 @@ class ResultStore:
         results_dir = Path(results_dir)
         self.path = results_dir / check_name(name)
         results_dir.mkdir(parents=True, exist_ok=True)
-        self._lock = _acquire(results_dir / f".{name}.lock", self.path)
+        self._lock_path = results_dir / f".{name}.lock"
+        self._lock = _acquire(self._lock_path, self.path)
         try:
             self.env = environment()
             old = self._earlier(params, resume)
@@ -111,8 +113,7 @@ class ResultStore:
 
     def close(self) -> None:
         if self._lock is not None:
-            fcntl.flock(self._lock, fcntl.LOCK_UN)
-            self._lock.close()
+            _release(self._lock, self._lock_path)
             self._lock = None
 
     def _earlier(self, params: dict, resume: bool) -> dict | None:
@@ -197,14 +198,33 @@ class ResultStore:
 
 
 def _acquire(lock_path: Path, result: Path):
-    f = open(lock_path, "a")
-    try:
-        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
+    """An exclusive flock on ``lock_path``, created if need be. Its holder unlinks it on
+    release (``_release``), so no lock file outlives its sweep; a file unlinked between our
+    open and our flock is not the lock any more: try again on the new one."""
+    while True:
+        f = open(lock_path, "a")
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.close()
+            raise ResultLocked(f"{result} is being written by another sweep (lock {lock_path} "
+                               f"is held); wait for it to finish or choose another name") from None
+        try:
+            if os.stat(lock_path).st_ino == os.fstat(f.fileno()).st_ino:
+                return f
+        except FileNotFoundError:
+            pass
         f.close()
-        raise ResultLocked(f"{result} is being written by another sweep (lock {lock_path} is "
-                           f"held); wait for it to finish or choose another name") from None
-    return f
+
+
+def _release(f, lock_path: Path) -> None:
+    """Unlink while still holding the lock (a waiter then sees a stale inode and retries)."""
+    try:
+        os.unlink(lock_path)
+    except FileNotFoundError:
+        pass
+    fcntl.flock(f, fcntl.LOCK_UN)
+    f.close()
 
 
 def read_meta(path) -> dict | None:
