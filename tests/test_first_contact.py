@@ -124,7 +124,7 @@ def test_a_mistake_is_one_line_exit_2_naming_it(argv, names, tmp_path, monkeypat
                                                  no_processes):
     _files(tmp_path)
     monkeypatch.chdir(tmp_path)
-    argv = [a.replace("FILE", str(tmp_path)).replace("SEED/", _seed("x")[:-1]) for a in argv]
+    argv = [a.replace("FILE", str(tmp_path)).replace("SEED/server_data.txt", _seed("server_data.txt")) for a in argv]
     assert _cli(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1, err
