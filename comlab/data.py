@@ -150,7 +150,7 @@ class _Parser:
             if len(fields) == nfields:
                 yield number, fields
             elif len(fields) > nfields and _is_ipv6(fields[:len(fields) - nfields + 1]):
-                self.bad(number, "IPv6 addresses are not supported (IPv4 only)")
+                self.bad(number, "IPv6 addresses are not supported: IPv4 only")
             else:
                 self.bad(number, f"expected {nfields} fields ({layout}), found {len(fields)}")
 

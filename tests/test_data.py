@@ -86,7 +86,7 @@ def test_bad_ip_is_rejected(tmp_path, ip):
     ("1.2.3.4:foo bar", "command 'foo bar' contains whitespace"),
     ("1.2.3.4:foo:bar", "expected 2 fields (ip:command), found 3"),
     ("1.2.3.4", "expected 2 fields (ip:command), found 1"),
-    ("::1:foo", "IPv6 addresses are not supported"),
+    ("::1:foo", "IPv6 addresses are not supported: IPv4 only"),
 ])
 def test_bad_command_line_is_rejected(line, reason):
     with pytest.raises(DataError) as info:
