@@ -367,8 +367,8 @@ def _add_sweep_args(p, defaults: dict) -> None:
                    help="how batches reach workers, comma-separated to sweep: broker (adaptive "
                         "prefetch), broker:K (prefetch K batches), queue (the seed's shared "
                         f"queue) (default {dispatch.DEFAULT})")
-    p.add_argument("--wait-scale", type=_positive, default=None, metavar="S",
-                   help="multiply every task's wait by S (default 0.01 for the shipped seed "
+    p.add_argument("--wait-scale", type=_non_negative, default=None, metavar="S",
+                   help="multiply every task's wait by S, >= 0 (0: zero-wait tasks; default 0.01 for the shipped seed "
                         "map: 10 ms tasks, same shape; 1 for a --map of your own)")
     p.add_argument("--rate", type=_rates, default=None, metavar="R,R,...",
                    help="open loop: tasks per second > 0, comma-separated to sweep; none: "

@@ -118,7 +118,7 @@ def run_experiment(batch_sizes=(1, 4, 16, 64), workers=(1, 4, 16, 32), repeats: 
     checks.rates(rate)
     checks.seconds(timeout, "timeout", none_ok=True)
     wait_scale = default_wait_scale(server_map) if wait_scale is None else \
-        checks.positive(wait_scale, "wait_scale")
+        checks.non_negative(wait_scale, "wait_scale")
     checks.results_dir(results_dir)
     if name is not None:
         check_name(name)
