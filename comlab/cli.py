@@ -9,28 +9,110 @@ import warnings
 from pathlib import Path
 
 from . import run_client, run_server
-from .system import strategies
+from .system import dispatch, strategies
 
-# The main job: the seed data with waits scaled to 1/100 (10 ms tasks), same shape, < 2 min.
-RUN_DEFAULTS = dict(batch_sizes=[1, 4, 16, 64], workers=[1, 4, 16, 32], repeats=2,
-                    wait_scale=0.01, name="main")
+# The main job: the shipped seed with its waits scaled (run_experiment's default: 10 ms tasks,
+# same shape), 2 repeats, < 2 min. `comlab sweep` and run_experiment share every default but
+# the axes swept.
+RUN_DEFAULTS = dict(batch_sizes=[1, 4, 16, 64], workers=[1, 4, 16, 32], name="main")
 TABLE_COLUMNS = ["n_repeats", "makespan_s", "makespan_s_spread", "ideal_s", "efficiency",
-                 "throughput_tps", "latency_p50_s", "latency_p99_s", "overhead_p99_s", "n_lost"]
+                 "throughput_tps", "latency_p50_s", "latency_p99_s", "overhead_p99_s",
+                 "n_unknown", "n_failed", "n_lost"]
+FAILED_SHOWN = 3  # distinct error strings printed when a sweep had failed tasks
 
 
-def _ints(text: str) -> list[int]:
+class Parser(argparse.ArgumentParser):
+    """A user's mistake on the command line: one line on stderr (no usage block), exit 2."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _list(text: str, one, what: str) -> list:
+    values = [x.strip() for x in text.split(",") if x.strip()]
+    if not values:
+        raise argparse.ArgumentTypeError(f"expected comma-separated {what}, got {text!r}")
     try:
-        return [int(x) for x in text.split(",") if x]
+        return [one(x) for x in values]
+    except (TypeError, ValueError) as exc:
+        raise argparse.ArgumentTypeError(f"{exc}") from None
+
+
+def _int_at_least(minimum: int):
+    def one(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
+        return value
+    one.__name__ = "integer"
+    return one
+
+
+def _ints_at_least(minimum: int):
+    one = _int_at_least(minimum)
+    return lambda text: _list(text, one, f"integers >= {minimum}")
+
+
+def _float(text: str) -> float:
+    try:
+        return float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}")
+        raise ValueError(f"expected a number, got {text!r}") from None
+
+
+def _positive(text: str) -> float:
+    from .lab import checks
+    try:
+        return checks.positive(_float(text), "value")
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc).replace("value ", "")) from None
+
+
+def _timeout(text: str) -> float:
+    from .lab import checks
+    try:
+        return checks.seconds(_float(text), "value")
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc).replace("value ", "")) from None
+
+
+def _rates(text: str) -> list:
+    def one(x):
+        return None if x in ("none", "max") else _positive(x)
+    return _list(text, one, "rates (tasks/s) or none")
+
+
+def _checked_list(check, what: str):
+    def parse(text: str) -> list[str]:
+        return _list(text, check, what)
+    return parse
+
+
+def _results_dir(text: str) -> str:
+    from .lab import checks
+    try:
+        checks.results_dir(text, "")
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc).strip()) from None
+    return text
+
+
+def _out_dir(text: str) -> str:
+    return _results_dir(text)
+
+
+def _non_negative(text: str) -> float:
+    value = _float(text) if text else float("nan")
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {text!r}")
+    return value
 
 
 def _strs(text: str) -> list[str]:
     return [x for x in text.split(",") if x]
-
-
-def _floats_or_none(text: str) -> list:
-    return [None if x in ("none", "max") else float(x) for x in text.split(",") if x]
 
 
 def print_table(summary, wait_scale: float = 1.0) -> None:
@@ -50,6 +132,14 @@ def print_table(summary, wait_scale: float = 1.0) -> None:
         print(table.to_string(index=False))
 
 
+def _ask(text: str) -> bool:
+    """Asked on a terminal; elsewhere a long sweep needs --yes."""
+    if not sys.stdin.isatty():
+        return False
+    print(f"{text}. Start it? [y/N] ", end="", file=sys.stderr, flush=True)
+    return sys.stdin.readline().strip().lower() in ("y", "yes")
+
+
 def cmd_sweep(args) -> int:
     import comlab
     from .data import DataError
@@ -63,13 +153,16 @@ def cmd_sweep(args) -> int:
             results_dir=args.results_dir, name=args.name, networks=args.network,
             remote_workers=args.remote_workers, workers_url=args.workers_url,
             server_address=args.server_address, client_address=args.client_address,
-            fresh=args.fresh)
-    except (DataError, ValueError) as exc:
+            fresh=args.fresh, confirm=(lambda text: True) if args.yes else _ask)
+    except (DataError, ValueError, TypeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     summary = comlab.summarize(df)
     out = f"{args.results_dir}/{args.name or df['experiment'].iloc[0]}"
-    print_table(summary, args.wait_scale)
+    _say_if_reused(out)
+    from .lab.experiment import default_wait_scale
+    print_table(summary, args.wait_scale if args.wait_scale is not None
+                else default_wait_scale(args.map))
     print(f"\nrecords: {out}/records.parquet ({len(df)} rows)")
     from .lab.compare import how_to_compare
     print(how_to_compare(out, args.repeats))
@@ -78,7 +171,30 @@ def cmd_sweep(args) -> int:
         for path in plots.write_figures(out):
             print(f"figure: {path}")
     bad = summary[["n_failed", "n_lost"]].to_numpy().sum()
+    if bad:
+        _print_failures(df, summary)
     return 1 if bad else 0
+
+
+def _say_if_reused(out: str) -> None:
+    """A rerun that measured nothing now says so on stdout, above the table it prints."""
+    from .lab.results import read_meta
+    meta = read_meta(out) or {}
+    reused, total = meta.get("resumed_runs", 0), len(meta.get("runs", []))
+    if reused:
+        print(f"{reused} of {total} runs reused from an earlier session (started "
+              f"{meta.get('started')}), not measured now: --fresh measures them again")
+
+
+def _print_failures(df, summary) -> None:
+    """Why a sweep exits 1: the counts and the first few distinct error strings."""
+    n_failed, n_lost = int(summary["n_failed"].sum()), int(summary["n_lost"].sum())
+    print(f"error: {n_failed} tasks failed, {n_lost} lost (no result within the run's "
+          f"timeout)", file=sys.stderr)
+    if n_failed and "error" in df:
+        errors = df.loc[df["status"] == "failed", "error"].dropna().astype(str)
+        for text, n in errors.value_counts().head(FAILED_SHOWN).items():
+            print(f"  {n} x {text[:200]}", file=sys.stderr)
 
 
 def cmd_plot(args) -> int:
@@ -102,10 +218,25 @@ def cmd_plot(args) -> int:
 
 
 def cmd_gen_data(args) -> int:
+    import ipaddress
     from .data import generate
-    client, server = generate(args.out_dir, hosts=args.hosts, commands=args.commands,
-                              network=args.network, wait=args.wait, wait_mean=args.wait_mean,
-                              seed=args.seed, unknown=args.unknown)
+    try:
+        net = ipaddress.IPv4Network(args.network)
+    except ValueError as exc:
+        print(f"error: --network {args.network!r}: {exc} (an IPv4 network)", file=sys.stderr)
+        return 2
+    if args.hosts > net.num_addresses:
+        print(f"error: --hosts {args.hosts}: {args.network} has only {net.num_addresses} "
+              f"addresses", file=sys.stderr)
+        return 2
+    try:
+        client, server = generate(args.out_dir, hosts=args.hosts, commands=args.commands,
+                                  network=args.network, wait=args.wait,
+                                  wait_mean=args.wait_mean, seed=args.seed,
+                                  unknown=args.unknown)
+    except (ValueError, OSError) as exc:
+        print(f"error: {_one_line(exc)}", file=sys.stderr)
+        return 2
     print(client)
     print(server)
     return 0
@@ -122,12 +253,29 @@ def cmd_keys(args) -> int:
     return 0
 
 
+# What reading a damaged result raises (bad JSON, a truncated parquet, a missing key).
+UNREADABLE = (OSError, ValueError, KeyError, TypeError)
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())[:300] or type(exc).__name__
+
+
 def _result_dir(path: str) -> Path | None:
-    """A saved result's directory, or None after one line on stderr saying why not."""
+    """A saved result's directory, or None after one line on stderr saying why not (a missing
+    or unreadable meta.json is named)."""
+    import json
     p = Path(path)
     if not (p / "meta.json").is_file():  # worded as comlab plot says it
         what = "no such directory" if not p.is_dir() else "no meta.json in it"
         print(f"error: {p}: not a saved comlab result ({what})", file=sys.stderr)
+        return None
+    try:
+        meta = json.loads((p / "meta.json").read_text())
+        if not isinstance(meta, dict):
+            raise ValueError("not a JSON object")
+    except (OSError, ValueError) as exc:
+        print(f"error: {p / 'meta.json'}: unreadable: {_one_line(exc)}", file=sys.stderr)
         return None
     return p
 
@@ -136,7 +284,12 @@ def cmd_show(args) -> int:
     from .lab import report
     if _result_dir(args.result) is None:
         return 2
-    print(report.text(report.load(args.result)))
+    try:
+        print(report.text(report.load(args.result)))
+    except UNREADABLE as exc:
+        print(f"error: {args.result}: cannot read the saved result: {_one_line(exc)}",
+              file=sys.stderr)
+        return 2
     return 0
 
 
@@ -147,8 +300,9 @@ def cmd_compare(args) -> int:
         return 2
     try:
         cmp = compare(args.a, args.b)
-    except (OSError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    except UNREADABLE as exc:
+        print(f"error: {args.a} or {args.b}: cannot read the saved result: {_one_line(exc)}",
+              file=sys.stderr)
         return 2
     print(f"a = {args.a}, b = {args.b}: ratios b / a of geometric means over repeats, [95% "
           f"interval, Welch's t on the runs]; spread = (max - min) / median")
@@ -188,58 +342,88 @@ def cmd_report(args) -> int:
         return 2
     try:
         print(report.write_report(args.result, compare=args.compare, out=args.output))
-    except ValueError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    except UNREADABLE as exc:
+        print(f"error: {args.result}: cannot read the saved result: {_one_line(exc)}",
+              file=sys.stderr)
         return 2
     return 0
 
 
 def _add_sweep_args(p, defaults: dict) -> None:
-    d = {"batch_sizes": [1, 4, 16], "workers": [1, 4, 16], "repeats": 3, "wait_scale": 1.0,
-         **defaults}
-    p.add_argument("--batch-sizes", type=_ints, default=d["batch_sizes"], metavar="B,B,...",
+    d = {"batch_sizes": [1, 4, 16], "workers": [1, 4, 16], **defaults}
+    p.add_argument("--batch-sizes", type=_ints_at_least(1), default=d["batch_sizes"],
+                   metavar="B,B,...",
                    help=f"tasks per batch, comma-separated to sweep (default {_csv(d['batch_sizes'])})")
-    p.add_argument("--workers", type=_ints, default=d["workers"], metavar="W,W,...",
+    p.add_argument("--workers", type=_ints_at_least(0), default=d["workers"], metavar="W,W,...",
                    help=f"local worker processes, comma-separated to sweep (default "
-                        f"{_csv(d['workers'])})")
-    p.add_argument("--repeats", type=int, default=d["repeats"],
-                   help=f"runs of each configuration (default {d['repeats']}; 2 or more to "
-                        f"see noise)")
-    p.add_argument("--strategy", type=_strs, default=[strategies.DEFAULT],
-                   help="comma-separated: " + ", ".join(strategies.STRATEGIES))
-    p.add_argument("--transport", type=_strs, default=["tcp"], help="tcp, ipc or both")
-    p.add_argument("--dispatch", type=_strs, default=["broker"],
+                        f"{_csv(d['workers'])}; 0 only with --remote-workers)")
+    p.add_argument("--repeats", type=_int_at_least(1), default=2,
+                   help="runs of each configuration (default 2; 2 or more to see noise)")
+    p.add_argument("--strategy", type=_checked_list(strategies.check, "strategies"),
+                   default=[strategies.DEFAULT], metavar="S,S,...",
+                   help="how a worker runs a batch, comma-separated to sweep: "
+                        + ", ".join(STRATEGY_FORMS) + f" (default {strategies.DEFAULT})")
+    p.add_argument("--transport", type=_checked_list(_transport, "transports"),
+                   default=["tcp"], help="tcp, ipc or tcp,ipc (default tcp)")
+    p.add_argument("--dispatch", type=_checked_list(dispatch.check, "dispatch designs"),
+                   default=[dispatch.DEFAULT], metavar="D,D,...",
                    help="how batches reach workers, comma-separated to sweep: broker (adaptive "
-                        "prefetch), broker:K (prefetch K), queue (the seed's shared queue)")
-    p.add_argument("--wait-scale", type=float, default=d["wait_scale"], metavar="S",
-                   help=f"multiply every task's wait by S (default {d['wait_scale']:g}: same "
-                        f"shape, quicker)")
-    p.add_argument("--rate", type=_floats_or_none, default=None,
-                   help="open loop: tasks per second (comma-separated to sweep)")
-    p.add_argument("--timeout", type=float, default=None, help="per run (default from ideal)")
+                        "prefetch), broker:K (prefetch K batches), queue (the seed's shared "
+                        f"queue) (default {dispatch.DEFAULT})")
+    p.add_argument("--wait-scale", type=_non_negative, default=None, metavar="S",
+                   help="multiply every task's wait by S, >= 0 (0: zero-wait tasks; default 0.01 for the shipped seed "
+                        "map: 10 ms tasks, same shape; 1 for a --map of your own)")
+    p.add_argument("--rate", type=_rates, default=None, metavar="R,R,...",
+                   help="open loop: tasks per second > 0, comma-separated to sweep; none: "
+                        "closed loop (default closed loop)")
+    p.add_argument("--timeout", type=_timeout, default=None, metavar="SECONDS",
+                   help="seconds per run before unanswered tasks count as lost (default: the "
+                        "run's ideal time x 3 + 10 s; at most 1e6)")
     p.add_argument("--commands", default=None, help="commands file (default: shipped seed)")
     p.add_argument("--map", default=None, help="server map file (default: shipped seed)")
     p.add_argument("--network", action="append", default=[], metavar="CIDR",
                    help="only addresses in CIDR are reachable (repeatable); others are "
                         "answered 'unreachable'")
-    p.add_argument("--remote-workers", type=int, default=0, metavar="N",
+    p.add_argument("--remote-workers", type=_int_at_least(0), default=0, metavar="N",
                    help="wait for N workers of worker hosts (comlab worker-host) on each server")
     p.add_argument("--workers-url", help="where worker hosts connect, e.g. tcp://0.0.0.0:5558")
     p.add_argument("--server-address", default="127.0.0.1",
                    help="interface of the server's batch socket (default loopback)")
     p.add_argument("--client-address", default="127.0.0.1",
                    help="interface of the client's result socket: reachable by worker hosts")
-    p.add_argument("--name", default=d.get("name"),
+    p.add_argument("--name", default=d.get("name"), type=_plain_name,
                    help="result name: a plain directory name under --results-dir (default "
                         + (d["name"] if d.get("name") else "a timestamp") + ")")
-    p.add_argument("--results-dir", default="results", help="where results go (default results)")
+    p.add_argument("--results-dir", default="results", type=_results_dir,
+                   help="where results go (default results)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--no-plots", action="store_true", help="do not write figures")
+    p.add_argument("--yes", action="store_true",
+                   help="start a sweep whose ideal time exceeds 10 min without asking")
     p.add_argument("--fresh", action="store_true",
                    help="start afresh even if the result exists (it is moved aside to "
                         "NAME.<its start time>, not deleted); without it a rerun resumes only "
                         "an identical sweep and refuses otherwise")
     p.set_defaults(func=cmd_sweep)
+
+
+STRATEGY_FORMS = ("thread-per-task", "thread-pool:N (N threads per worker, default 4)",
+                  "sequential", "cpu-bound", "faulty:N (every Nth task raises, for tests)")
+
+
+def _transport(text: str) -> str:
+    from .lab.plan import TRANSPORTS
+    if text not in TRANSPORTS:
+        raise ValueError(f"unknown transport {text!r}; use one of {', '.join(TRANSPORTS)}")
+    return text
+
+
+def _plain_name(text: str) -> str:
+    from .lab.results import check_name
+    try:
+        return check_name(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _csv(values) -> str:
@@ -302,18 +486,22 @@ def _add_result_commands(sub) -> None:
 
 
 def _add_data_commands(sub) -> None:
-    g = sub.add_parser("gen-data", help="write client_data.txt and server_data.txt")
-    g.add_argument("out_dir", help="directory to write the two files into")
-    g.add_argument("--hosts", type=int, default=256, help="addresses (default 256)")
+    text = "write a workload: client_data.txt (tasks) and server_data.txt (the map)"
+    g = sub.add_parser("gen-data", help=text, description=text)
+    g.add_argument("out_dir", type=_out_dir, help="directory to write the two files into")
+    g.add_argument("--hosts", type=_int_at_least(1), default=256,
+                   help="addresses, the first of --network (default 256)")
     g.add_argument("--commands", type=_strs, default=["foo", "bar"],
                    help="comma-separated commands per address (default foo,bar)")
     g.add_argument("--network", default="192.168.1.0/24",
                    help="where the addresses come from (default 192.168.1.0/24)")
     g.add_argument("--wait", choices=["constant", "uniform", "exponential"], default="constant",
                    help="distribution of the waits (default constant)")
-    g.add_argument("--wait-mean", type=float, default=1.0, help="mean wait in s (default 1)")
+    g.add_argument("--wait-mean", type=_non_negative, default=1.0,
+                   help="mean wait in seconds, >= 0 (default 1)")
     g.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    g.add_argument("--unknown", type=int, default=0, help="extra tasks absent from the map")
+    g.add_argument("--unknown", type=_int_at_least(0), default=0,
+                   help="extra tasks absent from the map (answered 'unknown'; default 0)")
     g.set_defaults(func=cmd_gen_data)
 
     k = sub.add_parser("keys", help="create CurveZMQ keys: server, client, worker keypairs "
@@ -323,9 +511,18 @@ def _add_data_commands(sub) -> None:
     k.set_defaults(func=cmd_keys)
 
 
+class _Described(argparse._SubParsersAction):
+    """Every verb's --help starts with its one-line description (its help in the list)."""
+
+    def add_parser(self, name, **kwargs):
+        kwargs.setdefault("description", kwargs.get("help"))
+        return super().add_parser(name, **kwargs)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
-    p = argparse.ArgumentParser(prog="comlab", description="ZeroMQ client/server/worker lab")
+    p = Parser(prog="comlab", description="ZeroMQ client/server/worker lab")
+    p.register("action", "parsers", _Described)
     p.add_argument("--version", action="version", version=f"comlab {__version__}",
                    help="print comlab's version and exit")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")

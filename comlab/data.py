@@ -149,6 +149,8 @@ class _Parser:
             fields = line.split(":")
             if len(fields) == nfields:
                 yield number, fields
+            elif len(fields) > nfields and _is_ipv6(fields[:len(fields) - nfields + 1]):
+                self.bad(number, "IPv6 addresses are not supported: IPv4 only")
             else:
                 self.bad(number, f"expected {nfields} fields ({layout}), found {len(fields)}")
 
@@ -183,6 +185,14 @@ def _is_path(source) -> bool:
     return isinstance(source, (str, bytes, os.PathLike))
 
 
+def _is_ipv6(parts: list[str]) -> bool:
+    try:
+        ipaddress.IPv6Address(":".join(parts))
+    except ValueError:
+        return False
+    return True
+
+
 def _check_command(command: str) -> None:
     if not command:
         raise _Bad("empty command")
@@ -198,8 +208,12 @@ def _response(text: str) -> int:
     except ValueError:
         raise _Bad(f"bad response {text[:40]!r} (expected an integer)") from None
     if not -(2 ** 63) <= value < 2 ** 63:  # the wire and the records carry 64-bit integers
-        raise _Bad(f"response {text[:40]} does not fit in 64 bits")
+        raise _Bad(f"response {text[:40]} is outside the signed 64-bit range "
+                   f"[-2**63, 2**63 - 1]")
     return value
+
+
+MAX_WAIT_S = 86400.0  # a task longer than a day is a typo; its timeout would overflow a poll
 
 
 def _wait(text: str) -> float:
@@ -209,6 +223,8 @@ def _wait(text: str) -> float:
         raise _Bad(f"bad wait {text!r} (expected a number of seconds)") from None
     if not math.isfinite(wait) or wait < 0:
         raise _Bad(f"bad wait {text!r} (expected a finite number >= 0)")
+    if wait > MAX_WAIT_S:
+        raise _Bad(f"bad wait {text!r} (at most {MAX_WAIT_S:g} s: a day)")
     return wait
 
 

@@ -117,8 +117,13 @@ def setup(quick: bool = False, use_example: bool = False, start=None,
         results_dir = Path(os.environ["COMLAB_RESULTS_DIR"])
     elif use_example and root is not None:
         results_dir = root / "results"  # read from, never written: nothing runs
+    elif use_example:
+        raise FileNotFoundError("use_example needs the repository's results/example "
+                                f"(none above {Path(start or Path.cwd()).resolve()})")
     elif quick or root is None:
         results_dir, temporary = Path(tempfile.mkdtemp(prefix="comlab-nb-")), True
+        # Removed when the kernel exits too: a notebook that stops early (an error, an
+        # interrupt, no cleanup cell) must not leave folders behind in /tmp.
         atexit.register(shutil.rmtree, results_dir, ignore_errors=True)
     else:
         results_dir = root / "results"

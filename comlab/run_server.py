@@ -52,11 +52,14 @@ def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     from .system.server import Server
     try:
+        from .run_client import check_connect_url
+        if args.remote_url:  # '' (the lab's): every batch names its client
+            check_connect_url(args.remote_url, "REMOTE_URL (the default client result URL)")
         table = data.read_server_map(args.map_file, lenient=args.lenient).flat()
         strategies.check(args.strategy)
         dispatch.check(args.dispatch)
         if args.max_workers < 0:
-            raise ValueError("MAX_WORKERS must be >= 0")
+            raise ValueError(f"MAX_WORKERS must be >= 0, not {args.max_workers}")
         if args.max_workers == 0 and not args.workers_url:
             raise ValueError("MAX_WORKERS 0 needs --workers-url: a server with no local "
                              "workers and no way for remote ones to join could never work")

@@ -235,12 +235,12 @@ def test_a_sweep_longer_than_ten_minutes_warns_before_it_starts():
                                commands_source="x", map_source="y")
     long_runs = plan.plan([1], [1], 1)  # 100 tasks of 10 s on one worker: 1000 s ideal
     with pytest.warns(UserWarning, match="ideal time alone is 16.7 min"):
-        experiment._warn_if_long(long_runs, inputs, 0)
+        experiment._confirm_if_long(long_runs, inputs, 0, None)
     short = plan.plan([100], [1], 1)  # one batch, thread-per-task: 10 s
     import warnings
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        experiment._warn_if_long(short, inputs, 0)
+        experiment._confirm_if_long(short, inputs, 0, None)
 
 
 def test_progress_is_weighted_by_ideal_time_and_shows_the_run():

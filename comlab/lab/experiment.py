@@ -24,11 +24,12 @@ import pandas as pd
 from .. import data
 from ..system import dispatch as dispatch_mod, strategies
 from . import plan as planning
-from . import provenance, records, stability
-from .results import ResultStore
+from . import checks, provenance, records, stability
+from .results import ResultStore, check_name
 from .session import Session
 
-LONG_SWEEP_S = 600.0  # warn before a sweep whose ideal time alone is longer
+LONG_SWEEP_S = 600.0  # confirm (or warn) before a sweep whose ideal time alone is longer
+SEED_WAIT_SCALE = 0.01  # the shipped seed's 1 s waits as 10 ms: same shape, minutes not hours
 
 
 @dataclass
@@ -60,14 +61,16 @@ def load_inputs(commands, server_map, wait_scale: float, networks=()) -> Inputs:
     return Inputs(keys, waits, smap, _source(commands), _source(server_map))
 
 
-def run_experiment(batch_sizes=(1, 4, 16, 64), workers=(1, 4, 16, 32), repeats: int = 3,
+def run_experiment(batch_sizes=(1, 4, 16, 64), workers=(1, 4, 16, 32), repeats: int = 2,
                    commands=None, server_map=None, strategy=strategies.DEFAULT,
-                   transport="tcp", wait_scale: float = 1.0, timeout: float | None = None,
+                   transport="tcp", wait_scale: float | None = None,
+                   timeout: float | None = None,
                    progress: bool = True, results_dir="results", name: str | None = None,
                    rate=None, networks=(), resume: bool = True, remote_workers: int = 0,
                    workers_url: str | None = None, server_address: str = "127.0.0.1",
                    client_address: str = "127.0.0.1", server_prefix=(),
-                   fresh: bool = False, dispatch=dispatch_mod.DEFAULT) -> pd.DataFrame:
+                   fresh: bool = False, dispatch=dispatch_mod.DEFAULT,
+                   confirm=None) -> pd.DataFrame:
     """Run every combination of the swept axes x repeats; return one row per task per run.
 
     ``batch_sizes``, ``workers``, ``strategy``, ``transport``, ``dispatch`` (broker, broker:K,
@@ -76,6 +79,16 @@ def run_experiment(batch_sizes=(1, 4, 16, 64), workers=(1, 4, 16, 32), repeats: 
     a path or a list of "ip:command" strings, ``server_map`` a path or a dict
     ip -> command -> (response, wait); both default to the shipped seed data. Results go to
     ``results_dir/name`` (name None: a timestamp; a plain name, no path separators).
+
+    ``wait_scale`` multiplies every wait of the server map; None (the default) means 0.01 for
+    the shipped seed map (its 1 s waits become 10 ms: same shape, a sweep in minutes) and 1 for
+    a map of your own (never scaled unless asked). ``repeats`` defaults to 2. ``timeout`` (s per
+    run, at most 1e6) defaults to the run's ideal time three times over plus 10 s.
+    A sweep whose ideal time exceeds 10 minutes calls ``confirm(message)`` first (None: only a
+    warning); a false answer raises ``SweepDeclined`` before anything starts.
+
+    Every argument is checked before anything is written or started (TypeError or ValueError
+    naming the parameter: ``repeats=2.5``, ``batch_sizes=[1.5]``, ``timeout=0`` are refused).
 
     Saving (comlab.lab.results): a rerun of the same name resumes, skipping the runs saved
     already, only when the parameters, the data's content, the comlab commit (and dirty state),
@@ -95,10 +108,25 @@ def run_experiment(batch_sizes=(1, 4, 16, 64), workers=(1, 4, 16, 32), repeats: 
     (``comlab.clocks``); stamps of other hosts are converted to the client's clock, and the
     offsets with their uncertainties go into the run's entry in meta.json (``clock``).
     """
+    checks.counts(batch_sizes, "batch_sizes")
+    checks.counts(workers, "workers", 0)
+    checks.count(repeats, "repeats")
+    checks.count(remote_workers, "remote_workers", 0)
+    checks.names(strategy, "strategy")
+    checks.names(transport, "transport")
+    checks.names(dispatch, "dispatch")
+    checks.rates(rate)
+    checks.seconds(timeout, "timeout", none_ok=True)
+    wait_scale = default_wait_scale(server_map) if wait_scale is None else \
+        checks.non_negative(wait_scale, "wait_scale")
+    checks.results_dir(results_dir)
+    if name is not None:
+        check_name(name)
     specs = planning.plan(batch_sizes, workers, repeats, strategy, transport, rate,
                           remote_workers=remote_workers, dispatch=dispatch)
     _check_remote(remote_workers, workers_url, specs)
     inputs = load_inputs(commands, server_map, wait_scale, networks)
+    _confirm_if_long(specs, inputs, remote_workers, confirm)
     params = {"batch_sizes": [int(b) for b in planning.as_list(batch_sizes)],
               "workers": [int(w) for w in planning.as_list(workers)], "repeats": repeats,
               "strategy": [strategies.check(s) for s in planning.as_list(strategy)],
@@ -123,7 +151,6 @@ def _sweep(specs, inputs: Inputs, store: ResultStore, session: Session, timeout,
     saved = store.finished()
     todo = [s for s in specs if s.key not in saved]
     weights = {s.index: planning.weight(s, inputs.waits, remote_workers) for s in specs}
-    _warn_if_long(todo, inputs, remote_workers)
     name = store.path.name
     with _Progress(specs, todo, weights, progress) as bar, session:
         for (transport, design, workers), runs in planning.groups(todo):
@@ -154,18 +181,33 @@ def _warn_unstable(df: pd.DataFrame, store: ResultStore) -> None:
     resumed = store.meta["resumed_runs"]
     if resumed:
         warnings.warn(f"{store.path}: {resumed} of {len(store.meta['runs'])} runs were measured "
-                      f"by an earlier session (started {store.meta['started']}); fresh=True "
-                      f"measures them again", stacklevel=4)
+                      f"by an earlier session (started {store.meta['started']}), not now; "
+                      f"fresh=True (comlab run/sweep --fresh) measures them again", stacklevel=4)
     for text in found:
         warnings.warn(f"{store.path.name}: {text}", stability.StabilityWarning, stacklevel=4)
 
 
-def _warn_if_long(todo, inputs: Inputs, remote_workers: int) -> None:
-    total = sum(planning.ideal_s(s, inputs.waits, remote_workers) for s in todo)
-    if total > LONG_SWEEP_S:
-        warnings.warn(f"this sweep's ideal time alone is {total / 60:.1f} min ({len(todo)} runs "
-                      f"to do): expect longer; fewer repeats or a smaller wait_scale shorten it",
-                      stacklevel=3)
+class SweepDeclined(ValueError):
+    """A long sweep that ``confirm`` declined: nothing was started."""
+
+
+def default_wait_scale(server_map) -> float:
+    """0.01 for the shipped seed map (1 s waits: 10 ms), 1 for the user's own data."""
+    return SEED_WAIT_SCALE if server_map is None else 1.0
+
+
+def _confirm_if_long(specs, inputs: Inputs, remote_workers: int, confirm) -> None:
+    """Before anything starts: a sweep whose ideal time exceeds LONG_SWEEP_S is confirmed
+    (``confirm``) or, without one, warned about. Counts every run, saved ones too."""
+    total = sum(planning.ideal_s(s, inputs.waits, remote_workers) for s in specs)
+    if total <= LONG_SWEEP_S:
+        return
+    text = (f"this sweep's ideal time alone is {total / 60:.1f} min ({len(specs)} runs): "
+            f"expect longer; fewer repeats or a smaller wait scale shorten it")
+    if confirm is None:
+        warnings.warn(text, stacklevel=3)
+    elif not confirm(text):
+        raise SweepDeclined(f"{text}; not started (confirm with --yes)")
 
 
 class _Progress:

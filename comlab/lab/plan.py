@@ -13,7 +13,7 @@ import itertools
 from dataclasses import dataclass
 
 from ..system import dispatch as dispatch_mod, strategies
-from . import ideal
+from . import checks, ideal
 
 TRANSPORTS = ("tcp", "ipc")
 RUN_OVERHEAD_S = 0.1  # the lab's own cost per run (about 0.06 s here): the progress bar's floor
@@ -65,10 +65,12 @@ def plan(batch_sizes, workers, repeats: int, strategy=strategies.DEFAULT, transp
     for t in transports:
         if t not in TRANSPORTS:
             raise ValueError(f"unknown transport {t!r}; use one of {TRANSPORTS}")
-    if not sizes or not pools or min(sizes) < 1 or min(pools) < (0 if remote_workers else 1) \
-            or repeats < 1:
-        raise ValueError("batch sizes, workers and repeats must be at least 1 "
-                         "(workers 0: remote workers only)")
+    if not sizes or min(sizes) < 1:
+        raise ValueError(f"batch_sizes must be at least 1, not {sizes}")
+    if not pools or min(pools) < (0 if remote_workers else 1):
+        raise ValueError(f"workers must be at least 1 (0 only with remote_workers), not {pools}")
+    if repeats < 1:
+        raise ValueError(f"repeats must be at least 1, not {repeats}")
     # Repeats outermost: each repeat measures every configuration in turn, so a machine whose
     # load drifts during a sweep spreads that drift over all of them instead of biasing the
     # configurations that happened to run last (each repeat starts its own servers).
@@ -99,8 +101,10 @@ def ideal_s(spec: RunSpec, waits, remote_workers: int = 0) -> float:
 
 
 def default_timeout(spec: RunSpec, waits, remote_workers: int = 0) -> float:
-    """Generous: the ideal time three times over, plus slack for zero-wait runs."""
-    return 10.0 + 3.0 * ideal_s(spec, waits, remote_workers) + len(waits) * 20e-6
+    """Generous: the ideal time three times over, plus slack for zero-wait runs (at most
+    checks.MAX_TIMEOUT_S: what a poll can wait)."""
+    return min(checks.MAX_TIMEOUT_S,
+               10.0 + 3.0 * ideal_s(spec, waits, remote_workers) + len(waits) * 20e-6)
 
 
 def weight(spec: RunSpec, waits, remote_workers: int = 0) -> float:

@@ -10,7 +10,8 @@ of the data), the comlab commit and dirty state, the host, its CPU count and the
 versions all match (``provenance.RESUME_KEYS``); otherwise ``ResumeRefused`` names what differs.
 Starting afresh (``fresh=True``, ``comlab run --fresh``) moves the earlier result aside to
 ``<name>.<its start time>``: nothing is ever deleted. While a sweep writes a result it holds an
-exclusive ``flock`` on ``<results_dir>/.<name>.lock``: a second sweep on it gets ``ResultLocked``.
+exclusive ``flock`` on ``<results_dir>/.<name>.lock``: a second sweep on it gets ``ResultLocked``;
+the lock file is removed when the sweep ends.
 
 Format history of meta.json (``format_version``; records.parquet is plain parquet throughout):
 
@@ -112,11 +113,7 @@ class ResultStore:
 
     def close(self) -> None:
         if self._lock is not None:
-            # removed while still held, so no lock file is left behind; a sweep that opened
-            # it meanwhile sees it was unlinked and takes a new one (_acquire)
-            self._lock_path.unlink(missing_ok=True)
-            fcntl.flock(self._lock, fcntl.LOCK_UN)
-            self._lock.close()
+            _release(self._lock, self._lock_path)
             self._lock = None
 
     def _earlier(self, params: dict, resume: bool) -> dict | None:
@@ -201,6 +198,9 @@ class ResultStore:
 
 
 def _acquire(lock_path: Path, result: Path):
+    """An exclusive flock on ``lock_path``, created if need be. Its holder unlinks it on
+    release (``_release``), so no lock file outlives its sweep; a file unlinked between our
+    open and our flock is not the lock any more: try again on the new one."""
     while True:
         f = open(lock_path, "a")
         try:
@@ -209,12 +209,22 @@ def _acquire(lock_path: Path, result: Path):
             f.close()
             raise ResultLocked(f"{result} is being written by another sweep (lock {lock_path} "
                                f"is held); wait for it to finish or choose another name") from None
-        try:  # the holder before us removes the file on release: ours must still be the one
-            if os.fstat(f.fileno()).st_ino == os.stat(lock_path).st_ino:
+        try:
+            if os.stat(lock_path).st_ino == os.fstat(f.fileno()).st_ino:
                 return f
         except FileNotFoundError:
             pass
         f.close()
+
+
+def _release(f, lock_path: Path) -> None:
+    """Unlink while still holding the lock (a waiter then sees a stale inode and retries)."""
+    try:
+        os.unlink(lock_path)
+    except FileNotFoundError:
+        pass
+    fcntl.flock(f, fcntl.LOCK_UN)
+    f.close()
 
 
 def read_meta(path) -> dict | None:

@@ -12,6 +12,7 @@ Warnings (``check``; printed by run_experiment as ``StabilityWarning`` and kept 
   ((max - min) / median, the spread used throughout);
 * busy machine: the 1-min load average before the sweep started was above half the CPU count
   (the sweep itself then adds up to a core of client and server work; pyperf's rule of thumb);
+* tasks not run: some were answered ``unknown`` (not in the server map), failed or lost;
 * cpu-bound oversubscribed: a cpu-bound configuration runs more computing threads at once
   (one per busy worker: the GIL) than the machine has cores.
 """
@@ -60,6 +61,7 @@ CONFIG_AXES = ("batch_size", "workers", "strategy", "transport", "rate", "dispat
 METRICS = ("makespan_s", "throughput_tps", "latency_p50_s", "latency_p99_s")
 SPREAD_LIMIT = 0.10   # repeats whose makespans differ by more than this fraction: a warning
 BUSY_LOAD_PER_CPU = 0.5  # 1-min load average above half the CPUs at a sweep's start: busy
+COUNTS = ("n_unknown", "n_failed", "n_lost")  # tasks that did not run as the map says
 
 
 class StabilityWarning(UserWarning):
@@ -85,7 +87,8 @@ def spread(values) -> float:
 def summarize_configs(summary):
     """One row per configuration of a per-run summary: ``n_repeats``, the median of each
     metric in ``METRICS``, of ``efficiency``, ``ideal_s`` and ``overhead_p99_s``, ``{metric}_spread`` (the relative range of the
-    repeats, (max - min) / median), and ``n_lost`` (all repeats)."""
+    repeats, (max - min) / median), and ``n_unknown``, ``n_failed``, ``n_lost`` (summed over
+    all repeats)."""
     import pandas as pd
     axes = config_axes(summary)
     rows = []
@@ -97,7 +100,8 @@ def summarize_configs(summary):
                 row[m] = g[m].median()
                 if m in METRICS or m == "efficiency":
                     row[f"{m}_spread"] = spread(g[m])
-        row["n_lost"] = int(g["n_lost"].sum()) if "n_lost" in g else 0
+        for count in COUNTS:
+            row[count] = int(g[count].sum()) if count in g else 0
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -125,8 +129,24 @@ def check(summary, meta: dict) -> list[str]:
         out.append(f"repeats disagree: makespans differ by more than {SPREAD_LIMIT:.0%} of "
                    f"their median ((max - min) / median) in {len(noisy)} of {len(configs)} "
                    f"configurations: {listed}{' ...' if len(noisy) > 8 else ''}")
+    out += _not_run(summary)
     cpus = meta.get("environment", {}).get("cpu_count") or os.cpu_count() or 1
     out += _busy_at_start(meta, cpus) + _cpu_bound_oversubscribed(summary, cpus, axes)
+    return out
+
+
+def _not_run(summary) -> list[str]:
+    """Tasks answered ``unknown`` were never run (the server answers them at once: they make a
+    run look faster); failed and lost ones did not finish."""
+    total = int(summary["n_tasks"].sum()) if "n_tasks" in summary else 0
+    out = []
+    for count, what in (("n_unknown", "answered unknown (command not in the server map): "
+                                      "never run, they inflate throughput"),
+                        ("n_failed", "failed (see the records' error column)"),
+                        ("n_lost", "lost (never came back within the run's timeout)")):
+        n = int(summary[count].sum()) if count in summary else 0
+        if n:
+            out.append(f"{n} of {total} tasks {what}")
     return out
 
 
