@@ -30,6 +30,7 @@ from __future__ import annotations
 import time
 from collections import deque
 from dataclasses import dataclass, replace
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -38,13 +39,22 @@ import simpy
 from ..system import dispatch as dispatch_mod
 from ..system import strategies
 from ..system.ledger import Ledger
-from ..system.protocol import Work
 from .calibrate import Calibration
 
 SLICE_S = 100e-6   # longest CPU slice before a core is offered to others
 HWM = 2000         # batches between client and server: PUSH sndhwm + PULL rcvhwm (1000 each)
 PUMP = 64          # messages of each kind per pump round (comlab.system.server)
 STRATEGIES = ("thread-per-task", "thread-pool", "sequential", "cpu-bound")
+
+
+class Work(NamedTuple):
+    """A batch as the ledger sees it (the fields it and strategies.cost read); the model's own,
+    so that a change of the wire's WORK message does not reach it."""
+    run: int
+    batch_id: int
+    strategy: str
+    attempt: int
+    waits: list
 
 
 @dataclass(frozen=True)
@@ -282,8 +292,7 @@ class Simulation:
                 self.b_in[b] = env.now
                 yield from self.cpu(m, cal.server_intake.at(hi - lo), "server")
                 self.b_enq[b] = env.now
-                ledger.submit(Work(0, b, "", self.cfg.strategy, 0, 0, 0, 0, (),
-                                   (), self.wait_lists[b]))
+                ledger.submit(Work(0, b, self.cfg.strategy, 0, self.wait_lists[b]))
                 yield from self.flush()
                 while box.q:
                     kind, x = box.q.popleft()
