@@ -33,6 +33,10 @@ Where the stamps cannot tell two parts of a stage apart, an assumption splits th
   the same worker already held: result path without the hop + DONE (CPU, assumed equal to a
   client send at batch 1) + decoding the WORK (CPU, assumed equal to the server's intake) + a
   hand-off + the wake of a parked thread (latency, the remainder).
+* idle wake (latency, a Linear in worker processes on the machine, not in tasks): a worker
+  that waited idle for its WORK starts later than one that held it: its first batch of each run,
+  t_started - t_enqueued, minus the hop, decode, hand-off and thread wake above; median per
+  worker count (the more processes share the cores, the longer a sleeping one takes to run).
 * queue take (dispatch "queue", CPU): from the turnaround of queue runs when the result has
   some, else assumed equal to the server's dispatch cost.
 
@@ -100,6 +104,7 @@ class Calibration:
     done_send_s: float
     queue_take_s: float
     inline_task_s: float
+    idle_wake: Linear = field(default_factory=lambda: Linear(0.0))
     workload_s: np.ndarray = field(default_factory=lambda: np.zeros(0))
     source: dict = field(default_factory=dict)
     notes: list = field(default_factory=list)
@@ -149,7 +154,8 @@ STAGES = [("hop_s", "latency"), ("client_send", "cpu"), ("client_recv", "cpu"),
           ("worker_recv", "cpu"), ("handoff_s", "cpu"), ("thread_wake_s", "latency"),
           ("overshoot_s", "latency (median)"), ("task_end_s", "cpu"),
           ("result_wake_s", "latency"), ("worker_result", "cpu"), ("done_send_s", "cpu"),
-          ("queue_take_s", "cpu"), ("inline_task_s", "cpu")]
+          ("queue_take_s", "cpu"), ("inline_task_s", "cpu"),
+          ("idle_wake", "latency (per worker process on the machine)")]
 
 
 def batches(df: pd.DataFrame) -> pd.DataFrame:
@@ -274,6 +280,8 @@ def calibrate(result) -> Calibration:
         queue_take = server_dispatch.at(1)
         notes.append("queue take: no queue-design run: assumed equal to a dispatch at batch 1")
 
+    idle_wake = _idle_wake(b, hop + thread_wake, worker_recv, handoff)
+
     zero = df[(df["status"] == "ok") & (df["wait_s"] == 0)]
     inline = float(np.median(np.diff(zero.sort_values(["run", "task_id"])["t_started"]))) \
         if len(zero) > 1 else 2e-6
@@ -287,8 +295,20 @@ def calibrate(result) -> Calibration:
     workload = first_run.sort_values("task_id")["wait_s"].to_numpy(float)
     return Calibration(cpus, hop, client_send, client_recv, server_intake, server_dispatch,
                        server_done, worker_recv, handoff, task_end, thread_wake, overshoot,
-                       worker_result, result_wake, done_send, queue_take, inline, workload,
+                       worker_result, result_wake, done_send, queue_take, inline, idle_wake, workload,
                        source, notes)
+
+
+def _idle_wake(b: pd.DataFrame, latency: float, worker_recv: Linear, handoff: float) -> Linear:
+    """The extra start delay of a worker's first batch of a run, by worker count (fitted)."""
+    keys = [k for k in ("experiment", "run") if k in b.columns] + ["worker"]
+    first = b.sort_values("st0").groupby(keys, observed=True).head(1)
+    first = first[first["dispatch"].astype(str) != "queue"]
+    if not len(first):
+        return Linear(0.0)
+    extra = first["st0"] - first["enq"] - latency - worker_recv.at(first["s"]) - handoff
+    per = extra.groupby(first["workers"]).median()
+    return Linear.fit(per.index, per.to_numpy())
 
 
 def _turnarounds(b: pd.DataFrame) -> pd.DataFrame:

@@ -182,6 +182,10 @@ class Simulation:
                         for h in range(cfg.hosts)]
             per = np.array_split(np.arange(cfg.workers), cfg.hosts)
             placement = [(machines[h], f"host{h}") for h, ids in enumerate(per) for _ in ids]
+        on = {}
+        for m, _ in placement:
+            on[id(m)] = on.get(id(m), 0) + 1
+        self.idle_wake = {k: max(cal.idle_wake.at(n), 0.0) for k, n in on.items()}
         for i, (m, host) in enumerate(placement):
             self.workers.append(dict(i=i, ident=f"w{i}".encode(), machine=m, host=host,
                                      box=Box(env), local=cfg.hosts == 0))
@@ -316,9 +320,12 @@ class Simulation:
         cal, box, m = self.cal, w["box"], w["machine"]
         backlog = deque()
         to_server = self.hop(m, self.server_m)
+        wake = self.idle_wake[id(m)]
         while True:
             if not box.q:
                 yield box.wait()
+                if wake > 0:  # a sleeping process among many takes long to run again
+                    yield self.env.timeout(wake)
                 continue
             finished = None
             while True:
