@@ -91,6 +91,8 @@ def test_prediction_is_close_to_a_tiny_measured_sweep(tiny):
     assert len(pred) == 4
     err = pred["makespan_s"] / measured.loc[pred.index, "makespan_s"] - 1
     assert (err.abs() < 0.25).all(), err.to_dict()
+    # a prediction is a summary compare takes, configuration by configuration
+    assert len(comlab.compare(tiny, sim.predict(tiny))) == 4
 
 
 @pytest.mark.timeout(120)
