@@ -74,6 +74,15 @@ def test_calibration_recovers_the_costs_of_records_made_with_known_costs():
     assert again.table().equals(got.table())
 
 
+def test_every_dispatch_design_finishes_and_strict_broker_pays_its_round_trips():
+    cal = _cal(workload_s=np.full(64, 0.001))
+    pred = sim.predict(cal, sim.sweep(batch_size=1, workers=4, tasks=400,
+                                      dispatch=["broker", "broker:0", "queue"]))
+    assert (pred["n_ok"] == 400).all()
+    t = pred.set_index("dispatch")["makespan_s"]
+    assert t["broker:0"] > t["broker"]  # a DONE -> WORK round trip per batch, no prefetch
+
+
 def test_predict_rejects_what_the_model_cannot_run():
     with pytest.raises(ValueError, match="hosts"):
         sim.predict(_cal(), [dict(batch_size=1, workers=2, hosts=3)])

@@ -356,6 +356,7 @@ class Simulation:
                 while not shared.q:
                     yield shared.wait()
                 work = shared.q.popleft()
+                self.server_box.put()  # a full ledger may read the next batch now
                 yield from self.cpu(m, cal.queue_take_s)
             yield from self.cpu(m, cal.worker_recv.at(len(work.waits)))
             yield from self.run_batch(w, work)
