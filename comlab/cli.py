@@ -533,6 +533,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_sweep_args(sw, {})
     _add_result_commands(sub)
     _add_data_commands(sub)
+    from .sim.cli import add_parser as add_predict  # comlab.sim's own verb
+    add_predict(sub)
     return p
 
 

@@ -1,0 +1,130 @@
+"""comlab.sim: what the system would do at a scale this machine cannot reach.
+
+A discrete-event model of the pipeline (comlab.sim.model) whose per-stage costs are measured
+from a saved result's own stamps (comlab.sim.calibrate)::
+
+    import comlab.sim
+    cal = comlab.sim.calibrate("results/main")
+    pred = comlab.sim.predict(cal, [dict(batch_size=16, workers=1000, hosts=100)])
+    comlab.compare("results/main", comlab.sim.predict("results/main"))  # the model vs the lab
+
+``predict`` returns the summary columns of a measured sweep (``comlab.summarize``: makespan,
+throughput, latency percentiles, ...) with ``experiment`` = "<name> (predicted)", plus
+``server_utilisation`` and ``client_utilisation`` (the share of the makespan their one thread
+was computing) and ``sim_wall_s``.
+
+Why SimPy: the model is a handful of sequential processes (a client loop, a server loop,
+workers) that wait on messages and on cores, which is what SimPy's generator processes and
+shared resources say directly, in the order the real code does it; it is pure Python with no
+dependencies, MIT-licensed, maintained since 2002 (4.x on PyPI), and fast enough when a batch,
+not a task, is the unit of events. salabim (richer, animation) and ciw (queueing networks) were
+the alternatives; neither models "the server's own ledger decides" as plainly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+
+import numpy as np
+import pandas as pd
+
+from .calibrate import Calibration, Linear, calibrate
+from .model import Config, simulate
+
+__all__ = ["Calibration", "Config", "Linear", "calibrate", "predict", "configs_of"]
+
+PREDICTED = " (predicted)"
+
+
+def configs_of(summary: pd.DataFrame) -> list[Config]:
+    """The configurations of a measured summary (one per distinct axes), as Configs: local
+    workers as in ``comlab run``; remote workers (``remote_workers``) on one worker host that
+    shares the machine (the network-namespace sweep)."""
+    cols = [c for c in ("batch_size", "workers", "strategy", "dispatch", "remote_workers")
+            if c in summary.columns]
+    out = []
+    for _, r in summary[cols].drop_duplicates().iterrows():
+        remote = int(r["remote_workers"]) if "remote_workers" in r and pd.notna(
+            r.get("remote_workers")) else 0
+        if remote and remote != int(r["workers"]):
+            raise ValueError("the model runs local-only or remote-only workers, not "
+                             f"{int(r['workers']) - remote} local + {remote} remote")
+        out.append(Config(int(r["batch_size"]), int(r["workers"]), hosts=1 if remote else 0,
+                          strategy=str(r.get("strategy", "thread-per-task")),
+                          dispatch=str(r.get("dispatch", "broker")),
+                          one_machine=True if remote else None))
+    return out
+
+
+def _as_configs(configs) -> list[Config]:
+    if isinstance(configs, (Config, Mapping)):
+        configs = [configs]
+    out = []
+    for c in configs:
+        out.append((c if isinstance(c, Config) else Config(**dict(c))).check())
+    return out
+
+
+def predict(result_or_calibration, configs=None, *, repeats: int = 1, seed: int = 0,
+            name: str | None = None, records: bool = False, progress=None):
+    """Predicted summary rows (one per configuration x repeat), like ``comlab.summarize``'s.
+
+    ``result_or_calibration``: a Calibration, or anything ``calibrate`` takes (a result
+    directory, a ``comlab.load`` Result, records). ``configs``: Configs or dicts of their fields
+    (``batch_size``, ``workers``, ``hosts``, ``strategy``, ``dispatch``, ``tasks``, ``cpus``,
+    ``one_machine``, ``latency_s``); default: every configuration of the result itself (needs a
+    result, not a Calibration). Repeats draw other overshoots (seed + repeat). With
+    ``records=True``: (summary, per-task records).
+    """
+    from ..lab.records import summarize
+    source = result_or_calibration
+    cal = source if isinstance(source, Calibration) else calibrate(source)
+    if configs is None:
+        if isinstance(source, Calibration):
+            raise ValueError("predict(calibration) needs configs: a Calibration does not "
+                             "know the result's configurations")
+        from .calibrate import _records
+        df, _ = _records(source)
+        configs = configs_of(summarize(df))
+    configs = _as_configs(configs)
+    label = (name or cal.source.get("result") or "model") + PREDICTED
+    rows, recs = [], []
+    run = 0
+    for cfg in configs:
+        waits = _workload(cal, cfg.tasks)
+        for rep in range(repeats):
+            cols, info = simulate(cal, cfg, waits, seed=seed + rep)
+            from .model import records as to_records
+            df = to_records(cols, waits, cfg, run, rep, label)
+            s = summarize(df, cpus=cfg.cpus or cal.cpus).assign(
+                hosts=cfg.hosts, cpus=cfg.cpus or cal.cpus, latency_added_s=cfg.latency_s,
+                **info)
+            rows.append(s)
+            if records:
+                recs.append(df)
+            run += 1
+            if progress is not None:
+                progress(cfg, s)
+    summary = pd.concat(rows, ignore_index=True)
+    summary["experiment"] = summary["experiment"].astype(str)
+    if records:
+        return summary, pd.concat(recs, ignore_index=True)
+    return summary
+
+
+def _workload(cal: Calibration, tasks: int | None) -> np.ndarray:
+    base = cal.workload_s if len(cal.workload_s) else np.full(512, 0.01)
+    n = len(base) if tasks is None else int(tasks)
+    if n < 1:
+        raise ValueError("tasks must be >= 1")
+    return np.resize(base, n).astype(float)
+
+
+def sweep(**axes) -> list[dict]:
+    """Configs for every combination of the axes given as lists (``batch_size=[1, 16]``,
+    ``workers=[10, 100]``, ...) and scalars (the same for all)."""
+    import itertools
+    keys = list(axes)
+    lists = [v if isinstance(v, Iterable) and not isinstance(v, str) else [v]
+             for v in axes.values()]
+    return [dict(zip(keys, combo)) for combo in itertools.product(*lists)]

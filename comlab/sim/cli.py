@@ -1,0 +1,145 @@
+"""``comlab predict``: the model calibrated from a saved result, on the command line.
+
+Without ``--workers``/``--hosts``/... it predicts the result's own configurations and prints
+predicted vs measured makespan and p99 with the error of each (the validation table); with
+them, it predicts the configurations given (every combination of the lists).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+
+def _ints(text: str) -> list[int]:
+    try:
+        values = [int(x) for x in text.split(",") if x]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}")
+    if not values or min(values) < 0:
+        raise argparse.ArgumentTypeError(f"expected integers >= 0, got {text!r}")
+    return values
+
+
+def _strs(text: str) -> list[str]:
+    values = [x for x in text.split(",") if x]
+    if not values:
+        raise argparse.ArgumentTypeError("expected at least one name")
+    return values
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected seconds, got {text!r}")
+    if not 0 <= value < 3600:
+        raise argparse.ArgumentTypeError(f"expected seconds in [0, 3600), got {text!r}")
+    return value
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("predict", help="predict a sweep with the simulation calibrated from a "
+                                       "saved result (default: its own sweep, vs measured)")
+    p.add_argument("result", help="a result directory, e.g. results/main")
+    p.add_argument("--workers", type=_ints, metavar="W,W,...", help="worker processes")
+    p.add_argument("--hosts", type=_ints, metavar="H,H,...",
+                   help="worker hosts, each its own machine (default 0: workers on the "
+                        "server's machine, as comlab run)")
+    p.add_argument("--batch-sizes", type=_ints, metavar="B,B,...",
+                   help="tasks per batch (default: the result's)")
+    p.add_argument("--dispatch", type=_strs, metavar="D,D,...",
+                   help="dispatch designs (default: the result's)")
+    p.add_argument("--strategy", type=_strs, metavar="S,S,...",
+                   help="worker strategies (default: the result's)")
+    p.add_argument("--tasks", type=int, metavar="N",
+                   help="tasks per run (default: the result's; waits cycle through its own)")
+    p.add_argument("--cpus", type=int, metavar="N", help="cores per machine (default: the "
+                                                          "result's machine)")
+    p.add_argument("--latency", type=_seconds, default=0.0, metavar="S",
+                   help="added to each hop between two machines, in s (default 0)")
+    p.add_argument("--csv", metavar="FILE", help="also write every predicted column")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    import pandas as pd
+
+    from . import predict, sweep
+    from .calibrate import calibrate
+    from ..cli import _result_dir
+    if _result_dir(args.result) is None:
+        return 2
+    for name in ("tasks", "cpus"):
+        v = getattr(args, name)
+        if v is not None and v < 1:
+            print(f"error: --{name} must be >= 1, not {v}", file=sys.stderr)
+            return 2
+    try:
+        cal = calibrate(args.result)
+    except (ValueError, OSError) as exc:
+        print(f"error: {args.result}: cannot calibrate from it: {exc}", file=sys.stderr)
+        return 2
+    own = not any(getattr(args, k) for k in ("workers", "hosts", "batch_sizes", "dispatch",
+                                             "strategy", "tasks", "cpus")) and not args.latency
+    t0 = time.perf_counter()
+    try:
+        if own:
+            pred = predict(args.result)
+        else:
+            from ..lab.results import load_results
+            rec = load_results(args.result)
+            axes = dict(batch_size=args.batch_sizes or sorted(rec["batch_size"].unique()),
+                        workers=args.workers or sorted(rec["workers"].unique()),
+                        hosts=args.hosts or [0],
+                        dispatch=args.dispatch or sorted(map(str, rec["dispatch"].unique())),
+                        strategy=args.strategy or sorted(map(str, rec["strategy"].unique())),
+                        tasks=args.tasks, cpus=args.cpus, latency_s=args.latency)
+            pred = predict(cal, sweep(**axes))
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    wall = time.perf_counter() - t0
+    cols = ["batch_size", "workers", "hosts", "dispatch", "strategy", "makespan_s",
+            "throughput_tps", "latency_p50_s", "latency_p99_s", "server_utilisation"]
+    with pd.option_context("display.width", 200, "display.max_rows", 500,
+                           "display.max_columns", 50, "display.float_format", "{:.4g}".format):
+        if own:
+            print(f"predicted vs measured (median over repeats), calibrated from "
+                  f"{args.result}; error = predicted / measured - 1")
+            table = validation(args.result, pred)
+            for c in ("makespan_error", "p99_error", "server_utilisation"):
+                table[c] = table[c].map("{:+.1%}".format if "error" in c else "{:.1%}".format)
+            print(table.to_string(index=False))
+        else:
+            print(f"predicted, calibrated from {args.result}")
+            print(pred[[c for c in cols if c in pred]].to_string(index=False))
+    print(f"simulated {len(pred)} configuration(s) in {wall:.1f} s", file=sys.stderr)
+    if args.csv:
+        pred.to_csv(args.csv, index=False)
+        print(f"every column: {args.csv}", file=sys.stderr)
+    return 0
+
+
+def validation(result, pred) -> "pd.DataFrame":
+    """Measured vs predicted makespan and p99 per configuration (medians over repeats), with
+    the relative error of each."""
+    from ..lab.records import summarize
+    from ..lab.results import load_results
+    measured = summarize(load_results(result))
+    axes = [c for c in ("batch_size", "workers", "strategy", "dispatch") if c in measured]
+    for df in (measured, pred):
+        for c in ("strategy", "dispatch"):
+            if c in df:
+                df[c] = df[c].astype(str)
+    m = measured.groupby(axes)[["makespan_s", "latency_p99_s"]].median()
+    p = pred.groupby(axes)[["makespan_s", "latency_p99_s", "server_utilisation"]].median()
+    t = m.join(p, lsuffix="", rsuffix="_pred", how="inner").reset_index()
+    out = t[axes].copy()
+    for k, label in (("makespan_s", "makespan"), ("latency_p99_s", "p99")):
+        out[f"{label}_measured_s"] = t[k]
+        out[f"{label}_predicted_s"] = t[f"{k}_pred"]
+        out[f"{label}_error"] = t[f"{k}_pred"] / t[k] - 1
+    out["server_utilisation"] = t["server_utilisation"]
+    return out

@@ -1,0 +1,123 @@
+"""comlab.sim: calibration from records, predict's columns, the model against one tiny real
+sweep, and the ``comlab predict`` verb."""
+
+import numpy as np
+import pytest
+
+import comlab
+import comlab.sim as sim
+from comlab.cli import main
+from comlab.lab.records import summarize
+
+COMMANDS = [f"10.0.0.{i}:foo" for i in range(64)]
+MAP = {f"10.0.0.{i}": {"foo": (i, 0.01)} for i in range(64)}
+SUMMARY = ["makespan_s", "throughput_tps", "latency_p50_s", "latency_p99_s", "ideal_s",
+           "efficiency", "n_tasks", "n_ok"]
+
+
+def _cal(**kw) -> sim.Calibration:
+    """A hand-made calibration: round figures, so what calibrate recovers can be checked."""
+    L = sim.Linear
+    d = dict(cpus=2, hop_s=100e-6, client_send=L(5e-6, 1e-6), client_recv=L(20e-6, 1e-6),
+             server_intake=L(10e-6, 1e-6), server_dispatch=L(10e-6, 1e-6), server_done_s=10e-6,
+             worker_recv=L(10e-6, 1e-6), handoff_s=10e-6, task_end_s=5e-6,
+             thread_wake_s=50e-6, overshoot_s=np.full(8, 100e-6), worker_result=L(20e-6, 1e-6),
+             result_wake_s=20e-6, done_send_s=5e-6, queue_take_s=10e-6, inline_task_s=2e-6,
+             workload_s=np.full(64, 0.01), source={"result": "hand-made"})
+    d.update(kw)
+    return sim.Calibration(**d)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    out = tmp_path_factory.mktemp("results")
+    comlab.run_experiment(batch_sizes=[1, 8], workers=[1, 4], repeats=1, commands=COMMANDS,
+                          server_map=MAP, progress=False, results_dir=out, name="tiny")
+    return out / "tiny"
+
+
+def test_predict_returns_a_sweeps_summary_columns():
+    pred = sim.predict(_cal(), sim.sweep(batch_size=[1, 8], workers=[2, 10], hosts=[0, 2]))
+    assert len(pred) == 8
+    for c in SUMMARY + ["server_utilisation", "client_utilisation", "sim_wall_s", "hosts"]:
+        assert c in pred, c
+    assert (pred["n_ok"] == 64).all()
+    assert (pred["experiment"] == "hand-made (predicted)").all()
+    # 64 tasks of 10 ms: never faster than the ideal, and more workers never slower here
+    assert (pred["makespan_s"] >= pred["ideal_s"]).all()
+    by = pred[pred["hosts"] == 0].set_index(["batch_size", "workers"])["makespan_s"]
+    assert by[(1, 10)] < by[(1, 2)]
+
+
+def test_predicted_records_are_in_the_schema_and_ordered():
+    _, rec = sim.predict(_cal(), [dict(batch_size=4, workers=3)], records=True)
+    assert len(rec) == 64 and (rec["status"] == "ok").all()
+    stamps = rec[["t_sent", "t_server_in", "t_enqueued", "t_started", "t_finished",
+                  "t_received"]].to_numpy()
+    assert np.isfinite(stamps).all()
+    assert (np.diff(stamps, axis=1) >= -1e-12).all(), "stamps out of order"
+    # the first batch meets an idle pipeline: the server reads it one hop after it was sent
+    first = rec[rec["batch_id"] == 0].iloc[0]
+    assert first["t_server_in"] - first["t_sent"] == pytest.approx(100e-6 + 5e-6 + 4e-6, 1e-6)
+
+
+def test_calibration_recovers_the_costs_of_records_made_with_known_costs():
+    cal = _cal()
+    _, rec = sim.predict(cal, sim.sweep(batch_size=[1, 8], workers=[1, 4]), records=True)
+    got = sim.calibrate(rec)
+    assert got.hop_s == pytest.approx(cal.hop_s + cal.client_send.at(1), rel=0.1)
+    # the stamps see a send as part of the hop, and a task's end as part of its overshoot
+    assert np.median(got.overshoot_s) == pytest.approx(100e-6 + 5e-6, rel=0.02)
+    assert got.server_intake.at(8) == pytest.approx(cal.server_intake.at(8), rel=0.2)
+    assert len(got.workload_s) == 64
+    again = sim.Calibration.from_dict(got.to_dict())
+    assert again.table().equals(got.table())
+
+
+def test_every_dispatch_design_finishes_and_strict_broker_pays_its_round_trips():
+    cal = _cal(workload_s=np.full(64, 0.001))
+    pred = sim.predict(cal, sim.sweep(batch_size=1, workers=4, tasks=400,
+                                      dispatch=["broker", "broker:0", "queue"]))
+    assert (pred["n_ok"] == 400).all()
+    t = pred.set_index("dispatch")["makespan_s"]
+    assert t["broker:0"] > t["broker"]  # a DONE -> WORK round trip per batch, no prefetch
+
+
+def test_predict_rejects_what_the_model_cannot_run():
+    with pytest.raises(ValueError, match="hosts"):
+        sim.predict(_cal(), [dict(batch_size=1, workers=2, hosts=3)])
+    with pytest.raises(ValueError, match="needs configs"):
+        sim.predict(_cal())
+
+
+@pytest.mark.timeout(120)
+def test_prediction_is_close_to_a_tiny_measured_sweep(tiny):
+    """Its own calibration predicts the sweep it came from: makespan within 25 % for each
+    configuration (the README's table holds the 10 % goal on the default sweep; a 64-task run
+    on a shared, noisy machine is too short to hold that)."""
+    measured = summarize(comlab.load(tiny).records).set_index(["batch_size", "workers"])
+    pred = sim.predict(tiny).set_index(["batch_size", "workers"])
+    assert len(pred) == 4
+    err = pred["makespan_s"] / measured.loc[pred.index, "makespan_s"] - 1
+    assert (err.abs() < 0.25).all(), err.to_dict()
+    # a prediction is a summary compare takes, configuration by configuration
+    assert len(comlab.compare(tiny, sim.predict(tiny))) == 4
+
+
+@pytest.mark.timeout(120)
+def test_cli_predict(tiny, tmp_path, capsys):
+    assert main(["predict", str(tiny)]) == 0
+    out = capsys.readouterr().out
+    assert "makespan_error" in out and "p99_error" in out
+    csv = tmp_path / "p.csv"
+    assert main(["predict", str(tiny), "--workers", "40", "--hosts", "4", "--tasks", "200",
+                 "--csv", str(csv)]) == 0
+    assert "makespan_s" in capsys.readouterr().out and csv.stat().st_size > 0
+    assert main(["predict", str(tmp_path / "none")]) == 2
+    assert "not a saved comlab result" in capsys.readouterr().err
+    assert main(["predict", str(tiny), "--workers", "2", "--hosts", "3"]) == 2
+    assert "cannot fill 3 hosts" in capsys.readouterr().err
+    assert main(["predict", str(tiny), "--tasks", "0"]) == 2
+    with pytest.raises(SystemExit) as exc:
+        main(["predict", str(tiny), "--workers", "x"])
+    assert exc.value.code == 2
