@@ -48,13 +48,15 @@ STRATEGIES = ("thread-per-task", "thread-pool", "sequential", "cpu-bound")
 
 
 class Work(NamedTuple):
-    """A batch as the ledger sees it (the fields it and strategies.cost read); the model's own,
-    so that a change of the wire's WORK message does not reach it."""
+    """A batch as the ledger sees it (the fields it reads: its cost and task count); the
+    model's own, so that a change of the wire's WORK message does not reach it."""
     run: int
     batch_id: int
     strategy: str
     attempt: int
     waits: list
+    cost_s: float = 0.0
+    n: int = 0
 
 
 @dataclass(frozen=True)
@@ -200,7 +202,7 @@ class Simulation:
         design = cfg.dispatch.partition(":")[0]
         policy = _QueueDesign(self) if design == "queue" else dispatch_mod.make(cfg.dispatch)
         self.queue_design = design == "queue"
-        self.ledger = Ledger(self._send, self._fail, strategies.cost, policy=policy,
+        self.ledger = Ledger(self._send, self._fail, policy=policy,
                              local=local, max_pending=2 * max(len(local), 1) + 16,
                              clock=lambda: env.now)
         for w in self.workers:
@@ -296,7 +298,9 @@ class Simulation:
                 self.b_in[b] = env.now
                 yield from self.cpu(m, cal.server_intake.at(hi - lo), "server")
                 self.b_enq[b] = env.now
-                ledger.submit(Work(0, b, self.cfg.strategy, 0, self.wait_lists[b]))
+                waits = self.wait_lists[b]
+                ledger.submit(Work(0, b, self.cfg.strategy, 0, waits,
+                                   strategies.duration(self.cfg.strategy, waits), len(waits)))
                 yield from self.flush()
                 while box.q:
                     kind, x = box.q.popleft()
