@@ -50,7 +50,7 @@ def add_parser(sub) -> None:
     p.add_argument("--batch-sizes", type=_ints, metavar="B,B,...",
                    help="tasks per batch (default: the result's)")
     p.add_argument("--dispatch", type=_strs, metavar="D,D,...",
-                   help="dispatch designs (default: the result's)")
+                   help="dispatch designs: broker, broker:K, queue (default: the result's)")
     p.add_argument("--strategy", type=_strs, metavar="S,S,...",
                    help="worker strategies (default: the result's)")
     p.add_argument("--tasks", type=int, metavar="N",
