@@ -61,7 +61,7 @@ class Broker:
             # Adaptive: no worker is free, so the batch would wait anyway; it waits at the
             # worker expected to free first (its batch's start + ideal time), which then never
             # idles for the DONE -> WORK round trip. One batch ahead, no more.
-            ahead = min(((w.held[0].since + w.held[0].cost_s, i) for i, w in
+            ahead = min(((w.held[0].since + w.held[0].work.cost_s, i) for i, w in
                          ledger.workers.items() if len(w.held) == 1 and ledger.brokered(i)),
                         default=None)
             if ahead is not None:

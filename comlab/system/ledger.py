@@ -30,10 +30,10 @@ class Held:
     """A batch a worker holds: ``since`` is when it was handed out (or, for one queued behind
     others, when the one before it finished); its expected run time is ``work.cost_s``."""
 
-    __slots__ = ("work", "cost_s", "since")
+    __slots__ = ("work", "since")
 
     def __init__(self, work: Work, since: float) -> None:
-        self.work, self.cost_s, self.since = work, work.cost_s, since
+        self.work, self.since = work, since
 
 
 @dataclass
@@ -139,7 +139,7 @@ class Ledger:
             return False
         held = w.held
         for _ in range(k + 1):
-            w.held_cost -= held.popleft().cost_s
+            w.held_cost -= held.popleft().work.cost_s
         if not held:
             w.held_cost = 0.0  # no drift from the float sums
         w.progress = self.clock()
@@ -180,7 +180,7 @@ class Ledger:
         if w is not None:
             mine = {id(x) for x in works}
             kept = deque(h for h in w.held if id(h.work) not in mine)
-            w.held, w.held_cost = kept, sum(h.cost_s for h in kept)
+            w.held, w.held_cost = kept, sum(h.work.cost_s for h in kept)
         self.lose(ident)
         self.pending.extendleft(reversed(works))
         self._drain_pending()
@@ -228,7 +228,7 @@ class Ledger:
         t = self.clock()
         remote = slack_s if remote_slack_s is None else remote_slack_s
         return [i for i, w in self.workers.items()
-                if w.held and t - w.held[0].since > factor * w.held[0].cost_s
+                if w.held and t - w.held[0].since > factor * w.held[0].work.cost_s
                 + (slack_s if i in self.local else remote)]
 
     # -- internals -----------------------------------------------------------------------------
