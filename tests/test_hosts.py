@@ -162,7 +162,8 @@ def test_worker_host_stops_when_stdin_closes_or_falls_silent(how, free_url):
         want = "the lab closed the connection" if how == "eof" else "no word from the lab for 2 s"
         assert want in err
         assert took < (2.0 if how == "eof" else 5.0), took
-        assert not [w for w in workers if w.is_running() and w.status() != "zombie"]
+        _, alive = psutil.wait_procs(workers, timeout=2.0)  # workers and forkserver
+        assert not [w for w in alive if w.status() != psutil.STATUS_ZOMBIE]
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -339,3 +340,17 @@ def test_host_killed_mid_run(policy, make_data, tmp_path):
         log = (tmp_path / "hosts" / "hosts" / "pre.log").read_text()
         assert log.count("--- comlab lab: starting") == 2
     assert not gone_within(tag, 2.0)
+
+
+@pytest.mark.timeout(30)
+def test_cli_host_that_cannot_start_is_one_line_exit_2(tmp_path):
+    """The probe fails before the result exists: nothing is written, one line names the host."""
+    proc = subprocess.run([sys.executable, "-m", "comlab", "sweep", "--hosts",
+                           "local python=/nonexistent/python", "--workers", "0",
+                           "--results-dir", str(tmp_path / "r")], capture_output=True,
+                          text=True, timeout=25)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        "error: host local (local python=/nonexistent/python): cannot run /nonexistent/python: "
+        "No such file or directory"]
+    assert not (tmp_path / "r").exists()

@@ -162,13 +162,15 @@ def run_experiment(batch_sizes=(1, 4, 16, 64), workers=(1, 4, 16, 32), repeats: 
         params.update(hosts=[h.describe() for h in host_list])
     if secure:
         params.update(secure=True)
+    # Before the result exists: a host that is unreachable or has another comlab costs nothing.
+    probes = hosts_mod.probe_all(host_list, ssh_config) if host_list else None
     name = name if name is not None else _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     store = ResultStore(results_dir, name, params, resume=resume and not fresh)
     session = Session(inputs.smap, networks=networks, remote_workers=remote_workers,
                       workers_url=workers_url, server_address=server_address,
                       client_address=client_address, server_prefix=server_prefix,
                       hosts=host_list, ssh_config=ssh_config, secure=secure,
-                      on_host_loss=on_host_loss)
+                      on_host_loss=on_host_loss, probes=probes)
     with store:
         session.host_log_dir = store.path / "hosts"
         return _sweep(specs, inputs, store, session, timeout, progress, all_remote)
@@ -182,7 +184,7 @@ def _sweep(specs, inputs: Inputs, store: ResultStore, session: Session, timeout,
     weights = {s.index: planning.weight(s, inputs.waits, remote_workers) for s in specs}
     name = store.path.name
     failed = []
-    with _Progress(specs, todo, weights, progress) as bar, session:
+    with session, _Progress(specs, todo, weights, progress) as bar:  # hosts start before the bar
         if session.hosts is not None:
             store.write_meta(hosts=session.hosts.describe())
         for (transport, design, workers), runs in planning.groups(todo):

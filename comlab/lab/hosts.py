@@ -279,6 +279,21 @@ def tail(path, lines: int = 10) -> str:
         return ""
 
 
+def _each(fn, items: list) -> list:
+    """``fn`` over items in parallel (a hundred ssh logins one after another take minutes);
+    the first error in the items' order is raised."""
+    if len(items) == 1:
+        return [fn(items[0])]
+    with concurrent.futures.ThreadPoolExecutor(min(32, len(items))) as pool:
+        futures = [pool.submit(fn, x) for x in items]
+        return [f.result() for f in futures]
+
+
+def probe_all(hosts: list[Host], ssh_config: str | None = None) -> dict:
+    """Every host's probe, in parallel: name -> what it found (HostError for the first bad)."""
+    return dict(zip((h.name for h in hosts), _each(lambda h: probe(h, ssh_config), hosts)))
+
+
 class HostProcess:
     """``comlab.system.worker_host`` running on one host, its stderr in ``log_path``."""
 
@@ -387,11 +402,12 @@ class HostGroup:
 
     def __init__(self, hosts: list[Host], workers_url: str, log_dir, *,
                  ssh_config: str | None = None, keys: dict | None = None,
-                 death_timeout: float = DEATH_TIMEOUT_S) -> None:
+                 death_timeout: float = DEATH_TIMEOUT_S, probes: dict | None = None) -> None:
+        """``probes``: what ``probe_all`` found already (else the hosts are probed first)."""
         self.hosts, self.workers_url, self.log_dir = hosts, workers_url, Path(log_dir)
         self.ssh_config, self.keys, self.death_timeout = ssh_config, keys, death_timeout
         self.procs: dict[str, HostProcess] = {}
-        self.probes: dict[str, dict] = {}
+        self.probes: dict[str, dict] = dict(probes or {})
         self._stop = threading.Event()
         self._beat: threading.Thread | None = None
 
@@ -401,11 +417,11 @@ class HostGroup:
 
     def __enter__(self) -> "HostGroup":
         try:
-            self.probes = dict(zip((h.name for h in self.hosts),
-                                   self._each(lambda h: probe(h, self.ssh_config), self.hosts)))
+            if set(self.probes) != {h.name for h in self.hosts}:
+                self.probes = probe_all(self.hosts, self.ssh_config)
             for h in self.hosts:
                 self.procs[h.name] = self._start(h)
-            self._each(lambda p: p.wait_ready(), list(self.procs.values()))
+            _each(lambda p: p.wait_ready(), list(self.procs.values()))
             self._beat = threading.Thread(target=self._heartbeat, daemon=True,
                                           name="comlab-host-heartbeat")
             self._beat.start()
@@ -428,16 +444,6 @@ class HostGroup:
     def _start(self, h: Host) -> HostProcess:
         return HostProcess(h, self.workers_url, self.log_dir / f"{h.name}.log", keys=self.keys,
                            ssh_config=self.ssh_config, death_timeout=self.death_timeout)
-
-    @staticmethod
-    def _each(fn, items: list) -> list:
-        """``fn`` over items in parallel (a hundred ssh logins one after another take minutes);
-        the first error in the items' order is raised."""
-        if len(items) == 1:
-            return [fn(items[0])]
-        with concurrent.futures.ThreadPoolExecutor(min(32, len(items))) as pool:
-            futures = [pool.submit(fn, x) for x in items]
-            return [f.result() for f in futures]
 
     def _heartbeat(self) -> None:
         while not self._stop.wait(HEARTBEAT_S):

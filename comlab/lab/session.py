@@ -40,12 +40,13 @@ class Session:
                  workers_url: str | None = None, server_address: str = "127.0.0.1",
                  client_address: str = "127.0.0.1", server_prefix=(), hosts=None,
                  ssh_config: str | None = None, secure: bool = False,
-                 host_log_dir=None, on_host_loss: str = "stop") -> None:
+                 host_log_dir=None, on_host_loss: str = "stop", probes=None) -> None:
         self.smap = smap
         self.networks = list(networks)
         self.hosts_spec = list(hosts or ())
         self.ssh_config, self.secure = ssh_config, secure
         self.host_log_dir, self.on_host_loss = host_log_dir, on_host_loss
+        self.probes = probes
         self.hosts: HostGroup | None = None
         self._dead: dict[str, str] = {}   # hosts that could not be started again: why
         self.remote_workers = int(remote_workers) + sum(h.workers for h in self.hosts_spec)
@@ -69,7 +70,7 @@ class Session:
                 log_dir = self.host_log_dir or os.path.join(self.workdir, "hosts")
                 self.hosts = self._stack.enter_context(HostGroup(
                     self.hosts_spec, self.workers_url, log_dir, ssh_config=self.ssh_config,
-                    keys=self._worker_keys() if self.secure else None))
+                    keys=self._worker_keys() if self.secure else None, probes=self.probes))
         except BaseException:
             self._stack.close()
             raise
