@@ -127,8 +127,10 @@ def _client_config(hosts: list[SshHost], client_key: Path, known_hosts: Path) ->
     return "\n".join(blocks)
 
 
-def _sshd_config(ip: str, host_key: Path, authorized_keys: Path, pid_file: Path) -> str:
-    return f"""ListenAddress {ip}:22
+def _sshd_config(ip: str, host_key: Path, authorized_keys: Path, pid_file: Path,
+                 options: dict[str, str]) -> str:
+    extra = "".join(f"{k} {v}\n" for k, v in options.items())  # first value wins in sshd
+    return extra + f"""ListenAddress {ip}:22
 HostKey {host_key}
 PidFile {pid_file}
 AuthorizedKeysFile {authorized_keys}
@@ -193,8 +195,10 @@ def _wait_ready(lab: SshLab, procs: list[subprocess.Popen]) -> None:
 
 
 @contextlib.contextmanager
-def ssh_namespaces(tmp_dir, n_hosts: int = 3):
-    """Yield an SshLab of ``n_hosts`` real sshd hosts; see the module docstring."""
+def ssh_namespaces(tmp_dir, n_hosts: int = 3, sshd_options: dict[str, str] | None = None):
+    """Yield an SshLab of ``n_hosts`` real sshd hosts; see the module docstring.
+    ``sshd_options`` (e.g. {"LogLevel": "DEBUG1", "ClientAliveInterval": "1"}) go into every
+    sshd_config ahead of the defaults, so they override them."""
     if os.geteuid() != 0:
         pytest.skip("network namespaces and sshd need root")
     for tool in ("ip", "ssh", "ssh-keygen"):
@@ -241,7 +245,8 @@ def ssh_namespaces(tmp_dir, n_hosts: int = 3):
             host_key = _keygen(d / "ssh_host_ed25519_key", f"h{i}")
             keys[ip] = _pub(host_key)
             cfg = d / "sshd_config"
-            cfg.write_text(_sshd_config(ip, host_key, authorized, d / "sshd.pid"))
+            cfg.write_text(_sshd_config(ip, host_key, authorized, d / "sshd.pid",
+                                        sshd_options or {}))
             log = d / "sshd.log"
             with open(log, "wb") as err:
                 proc = subprocess.Popen(["ip", "netns", "exec", ns, SSHD, "-D", "-e", "-f",
