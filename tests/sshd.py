@@ -71,6 +71,18 @@ class SshLab:
         return [*self.exec_in(self.lab_ns), "ssh", "-F", config or self.ssh_config, alias,
                 "--", *command]
 
+    def remote_processes(self) -> list[psutil.Process]:
+        """Live processes in the host namespaces other than sshd's own (listeners and
+        sessions): what a remote command left running. conftest's leak check cannot see
+        these once their session ended (re-parented to PID 1, without the run mark)."""
+        found = []
+        for h in self.hosts:
+            for p in processes_in(h.ns):
+                with contextlib.suppress(psutil.Error):
+                    if p.name() != "sshd" and p.status() != psutil.STATUS_ZOMBIE:
+                        found.append(p)
+        return found
+
     def config_with_wrong_host_key(self) -> str:
         """A second client config, identical but for a known_hosts that holds a different
         (fresh) key for every host: ssh must refuse with "Host key verification failed"."""
@@ -146,15 +158,20 @@ PrintLastLog no
 """
 
 
+def processes_in(ns: str) -> list[psutil.Process]:
+    """Processes whose network namespace is ``ns`` (`ip netns pids`)."""
+    out = _run("ip", "netns", "pids", ns, check=False).stdout.split()
+    procs = []
+    for pid in out:
+        with contextlib.suppress(psutil.Error, ValueError):
+            procs.append(psutil.Process(int(pid)))
+    return procs
+
+
 def _stop_namespace_processes(namespaces: list[str], children: list[subprocess.Popen]) -> None:
     """SIGTERM, then SIGKILL, every process in these namespaces (found with `ip netns pids`)
     and every child we started; reap our children."""
-    procs = []
-    for ns in namespaces:
-        out = _run("ip", "netns", "pids", ns, check=False).stdout.split()
-        for pid in out:
-            with contextlib.suppress(psutil.Error, ValueError):
-                procs.append(psutil.Process(int(pid)))
+    procs = [p for ns in namespaces for p in processes_in(ns)]
     for c in children:
         with contextlib.suppress(psutil.Error):
             procs.append(psutil.Process(c.pid))

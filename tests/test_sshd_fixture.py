@@ -14,7 +14,7 @@ import time
 import psutil
 import pytest
 
-from sshd import LAB_IP, ssh_lab, ssh_namespaces  # noqa: F401  (ssh_lab is a fixture)
+from sshd import LAB_IP, processes_in, ssh_lab, ssh_namespaces  # noqa: F401  (ssh_lab is a fixture)
 
 
 def _netns_inode(ns: str) -> int:
@@ -62,10 +62,10 @@ def test_nothing_of_ours_survives_the_context(tmp_path):
         remote = subprocess.Popen(lab.ssh("h1", "exec sleep 300"), stdin=subprocess.PIPE,
                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 10
-        while not any(p.name() == "sleep" for p in _in_netns(lab.hosts[0].ns)):
+        while _names(lab.remote_processes()) != ["sleep"]:
             assert time.monotonic() < deadline, "remote sleep never started"
             time.sleep(0.02)
-        in_hosts = {p.pid for h in lab.hosts for p in _in_netns(h.ns)}
+        in_hosts = {p.pid for h in lab.hosts for p in processes_in(h.ns)}
     remote.wait(timeout=5)
     assert not any(p.is_running() and p.status() != psutil.STATUS_ZOMBIE for p in sshds)
     assert not [pid for pid in in_hosts if psutil.pid_exists(pid)
@@ -76,15 +76,14 @@ def test_nothing_of_ours_survives_the_context(tmp_path):
                 if str(tmp_path) in " ".join(p.info["cmdline"] or ())]
 
 
-def _in_netns(ns: str) -> list[psutil.Process]:
-    out = subprocess.run(["ip", "netns", "pids", ns], capture_output=True, text=True).stdout
-    procs = []
-    for pid in out.split():
+def _names(procs) -> list[str]:
+    names = []
+    for p in procs:
         try:
-            procs.append(psutil.Process(int(pid)))
-        except psutil.Error:
+            names.append(p.name())
+        except psutil.Error:  # ended meanwhile
             pass
-    return procs
+    return names
 
 
 def _wait_ended(proc: psutil.Process, timeout: float) -> float:
@@ -128,3 +127,54 @@ def test_remote_command_ends_with_its_local_ssh(ssh_lab):
     ssh.wait(timeout=5)
     print(f"remote cat ended {eof_s * 1e3:.0f} ms after stdin closed, "
           f"{kill_s * 1e3:.0f} ms after SIGKILL of the local ssh")
+
+
+def _our_namespaces() -> list[str]:
+    listed = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    return [line.split()[0] for line in listed.splitlines() if "comlab-ssh" in line]
+
+
+@pytest.mark.timeout(60)
+def test_an_sshd_that_cannot_start_fails_loudly_and_cleans_up(tmp_path):
+    before = _our_namespaces()
+    with pytest.raises(RuntimeError, match="exited with.*NoSuchOption"):
+        with ssh_namespaces(tmp_path, n_hosts=1, sshd_options={"NoSuchOption": "1"}):
+            pass
+    assert _our_namespaces() == before
+
+
+@pytest.mark.timeout(60)
+def test_an_exception_in_the_body_still_tears_down(tmp_path):
+    with pytest.raises(KeyError):
+        with ssh_namespaces(tmp_path, n_hosts=1) as lab:
+            sshd_pid, ns = lab.hosts[0].sshd_pid, lab.hosts[0].ns
+            raise KeyError("boom")
+    assert not psutil.pid_exists(sshd_pid) or psutil.Process(sshd_pid).name() != "sshd"
+    assert ns not in _our_namespaces()
+
+
+def test_not_root_skips_with_a_reason(tmp_path, monkeypatch):
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    with pytest.raises(pytest.skip.Exception, match="need root"):
+        with ssh_namespaces(tmp_path):
+            pass
+
+
+@pytest.mark.timeout(60)
+def test_a_remote_command_that_ignores_stdin_outlives_its_ssh(ssh_lab):
+    """No pty, so no SIGHUP: when the client dies, sshd's session ends and a command that never
+    reads stdin is re-parented to PID 1 and runs on. A remote worker host must watch its stdin
+    (the fixture's teardown stops such leftovers)."""
+    host = ssh_lab.hosts[0]
+    ssh = subprocess.Popen(ssh_lab.ssh("h1", "echo $$; exec sleep 60"), stdin=subprocess.PIPE,
+                           stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    sleeper = psutil.Process(int(ssh.stdout.readline()))
+    sessions = [p for p in processes_in(host.ns) if p.pid != host.sshd_pid and p.name() == "sshd"]
+    assert sessions
+    ssh.kill()
+    ssh.wait(timeout=5)
+    for s in sessions:
+        _wait_ended(s, 5)
+    assert sleeper.is_running() and sleeper.status() != psutil.STATUS_ZOMBIE
+    assert sleeper.ppid() != sessions[-1].pid
+    assert [p.pid for p in ssh_lab.remote_processes()] == [sleeper.pid]
