@@ -143,6 +143,10 @@ def _ask(text: str) -> bool:
 def cmd_sweep(args) -> int:
     import comlab
     from .data import DataError
+    from .lab.hosts import HostError, HostLost
+    hosts = _hosts_of(args)
+    if hosts == 2:
+        return 2
     try:
         df = comlab.run_experiment(
             batch_sizes=args.batch_sizes, workers=args.workers, repeats=args.repeats,
@@ -153,8 +157,13 @@ def cmd_sweep(args) -> int:
             results_dir=args.results_dir, name=args.name, networks=args.network,
             remote_workers=args.remote_workers, workers_url=args.workers_url,
             server_address=args.server_address, client_address=args.client_address,
-            fresh=args.fresh, confirm=(lambda text: True) if args.yes else _ask)
-    except (DataError, ValueError, TypeError) as exc:
+            fresh=args.fresh, confirm=(lambda text: True) if args.yes else _ask,
+            hosts=hosts, ssh_config=args.ssh_config, secure=args.secure,
+            on_host_loss=args.on_host_loss)
+    except HostLost as exc:  # mid-sweep: what is saved stays; the host's last lines say why
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except (DataError, ValueError, TypeError, HostError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     summary = comlab.summarize(df)
@@ -174,6 +183,23 @@ def cmd_sweep(args) -> int:
     if bad:
         _print_failures(df, summary)
     return 1 if bad else 0
+
+
+def _hosts_of(args):
+    """--hosts entries and --hosts-file lines, parsed and checked; 2 after a one-line error."""
+    from .lab import hosts as hosts_mod
+    if args.hosts is None and args.hosts_file is None:
+        return None
+    try:
+        found = []
+        if args.hosts is not None:
+            found += [hosts_mod.parse_entry(e, where="--hosts") for e in args.hosts]
+        if args.hosts_file is not None:
+            found += hosts_mod.read_hosts_file(args.hosts_file)
+        return hosts_mod.parse_hosts(found)
+    except (ValueError, TypeError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
 
 
 def _say_if_reused(out: str) -> None:
@@ -391,6 +417,19 @@ def _add_sweep_args(p, defaults: dict) -> None:
                    help="interface of the server's batch socket (default loopback)")
     p.add_argument("--client-address", default="127.0.0.1",
                    help="interface of the client's result socket: reachable by worker hosts")
+    p.add_argument("--hosts", type=_strs, metavar="ENTRY,ENTRY,...",
+                   help="worker hosts the lab starts and stops: ssh://[user@]host[:port], local "
+                        "or a command prefix (ip netns exec h1), each optionally followed by "
+                        "workers=N python=PATH workdir=DIR name=NAME")
+    p.add_argument("--hosts-file", metavar="FILE",
+                   help="worker hosts, one entry per line as in --hosts (# comments)")
+    p.add_argument("--ssh-config", metavar="FILE", help="ssh client config for the hosts (-F)")
+    p.add_argument("--on-host-loss", choices=["stop", "continue"], default="stop",
+                   help="a host lost mid-sweep fails its run; then stop the sweep (default) or "
+                        "start the host again and continue")
+    p.add_argument("--secure", action="store_true",
+                   help="CurveZMQ on every socket, with keys made for this sweep (hosts get "
+                        "theirs over ssh)")
     p.add_argument("--name", default=d.get("name"), type=_plain_name,
                    help="result name: a plain directory name under --results-dir (default "
                         + (d["name"] if d.get("name") else "a timestamp") + ")")

@@ -41,6 +41,7 @@ def _files(tmp: Path) -> dict:
     (tmp / "ipv6.txt").write_text("::1:foo:1:0.1\n")
     (tmp / "big_response.txt").write_text(f"192.168.1.1:foo:{2 ** 63}:0.1\n")
     (tmp / "tasks.txt").write_text("192.168.1.1:foo\n")
+    (tmp / "hosts_bad.txt").write_text("local workers=1\nssh://h2 workers=many\n")
     bad_meta = tmp / "bad_meta"
     bad_meta.mkdir()
     (bad_meta / "meta.json").write_text("{not json")
@@ -90,6 +91,14 @@ CASES = [
     (["run", "--map", "FILE/ipv6.txt"], "IPv6"),
     (["run", "--map", "FILE/big_response.txt"], "signed 64-bit"),
     (["run", "--map", "FILE/missing.txt"], "missing.txt"),
+    (["sweep", "--hosts", "ssh://"], "ssh://"),
+    (["sweep", "--hosts", "local workers=0"], "workers must be an integer"),
+    (["sweep", "--hosts", "local,local"], "two hosts are named 'local'"),
+    (["sweep", "--hosts", "ssh://far-away"], "far-away cannot reach server_address"),
+    (["sweep", "--hosts-file", "FILE/hosts_bad.txt"], "hosts_bad.txt:2"),
+    (["sweep", "--hosts-file", "FILE/missing.txt"], "missing.txt"),
+    (["sweep", "--hosts", "local", "--transport", "ipc"], "transport ipc"),
+    (["sweep", "--on-host-loss", "maybe"], "--on-host-loss"),
     (["gen-data", "FILE/out", "--hosts", "300"], "--hosts"),
     (["gen-data", "FILE/out", "--hosts", "0"], "--hosts"),
     (["gen-data", "FILE/out", "--wait-mean", "-1"], "--wait-mean"),
@@ -155,6 +164,10 @@ def test_a_read_only_results_dir_is_named(tmp_path, monkeypatch, capsys, no_proc
     ({"strategy": []}, ValueError, "strategy"),
     ({"dispatch": ""}, ValueError, "dispatch"),
     ({"remote_workers": 1.5}, TypeError, "remote_workers"),
+    ({"hosts": [3]}, TypeError, "host entry"),
+    ({"hosts": "no-such-hosts-file.txt"}, ValueError, "no-such-hosts-file.txt"),
+    ({"hosts": []}, ValueError, "hosts is empty"),
+    ({"on_host_loss": "maybe"}, ValueError, "on_host_loss"),
 ])
 def test_run_experiment_refuses_bad_arguments_by_name(kwargs, error, names, tmp_path,
                                                       no_processes):

@@ -88,7 +88,7 @@ _BYE_BYTES = _LEN.pack(len(msgpack.packb(BYE))) + msgpack.packb(BYE)
 _bye_seen = False
 
 
-def serve(inp, out) -> None:
+def serve(inp, out, security=None) -> None:
     global _bye_seen
     from ..system.client import Client, NoServer
     from ..system.protocol import Keys
@@ -102,7 +102,7 @@ def serve(inp, out) -> None:
         try:
             run = Client(keys, req["batch_size"], req["bind_url"], req["server_url"],
                          timeout=req["timeout"], rate=req.get("rate"),
-                         log_path=req["log_path"]).run()
+                         log_path=req["log_path"], security=security).run()
             answer = {"ok": True, "run": run.describe()}
         except (NoServer, ValueError, OSError) as exc:
             answer = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
@@ -158,7 +158,12 @@ def main(argv=None) -> None:
     p = argparse.ArgumentParser(prog="python -m comlab.lab.agent")
     p.add_argument("--lab-pid", type=int, help="the lab's pid (our parent)")
     p.add_argument("--workdir", help="the lab's temporary files: removed if the lab dies")
+    p.add_argument("--curve-keys", metavar="DIR", help="CurveZMQ keys (the client's role)")
     args = p.parse_args(argv)
+    security = None
+    if args.curve_keys:
+        from ..system.security import Curve
+        security = Curve.load(args.curve_keys, role="client")
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the lab decides when we stop
     signal.signal(signal.SIGTERM, _lab_gone)
     threading.Thread(target=_watch_hangup, args=(sys.stdin.fileno(),), daemon=True,
@@ -166,7 +171,7 @@ def main(argv=None) -> None:
     _die_with_parent()
     try:
         if args.lab_pid is None or os.getppid() == args.lab_pid:  # the lab may be gone already
-            serve(sys.stdin.buffer, sys.stdout.buffer)
+            serve(sys.stdin.buffer, sys.stdout.buffer, security)
     except (LabGone, BrokenPipeError):
         pass
     finally:

@@ -25,6 +25,8 @@ from .. import data
 from ..system import dispatch as dispatch_mod, strategies
 from . import plan as planning
 from . import checks, provenance, records, stability
+from . import hosts as hosts_mod
+from .hosts import HostLost
 from .results import ResultStore, check_name
 from .session import Session
 
@@ -70,7 +72,8 @@ def run_experiment(batch_sizes=(1, 4, 16, 64), workers=(1, 4, 16, 32), repeats: 
                    workers_url: str | None = None, server_address: str = "127.0.0.1",
                    client_address: str = "127.0.0.1", server_prefix=(),
                    fresh: bool = False, dispatch=dispatch_mod.DEFAULT,
-                   confirm=None) -> pd.DataFrame:
+                   confirm=None, hosts=None, ssh_config=None, secure: bool = False,
+                   on_host_loss: str = "stop") -> pd.DataFrame:
     """Run every combination of the swept axes x repeats; return one row per task per run.
 
     ``batch_sizes``, ``workers``, ``strategy``, ``transport``, ``dispatch`` (broker, broker:K,
@@ -104,6 +107,20 @@ def run_experiment(batch_sizes=(1, 4, 16, 64), workers=(1, 4, 16, 32), repeats: 
     ``client_address`` are the interfaces the server's batch socket and the client's result
     socket bind (loopback by default: other hosts cannot reach them); ``server_prefix`` runs the
     server under a command (``["ip", "netns", "exec", "ns"]``, ``["taskset", "-c", "0"]``).
+    Worker hosts started by the lab (comlab.lab.hosts): ``hosts`` is a list of entries
+    (``"ssh://[user@]host[:port] workers=N python=PATH workdir=DIR name=NAME"``, ``"local"``
+    or a command prefix such as ``"ip netns exec h1 workers=2"``) or a hosts file's path; the
+    lab checks each host's comlab and protocol version, starts ``comlab worker-host`` there
+    (its log in ``<result>/hosts/NAME.log``), and stops it when the sweep ends however it ends
+    (a SIGKILLed lab's hosts stop too: their stdin closes). Their workers are added to every
+    run's (as with ``remote_workers``); ``workers_url`` defaults to a free port on
+    ``server_address``, which (with ``client_address``) must be an address the hosts reach.
+    ``ssh_config`` is passed to ssh as ``-F``. A run during which a host was lost is not saved;
+    ``on_host_loss="stop"`` (the default) ends the sweep with the error (HostLost, naming the
+    host and its last log lines), ``"continue"`` starts the host again and goes on, and lists
+    the runs that failed in meta.json (``failed_runs``) and a warning: a rerun measures them.
+    ``secure=True`` makes a fresh CurveZMQ deployment for the sweep: server, client and all
+    workers encrypt and authenticate; worker hosts get their keys over their stdin.
     Before each run every host's clock offset against the client's is estimated
     (``comlab.clocks``); stamps of other hosts are converted to the client's clock, and the
     offsets with their uncertainties go into the run's entry in meta.json (``clock``).
@@ -122,11 +139,16 @@ def run_experiment(batch_sizes=(1, 4, 16, 64), workers=(1, 4, 16, 32), repeats: 
     checks.results_dir(results_dir)
     if name is not None:
         check_name(name)
+    if on_host_loss not in ("stop", "continue"):
+        raise ValueError(f"on_host_loss must be 'stop' or 'continue', got {on_host_loss!r}")
+    host_list = hosts_mod.parse_hosts(hosts) if hosts is not None else []
+    all_remote = remote_workers + sum(h.workers for h in host_list)
     specs = planning.plan(batch_sizes, workers, repeats, strategy, transport, rate,
-                          remote_workers=remote_workers, dispatch=dispatch)
+                          remote_workers=all_remote, dispatch=dispatch)
     _check_remote(remote_workers, workers_url, specs)
+    _check_hosts(host_list, specs, server_address, client_address, workers_url)
     inputs = load_inputs(commands, server_map, wait_scale, networks)
-    _confirm_if_long(specs, inputs, remote_workers, confirm)
+    _confirm_if_long(specs, inputs, all_remote, confirm)
     params = {"batch_sizes": [int(b) for b in planning.as_list(batch_sizes)],
               "workers": [int(w) for w in planning.as_list(workers)], "repeats": repeats,
               "strategy": [strategies.check(s) for s in planning.as_list(strategy)],
@@ -136,13 +158,22 @@ def run_experiment(batch_sizes=(1, 4, 16, 64), workers=(1, 4, 16, 32), repeats: 
               **inputs.params()}
     if remote_workers:
         params.update(remote_workers=int(remote_workers), workers_url=workers_url)
+    if host_list:
+        params.update(hosts=[h.describe() for h in host_list])
+    if secure:
+        params.update(secure=True)
+    # Before the result exists: a host that is unreachable or has another comlab costs nothing.
+    probes = hosts_mod.probe_all(host_list, ssh_config) if host_list else None
     name = name if name is not None else _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     store = ResultStore(results_dir, name, params, resume=resume and not fresh)
     session = Session(inputs.smap, networks=networks, remote_workers=remote_workers,
                       workers_url=workers_url, server_address=server_address,
-                      client_address=client_address, server_prefix=server_prefix)
+                      client_address=client_address, server_prefix=server_prefix,
+                      hosts=host_list, ssh_config=ssh_config, secure=secure,
+                      on_host_loss=on_host_loss, probes=probes)
     with store:
-        return _sweep(specs, inputs, store, session, timeout, progress, remote_workers)
+        session.host_log_dir = store.path / "hosts"
+        return _sweep(specs, inputs, store, session, timeout, progress, all_remote)
 
 
 def _sweep(specs, inputs: Inputs, store: ResultStore, session: Session, timeout, progress,
@@ -152,20 +183,36 @@ def _sweep(specs, inputs: Inputs, store: ResultStore, session: Session, timeout,
     todo = [s for s in specs if s.key not in saved]
     weights = {s.index: planning.weight(s, inputs.waits, remote_workers) for s in specs}
     name = store.path.name
-    with _Progress(specs, todo, weights, progress) as bar, session:
+    failed = []
+    with session, _Progress(specs, todo, weights, progress) as bar:  # hosts start before the bar
+        if session.hosts is not None:
+            store.write_meta(hosts=session.hosts.describe())
         for (transport, design, workers), runs in planning.groups(todo):
             with session.server(transport, workers, runs[0].strategy, design) as server:
                 for spec in runs:
                     bar.show(spec)
                     run_timeout = timeout or planning.default_timeout(spec, inputs.waits,
                                                                       remote_workers)
-                    df, entry = session.measure(server, spec, keys=inputs.keys,
-                                                waits=inputs.waits, timeout=run_timeout,
-                                                experiment=name)
+                    try:
+                        df, entry = session.measure(server, spec, keys=inputs.keys,
+                                                    waits=inputs.waits, timeout=run_timeout,
+                                                    experiment=name)
+                    except HostLost as exc:
+                        failed.append({"key": spec.key, "run": spec.index,
+                                       "session": store.session, "error": str(exc)})
+                        store.write_meta(failed_runs=failed)
+                        if session.on_host_loss != "continue":
+                            raise
+                        continue
                     store.save_run(df, entry)
                     bar.done(spec)
-    df = store.finish()
+    df = store.finish(complete=not failed)
     _warn_unstable(df, store)
+    if failed:
+        first = failed[0]["error"].splitlines()[0]
+        warnings.warn(f"{store.path}: {len(failed)} of {len(todo)} runs failed because a host "
+                      f"was lost, and are not in the result (a rerun measures them): {first}",
+                      stacklevel=3)
     return df
 
 
@@ -243,6 +290,33 @@ def _check_remote(remote_workers: int, workers_url, specs) -> None:
     if remote_workers and any(s.transport == "ipc" for s in specs):
         raise ValueError("remote workers send results to the client over tcp: transport ipc "
                          "cannot be used with them")
+
+
+def _check_hosts(hosts, specs, server_address: str, client_address: str, workers_url) -> None:
+    """Before anything starts: hosts on other machines cannot reach a loopback address."""
+    if not hosts:
+        return
+    if any(s.transport == "ipc" for s in specs):
+        raise ValueError("worker hosts send results to the client over tcp: transport ipc "
+                         "cannot be used with hosts")
+    far = [h for h in hosts if h.kind == "ssh" and not _is_loopback(h.target.rpartition("@")[2])]
+    for what, address in (("server_address", server_address), ("client_address", client_address)):
+        if far and _is_loopback(address):
+            raise ValueError(f"host {far[0].name} cannot reach {what} {address} (loopback): "
+                             f"set server_address and client_address to this machine's "
+                             f"address on the hosts' network")
+    if not workers_url and server_address in ("0.0.0.0", "*"):
+        raise ValueError("with server_address 0.0.0.0 the hosts need workers_url: the address "
+                         "they connect to")
+
+
+def _is_loopback(address: str) -> bool:
+    if address == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(address).is_loopback
+    except ValueError:
+        return False
 
 
 def _reachable(table: dict, networks) -> dict:

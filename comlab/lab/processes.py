@@ -79,7 +79,7 @@ class ServerProcess(_Child):
     def __init__(self, map_file: str, workers: int, workdir: str, *, transport: str = "tcp",
                  networks=(), workers_url: str | None = None, strategy: str | None = None,
                  ready_timeout: float = 60.0, address: str = "127.0.0.1",
-                 prefix=(), dispatch: str | None = None) -> None:
+                 prefix=(), dispatch: str | None = None, curve_keys: str | None = None) -> None:
         """``address``: the interface its tcp batch socket binds; ``prefix``: a command to run
         it under (e.g. ``ip netns exec NS``, ``taskset -c 0``)."""
         self.workdir = workdir
@@ -95,6 +95,8 @@ class ServerProcess(_Child):
             args += ["--network", net]
         if workers_url:
             args += ["--workers-url", workers_url]
+        if curve_keys:
+            args += ["--curve-keys", curve_keys]
         t0 = time.perf_counter()
         super().__init__(args, os.path.join(workdir, f"server-{workers}-{transport}.log"))
         self.info = self._read_ready(ready_timeout)
@@ -139,12 +141,16 @@ class ServerProcess(_Child):
             raise ValueError(answer.payload)
         return answer.payload
 
-    def wait_for_workers(self, n: int, timeout: float) -> list:
-        """Wait until ``n`` workers (local and remote) have joined; their name/host/pid list."""
+    def wait_for_workers(self, n: int, timeout: float, names=()) -> list:
+        """Wait until ``n`` workers (local and remote) have joined, among them every one of
+        ``names`` (and no more than ``n`` when names are given: a lost host's workers must be
+        gone first); their name/host/pid list."""
         deadline = time.monotonic() + timeout
+        names = set(names)
         while True:
             workers = self.control("stats")["workers"]
-            if len(workers) >= n:
+            joined = {str(w["name"]) for w in workers}
+            if (len(workers) == n if names else len(workers) >= n) and names <= joined:
                 return workers
             if time.monotonic() >= deadline:
                 hosts = sorted({str(w["host"]) for w in workers})
@@ -163,11 +169,13 @@ class ServerProcess(_Child):
 class AgentProcess(_Child):
     """``python -m comlab.lab.agent``: runs clients on request (see comlab.lab.agent)."""
 
-    def __init__(self, workdir: str) -> None:
+    def __init__(self, workdir: str, curve_keys: str | None = None) -> None:
         # If this process dies (no BYE), the agent removes workdir (it notices even mid-run).
-        super().__init__([sys.executable, "-m", "comlab.lab.agent", "--lab-pid",
-                          str(os.getpid()), "--workdir", workdir],
-                         os.path.join(workdir, "client.log"))
+        args = [sys.executable, "-m", "comlab.lab.agent", "--lab-pid", str(os.getpid()),
+                "--workdir", workdir]
+        if curve_keys:
+            args += ["--curve-keys", curve_keys]
+        super().__init__(args, os.path.join(workdir, "client.log"))
         self._keys_sent = None
 
     def stop(self, grace_s: float = 2.0) -> None:

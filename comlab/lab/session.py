@@ -5,6 +5,13 @@ server map the servers load); ``with session.server(transport, workers, strategy
 starts a server and its pool; ``session.measure(server, spec, ...)`` runs one client and returns
 its records and its meta.json entry. Leaving a ``with`` block for any reason (an exception, a
 run's timeout, KeyboardInterrupt) stops what it started, so nothing outlives ``run_experiment``.
+
+With ``hosts`` (comlab.lab.hosts) the session starts the worker hosts once, before the first
+server, and every server waits for all of their workers. A run during which a host was lost is
+refused (HostLost: its numbers include the retries); ``on_host_loss="continue"`` starts the
+host again before the next run, "stop" lets the error end the sweep. With ``secure`` the session
+makes a fresh CurveZMQ deployment in its work directory: the server, the client and the local
+workers load it, and each worker host gets its worker keys on stdin (nothing on its disk).
 """
 
 from __future__ import annotations
@@ -19,6 +26,7 @@ import pandas as pd
 
 from .. import data
 from . import clocks, records, stability
+from .hosts import HostError, HostGroup, HostLost
 from .plan import RunSpec
 from .processes import AgentProcess, ServerProcess, workdir as make_workdir
 
@@ -30,11 +38,21 @@ class Session:
 
     def __init__(self, smap: data.ServerMap, *, networks=(), remote_workers: int = 0,
                  workers_url: str | None = None, server_address: str = "127.0.0.1",
-                 client_address: str = "127.0.0.1", server_prefix=()) -> None:
+                 client_address: str = "127.0.0.1", server_prefix=(), hosts=None,
+                 ssh_config: str | None = None, secure: bool = False,
+                 host_log_dir=None, on_host_loss: str = "stop", probes=None) -> None:
         self.smap = smap
         self.networks = list(networks)
-        self.remote_workers = int(remote_workers)
-        self.workers_url = workers_url if remote_workers else None
+        self.hosts_spec = list(hosts or ())
+        self.ssh_config, self.secure = ssh_config, secure
+        self.host_log_dir, self.on_host_loss = host_log_dir, on_host_loss
+        self.probes = probes
+        self.hosts: HostGroup | None = None
+        self._dead: dict[str, str] = {}   # hosts that could not be started again: why
+        self.remote_workers = int(remote_workers) + sum(h.workers for h in self.hosts_spec)
+        if self.hosts_spec and not workers_url:
+            workers_url = f"tcp://{server_address}:{free_port(server_address)}"
+        self.workers_url = workers_url if self.remote_workers else None
         self.server_address, self.client_address = server_address, client_address
         self.server_prefix = list(server_prefix)
         self._stack = contextlib.ExitStack()
@@ -47,10 +65,29 @@ class Session:
         self.map_file = os.path.join(self.workdir, "server_map.txt")
         try:
             write_map(self.smap, self.map_file)
+            self.keys_dir = self._make_keys() if self.secure else None
+            if self.hosts_spec:
+                log_dir = self.host_log_dir or os.path.join(self.workdir, "hosts")
+                self.hosts = self._stack.enter_context(HostGroup(
+                    self.hosts_spec, self.workers_url, log_dir, ssh_config=self.ssh_config,
+                    keys=self._worker_keys() if self.secure else None, probes=self.probes))
         except BaseException:
             self._stack.close()
             raise
         return self
+
+    def _make_keys(self) -> str:
+        from ..system.security import create_keys
+        path = os.path.join(self.workdir, "keys")
+        create_keys(path)
+        return path
+
+    def _worker_keys(self) -> dict:
+        """The worker keys as a worker host reads them on stdin (z85 text)."""
+        from ..system.security import Curve
+        c = Curve.load(self.keys_dir, role="worker")
+        return {"public": c.public.decode(), "secret": c.secret.decode(),
+                "server_public": c.server_public.decode()}
 
     def __exit__(self, *exc) -> None:
         self._stack.close()  # the agent first (last in), then the work directory
@@ -58,7 +95,8 @@ class Session:
     @property
     def agent(self) -> AgentProcess:
         if self._agent is None:
-            self._agent = self._stack.enter_context(AgentProcess(self.workdir))
+            self._agent = self._stack.enter_context(AgentProcess(self.workdir,
+                                                                 curve_keys=self.keys_dir))
         return self._agent
 
     @contextlib.contextmanager
@@ -67,11 +105,33 @@ class Session:
         with ServerProcess(self.map_file, workers, self.workdir, transport=transport,
                            networks=self.networks, strategy=strategy, dispatch=dispatch,
                            workers_url=self.workers_url, address=self.server_address,
-                           prefix=self.server_prefix) as server:
+                           prefix=self.server_prefix, curve_keys=self.keys_dir) as server:
             if self.remote_workers:
-                server.wait_for_workers(workers + self.remote_workers, REMOTE_JOIN_TIMEOUT_S)
+                server.wait_for_workers(workers + self.remote_workers, REMOTE_JOIN_TIMEOUT_S,
+                                        names=self.hosts.worker_names() if self.hosts else ())
             self._strategy = strategy
+            self._local = workers
             yield server
+
+    def _hosts_ready(self, server: ServerProcess) -> None:
+        """Before a run: every host is there, or (on_host_loss "continue") started again."""
+        if self.hosts is None:
+            return
+        if self._dead:
+            raise HostLost(next(iter(self._dead.values())))
+        lost = self.hosts.lost()
+        if not lost:
+            return
+        if self.on_host_loss != "continue":
+            self.hosts.check()
+        for p in lost:
+            try:
+                self.hosts.restart(p.host.name)
+            except HostError as exc:
+                self._dead[p.host.name] = f"{exc} (it was lost and could not be started again)"
+                raise HostLost(self._dead[p.host.name]) from None
+        server.wait_for_workers(self._local + self.remote_workers, REMOTE_JOIN_TIMEOUT_S,
+                                names=self.hosts.worker_names())
 
     def measure(self, server: ServerProcess, spec: RunSpec, *, keys: list, waits: np.ndarray,
                 timeout: float, experiment: str) -> tuple[pd.DataFrame, dict]:
@@ -79,6 +139,7 @@ class Session:
         if spec.strategy != self._strategy:
             server.control("strategy", spec.strategy)
             self._strategy = spec.strategy
+        self._hosts_ready(server)
         clock = clocks.estimate(server)  # every host's offset against the client's
         before = stability.RunConditions.start(server)
         t_run = time.perf_counter()
@@ -90,6 +151,8 @@ class Session:
                                  server_url=server.url, timeout=timeout, rate=spec.rate,
                                  log_path=log_path)
             wall = time.perf_counter() - t_run
+            if self.hosts is not None:
+                self.hosts.check()  # a host lost during the run: its numbers include retries
             conditions = before.end(server)
             columns = records.to_client_clock(run.columns(), clock["offsets_ns"],
                                               clock["server_host"])
@@ -118,6 +181,14 @@ class Session:
         if spec.rate is not None:
             info["rate"] = float(spec.rate)
         return info
+
+
+def free_port(address: str) -> int:
+    """A TCP port free on ``address`` now (the worker hosts need one that outlives servers)."""
+    import socket
+    with socket.socket() as sock:
+        sock.bind((address, 0))
+        return sock.getsockname()[1]
 
 
 def write_map(smap: data.ServerMap, path: str) -> None:

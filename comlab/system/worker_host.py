@@ -16,6 +16,13 @@ connections (ZMTP heartbeats) and retries their batches elsewhere.
 
 Host names: ``COMLAB_HOST`` (environment) overrides the machine's host name in READY and
 RESULTS, for hosts that share one (containers, network namespaces).
+
+Started by the lab (comlab.lab.hosts, over SSH or a command prefix), it is tied to the lab's
+life through its stdin: ``--watch-stdin`` stops it when stdin closes (the lab exited or was
+killed, or its SSH channel closed), and ``--death-timeout S`` also when no byte (the lab's
+heartbeat) came for S seconds (a lab frozen, or cut off without the channel closing).
+``--keys-stdin`` reads the CurveZMQ worker keys as the first line of stdin (JSON, z85), so keys
+never touch the remote disk.
 """
 
 from __future__ import annotations
@@ -27,6 +34,7 @@ import os
 import selectors
 import signal
 import sys
+import time
 
 from .pool import Pool
 from .role import HOST
@@ -36,17 +44,23 @@ log = logging.getLogger("comlab.worker_host")
 
 STOP_GRACE_S = 1.5        # SIGTERM to SIGKILL; everything is gone within 2 s
 RESTART_BACKOFF_S = 1.0
+KEYS_TIMEOUT_S = 10.0     # --keys-stdin: the lab writes them at once
 
 
 class WorkerHost:
     def __init__(self, server_url: str, workers: int, *, security=None,
                  log_level: int = logging.WARNING, start_method: str = "forkserver",
-                 on_ready=None) -> None:
+                 on_ready=None, watch_fd: int | None = None,
+                 death_timeout: float | None = None) -> None:
+        """``watch_fd``: stop when it reaches end of file, or when nothing was read from it for
+        ``death_timeout`` seconds (None: never)."""
         if workers < 1:
             raise ValueError("a worker host needs at least 1 worker")
         self.server_url = server_url
         self.n = workers
         self.on_ready = on_ready
+        self.watch_fd, self.death_timeout = watch_fd, death_timeout
+        self.why_stopped = None
         from . import worker
         self.pool = Pool(worker.main, (server_url, log_level, security),
                          start_method=start_method, backoff_s=RESTART_BACKOFF_S,
@@ -62,19 +76,28 @@ class WorkerHost:
         self.pool.watch = lambda fd: self.sel.register(fd, selectors.EVENT_READ)
         self.pool.unwatch = self.sel.unregister
         wakeup = self._catch_signals()
+        if self.watch_fd is not None:
+            os.set_blocking(self.watch_fd, False)
+            self.sel.register(self.watch_fd, selectors.EVENT_READ)
+        self._last_word = time.monotonic()
         try:
             for _ in range(self.n):
                 self.pool.start()
             if self.on_ready is not None:
                 self.on_ready(self.info())
-            timeout = None
+            timeout = self._death_due()
             while not self._stop:
                 for key, _ in self.sel.select(timeout):
                     if wakeup is not None and key.fd == wakeup[0].fd:
                         wakeup[0].drain()
+                    elif key.fd == self.watch_fd:
+                        self._read_watch()
                     elif key.fd in self.pool.procs and not self._stop:
                         self.pool.exited(key.fd)
-                timeout = None if self._stop else self.pool.restart_due()
+                if not self._stop and (due := self._death_due()) is not None and due <= 0:
+                    self._stop_because(f"no word from the lab for {self.death_timeout:g} s")
+                timeout = None if self._stop else _earliest(self.pool.restart_due(),
+                                                            self._death_due())
             return 0
         finally:
             self.stop()
@@ -83,6 +106,28 @@ class WorkerHost:
                 wakeup[0].close()
                 for signum, handler in wakeup[1].items():
                     signal.signal(signum, handler)
+
+    def _read_watch(self) -> None:
+        try:
+            data = os.read(self.watch_fd, 4096)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if data:
+            self._last_word = time.monotonic()
+        else:
+            self._stop_because("the lab closed the connection")
+
+    def _death_due(self) -> float | None:
+        if self.watch_fd is None or self.death_timeout is None:
+            return None
+        return max(0.0, self._last_word + self.death_timeout - time.monotonic())
+
+    def _stop_because(self, why: str) -> None:
+        self.why_stopped = why
+        log.warning("stopping: %s", why)
+        self._stop = True
 
     def info(self) -> dict:
         return {"host": HOST, "pid": os.getpid(), "server": self.server_url,
@@ -108,12 +153,51 @@ class WorkerHost:
         return wakeup, old
 
 
+def _earliest(*timeouts):
+    found = [t for t in timeouts if t is not None]
+    return min(found) if found else None
+
+
+def read_keys(fd: int, timeout: float = KEYS_TIMEOUT_S):
+    """The worker keys the lab writes as stdin's first line: {"server_public", "public",
+    "secret"} in z85. Reads byte by byte so nothing after the line (heartbeats) is consumed."""
+    from .security import Curve
+    sel = selectors.DefaultSelector()
+    sel.register(fd, selectors.EVENT_READ)
+    line = b""
+    deadline = time.monotonic() + timeout
+    try:
+        while not line.endswith(b"\n"):
+            if len(line) > 4096:
+                raise ValueError("the keys line on stdin is too long")
+            if not sel.select(max(0.0, deadline - time.monotonic())):
+                raise ValueError(f"no keys on stdin within {timeout:g} s")
+            byte = os.read(fd, 1)
+            if not byte:
+                raise ValueError("stdin closed before the keys line")
+            line += byte
+    finally:
+        sel.close()
+    try:
+        keys = json.loads(line)
+        return Curve(keys["public"].encode(), keys["secret"].encode(),
+                     keys["server_public"].encode())
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise ValueError(f"the keys line on stdin is not valid: {exc}") from None
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("server_url", help="the server's --workers-url, e.g. tcp://10.0.0.5:5558")
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1,
                    help="worker processes on this host (default: one per CPU)")
     p.add_argument("--curve-keys", metavar="DIR",
                    help="CurveZMQ keys directory (needs server.key and worker.key*)")
+    p.add_argument("--keys-stdin", action="store_true",
+                   help="read the CurveZMQ worker keys as stdin's first line (JSON, z85)")
+    p.add_argument("--watch-stdin", action="store_true",
+                   help="stop when stdin closes (the lab that started this host is gone)")
+    p.add_argument("--death-timeout", type=float, metavar="SECONDS",
+                   help="with --watch-stdin: also stop after SECONDS without a byte on stdin")
     p.add_argument("--ready-json", action="store_true",
                    help="print one JSON line on stdout once the workers are started")
     p.add_argument("-v", "--verbose", action="count", default=0)
@@ -127,8 +211,14 @@ def run(args: argparse.Namespace) -> int:
         if args.curve_keys:
             from .security import Curve
             security = Curve.load(args.curve_keys, role="worker")
+        elif args.keys_stdin:
+            security = read_keys(0)
+        if args.death_timeout is not None and not args.death_timeout > 0:
+            raise ValueError(f"--death-timeout must be > 0, got {args.death_timeout:g}")
         host = WorkerHost(args.server_url, args.workers, security=security, log_level=level,
-                          on_ready=lambda info: _ready(info, args.ready_json))
+                          on_ready=lambda info: _ready(info, args.ready_json),
+                          watch_fd=0 if args.watch_stdin else None,
+                          death_timeout=args.death_timeout)
     except (ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
