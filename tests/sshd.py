@@ -8,7 +8,7 @@ Layout (10.78.0.0/24, distinct from test_remote's 10.77.0.0/24)::
 
 Each host runs a real ``sshd -D -e`` (under ``ip netns exec``) with its own sshd_config, its own
 ed25519 host key and root login by key only; every key and file lives in ``tmp_dir``. The lab
-gets an ssh client config (``Host h1`` ...) whose known_hosts holds each host's real key, so
+gets an ssh client config (``Host h1 10.78.0.11`` ...) whose known_hosts holds each host's real key, so
 ``ip netns exec LAB ssh -F CONFIG h1 true`` logs in with no prompt. The namespaces share the
 PID namespace of the tests: psutil sees remote processes.
 
@@ -120,7 +120,7 @@ def _write_known_hosts(path: Path, keys: dict[str, str]) -> None:
 def _client_config(hosts: list[SshHost], client_key: Path, known_hosts: Path) -> str:
     blocks = []
     for h in hosts:
-        blocks.append(f"""Host {h.alias}
+        blocks.append(f"""Host {h.alias} {h.ip}
     HostName {h.ip}
     User root
     Port 22

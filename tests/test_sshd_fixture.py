@@ -48,8 +48,9 @@ def test_wrong_host_key_is_refused(ssh_lab):
         r = subprocess.run(ssh_lab.ssh(h.alias, "true", config=wrong), capture_output=True,
                            text=True, timeout=30)
         assert r.returncode == 255 and "Host key verification failed" in r.stderr, r.stderr
-    ok = subprocess.run(ssh_lab.ssh("h1", "true"), capture_output=True, timeout=30)
-    assert ok.returncode == 0, ok.stderr  # the right config still works
+    for target in ("h1", "root@h1", ssh_lab.hosts[0].ip):  # the right config still works
+        ok = subprocess.run(ssh_lab.ssh(target, "true"), capture_output=True, timeout=30)
+        assert ok.returncode == 0, (target, ok.stderr)
 
 
 @pytest.mark.timeout(60)
