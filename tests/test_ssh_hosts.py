@@ -64,8 +64,8 @@ def gone_within(lab, tag: str, seconds: float) -> list[str]:
     return left
 
 
-def sweep_kw(lab, make_data, tmp_path, tag, **kw) -> dict:
-    client_file, server_file = make_data(n=96, wait=0.005)
+def sweep_kw(lab, make_data, tmp_path, tag, wait: float = 0.005, **kw) -> dict:
+    client_file, server_file = make_data(n=96, wait=wait)
     return {"batch_sizes": [4], "workers": [0], "repeats": 2, "commands": str(client_file),
             "server_map": str(server_file), "results_dir": str(tmp_path / "results"),
             "name": "ssh", "progress": False, "hosts": entries(lab, tag),
@@ -148,10 +148,8 @@ def test_a_host_that_cannot_start_is_named(fault, lab, make_data, tmp_path):
 @pytest.mark.timeout(90)
 def test_host_killed_mid_run_is_named_and_nothing_is_left(lab, make_data, tmp_path):
     tag = uuid.uuid4().hex[:8]
-    client_file, server_file = make_data(n=96, wait=0.05)
-    kw = sweep_kw(lab, make_data, tmp_path, tag, repeats=3, kill_host_in_run=2,
-                  kill_host=f"{lab.hosts[1].alias}-{tag}", commands=str(client_file),
-                  server_map=str(server_file))
+    kw = sweep_kw(lab, make_data, tmp_path, tag, wait=0.05, repeats=3, kill_host_in_run=2,
+                  kill_host=f"{lab.hosts[1].alias}-{tag}")
     code, out, err = run_lab(kw, prefix=in_lab(lab), timeout=80)
     name = f"{lab.hosts[1].alias}-{tag}"
     assert code == 3 and out.startswith(f"HostLost: host {name} (ssh://"), (out, err[-2000:])

@@ -454,9 +454,12 @@ class HostGroup:
     def lost(self) -> list[HostProcess]:
         return [p for p in self.procs.values() if not p.alive()]
 
-    def check(self) -> None:
-        """HostLost naming every host that is gone, with what it printed last."""
-        gone = self.lost()
+    def check(self, wait_s: float = 0.0) -> None:
+        """HostLost naming every host that is gone (waiting up to ``wait_s`` for one to be),
+        with what it printed last."""
+        deadline = time.monotonic() + wait_s
+        while not (gone := self.lost()) and time.monotonic() < deadline:
+            time.sleep(0.02)
         if gone:
             p = gone[0]
             raise p.failure(f"was lost (exit code {p.proc.returncode})"

@@ -31,6 +31,9 @@ from .plan import RunSpec
 from .processes import AgentProcess, ServerProcess, workdir as make_workdir
 
 REMOTE_JOIN_TIMEOUT_S = 30.0  # how long a server waits for the remote workers to join
+# The server lost workers in a run: was it their host? Its ssh ends once the remote session's
+# last process (a worker finishing its batch) has closed the session's pipes.
+HOST_EXIT_WAIT_S = 5.0
 
 
 class Session:
@@ -151,9 +154,10 @@ class Session:
                                  server_url=server.url, timeout=timeout, rate=spec.rate,
                                  log_path=log_path)
             wall = time.perf_counter() - t_run
-            if self.hosts is not None:
-                self.hosts.check()  # a host lost during the run: its numbers include retries
             conditions = before.end(server)
+            if self.hosts is not None:  # a host lost in the run: its numbers include retries
+                lost_workers = conditions["server"].get("workers_lost", 0)
+                self.hosts.check(wait_s=HOST_EXIT_WAIT_S if lost_workers else 0.0)
             columns = records.to_client_clock(run.columns(), clock["offsets_ns"],
                                               clock["server_host"])
         finally:
