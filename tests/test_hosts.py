@@ -283,8 +283,10 @@ def test_lab_exception_stops_every_host(make_data, tmp_path):
 
 
 @pytest.mark.timeout(60)
-def test_sigkilled_lab_takes_its_hosts_along(make_data, tmp_path):
-    """SIGKILL the lab while its hosts run: their stdin closes, they stop within 5 s."""
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT])
+def test_killed_or_interrupted_lab_takes_its_hosts_along(sig, make_data, tmp_path):
+    """SIGKILL the lab while its hosts run: their stdin closes, they stop within 5 s. SIGINT
+    (Ctrl-C, a notebook's interrupt): the lab's own teardown stops them."""
     tag = uuid.uuid4().hex
     kw = sweep_kw(make_data, tmp_path, hosts=["local workers=2", "env workers=1 name=pre"],
                   repeats=50)
@@ -298,8 +300,8 @@ def test_sigkilled_lab_takes_its_hosts_along(make_data, tmp_path):
             time.sleep(0.05)
         hosts = [p for p in tagged(tag) if "comlab.system.worker_host" in p.cmdline()]
         assert len(hosts) == 2
-        proc.kill()
-        proc.wait()
+        proc.send_signal(sig)
+        assert proc.wait(10) == -sig  # SIGINT: KeyboardInterrupt, then re-raised at exit
         left = gone_within(tag, 5.0)
         assert not left, [p.cmdline() for p in left]
     finally:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -161,11 +162,11 @@ def test_host_killed_mid_run_is_named_and_nothing_is_left(lab, make_data, tmp_pa
 
 
 @pytest.mark.timeout(90)
-@pytest.mark.parametrize("end", ["SIGKILL", "exception"])
+@pytest.mark.parametrize("end", ["SIGKILL", "SIGINT", "exception"])
 def test_lab_end_takes_every_remote_host_along(end, lab, make_data, tmp_path):
     """SIGKILL of the lab mid-sweep: its ssh clients see stdin close, the channels close, the
-    remote hosts stop: nothing left on any host within 5 s. An exception: the same, by the
-    lab's own teardown."""
+    remote hosts stop: nothing left on any host within 5 s. SIGINT (Ctrl-C, a notebook's
+    interrupt) and an exception: the same, by the lab's own teardown."""
     tag = uuid.uuid4().hex[:8]
     kw = sweep_kw(lab, make_data, tmp_path, tag, repeats=40)
     if end == "exception":
@@ -179,22 +180,40 @@ def test_lab_end_takes_every_remote_host_along(end, lab, make_data, tmp_path):
             assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()
             time.sleep(0.05)
         running = [p for p in remote_left(lab, tag) if "comlab.system.worker_host" in p]
-        if end == "SIGKILL":
+        if end != "exception":
             assert len(running) == 3, running
             assert psutil.Process(proc.pid).cmdline()[1] == "-c"  # ip netns exec, env: exec'd
             t0 = time.monotonic()
-            os.kill(proc.pid, 9)
+            os.kill(proc.pid, signal.SIGKILL if end == "SIGKILL" else signal.SIGINT)
         else:
             t0 = time.monotonic()
         left = gone_within(lab, tag, 5.0)
         print(f"{end}: remote hosts gone {time.monotonic() - t0:.2f} s after")
         assert not left, left
         proc.wait(10)
-        if end == "exception":
-            assert proc.returncode == 3
+        assert proc.returncode == {"SIGKILL": -9, "SIGINT": -2, "exception": 3}[end]  # -2: KeyboardInterrupt re-raised
     finally:
         if proc.poll() is None:
             proc.kill()
         proc.wait()
         proc.stdout.close()
         proc.stderr.close()
+
+
+@pytest.mark.timeout(90)
+def test_cli_sweep_over_ssh_hosts(lab, make_data, tmp_path):
+    """``comlab sweep --hosts a,b --ssh-config F``: the command line's path to the same."""
+    tag = uuid.uuid4().hex[:8]
+    kw = sweep_kw(lab, make_data, tmp_path, tag)
+    proc = subprocess.run(
+        [*in_lab(lab), sys.executable, "-m", "comlab", "sweep", "--hosts", ",".join(kw["hosts"]),
+         "--ssh-config", lab.ssh_config, "--server-address", LAB_IP, "--client-address", LAB_IP,
+         "--workers", "0", "--batch-sizes", "4", "--repeats", "1", "--commands",
+         kw["commands"], "--map", kw["server_map"], "--results-dir", kw["results_dir"],
+         "--name", "cli", "--no-plots", "--no-progress"],
+        capture_output=True, text=True, timeout=80)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    meta = json.loads((tmp_path / "results" / "cli" / "meta.json").read_text())
+    assert meta["complete"] and [r["workers"] for r in meta["runs"]] == [3]
+    assert sorted(h["name"] for h in meta["hosts"]) == [f"h{i}-{tag}" for i in (1, 2, 3)]
+    assert not gone_within(lab, tag, 2.0)
