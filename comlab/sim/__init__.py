@@ -36,10 +36,11 @@ __all__ = ["Calibration", "Config", "Linear", "calibrate", "predict", "configs_o
 PREDICTED = " (predicted)"
 
 
-def configs_of(summary: pd.DataFrame) -> list[Config]:
+def configs_of(summary: pd.DataFrame, records: pd.DataFrame | None = None) -> list[Config]:
     """The configurations of a measured summary (one per distinct axes), as Configs: local
-    workers as in ``comlab run``; remote workers (``remote_workers``) on one worker host that
-    shares the machine (the network-namespace sweep)."""
+    workers as in ``comlab run``; remote workers (``remote_workers``) on worker hosts that
+    share the machine (the network-namespace sweep): as many as the records' ``host`` column
+    names in that configuration (one without records)."""
     cols = [c for c in ("batch_size", "workers", "strategy", "dispatch", "remote_workers")
             if c in summary.columns]
     out = []
@@ -49,11 +50,22 @@ def configs_of(summary: pd.DataFrame) -> list[Config]:
         if remote and remote != int(r["workers"]):
             raise ValueError("the model runs local-only or remote-only workers, not "
                              f"{int(r['workers']) - remote} local + {remote} remote")
-        out.append(Config(int(r["batch_size"]), int(r["workers"]), hosts=1 if remote else 0,
+        out.append(Config(int(r["batch_size"]), int(r["workers"]),
+                          hosts=_hosts_of(r, cols, records) if remote else 0,
                           strategy=str(r.get("strategy", "thread-per-task")),
                           dispatch=str(r.get("dispatch", "broker")),
                           one_machine=True if remote else None))
     return out
+
+
+def _hosts_of(row, cols: list, records: pd.DataFrame | None) -> int:
+    if records is None or "host" not in records:
+        return 1
+    mine = records
+    for c in cols:
+        if c != "remote_workers" and c in records:
+            mine = mine[mine[c].astype(str) == str(row[c])]
+    return max(1, int(mine["host"].dropna().nunique()))
 
 
 def _as_configs(configs) -> list[Config]:
@@ -66,26 +78,27 @@ def _as_configs(configs) -> list[Config]:
 
 
 def predict(result_or_calibration, configs=None, *, repeats: int = 1, seed: int = 0,
-            name: str | None = None, records: bool = False, progress=None):
+            name: str | None = None, records: bool = False, progress=None, measured=None):
     """Predicted summary rows (one per configuration x repeat), like ``comlab.summarize``'s.
 
     ``result_or_calibration``: a Calibration, or anything ``calibrate`` takes (a result
     directory, a ``comlab.load`` Result, records). ``configs``: Configs or dicts of their fields
     (``batch_size``, ``workers``, ``hosts``, ``strategy``, ``dispatch``, ``tasks``, ``cpus``,
     ``one_machine``, ``latency_s``); default: every configuration of the result itself (needs a
-    result, not a Calibration). Repeats draw other overshoots (seed + repeat). With
+    result, not a Calibration; or ``measured=``, another result whose configurations to
+    predict: a sweep over hosts, predicted from a one-host calibration). Repeats draw other overshoots (seed + repeat). With
     ``records=True``: (summary, per-task records).
     """
     from ..lab.records import summarize
     source = result_or_calibration
     cal = source if isinstance(source, Calibration) else calibrate(source)
     if configs is None:
-        if isinstance(source, Calibration):
+        if measured is None and isinstance(source, Calibration):
             raise ValueError("predict(calibration) needs configs: a Calibration does not "
                              "know the result's configurations")
         from .calibrate import _records
-        df, _ = _records(source)
-        configs = configs_of(summarize(df))
+        df, _ = _records(source if measured is None else measured)
+        configs = configs_of(summarize(df), df)
     configs = _as_configs(configs)
     label = (name or cal.source.get("result") or "model") + PREDICTED
     rows, recs = [], []

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from pathlib import Path
 
 
 def _ints(text: str) -> list[int]:
@@ -59,6 +60,9 @@ def add_parser(sub) -> None:
                                                           "result's machine)")
     p.add_argument("--latency", type=_seconds, default=0.0, metavar="S",
                    help="added to each hop between two machines, in s (default 0)")
+    p.add_argument("--calibration", metavar="DIR",
+                   help="calibrate from this result instead (e.g. a one-host comlab run) and "
+                        "predict RESULT's own configurations against its measurements")
     p.add_argument("--csv", metavar="FILE", help="also write every predicted column")
     p.set_defaults(func=run)
 
@@ -69,24 +73,26 @@ def run(args) -> int:
     from . import predict, sweep
     from .calibrate import calibrate
     from ..cli import _result_dir
-    if _result_dir(args.result) is None:
+    if _result_dir(args.result) is None or (args.calibration and
+                                            _result_dir(args.calibration) is None):
         return 2
+    source = args.calibration or args.result
     for name in ("tasks", "cpus"):
         v = getattr(args, name)
         if v is not None and v < 1:
             print(f"error: --{name} must be >= 1, not {v}", file=sys.stderr)
             return 2
     try:
-        cal = calibrate(args.result)
+        cal = calibrate(source)
     except (ValueError, OSError) as exc:
-        print(f"error: {args.result}: cannot calibrate from it: {exc}", file=sys.stderr)
+        print(f"error: {source}: cannot calibrate from it: {exc}", file=sys.stderr)
         return 2
     own = not any(getattr(args, k) for k in ("workers", "hosts", "batch_sizes", "dispatch",
                                              "strategy", "tasks", "cpus")) and not args.latency
     t0 = time.perf_counter()
     try:
         if own:
-            pred = predict(args.result)
+            pred = predict(cal, measured=args.result, name=Path(args.result).name)
         else:
             from ..lab.results import load_results
             rec = load_results(args.result)
@@ -106,14 +112,14 @@ def run(args) -> int:
     with pd.option_context("display.width", 200, "display.max_rows", 500,
                            "display.max_columns", 50, "display.float_format", "{:.4g}".format):
         if own:
-            print(f"predicted vs measured (median over repeats), calibrated from "
-                  f"{args.result}; error = predicted / measured - 1")
+            print(f"predicted vs measured {args.result} (median over repeats), calibrated "
+                  f"from {source}; error = predicted / measured - 1")
             table = validation(args.result, pred)
             for c in ("makespan_error", "p99_error", "server_utilisation"):
                 table[c] = table[c].map("{:+.1%}".format if "error" in c else "{:.1%}".format)
             print(table.to_string(index=False))
         else:
-            print(f"predicted, calibrated from {args.result}")
+            print(f"predicted, calibrated from {source}")
             print(pred[[c for c in cols if c in pred]].to_string(index=False))
     print(f"simulated {len(pred)} configuration(s) in {wall:.1f} s", file=sys.stderr)
     if args.csv:
