@@ -230,3 +230,43 @@ def test_one_batch_checks_agree_with_the_vectorised_ones():
                 check(good._replace(**bad))
     two = P.Assign.decode(P.assign([P.work(7, b, "u", "", [b], [1], [0.0]) for b in (0, 1)]))
     assert P.check_one_batch(two) is None
+
+
+@pytest.mark.parametrize("change, accepted", [
+    ({}, True), ({"task_ids": (2, 9)}, False), ({"task_ids": (2, -1)}, False),
+    ({"task_ids": (2, 5)}, False), ({"task_ids": (2,)}, False),
+    ({"statuses": (0, 4)}, False), ({"statuses": (0, -1)}, False), ({"statuses": (0, 3)}, True),
+    ({"statuses": (0,)}, False), ({"errors": ["x"]}, False), ({"errors": [None, 3]}, False),
+    ({"errors": [None, "boom"]}, True), ({"heads": ((1, 0, 1, 2, 3, -1),)}, False),
+    ({"heads": ((1, 0, 1, 2, 3, 3),)}, True), ({"heads": ((0, 0, 1, 2, 3, 2),)}, False),
+    ({"heads": ((1, 0, 1, 2, 3, 0),), "task_ids": ()}, True),
+])
+def test_one_result_check_agrees_with_the_vectorised_one(change, accepted):
+    """The client's numpy-free path for a one-batch RESULTS accepts and refuses exactly what
+    ``check_results`` does, and finds the same batch, token and task ids."""
+    kw = {"heads": ((1, 0, 1, 2, 3, 2),), "task_ids": (2, 3), **change}
+    n = kw["heads"][0][5]
+    if "statuses" in change or "task_ids" in change:
+        kw.setdefault("statuses", (0,) * len(kw["task_ids"]))
+    r = _results(**kw)
+    if "task_ids" in change and "statuses" not in change:  # keep the other columns in step
+        k = len(kw["task_ids"])
+        r = r._replace(statuses=bytes(k), responses=bytes(8 * k), t_started=bytes(8 * k),
+                       t_finished=bytes(8 * k))
+    if "heads" in change and "task_ids" not in change and n >= 0:
+        r = r._replace(task_ids=P.ids_bytes([2, 3, 3][:n]), statuses=bytes(n),
+                       responses=bytes(8 * n), t_started=bytes(8 * n), t_finished=bytes(8 * n))
+    if not accepted:
+        for check in (P.check_results, P.check_one_result):
+            with pytest.raises(P.ProtocolError):
+                check(r, n_tasks=8, batch_size=2)
+        return
+    want = P.check_results(r, n_tasks=8, batch_size=2)
+    b, token, ids = P.check_one_result(r, n_tasks=8, batch_size=2)
+    assert (b, token, list(ids)) == (want.heads["batch_id"][0], want.heads["token"][0],
+                                     want.task_ids.tolist())
+
+
+def test_one_result_check_leaves_several_batches_to_the_vectorised_one():
+    two = _results(heads=((1, 0, 1, 2, 3, 1), (3, 0, 1, 2, 3, 1)), task_ids=(2, 6))
+    assert P.check_one_result(two, n_tasks=8, batch_size=2) is None

@@ -217,3 +217,25 @@ def test_cli_sweep_over_ssh_hosts(lab, make_data, tmp_path):
     assert meta["complete"] and [r["workers"] for r in meta["runs"]] == [3]
     assert sorted(h["name"] for h in meta["hosts"]) == [f"h{i}-{tag}" for i in (1, 2, 3)]
     assert not gone_within(lab, tag, 2.0)
+
+
+def validation_sweeps(results_dir: str = "results", per_host=(2, 8)) -> None:
+    """The simulation's multi-host validation (README "Simulation"): ``comlab run``'s batch
+    sizes on 3 ssh hosts in namespaces, ``per_host`` workers each, the shipped seed (10 ms
+    tasks), 2 repeats; results in ``results_dir/hosts3-wN``."""
+    import tempfile
+    with ssh_namespaces(tempfile.mkdtemp(prefix="comlab-validate-"), n_hosts=3) as lab:
+        for n in per_host:
+            kw = {"batch_sizes": [1, 4, 16, 64], "workers": [0], "repeats": 2,
+                  "results_dir": os.path.abspath(results_dir), "name": f"hosts3-w{n}",
+                  "fresh": True, "ssh_config": lab.ssh_config, "server_address": LAB_IP,
+                  "client_address": LAB_IP,
+                  "hosts": [f"ssh://{h.alias} workers={n} python={sys.executable} "
+                            f"workdir={REPO}" for h in lab.hosts]}
+            code, out, err = run_lab(kw, prefix=in_lab(lab), timeout=900)
+            assert code == 0, err[-3000:]
+            print(f"{results_dir}/hosts3-w{n}: {out['status']}")
+
+
+if __name__ == "__main__":  # python tests/test_ssh_hosts.py (as root): the validation sweeps
+    validation_sweeps()

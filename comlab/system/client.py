@@ -331,10 +331,12 @@ class Client(Role):
         frames = P.BatchFrames(self.run_id, self.reply_url, self.keys).frame
         log, t_sent = run.log.append, run.t_sent
         run_id, decode, check, Results = self.run_id, P.decode, P.check_results, (P.Results,)
+        check_one = P.check_one_result
         secret = self.secret
         # Every token before the clock starts: checking one is then an array look-up.
         tokens = np.fromiter(map(P.batch_tokens(secret), range(n_batches)), np.int64,
                              n_batches)
+        tokens_list = tokens.tolist()  # the one-batch path compares Python ints
         answered = np.zeros(n, np.uint8)  # per task: has a result been taken?
         poller = zmq.Poller()
         poller.register(pull, zmq.POLLIN)
@@ -397,13 +399,32 @@ class Client(Role):
                                 if msg.run != run_id:
                                     run.stale += 1
                                     continue
-                                heads, ids, _ = check(msg, n, size)
-                                b = heads["batch_id"]
-                                if len(b) and (b.min() < 0 or b.max() >= n_batches or
-                                               not np.array_equal(tokens[b], heads["token"])):
-                                    raise P.ProtocolError("RESULTS with a wrong batch token")
+                                one = check_one(msg, n, size)
+                                if one is not None:  # one batch: no numpy on the way
+                                    b, token, ids = one
+                                    if not 0 <= b < n_batches or tokens_list[b] != token:
+                                        raise P.ProtocolError("RESULTS with a wrong batch "
+                                                              "token")
+                                else:
+                                    heads, ids, _ = check(msg, n, size)
+                                    b = heads["batch_id"]
+                                    if len(b) and (b.min() < 0 or b.max() >= n_batches or
+                                                   not np.array_equal(tokens[b],
+                                                                      heads["token"])):
+                                        raise P.ProtocolError("RESULTS with a wrong batch "
+                                                              "token")
                             except P.ProtocolError:
                                 run.garbage += 1
+                                continue
+                            if one is not None:
+                                fresh = [i for i in ids if not answered[i]]
+                                if not fresh:
+                                    run.duplicates += 1
+                                    continue
+                                for i in fresh:
+                                    answered[i] = 1
+                                log(frame, t_received)
+                                accounted += len(fresh)
                                 continue
                             # distinct tasks only: a retried batch may answer twice
                             fresh = ids[answered[ids] == 0]

@@ -442,6 +442,38 @@ def check_one_batch(a: Assign) -> tuple | None:
     return head, waits
 
 
+def check_one_result(r: Results, n_tasks: int, batch_size: int) -> tuple | None:
+    """A RESULTS of one batch checked without numpy, as ``check_results`` would: (batch_id,
+    token, task ids); None when it is not a single batch (``check_results`` then). At batch 1
+    the client takes one such message per task, and the vectorised checks cost ~12 us of numpy
+    calls on one-element arrays (measured), several times these."""
+    if len(r.heads) != _HEAD_STRUCT_SIZE or not _LITTLE:
+        return None
+    head = _HEAD_UNPACK(r.heads)
+    n = head[5]
+    if n < 0:
+        raise ProtocolError("RESULTS: a batch with a negative task count")
+    for data, width, what in ((r.task_ids, 8, "task ids"), (r.statuses, 1, "statuses"),
+                              (r.responses, 8, "responses"), (r.t_started, 8, "t_started"),
+                              (r.t_finished, 8, "t_finished")):
+        if len(data) != n * width:
+            raise ProtocolError(f"RESULTS {what}: {len(data)} bytes for {n} values of {width}")
+    if r.errors is not None and len(r.errors) != n:
+        raise ProtocolError(f"RESULTS with {len(r.errors)} errors for {n} tasks")
+    ids = memoryview(r.task_ids).cast("q")
+    if n:
+        lo, hi = min(ids), max(ids)
+        if not (0 <= lo and hi < n_tasks):
+            raise ProtocolError(f"RESULTS for task ids outside 0..{n_tasks - 1}")
+        if lo // batch_size != head[0] or hi // batch_size != head[0]:
+            raise ProtocolError("RESULTS of a batch for tasks of other batches")
+        if not (OK <= min(r.statuses) and max(r.statuses) < LOST):
+            raise ProtocolError(f"RESULTS with status codes outside {OK}..{LOST - 1}")
+        if r.errors is not None and not set(map(type, r.errors)) <= {str, _NONE}:
+            raise ProtocolError("RESULTS with errors that are not strings")
+    return head[0], head[4], ids
+
+
 def entry_responses(entries: bytes) -> bytes:
     """The int64 response column of ENTRY records."""
     if _LITTLE:
