@@ -1,7 +1,9 @@
-"""CPU per task per process: ``python -m bench.cpu BATCH N WORKERS [DISPATCH]``.
+"""CPU per task per process: ``python -m bench.cpu BATCH N WORKERS [DISPATCH [WAIT]]``.
 
-A ServerProcess (WORKERS workers, sequential, zero-wait map) and an in-process Client; psutil
-CPU times of every process around one run of N tasks, divided by N (after a warm-up run).
+A ServerProcess (WORKERS workers, sequential, a map of WAIT-second tasks: default 0) and an
+in-process Client; psutil CPU times of every process around one run of N tasks, divided by N
+(after a warm-up run). With a WAIT each result comes on its own (nothing to coalesce): the
+per-message costs, and the wake-ups of processes that sleep between messages.
 """
 import sys, time, shutil, os
 import psutil
@@ -9,12 +11,13 @@ from comlab.lab.processes import ServerProcess, workdir
 from comlab.system.client import Client
 
 b, n, w = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
-dispatch = sys.argv[4] if len(sys.argv) > 4 else None
+dispatch = sys.argv[4] if len(sys.argv) > 4 and sys.argv[4] != "-" else None
+wait = float(sys.argv[5]) if len(sys.argv) > 5 else 0.0
 tmp = workdir()
 hosts = 1000
 with open(f"{tmp}/map.txt", "w") as f:
     for i in range(hosts):
-        f.write(f"10.{i // 256}.{i % 256}.1:run:1:0\n")
+        f.write(f"10.{i // 256}.{i % 256}.1:run:1:{wait!r}\n")
 keys = [f"10.{(i % hosts) // 256}.{(i % hosts) % 256}.1:run" for i in range(n)]
 server = ServerProcess(f"{tmp}/map.txt", w, tmp, strategy="sequential", dispatch=dispatch)
 try:
