@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from comlab.system import protocol as P
-from comlab.system.dispatch import Broker
+from comlab.system.dispatch import Broker, SharedQueue
 from comlab.system.ledger import Ledger
 
 
@@ -172,3 +172,18 @@ def test_released_remote_worker_gets_work_again_once_it_answers(ledger):
     assert ledger.done(b"a", 1, 1)
     ledger.submit(work(3))
     assert b"r" in {s[0] for s in ledger.sent[-2:]}
+
+
+@pytest.mark.parametrize("ledger", [SharedQueue()], indirect=True)
+def test_queue_design_without_local_workers_keeps_batches_for_remote_ones(ledger):
+    """A remote-only server under the queue design: nobody takes from the shared queue, so a
+    batch no free remote worker takes stays pending and goes to the next one that is free (it
+    was put on the queue and lost; the simulation found it)."""
+    ledger.ready(b"r1", "r1", "h", 1)
+    for b in range(3):
+        ledger.submit(work(b))
+    assert ledger.sent == [(b"r1", 0, 0)] and [w.batch_id for w in ledger.pending] == [1, 2]
+    ledger.ready(b"r2", "r2", "h", 2)
+    assert ledger.sent[-1] == (b"r2", 1, 0)
+    assert ledger.done(b"r1", 1, 0)
+    assert ledger.sent[-1] == (b"r1", 2, 0) and not ledger.pending

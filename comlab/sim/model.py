@@ -137,6 +137,8 @@ class _QueueDesign:
     def place(self, ledger, work):
         if ledger.to_free_worker(work, remote_only=True):
             return True
+        if not ledger.local:  # remote workers only: pending, as SharedQueue.place
+            return False
         self.sim.outbox.append((None, work))
         return True
 

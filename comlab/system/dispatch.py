@@ -116,6 +116,8 @@ class SharedQueue:
     def place(self, ledger, work) -> bool:
         if ledger.to_free_worker(work, remote_only=True):
             return True
+        if not ledger.local:  # a remote-only server: no one takes from the queue; keep it
+            return False      # pending for the next remote worker that is free
         self.outstanding[self.seq] = work
         self.queue.put(self.seq.to_bytes(8, "little") + assign((work,)))
         self.seq += 1
