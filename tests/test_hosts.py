@@ -356,3 +356,14 @@ def test_cli_host_that_cannot_start_is_one_line_exit_2(tmp_path):
         "error: host local (local python=/nonexistent/python): cannot run /nonexistent/python: "
         "No such file or directory"]
     assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.timeout(60)
+def test_queue_design_serves_a_remote_only_server(make_data, tmp_path):
+    """dispatch "queue" with workers=0: every batch goes to the hosts' workers (none is put on
+    a shared queue that no local worker reads)."""
+    kw = sweep_kw(make_data, tmp_path, hosts=["local workers=2"], dispatch="queue", repeats=1,
+                  batch_sizes=[1], timeout=20)
+    code, out, err = run_lab(kw)
+    assert code == 0, err[-2000:]
+    assert out["status"]["ok"] == 96 and sum(out["status"].values()) == 96
