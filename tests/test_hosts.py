@@ -367,3 +367,16 @@ def test_queue_design_serves_a_remote_only_server(make_data, tmp_path):
     code, out, err = run_lab(kw)
     assert code == 0, err[-2000:]
     assert out["status"]["ok"] == 96 and sum(out["status"].values()) == 96
+
+
+@pytest.mark.timeout(30)
+def test_lines_before_the_ready_line_are_skipped(tmp_path, free_url):
+    """A login banner or a profile's echo on stdout comes before the worker host's ready line."""
+    noisy = tmp_path / "python"
+    noisy.write_text(f"#!/bin/sh\necho 'Welcome to the lab host'\necho '{{\"not\": 1}}'\n"
+                     f"exec {sys.executable} \"$@\"\n")
+    noisy.chmod(0o755)
+    group = H.HostGroup([H.parse_entry(f"local python={noisy}")], free_url(), tmp_path / "logs")
+    with group:
+        assert len(group.procs["local"].info["workers"]) == 1
+    assert not group.procs["local"].alive()

@@ -46,6 +46,7 @@ HEARTBEAT_S = 1.0
 DEATH_TIMEOUT_S = 10.0     # long enough for a lab busy in one long C call (GIL held)
 PROBE_TIMEOUT_S = 30.0
 READY_TIMEOUT_S = 60.0     # a remote Python and its workers start: slow on a loaded machine
+READY_LINE_MAX = 1 << 20  # bytes of stdout before the ready line (a login banner is fine)
 STOP_GRACE_S = 3.0         # stdin closed -> the host's own 2 s stop -> ssh exits
 SSH_OPTIONS = ("-T", "-o", "BatchMode=yes", "-o", "ConnectTimeout=10",
                "-o", "ServerAliveInterval=2", "-o", "ServerAliveCountMax=3",
@@ -294,6 +295,14 @@ def probe_all(hosts: list[Host], ssh_config: str | None = None) -> dict:
     return dict(zip((h.name for h in hosts), _each(lambda h: probe(h, ssh_config), hosts)))
 
 
+def _ready_info(line: bytes) -> dict | None:
+    try:
+        info = json.loads(line)
+    except ValueError:
+        return None
+    return info if isinstance(info, dict) and "workers" in info else None
+
+
 class HostProcess:
     """``comlab.system.worker_host`` running on one host, its stderr in ``log_path``."""
 
@@ -333,14 +342,21 @@ class HostProcess:
                 return False
 
     def wait_ready(self, timeout: float = READY_TIMEOUT_S) -> dict:
-        """The worker host's ready line (its host name, pid and worker names)."""
+        """The worker host's ready line (its host name, pid and worker names); lines before it
+        (a login banner, a profile's echo) are skipped."""
         import selectors
         fd = self.proc.stdout.fileno()
         buf = b""
         deadline = time.monotonic() + timeout
         with selectors.DefaultSelector() as sel:
             sel.register(fd, selectors.EVENT_READ)
-            while b"\n" not in buf:
+            while True:
+                *lines, buf = buf.split(b"\n")
+                for line in lines:
+                    info = _ready_info(line)
+                    if info is not None:
+                        self.info = info
+                        return info
                 left = deadline - time.monotonic()
                 if left <= 0 or not sel.select(left):
                     raise self.failure(f"not ready within {timeout:g} s")
@@ -350,13 +366,8 @@ class HostProcess:
                     raise self.failure(f"exited before it was ready (exit code "
                                        f"{self.proc.returncode})")
                 buf += chunk
-        for line in buf.split(b"\n"):
-            with contextlib.suppress(ValueError):
-                info = json.loads(line)
-                if isinstance(info, dict) and "workers" in info:
-                    self.info = info
-                    return info
-        raise self.failure(f"printed no ready line: {buf[:200]!r}")
+                if len(buf) > READY_LINE_MAX:  # a host printing without end: not comlab's
+                    raise self.failure(f"printed {len(buf)} bytes and no ready line")
 
     def alive(self) -> bool:
         return self.proc.poll() is None
