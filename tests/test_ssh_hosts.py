@@ -27,9 +27,10 @@ from test_hosts import LAB, fake_python, run_lab
 REPO = str(Path(__file__).resolve().parents[1])
 
 
-@pytest.fixture
-def lab(tmp_path):
-    with ssh_namespaces(tmp_path / "sshlab", n_hosts=3) as lab:
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory):
+    """One set of namespaces and sshds for the module (each test tags its own hosts)."""
+    with ssh_namespaces(tmp_path_factory.mktemp("sshlab"), n_hosts=3) as lab:
         yield lab
 
 
