@@ -380,3 +380,21 @@ def test_lines_before_the_ready_line_are_skipped(tmp_path, free_url):
     with group:
         assert len(group.procs["local"].info["workers"]) == 1
     assert not group.procs["local"].alive()
+
+
+@pytest.mark.timeout(30)
+def test_a_host_deaf_to_eof_is_stopped_within_the_bound(tmp_path, free_url):
+    """A host that does not stop when its stdin closes (here: a worker host started without
+    --watch-stdin) is terminated by the lab's teardown after the grace period: bounded."""
+    deaf = tmp_path / "python"
+    deaf.write_text(f"#!{sys.executable}\nimport os, sys\n"
+                    "args = [a for a in sys.argv[1:] if a != '--watch-stdin']\n"
+                    "os.execv(sys.executable, [sys.executable, *args])\n")
+    deaf.chmod(0o755)
+    group = H.HostGroup([H.parse_entry(f"local python={deaf}")], free_url(), tmp_path / "logs")
+    with group:
+        proc = group.procs["local"].proc
+        assert "--watch-stdin" not in psutil.Process(proc.pid).cmdline()
+        t0 = time.monotonic()
+    took = time.monotonic() - t0
+    assert proc.returncode is not None and took < H.STOP_GRACE_S + 2.0, took

@@ -387,13 +387,14 @@ class HostProcess:
         self.reap(grace_s)
 
     def reap(self, grace_s: float) -> None:
+        """Wait ``grace_s`` for the local process, then SIGTERM, then SIGKILL it; close up."""
         proc = self.proc
         try:
             proc.wait(grace_s)
         except subprocess.TimeoutExpired:
             proc.terminate()
             try:
-                proc.wait(1.0)
+                proc.wait(0.5)
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
@@ -447,8 +448,15 @@ class HostGroup:
         for p in procs:  # every host hears EOF at once: the stops overlap
             with p.lock, contextlib.suppress(OSError, ValueError):
                 p.proc.stdin.close()
+        deadline = time.monotonic() + STOP_GRACE_S  # one bound for all, however many hosts
         for p in procs:
-            p.reap(STOP_GRACE_S)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                p.proc.wait(max(0.0, deadline - time.monotonic()))
+        for p in procs:
+            if p.proc.poll() is None:
+                p.proc.terminate()  # ssh gone: the remote side sees EOF all the same
+        for p in procs:
+            p.reap(max(0.0, deadline + 1.0 - time.monotonic()))
         if self._beat is not None:
             self._beat.join(HEARTBEAT_S + 1)
 
