@@ -398,3 +398,12 @@ def test_a_host_deaf_to_eof_is_stopped_within_the_bound(tmp_path, free_url):
         t0 = time.monotonic()
     took = time.monotonic() - t0
     assert proc.returncode is not None and took < H.STOP_GRACE_S + 2.0, took
+
+
+@pytest.mark.timeout(30)
+def test_a_garbled_probe_answer_is_an_error_naming_the_host(tmp_path):
+    liar = tmp_path / "python"
+    liar.write_text("#!/bin/sh\necho 'COMLAB-PROBE {not json'\n")
+    liar.chmod(0o755)
+    with pytest.raises(H.HostError, match=r"host local .*its probe answered 'COMLAB-PROBE"):
+        H.probe(H.parse_entry(f"local python={liar}"))

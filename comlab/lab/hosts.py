@@ -247,8 +247,16 @@ def probe(host: Host, ssh_config: str | None = None, timeout: float = PROBE_TIME
     except OSError as exc:  # no ssh, a prefix that is not a command, a missing workdir
         raise HostError(f"{where}: cannot run {exc.filename or 'it'}: {exc.strerror}") from None
     said = _last_line(done.stderr)
-    found = next((json.loads(line[len(PROBE_MARK):]) for line in done.stdout.splitlines()
-                  if line.startswith(PROBE_MARK)), None)
+    line = next((x for x in done.stdout.splitlines() if x.startswith(PROBE_MARK)), None)
+    found = None
+    if line is not None:
+        try:
+            found = json.loads(line[len(PROBE_MARK):])
+            assert isinstance(found, dict) and "executable" in found
+            assert "error" in found or {"comlab", "protocol"} <= found.keys()
+        except (ValueError, AssertionError):
+            raise HostError(f"{where}: its probe answered {line[:120]!r}, not comlab's "
+                            f"answer") from None
     if found is None:
         if host.kind == "ssh" and done.returncode == 255:
             raise HostError(f"{where}: ssh failed: {said or 'exit code 255'}")
