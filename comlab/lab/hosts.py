@@ -252,9 +252,10 @@ def probe(host: Host, ssh_config: str | None = None, timeout: float = PROBE_TIME
     if line is not None:
         try:
             found = json.loads(line[len(PROBE_MARK):])
-            assert isinstance(found, dict) and "executable" in found
-            assert "error" in found or {"comlab", "protocol"} <= found.keys()
-        except (ValueError, AssertionError):
+            if not (isinstance(found, dict) and "executable" in found and
+                    ("error" in found or {"comlab", "protocol"} <= found.keys())):
+                raise ValueError(line)
+        except ValueError:
             raise HostError(f"{where}: its probe answered {line[:120]!r}, not comlab's "
                             f"answer") from None
     if found is None:
