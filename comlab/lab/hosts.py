@@ -432,10 +432,6 @@ class HostGroup:
         self._stop = threading.Event()
         self._beat: threading.Thread | None = None
 
-    @property
-    def workers(self) -> int:
-        return sum(h.workers for h in self.hosts)
-
     def __enter__(self) -> "HostGroup":
         try:
             if set(self.probes) != {h.name for h in self.hosts}:
