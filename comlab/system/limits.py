@@ -1,0 +1,91 @@
+"""What this machine lets comlab spend, read before work starts.
+
+Threads are processes to the kernel: pid_max (and threads-max) count every thread of every
+process on the machine, and a thread start that fails raises "can't start new thread" wherever
+it happens, in comlab or in someone else's process. So comlab budgets processes and threads
+together, against what is free now, and leaves half of it to the rest of the machine.
+RLIMIT_NPROC bounds a non-root user's tasks the same way (root is exempt from it).
+
+Memory is budgeted against MemAvailable the same way. Every check raises ValueError with one line
+naming the limit, the number asked for and the number that would fit.
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+
+SHARE = 0.5  # of what is free now: the machine is shared, comlab never takes all of it
+
+
+def _read_int(path: str, default: int) -> int:
+    try:
+        with open(path) as f:
+            return int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return default
+
+
+def tasks_max() -> int:
+    """Most tasks (processes + threads) the kernel allows at once on this machine."""
+    return min(_read_int("/proc/sys/kernel/pid_max", 32768),
+               _read_int("/proc/sys/kernel/threads-max", 1 << 22))
+
+
+def tasks_in_use() -> int:
+    """Tasks (processes + threads) alive on the machine now (the 4th field of /proc/loadavg)."""
+    try:
+        with open("/proc/loadavg") as f:
+            return int(f.read().split()[3].split("/")[1])
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+def nproc_limit() -> int | None:
+    """RLIMIT_NPROC for this user, or None when it does not bind (root, unlimited)."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NPROC)
+    if os.geteuid() == 0 or soft == resource.RLIM_INFINITY:
+        return None
+    return soft
+
+
+def task_budget() -> tuple[int, str]:
+    """(tasks comlab may add now, the limit that sets it, in words)."""
+    total, used = tasks_max(), tasks_in_use()
+    budget = int((total - used) * SHARE)
+    why = f"pid_max {total}, {used} in use, comlab takes at most {SHARE:.0%} of the rest"
+    nproc = nproc_limit()
+    if nproc is not None and int((nproc - used) * SHARE) < budget:
+        budget = int((nproc - used) * SHARE)
+        why = f"RLIMIT_NPROC {nproc}, {used} in use, comlab takes at most {SHARE:.0%} of the rest"
+    return max(budget, 0), why
+
+
+def check_tasks(needed: int, what: str) -> None:
+    """ValueError unless ``needed`` more processes + threads fit in the budget."""
+    budget, why = task_budget()
+    if needed > budget:
+        raise ValueError(f"{what} needs {needed:,} processes and threads; this machine has room "
+                         f"for {budget:,} ({why})")
+
+
+def available_memory() -> int:
+    """Bytes the kernel says can be allocated now without swapping (MemAvailable)."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
+
+
+def check_memory(needed: int, what: str) -> None:
+    """ValueError unless ``needed`` bytes fit in the memory budget."""
+    budget = int(available_memory() * SHARE)
+    if needed > budget:
+        raise ValueError(f"{what} needs about {needed / 2**20:,.0f} MiB; this machine has room "
+                         f"for {budget / 2**20:,.0f} MiB (MemAvailable "
+                         f"{available_memory() / 2**20:,.0f} MiB, comlab takes at most "
+                         f"{SHARE:.0%})")
