@@ -306,7 +306,7 @@ def seed_path(name: str) -> Path:
     ``'server_data.txt'``), found the same way whether installed or run from the repo."""
     if name not in SEED_FILES:
         raise ValueError(f"unknown seed file {name!r}, expected one of {SEED_FILES}")
-    return Path(resources.files(__package__) / "data" / name)
+    return Path(resources.files(__package__) / "seed" / name)
 
 
 def _format_wait(wait: float) -> str:
