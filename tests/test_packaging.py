@@ -65,3 +65,12 @@ def test_py_typed_is_package_data():
     config = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
     assert "py.typed" in config["package-data"]["comlab"]
     assert (ROOT / "comlab" / "py.typed").is_file()
+
+
+def test_provenance_records_every_dependency():
+    from comlab.lab import provenance
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    env = provenance.environment()
+    missing = {_name(r) for r in project["dependencies"]} - set(env)
+    assert not missing, f"meta.json's environment lacks {sorted(missing)}"
+    assert all(env[_name(r)] for r in project["dependencies"])
