@@ -157,3 +157,9 @@ def test_zero_wait_efficiency_is_not_applicable_in_the_summary():
         comlab.summarize(experiment("z", {1: [0.02, 0.021]})))
     table, _ = report.summary_table(configs)
     assert table["efficiency"].tolist() == ["n/a"]
+
+
+def test_the_page_declares_a_viewport_for_phones(tmp_path):
+    page = report.write_report(EXAMPLE, out=tmp_path / "r.html").read_text()
+    assert "<meta name='viewport' content='width=device-width, initial-scale=1'>" in page
+    assert "img{max-width:100%;height:auto}" in page  # a fixed-width figure shrinks to the screen

@@ -270,11 +270,14 @@ def report_html(result: Result, other: Result | None = None) -> str:
              "<h2>Every run</h2><details><summary>per-run summary</summary>",
              _table_html(result.summary), "</details>"]
     return ("<!DOCTYPE html><html><head><meta charset='utf-8'>"
+            "<meta name='viewport' content='width=device-width, initial-scale=1'>"
             f"<title>comlab {_e(result.path.name)}</title><style>{CSS}</style></head><body>"
             + "".join(body) + "</body></html>")
 
 
-CSS = ("body{font-family:sans-serif;margin:2em;max-width:1200px}"
+CSS = ("body{font-family:sans-serif;margin:2em;max-width:1200px;overflow-wrap:anywhere}"
+       "img{max-width:100%;height:auto}figure{max-width:100%}"
+       "@media (max-width:600px){body{margin:0.6em}}"
        ".scroll{overflow-x:auto;max-width:100%}"
        "table{border-collapse:collapse;font-size:90%}"
        "td,th{padding:2px 8px;border-bottom:1px solid #ddd;text-align:right}"
