@@ -4,9 +4,9 @@
 executed); the sdist's own tests collect.
 
 What an editable install hides (a subpackage or a data file missing from the wheel) fails here.
-The venv sees this environment's site-packages for the dependencies (no download in the test),
-but not the editable comlab: its import hook is removed at start-up by the venv's
-sitecustomize, so every comlab module must come from the wheel.
+The venv finds the dependencies in this environment's site-packages (no download in the test)
+through a plain path file, which runs none of their .pth files: the editable comlab's import
+hook is never installed there, so every comlab module must come from the wheel.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import json
 import os
 import re
 import shutil
+import site
 import subprocess
 import sys
 import tarfile
@@ -26,16 +27,6 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.timeout(600)
 
-# Drop the editable install's import hook (setuptools' __editable__ finders), so a module
-# missing from the wheel is an ImportError instead of being found in the repository.
-SITECUSTOMIZE = textwrap.dedent("""\
-    import sys
-    sys.meta_path[:] = [f for f in sys.meta_path
-                        if not getattr(f, "__module__", "").startswith("__editable__")]
-    sys.path_hooks[:] = [h for h in sys.path_hooks
-                         if not getattr(h, "__module__", "").startswith("__editable__")]
-    sys.path[:] = [p for p in sys.path if "__editable__" not in p]
-""")
 
 
 def _run(cmd, cwd, timeout=300, env=None):
@@ -63,11 +54,11 @@ def dist(tmp_path_factory):
 @pytest.fixture(scope="module")
 def venv(dist, tmp_path_factory):
     where = tmp_path_factory.mktemp("venv")
-    _run([sys.executable, "-m", "venv", "--system-site-packages", str(where)], cwd=where)
+    _run([sys.executable, "-m", "venv", str(where)], cwd=where)
     python = where / "bin" / "python"
-    site = _run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-                cwd=where).stdout.strip()
-    Path(site, "sitecustomize.py").write_text(SITECUSTOMIZE)
+    site_dir = _run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                    cwd=where).stdout.strip()
+    Path(site_dir, "zz-dependencies.pth").write_text("\n".join(site.getsitepackages()) + "\n")
     _run([str(python), "-m", "pip", "install", "--no-deps", "--no-index", "-q",
           str(dist["wheel"])], cwd=where)
     outside = tmp_path_factory.mktemp("outside")
