@@ -104,6 +104,26 @@ def _out_dir(text: str) -> str:
     return _results_dir(text)
 
 
+def _wait_spec(text: str) -> str:
+    import random
+    from . import distributions
+    try:  # the file of an empirical spec is read, so its errors name file:line here
+        distributions.wait_sampler(text, 1.0, random.Random(0))
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
+def _popularity_spec(text: str) -> str:
+    import random
+    from . import distributions
+    try:
+        distributions.pick_keys(text, ["k"], 1, random.Random(0))
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
 def _non_negative(text: str) -> float:
     value = _float(text) if text else float("nan")
     if not value >= 0 or value == float("inf"):
@@ -259,7 +279,8 @@ def cmd_gen_data(args) -> int:
         client, server = generate(args.out_dir, hosts=args.hosts, commands=args.commands,
                                   network=args.network, wait=args.wait,
                                   wait_mean=args.wait_mean, seed=args.seed,
-                                  unknown=args.unknown)
+                                  unknown=args.unknown, popularity=args.popularity,
+                                  tasks=args.tasks)
     except (ValueError, OSError) as exc:
         print(f"error: {_one_line(exc)}", file=sys.stderr)
         return 2
@@ -534,8 +555,17 @@ def _add_data_commands(sub) -> None:
                    help="comma-separated commands per address (default foo,bar)")
     g.add_argument("--network", default="192.168.1.0/24",
                    help="where the addresses come from (default 192.168.1.0/24)")
-    g.add_argument("--wait", choices=["constant", "uniform", "exponential"], default="constant",
-                   help="distribution of the waits (default constant)")
+    g.add_argument("--wait", type=_wait_spec, default="constant", metavar="DIST",
+                   help="distribution of the waits: constant, uniform, exponential, "
+                        "lognormal[:SIGMA], pareto[:ALPHA] (mean --wait-mean each) or "
+                        "empirical:FILE (durations in seconds, one a line; default constant)")
+    g.add_argument("--popularity", type=_popularity_spec, default="uniform", metavar="DIST",
+                   help="which keys the tasks name: uniform or zipf[:S] (rank k weighs "
+                        "1/k^S, S default 1); default uniform (with no --tasks: every key "
+                        "once, in order)")
+    g.add_argument("--tasks", type=_int_at_least(1), default=None,
+                   help="tasks in client_data.txt, keys drawn by --popularity (default: one "
+                        "per key)")
     g.add_argument("--wait-mean", type=_non_negative, default=1.0,
                    help="mean wait in seconds, >= 0 (default 1)")
     g.add_argument("--seed", type=int, default=0, help="random seed (default 0)")

@@ -309,7 +309,7 @@ def test_seed_files():
 def test_seed_path():
     path = seed_path("server_data.txt")
     assert isinstance(path, Path) and path.is_file() and path.name == "server_data.txt"
-    assert path.parent.name == "data" and path.parent.parent.name == "comlab"
+    assert path.parent.name == "seed" and path.parent.parent.name == "comlab"
     with pytest.raises(ValueError):
         seed_path("other.txt")
 
@@ -401,3 +401,88 @@ def test_response_too_large_for_64_bits_is_a_data_error(tmp_path):
         "192.168.1.1:foo:1\n", f"192.168.1.1:foo:{2 ** 64}:1\n"))
     with pytest.raises(DataError, match=r"map.txt:1: .*signed 64-bit range"):
         read_server_map(path)
+
+
+# --- heavy tails and popularity (comlab.distributions) -----------------------------
+
+@pytest.mark.parametrize("wait", ["lognormal", "lognormal:0.5", "pareto", "pareto:3"])
+def test_generate_heavy_tailed_waits_keep_their_mean(tmp_path, wait):
+    _, server = generate(tmp_path, hosts=20000, commands=["a", "b"], network="10.0.0.0/16",
+                         wait=wait, wait_mean=0.2, seed=3)
+    waits = sorted(w for _, w in read_server_map(server).flat().values())
+    mean = sum(waits) / len(waits)
+    assert mean == pytest.approx(0.2, rel=0.1)
+    median, p999 = waits[len(waits) // 2], waits[int(len(waits) * 0.999)]
+    assert median < mean < p999 / 3  # skewed right, a long tail
+
+
+def test_generate_empirical_waits_come_from_the_file(tmp_path):
+    durations = tmp_path / "d.txt"
+    durations.write_text("# measured\n0.010\n0.020\n\n1.5  # a slow one\n")
+    _, server = generate(tmp_path / "out", hosts=200, wait=f"empirical:{durations}", seed=1)
+    waits = {w for _, w in read_server_map(server).flat().values()}
+    assert waits == {0.01, 0.02, 1.5}
+
+
+@pytest.mark.parametrize("content,match", [
+    ("0.1\nfast\n", r"d.txt:2: bad duration 'fast'"), ("-1\n", r"d.txt:1: bad duration"),
+    ("# none\n", "no durations"),
+])
+def test_generate_empirical_bad_file_names_file_and_line(tmp_path, content, match):
+    durations = tmp_path / "d.txt"
+    durations.write_text(content)
+    with pytest.raises(ValueError, match=match):
+        generate(tmp_path / "out", hosts=4, wait=f"empirical:{durations}")
+
+
+def test_generate_zipf_popularity_is_skewed_and_reproducible(tmp_path):
+    client, server = generate(tmp_path / "a", hosts=100, commands=["x"], tasks=20000,
+                              popularity="zipf:1.2", seed=5)
+    again, _ = generate(tmp_path / "b", hosts=100, commands=["x"], tasks=20000,
+                        popularity="zipf:1.2", seed=5)
+    assert client.read_bytes() == again.read_bytes()
+    tasks = read_commands(client)
+    assert len(tasks) == 20000
+    counts = {}
+    for ip, _ in tasks:
+        counts[ip] = counts.get(ip, 0) + 1
+    top = counts["192.168.1.0"] / len(tasks)
+    harmonic = sum(1 / k ** 1.2 for k in range(1, 101))
+    assert top == pytest.approx(1 / harmonic, rel=0.1)  # rank 1's share
+    assert counts["192.168.1.0"] > 10 * counts.get("192.168.1.50", 1)
+    # the map is the same as without popularity: the keys are drawn from their own generator
+    _, plain = generate(tmp_path / "c", hosts=100, commands=["x"], seed=5)
+    assert server.read_bytes() == plain.read_bytes()
+
+
+def test_generate_uniform_with_tasks_draws_every_key_alike(tmp_path):
+    client, _ = generate(tmp_path, hosts=10, commands=["x"], tasks=10000, seed=2)
+    counts = {}
+    for ip, _ in read_commands(client):
+        counts[ip] = counts.get(ip, 0) + 1
+    assert len(counts) == 10 and max(counts.values()) < 1.15 * min(counts.values())
+
+
+@pytest.mark.parametrize("kwargs", [
+    {"wait": "pareto:1"}, {"wait": "lognormal:x"}, {"wait": "constant:2"}, {"wait": "empirical"},
+    {"popularity": "zipf:-1"}, {"popularity": "normal"}, {"tasks": 0},
+])
+def test_generate_rejects_bad_distributions(tmp_path, kwargs):
+    with pytest.raises(ValueError):
+        generate(tmp_path, hosts=4, **kwargs)
+
+
+def test_gen_data_command_takes_the_new_distributions(tmp_path):
+    import subprocess
+    import sys
+    run = [sys.executable, "-m", "comlab", "gen-data"]
+    ok = subprocess.run([*run, str(tmp_path / "o"), "--hosts", "8", "--wait", "pareto:2",
+                         "--popularity", "zipf", "--tasks", "50"],
+                        capture_output=True, text=True, timeout=60)
+    assert ok.returncode == 0, ok.stderr
+    assert len(read_commands(tmp_path / "o" / "client_data.txt")) == 50
+    (tmp_path / "d.txt").write_text("0.1\noops\n")
+    bad = subprocess.run([*run, str(tmp_path / "p"), "--wait", f"empirical:{tmp_path}/d.txt"],
+                         capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1
+    assert "d.txt:2: bad duration 'oops'" in bad.stderr
