@@ -50,7 +50,7 @@ def _stop(signum, frame):
 def run(args: argparse.Namespace) -> int:
     level = logging.WARNING - 10 * args.verbose
     logging.basicConfig(level=level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    from .system.server import Server
+    from .system.server import ParentGone, Server
     try:
         from .run_client import check_connect_url
         if args.remote_url:  # '' (the lab's): every batch names its client
@@ -93,6 +93,9 @@ def run(args: argparse.Namespace) -> int:
         server.run()
     except KeyboardInterrupt:
         pass
+    except ParentGone as exc:  # the lab left while the pool started: its workers are stopped
+        print(f"comlab server: {exc}", file=sys.stderr)
+        return 1
     except (OSError, zmq.ZMQError) as exc:
         if started:  # not a start-up mistake: keep the whole story
             raise

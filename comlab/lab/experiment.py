@@ -173,6 +173,7 @@ def run_experiment(batch_sizes=(1, 4, 16, 64), workers=(1, 4, 16, 32), repeats: 
                       on_host_loss=on_host_loss, probes=probes)
     with store:
         session.host_log_dir = store.path / "hosts"
+        session.log_dir = store.path / "logs"  # a lab process that dies: its log, kept
         return _sweep(specs, inputs, store, session, timeout, progress, all_remote)
 
 

@@ -49,6 +49,7 @@ class Session:
         self.hosts_spec = list(hosts or ())
         self.ssh_config, self.secure = ssh_config, secure
         self.host_log_dir, self.on_host_loss = host_log_dir, on_host_loss
+        self.log_dir = None  # where the log of a lab process that died is kept
         self.probes = probes
         self.hosts: HostGroup | None = None
         self._dead: dict[str, str] = {}   # hosts that could not be started again: why
@@ -98,8 +99,8 @@ class Session:
     @property
     def agent(self) -> AgentProcess:
         if self._agent is None:
-            self._agent = self._stack.enter_context(AgentProcess(self.workdir,
-                                                                 curve_keys=self.keys_dir))
+            self._agent = self._stack.enter_context(AgentProcess(
+                self.workdir, curve_keys=self.keys_dir, keep_dir=self.log_dir))
         return self._agent
 
     @contextlib.contextmanager
@@ -108,7 +109,8 @@ class Session:
         with ServerProcess(self.map_file, workers, self.workdir, transport=transport,
                            networks=self.networks, strategy=strategy, dispatch=dispatch,
                            workers_url=self.workers_url, address=self.server_address,
-                           prefix=self.server_prefix, curve_keys=self.keys_dir) as server:
+                           prefix=self.server_prefix, curve_keys=self.keys_dir,
+                           keep_dir=self.log_dir) as server:
             if self.remote_workers:
                 server.wait_for_workers(workers + self.remote_workers, REMOTE_JOIN_TIMEOUT_S,
                                         names=self.hosts.worker_names() if self.hosts else ())
@@ -150,7 +152,7 @@ class Session:
                 else f"tcp://{self.client_address}:*")
         log_path = os.path.join(self.workdir, f"results-{spec.index}.log")
         try:
-            run = self.agent.run(keys, batch_size=spec.batch_size, bind_url=bind,
+            run = self.agent.run(keys, server, batch_size=spec.batch_size, bind_url=bind,
                                  server_url=server.url, timeout=timeout, rate=spec.rate,
                                  log_path=log_path)
             wall = time.perf_counter() - t_run
