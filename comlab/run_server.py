@@ -63,6 +63,12 @@ def run(args: argparse.Namespace) -> int:
         if args.max_workers == 0 and not args.workers_url:
             raise ValueError("MAX_WORKERS 0 needs --workers-url: a server with no local "
                              "workers and no way for remote ones to join could never work")
+        from .lab.checks import warm_threads
+        from .system import limits
+        # Batches of 1 at least: what the clients will ask for is not known yet.
+        limits.check_workers(args.max_workers,
+                             limits.WORKER_THREADS + warm_threads(args.strategy, 1),
+                             f"MAX_WORKERS {args.max_workers}")
         security = None
         if args.curve_keys:
             from .system.security import Curve

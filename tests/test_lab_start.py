@@ -149,3 +149,87 @@ def test_a_lab_process_killed_mid_run_is_one_line_with_its_kept_log(victim, make
         assert not wait_gone(_tagged(tag), 2.0)
     finally:
         _finish(lab, tag)
+
+
+# -- item 1: resource guards before anything starts ---------------------------------------------
+@pytest.fixture
+def small_machine(monkeypatch):
+    """A machine with room for 1,000 processes/threads and 2 GiB (both budgets are halved)."""
+    from comlab.system import limits
+    monkeypatch.setattr(limits, "tasks_max", lambda: 2000)
+    monkeypatch.setattr(limits, "tasks_in_use", lambda: 0)
+    monkeypatch.setattr(limits, "nproc_limit", lambda: None)
+    monkeypatch.setattr(limits, "available_memory", lambda: 2 << 30)
+
+
+@pytest.mark.parametrize("kwargs, names", [
+    # 100 workers x (3 + 64 warm threads) = 6,700 > 1,000: (1,000 - 16) // 67 = 14 fit
+    ({"workers": [1, 100], "batch_sizes": [1, 64]}, "workers 100: 100 workers of 67 threads "
+     "each need 6,716 processes and threads; this machine has room for 1,000 (pid_max 2000, 0 in "
+     "use, comlab takes at most 50% of the rest): at most 14 workers fit"),
+    # both strategies' threads are kept: 3 + 16 + 4
+    ({"workers": [50], "batch_sizes": [16], "strategy": ["thread-per-task", "thread-pool:4"]},
+     "workers 50: 50 workers of 23 threads each"),
+    # memory: 300 x (4 MiB + 0 threads kept) = 1,200 MiB > 1,024 MiB: 256 fit
+    ({"workers": [300], "batch_sizes": [1], "strategy": "sequential"},
+     "workers 300: 300 workers need about 1,200 MiB (4.0 MiB each); this machine has room "
+     "for 1,024 MiB (MemAvailable 2,048 MiB, comlab takes at most 50%): at most 256 workers fit"),
+    # worker hosts on this machine count; a batch above the 512 tasks keeps 512 threads
+    ({"workers": [1], "batch_sizes": [10**6], "hosts": ["local workers=2"]},
+     "workers 1 (+2 on worker hosts here): 3 workers of 515 threads"),
+])
+def test_workers_beyond_the_machine_are_refused_before_anything_starts(
+        kwargs, names, small_machine, tmp_path, monkeypatch):
+    from comlab.lab import experiment, hosts
+    monkeypatch.setattr(hosts, "probe_all", lambda *a: pytest.fail("a host was probed"))
+    monkeypatch.setattr(experiment, "Session", lambda *a, **k: pytest.fail("a session started"))
+    with pytest.raises(ValueError) as err:
+        experiment.run_experiment(results_dir=tmp_path, progress=False, **kwargs)
+    assert names in str(err.value) and "\n" not in str(err.value)
+    assert not any(tmp_path.iterdir())
+
+
+def test_run_server_refuses_workers_beyond_the_machine(small_machine, capsys, monkeypatch):
+    from comlab import data, run_server
+    from comlab.system import server
+    monkeypatch.setattr(server.Server, "prepare", lambda self: pytest.fail("a pool started"))
+    assert run_server.main([str(data.seed_path("server_data.txt")), "tcp://127.0.0.1:1", "",
+                            "300"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["error: MAX_WORKERS 300: 300 workers of 4 threads each need 1,216 processes "
+                   "and threads; this machine has room for 1,000 (pid_max 2000, 0 in use, comlab "
+                   "takes at most 50% of the rest): at most 246 workers fit"]
+
+
+# -- item 3: memory follows the tasks, not the batch size ---------------------------------------
+def test_a_batch_size_above_the_tasks_costs_nothing():
+    """Before: ClientRun.columns repeated each batch's send stamp batch_size times (8 bytes
+    each: 7.9 GB at 10**9, MemoryError beyond), and the client sent that size to the server."""
+    import numpy as np
+    from array import array
+    from comlab.system.client import Client, ClientRun
+    assert Client(["10.0.0.1:foo"], 10**13, "tcp://127.0.0.1:*",
+                  "tcp://127.0.0.1:1").batch_size == 1
+    run = ClientRun(3, 10**13, "tcp://127.0.0.1:1")
+    run.t_sent = array("q", [123])
+    run.t_intended = np.array([100], np.int64)
+    cols = run.columns()
+    assert cols["t_sent"].tolist() == [123] * 3 and cols["t_intended"].tolist() == [100] * 3
+    assert cols["batch_id"].tolist() == [0, 0, 0]
+
+
+@pytest.mark.timeout(60)
+def test_a_sweep_with_a_batch_above_its_tasks_runs_them_as_one_batch(make_data, tmp_path):
+    """Said once (a warning); the runs, records and meta.json say the batch it ran."""
+    import json
+    from comlab.lab import experiment
+    client_file, server_file = make_data(n=4)
+    with pytest.warns(UserWarning, match="batch sizes above the 4 tasks run as 4") as caught:
+        df = experiment.run_experiment(batch_sizes=[10**13, 2, 4], workers=[1], repeats=1,
+                                       commands=str(client_file), server_map=str(server_file),
+                                       results_dir=tmp_path, name="b", progress=False)
+    assert sum("batch sizes above" in str(w.message) for w in caught) == 1
+    assert sorted(df["batch_size"].unique()) == [2, 4] and len(df) == 8
+    assert (df["status"] == "ok").all()
+    assert json.loads((tmp_path / "b" / "meta.json").read_text())["params"]["batch_sizes"] \
+        == [4, 2]

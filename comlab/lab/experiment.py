@@ -143,11 +143,14 @@ def run_experiment(batch_sizes=(1, 4, 16, 64), workers=(1, 4, 16, 32), repeats: 
         raise ValueError(f"on_host_loss must be 'stop' or 'continue', got {on_host_loss!r}")
     host_list = hosts_mod.parse_hosts(hosts) if hosts is not None else []
     all_remote = remote_workers + sum(h.workers for h in host_list)
+    inputs = load_inputs(commands, server_map, wait_scale, networks)
+    batch_sizes = checks.batch_sizes_for(batch_sizes, len(inputs.keys))
     specs = planning.plan(batch_sizes, workers, repeats, strategy, transport, rate,
                           remote_workers=all_remote, dispatch=dispatch)
     _check_remote(remote_workers, workers_url, specs)
     _check_hosts(host_list, specs, server_address, client_address, workers_url)
-    inputs = load_inputs(commands, server_map, wait_scale, networks)
+    checks.machine_room(specs, len(inputs.keys),
+                        sum(h.workers for h in host_list if h.kind != "ssh"))
     _confirm_if_long(specs, inputs, all_remote, confirm)
     params = {"batch_sizes": [int(b) for b in planning.as_list(batch_sizes)],
               "workers": [int(w) for w in planning.as_list(workers)], "repeats": repeats,
