@@ -161,7 +161,7 @@ def cmd_sweep(args) -> int:
             fresh=args.fresh, confirm=(lambda text: True) if args.yes else _ask,
             hosts=hosts, ssh_config=args.ssh_config, secure=args.secure,
             on_host_loss=args.on_host_loss)
-    except HostLost as exc:  # mid-sweep: what is saved stays; the host's last lines say why
+    except HostLost as exc:  # mid-sweep (a host or workers lost): what is saved stays
         print(f"error: {exc}", file=sys.stderr)
         return 1
     except ProcessDied as exc:  # one line; 2 when the process refused what it was given

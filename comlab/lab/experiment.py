@@ -115,10 +115,13 @@ def run_experiment(batch_sizes=(1, 4, 16, 64), workers=(1, 4, 16, 32), repeats: 
     (a SIGKILLed lab's hosts stop too: their stdin closes). Their workers are added to every
     run's (as with ``remote_workers``); ``workers_url`` defaults to a free port on
     ``server_address``, which (with ``client_address``) must be an address the hosts reach.
-    ``ssh_config`` is passed to ssh as ``-F``. A run during which a host was lost is not saved;
-    ``on_host_loss="stop"`` (the default) ends the sweep with the error (HostLost, naming the
-    host and its last log lines), ``"continue"`` starts the host again and goes on, and lists
-    the runs that failed in meta.json (``failed_runs``) and a warning: a rerun measures them.
+    ``ssh_config`` is passed to ssh as ``-F``. A run during which the server lost or retried any
+    worker (a host lost or frozen, a local worker killed or wedged) is not saved: its numbers
+    include the retries. ``on_host_loss="stop"`` (the default) ends the sweep with the error
+    (HostLost naming the host and its last log lines, or WorkersLost naming the server's
+    counters), ``"continue"`` starts a lost host again, waits for every worker and goes on, and
+    lists the runs that failed in meta.json (``failed_runs``) and a warning: a rerun measures
+    them.
     ``secure=True`` makes a fresh CurveZMQ deployment for the sweep: server, client and all
     workers encrypt and authenticate; worker hosts get their keys over their stdin.
     Before each run every host's clock offset against the client's is estimated
@@ -215,7 +218,8 @@ def _sweep(specs, inputs: Inputs, store: ResultStore, session: Session, timeout,
     if failed:
         first = failed[0]["error"].splitlines()[0]
         warnings.warn(f"{store.path}: {len(failed)} of {len(todo)} runs failed because a host "
-                      f"was lost, and are not in the result (a rerun measures them): {first}",
+                      f"or worker was lost, and are not in the result (a rerun measures them): "
+                      f"{first}",
                       stacklevel=3)
     return df
 
