@@ -233,3 +233,12 @@ def test_a_sweep_with_a_batch_above_its_tasks_runs_them_as_one_batch(make_data, 
     assert (df["status"] == "ok").all()
     assert json.loads((tmp_path / "b" / "meta.json").read_text())["params"]["batch_sizes"] \
         == [4, 2]
+
+
+def test_worker_host_refuses_workers_beyond_the_machine(small_machine, capsys, monkeypatch):
+    from comlab.system import worker_host
+    monkeypatch.setattr(worker_host, "WorkerHost", lambda *a, **k: pytest.fail("host started"))
+    assert worker_host.main(["tcp://127.0.0.1:1", "--workers", "300"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: --workers 300: 300 workers of 4 threads")
+    assert err[0].endswith("at most 246 workers fit")

@@ -91,7 +91,10 @@ def run_experiment(batch_sizes=(1, 4, 16, 64), workers=(1, 4, 16, 32), repeats: 
     warning); a false answer raises ``SweepDeclined`` before anything starts.
 
     Every argument is checked before anything is written or started (TypeError or ValueError
-    naming the parameter: ``repeats=2.5``, ``batch_sizes=[1.5]``, ``timeout=0`` are refused).
+    naming the parameter: ``repeats=2.5``, ``batch_sizes=[1.5]``, ``timeout=0`` are refused),
+    and so is the machine: the largest pool, with the threads its workers keep warm, must fit
+    its processes/threads and memory (comlab.lab.checks.machine_room). A batch size above the
+    number of tasks runs as that number (one warning).
 
     Saving (comlab.lab.results): a rerun of the same name resumes, skipping the runs saved
     already, only when the parameters, the data's content, the comlab commit (and dirty state),

@@ -215,6 +215,9 @@ def run(args: argparse.Namespace) -> int:
             security = read_keys(0)
         if args.death_timeout is not None and not args.death_timeout > 0:
             raise ValueError(f"--death-timeout must be > 0, got {args.death_timeout:g}")
+        from . import limits
+        limits.check_workers(args.workers, limits.WORKER_THREADS + 1,
+                             f"--workers {args.workers}")  # batches of 1 at least
         host = WorkerHost(args.server_url, args.workers, security=security, log_level=level,
                           on_ready=lambda info: _ready(info, args.ready_json),
                           watch_fd=0 if args.watch_stdin else None,
