@@ -126,9 +126,9 @@ def test_a_lab_process_killed_mid_run_is_one_line_with_its_kept_log(victim, make
                  "--commands", str(client_file), "--map", str(server_file))
     try:
         marker = "comlab.run_server" if victim == "server" else "comlab.lab.agent"
-        _wait_for(lambda: (tmp_path / "r" / "n" / "meta.json").exists()
-                  and any(marker in " ".join(p.cmdline()) for p in _tagged(tag)), 30,
-                  "the first run under way")
+        # The agent starts with the first run, once the server is ready.
+        _wait_for(lambda: any("comlab.lab.agent" in " ".join(p.cmdline())
+                              for p in _tagged(tag)), 30, "the first run under way")
         time.sleep(0.5)  # well inside the run (12.8 s ideal)
         target = [p for p in _tagged(tag) if marker in " ".join(p.cmdline())
                   and p.ppid() == lab.pid]
@@ -242,3 +242,24 @@ def test_worker_host_refuses_workers_beyond_the_machine(small_machine, capsys, m
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: --workers 300: 300 workers of 4 threads")
     assert err[0].endswith("at most 246 workers fit")
+
+
+@pytest.mark.timeout(60)
+def test_worker_host_stops_its_pool_start_when_the_lab_leaves(free_url):
+    """A worker host (what the lab starts on each host) whose stdin closes while its 40
+    workers start (slowly, on purpose) stops between two forks: all gone within 2 s."""
+    proc = subprocess.Popen([sys.executable, "-m", "comlab.system.worker_host", free_url(),
+                             "--workers", "40", "--watch-stdin"], stdin=subprocess.PIPE,
+                            stderr=subprocess.PIPE, env={**os.environ, FORK_DELAY_ENV: "0.2"})
+    try:
+        root = psutil.Process(proc.pid)
+        _wait_for(lambda: len(root.children(recursive=True)) >= 5, 30, "the pool start under way")
+        tree = [root] + root.children(recursive=True)
+        proc.stdin.close()
+        assert not wait_gone(tree + root.children(recursive=True), 2.0)
+        assert "the lab closed the connection" in proc.stderr.read().decode()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(5)
+        proc.stderr.close()

@@ -82,8 +82,12 @@ class WorkerHost:
         self._last_word = time.monotonic()
         try:
             for _ in range(self.n):
+                if self.watch_fd is not None:
+                    self._read_watch()  # a lab gone while many start: stop between two
+                    if self._stop:
+                        break
                 self.pool.start()
-            if self.on_ready is not None:
+            if self.on_ready is not None and not self._stop:
                 self.on_ready(self.info())
             timeout = self._death_due()
             while not self._stop:
