@@ -164,6 +164,7 @@ def cmd_sweep(args) -> int:
     import comlab
     from .data import DataError
     from .lab.hosts import HostError, HostLost
+    from .lab.processes import ProcessDied
     hosts = _hosts_of(args)
     if hosts == 2:
         return 2
@@ -180,9 +181,12 @@ def cmd_sweep(args) -> int:
             fresh=args.fresh, confirm=(lambda text: True) if args.yes else _ask,
             hosts=hosts, ssh_config=args.ssh_config, secure=args.secure,
             on_host_loss=args.on_host_loss)
-    except HostLost as exc:  # mid-sweep: what is saved stays; the host's last lines say why
+    except HostLost as exc:  # mid-sweep (a host or workers lost): what is saved stays
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    except ProcessDied as exc:  # one line; 2 when the process refused what it was given
+        print(f"error: {exc}", file=sys.stderr)
+        return 2 if exc.exit_code == 2 else 1
     except (DataError, ValueError, TypeError, HostError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -56,6 +56,9 @@ def run(args: argparse.Namespace) -> int:
         if args.curve_keys:
             from .system.security import Curve
             security = Curve.load(args.curve_keys, role="client")
+        if args.batch_size > len(tasks) > 0:
+            print(f"note: TASKS_PER_BATCH {args.batch_size:,} is more than the {len(tasks):,} "
+                  f"tasks: one batch of {len(tasks):,}", file=sys.stderr)
         client = Client([f"{ip}:{cmd}" for ip, cmd in tasks], args.batch_size, args.bind_url,
                         args.remote_url, timeout=args.timeout, rate=args.rate,
                         advertise=args.advertise, security=security)

@@ -50,7 +50,7 @@ def _stop(signum, frame):
 def run(args: argparse.Namespace) -> int:
     level = logging.WARNING - 10 * args.verbose
     logging.basicConfig(level=level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    from .system.server import Server
+    from .system.server import ParentGone, Server
     try:
         from .run_client import check_connect_url
         if args.remote_url:  # '' (the lab's): every batch names its client
@@ -63,6 +63,12 @@ def run(args: argparse.Namespace) -> int:
         if args.max_workers == 0 and not args.workers_url:
             raise ValueError("MAX_WORKERS 0 needs --workers-url: a server with no local "
                              "workers and no way for remote ones to join could never work")
+        from .lab.checks import warm_threads
+        from .system import limits
+        # Batches of 1 at least: what the clients will ask for is not known yet.
+        limits.check_workers(args.max_workers,
+                             limits.WORKER_THREADS + warm_threads(args.strategy, 1),
+                             f"MAX_WORKERS {args.max_workers}")
         security = None
         if args.curve_keys:
             from .system.security import Curve
@@ -93,6 +99,9 @@ def run(args: argparse.Namespace) -> int:
         server.run()
     except KeyboardInterrupt:
         pass
+    except ParentGone as exc:  # the lab left while the pool started: its workers are stopped
+        print(f"comlab server: {exc}", file=sys.stderr)
+        return 1
     except (OSError, zmq.ZMQError) as exc:
         if started:  # not a start-up mistake: keep the whole story
             raise

@@ -23,6 +23,8 @@ def no_processes(monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("a process was started for a user's mistake")
     monkeypatch.setattr(subprocess, "Popen", refuse)
+    from comlab.system import server
+    monkeypatch.setattr(server.Server, "prepare", refuse)  # an in-process pool (`server`)
     monkeypatch.setattr(session.Session, "__init__", refuse)
     monkeypatch.setattr(experiment, "Session", refuse)
 
@@ -125,6 +127,10 @@ CASES = [
      "signed 64-bit"),
     (["server", "SEED/server_data.txt", "tcp://127.0.0.1:1", "tcp://127.0.0.1:2", "1",
       "--strategy", ""], "strategy"),
+    # issue 25: more workers than the machine's processes/threads or memory take
+    (["sweep", "--workers", "5000"], "workers 5000"),
+    (["run", "--workers", "400", "--batch-sizes", "512"], "at most"),
+    (["server", "SEED/server_data.txt", "tcp://127.0.0.1:1", "", "5000"], "MAX_WORKERS 5000"),
 ]
 
 

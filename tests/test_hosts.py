@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -200,6 +201,22 @@ LAB = textwrap.dedent("""
             return measure(self, server, spec, **k)
         kw_host = kw.pop("kill_host")
         session.Session.measure = killing
+    disturb = kw.pop("disturb_in_run", None)
+    if disturb is not None:  # freeze a host 5 s, or SIGKILL a local worker, 0.3 s into run N
+        import signal, threading, psutil
+        measure, calls = session.Session.measure, []
+        def disturbing(self, server, spec, **k):
+            calls.append(1)
+            if len(calls) == disturb["run"] and disturb["what"] == "freeze":
+                pg = self.hosts.procs[disturb["host"]].proc.pid  # its own session and group
+                threading.Timer(0.3, os.killpg, (pg, signal.SIGSTOP)).start()
+                threading.Timer(5.3, os.killpg, (pg, signal.SIGCONT)).start()
+            elif len(calls) == disturb["run"]:
+                worker = [c for c in psutil.Process(server.proc.pid).children()
+                          if "multiprocessing" not in " ".join(c.cmdline())][0]
+                threading.Timer(0.3, worker.kill).start()
+            return measure(self, server, spec, **k)
+        session.Session.measure = disturbing
     print("LAB-PID", os.getpid(), flush=True)
     try:
         df = comlab.run_experiment(**kw)
@@ -338,9 +355,43 @@ def test_host_killed_mid_run(policy, make_data, tmp_path):
         assert code == 0, err[-2000:]
         assert out["runs"] == [0, 2] and sum(out["status"].values()) == 2 * 96
         assert out["status"]["ok"] == 2 * 96
-        assert "runs failed because a host was lost" in err
+        assert "runs failed because a host or worker was lost" in err
         log = (tmp_path / "hosts" / "hosts" / "pre.log").read_text()
         assert log.count("--- comlab lab: starting") == 2
+    assert not gone_within(tag, 2.0)
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("what, policy", [("freeze", "stop"), ("freeze", "continue"),
+                                          ("kill-local-worker", "stop"),
+                                          ("kill-local-worker", "continue")])
+def test_a_run_that_lost_any_worker_is_refused_like_a_lost_host(what, policy, make_data,
+                                                                 tmp_path):
+    """Issue 25: a lab-started host frozen 5 s mid-run (alive again after: only the server saw
+    it lost, and retried its batch) or a local worker SIGKILLed mid-run. Before: the run was
+    saved as a normal measurement. Now the one rule: the run is refused (WorkersLost, a
+    HostLost) and on_host_loss decides, as for a host that died."""
+    tag = uuid.uuid4().hex
+    client_file, server_file = make_data(n=96, wait=0.05)
+    kw = {"batch_sizes": [4], "workers": [1 if what == "freeze" else 2], "repeats": 3,
+          "commands": str(client_file), "server_map": str(server_file),
+          "results_dir": str(tmp_path), "name": "hosts", "progress": False,
+          "on_host_loss": policy, "disturb_in_run": {"run": 2, "what": what, "host": "pre"}}
+    if what == "freeze":
+        kw["hosts"] = ["env workers=1 name=pre"]
+    code, out, err = run_lab(kw, env={"COMLAB_TEST_TAG": tag}, timeout=100)
+    meta = json.loads((tmp_path / "hosts" / "meta.json").read_text())
+    assert [f["run"] for f in meta["failed_runs"]] == [1], (out, err[-2000:])
+    assert "the server lost or retried workers during it" in meta["failed_runs"][0]["error"]
+    assert re.search(r"retried [1-9]", meta["failed_runs"][0]["error"])
+    assert not meta["complete"]
+    if policy == "stop":
+        assert code == 3 and out.startswith("WorkersLost: run 1 ("), (out, err[-2000:])
+        assert [r["run"] for r in meta["runs"]] == [0]
+    else:
+        assert code == 0, err[-2000:]
+        assert out["runs"] == [0, 2] and out["status"]["ok"] == 2 * 96, out
+        assert all(r["server"]["retried"] == 0 for r in meta["runs"])
     assert not gone_within(tag, 2.0)
 
 

@@ -120,3 +120,45 @@ def non_negative(value, name: str) -> float:
     if not math.isfinite(value) or value < 0:
         raise ValueError(f"{name} must be a finite number >= 0, not {value!r}")
     return float(value)
+
+
+def warm_threads(strategy: str, batch_size: int) -> int:
+    """Threads a worker keeps for ``strategy`` after batches of ``batch_size`` tasks."""
+    from ..system.gang import MAX_THREADS
+    from ..system.strategies import ThreadPerTask, ThreadPool, lookup
+    cls, param = lookup(strategy)
+    if issubclass(cls, ThreadPerTask):
+        return min(batch_size, MAX_THREADS)
+    if issubclass(cls, ThreadPool):
+        return min(batch_size, cls.parse(param))
+    return 0
+
+
+def machine_room(specs, n_tasks: int, host_workers: int = 0) -> None:
+    """Before anything starts: the sweep's largest pool (plus the workers of worker hosts on
+    this machine), each worker with the threads every strategy of the sweep keeps warm at its
+    largest batch, fits this machine's processes/threads and memory (comlab.system.limits);
+    a ValueError naming the workers and how many would fit."""
+    from ..system import limits
+    if not specs:
+        return
+    largest = max(s.workers for s in specs) + host_workers
+    threads = limits.WORKER_THREADS + sum(
+        warm_threads(st, min(n_tasks, max(s.batch_size for s in specs if s.strategy == st)))
+        for st in {s.strategy for s in specs})
+    where = f" (+{host_workers} on worker hosts here)" if host_workers else ""
+    limits.check_workers(largest, threads,
+                         f"workers {largest - host_workers}{where}")
+
+
+def batch_sizes_for(batch_sizes, n_tasks: int) -> list[int]:
+    """A batch larger than the tasks is all of them: sizes above ``n_tasks`` become
+    ``n_tasks`` (said once, in a warning), so no memory follows a size beyond the tasks."""
+    import warnings
+    sizes = [int(b) for b in (batch_sizes if isinstance(batch_sizes, (list, tuple))
+                              else [batch_sizes])]
+    over = [b for b in sizes if b > n_tasks]
+    if over:
+        warnings.warn(f"batch sizes above the {n_tasks:,} tasks run as {n_tasks:,} (all tasks "
+                      f"in one batch): {', '.join(f'{b:,}' for b in over)}", stacklevel=3)
+    return list(dict.fromkeys(min(b, n_tasks) for b in sizes))

@@ -91,7 +91,10 @@ def run_experiment(batch_sizes=(1, 4, 16, 64), workers=(1, 4, 16, 32), repeats: 
     warning); a false answer raises ``SweepDeclined`` before anything starts.
 
     Every argument is checked before anything is written or started (TypeError or ValueError
-    naming the parameter: ``repeats=2.5``, ``batch_sizes=[1.5]``, ``timeout=0`` are refused).
+    naming the parameter: ``repeats=2.5``, ``batch_sizes=[1.5]``, ``timeout=0`` are refused),
+    and so is the machine: the largest pool, with the threads its workers keep warm, must fit
+    its processes/threads and memory (comlab.lab.checks.machine_room). A batch size above the
+    number of tasks runs as that number (one warning).
 
     Saving (comlab.lab.results): a rerun of the same name resumes, skipping the runs saved
     already, only when the parameters, the data's content, the comlab commit (and dirty state),
@@ -115,10 +118,13 @@ def run_experiment(batch_sizes=(1, 4, 16, 64), workers=(1, 4, 16, 32), repeats: 
     (a SIGKILLed lab's hosts stop too: their stdin closes). Their workers are added to every
     run's (as with ``remote_workers``); ``workers_url`` defaults to a free port on
     ``server_address``, which (with ``client_address``) must be an address the hosts reach.
-    ``ssh_config`` is passed to ssh as ``-F``. A run during which a host was lost is not saved;
-    ``on_host_loss="stop"`` (the default) ends the sweep with the error (HostLost, naming the
-    host and its last log lines), ``"continue"`` starts the host again and goes on, and lists
-    the runs that failed in meta.json (``failed_runs``) and a warning: a rerun measures them.
+    ``ssh_config`` is passed to ssh as ``-F``. A run during which the server lost or retried any
+    worker (a host lost or frozen, a local worker killed or wedged) is not saved: its numbers
+    include the retries. ``on_host_loss="stop"`` (the default) ends the sweep with the error
+    (HostLost naming the host and its last log lines, or WorkersLost naming the server's
+    counters), ``"continue"`` starts a lost host again, waits for every worker and goes on, and
+    lists the runs that failed in meta.json (``failed_runs``) and a warning: a rerun measures
+    them.
     ``secure=True`` makes a fresh CurveZMQ deployment for the sweep: server, client and all
     workers encrypt and authenticate; worker hosts get their keys over their stdin.
     Before each run every host's clock offset against the client's is estimated
@@ -143,11 +149,14 @@ def run_experiment(batch_sizes=(1, 4, 16, 64), workers=(1, 4, 16, 32), repeats: 
         raise ValueError(f"on_host_loss must be 'stop' or 'continue', got {on_host_loss!r}")
     host_list = hosts_mod.parse_hosts(hosts) if hosts is not None else []
     all_remote = remote_workers + sum(h.workers for h in host_list)
+    inputs = load_inputs(commands, server_map, wait_scale, networks)
+    batch_sizes = checks.batch_sizes_for(batch_sizes, len(inputs.keys))
     specs = planning.plan(batch_sizes, workers, repeats, strategy, transport, rate,
                           remote_workers=all_remote, dispatch=dispatch)
     _check_remote(remote_workers, workers_url, specs)
     _check_hosts(host_list, specs, server_address, client_address, workers_url)
-    inputs = load_inputs(commands, server_map, wait_scale, networks)
+    checks.machine_room(specs, len(inputs.keys),
+                        sum(h.workers for h in host_list if h.kind != "ssh"))
     _confirm_if_long(specs, inputs, all_remote, confirm)
     params = {"batch_sizes": [int(b) for b in planning.as_list(batch_sizes)],
               "workers": [int(w) for w in planning.as_list(workers)], "repeats": repeats,
@@ -173,6 +182,7 @@ def run_experiment(batch_sizes=(1, 4, 16, 64), workers=(1, 4, 16, 32), repeats: 
                       on_host_loss=on_host_loss, probes=probes)
     with store:
         session.host_log_dir = store.path / "hosts"
+        session.log_dir = store.path / "logs"  # a lab process that dies: its log, kept
         return _sweep(specs, inputs, store, session, timeout, progress, all_remote)
 
 
@@ -211,7 +221,8 @@ def _sweep(specs, inputs: Inputs, store: ResultStore, session: Session, timeout,
     if failed:
         first = failed[0]["error"].splitlines()[0]
         warnings.warn(f"{store.path}: {len(failed)} of {len(todo)} runs failed because a host "
-                      f"was lost, and are not in the result (a rerun measures them): {first}",
+                      f"or worker was lost, and are not in the result (a rerun measures them): "
+                      f"{first}",
                       stacklevel=3)
     return df
 

@@ -74,6 +74,11 @@ class HostLost(HostError):
     """A host that had joined is gone: the run it was part of is not a measurement."""
 
 
+class WorkersLost(HostLost):
+    """The server lost or retried a worker during a run (a host gone or frozen, a local worker
+    killed or wedged): the run is not a measurement, and is refused as for a lost host."""
+
+
 @dataclass(frozen=True)
 class Host:
     """One entry: ``kind`` is "ssh", "local" or "prefix"."""

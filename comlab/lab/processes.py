@@ -12,12 +12,26 @@ from __future__ import annotations
 import json
 import os
 import selectors
+import shutil
+import signal
 import subprocess
 import sys
 import tempfile
 import time
 
 from . import agent as agent_mod
+
+POLL_S = 0.1  # how often a wait on a lab process also looks whether it (or the server) died
+TAIL_LINES = 3  # of a dead process's log, in its one-line error
+
+
+class ProcessDied(RuntimeError):
+    """A lab process died or failed: one line naming it, its exit code and its log's last
+    lines; ``exit_code`` (None: still running when it failed, and killed since)."""
+
+    def __init__(self, message: str, exit_code: int | None = None) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
 
 
 def _tail(path: str, lines: int = 15) -> str:
@@ -28,11 +42,23 @@ def _tail(path: str, lines: int = 15) -> str:
         return ""
 
 
-class _Child:
-    """A subprocess with its stderr in a log file, stopped by closing stdin, then SIGTERM."""
+def _one_line(text: str, lines: int = TAIL_LINES, width: int = 400) -> str:
+    found = [x.strip() for x in text.splitlines() if x.strip()][-lines:]
+    return " | ".join(found)[-width:]
 
-    def __init__(self, args: list, log_path: str) -> None:
-        self.log_path = log_path
+
+class _Child:
+    """A subprocess with its stderr in a log file, stopped by closing stdin, then SIGTERM.
+
+    It leads a session (and so a process group) of its own: a terminal's Ctrl-C reaches only
+    the lab, and ``kill`` ends the child and everything it forked with one signal, even in the
+    middle of a pool start. ``keep_dir``: where its log is copied when it fails (the lab's work
+    directory is removed when the sweep ends)."""
+
+    what = "a lab process"
+
+    def __init__(self, args: list, log_path: str, keep_dir=None) -> None:
+        self.log_path, self.keep_dir = log_path, keep_dir
         self._log = open(log_path, "wb")
         self.proc = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                      stderr=self._log, start_new_session=True,
@@ -44,27 +70,69 @@ class _Child:
     def __exit__(self, *exc) -> None:
         self.stop()
 
-    def failure(self, what: str) -> RuntimeError:
-        return RuntimeError(f"{what} (exit code {self.proc.poll()}); its log "
-                            f"{self.log_path}:\n{_tail(self.log_path)}")
+    def exit_code(self) -> int | None:
+        """The exit code (as Popen's: -N for signal N), or None while it runs. The child is
+        not reaped: while it is a zombie its pid, and so its process group, cannot be reused,
+        and ``kill`` can still reach what it left in the group."""
+        if self.proc.returncode is not None:
+            return self.proc.returncode
+        try:
+            info = os.waitid(os.P_PID, self.proc.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+        except ChildProcessError:
+            return self.proc.poll()
+        if info is None:
+            return None
+        return info.si_status if info.si_code == os.CLD_EXITED else -info.si_status
+
+    def _exits_within(self, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while self.exit_code() is None:
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.01)
+        return True
+
+    def failure(self, what: str) -> ProcessDied:
+        """``what`` happened: the one-line error, its log kept in ``keep_dir``."""
+        code = self.exit_code()
+        state = "still running" if code is None else f"exit code {code}"
+        log = self._keep_log()
+        last = _one_line(_tail(self.log_path))
+        return ProcessDied(f"{self.what} (pid {self.proc.pid}, {state}) {what}; its log {log}"
+                           + (f" ends: {last}" if last else " is empty"), code)
+
+    def _keep_log(self) -> str:
+        if self.keep_dir is None:
+            return self.log_path
+        try:
+            os.makedirs(self.keep_dir, exist_ok=True)
+            return shutil.copy(self.log_path, os.path.join(self.keep_dir,
+                                                           os.path.basename(self.log_path)))
+        except OSError:
+            return self.log_path
+
+    def kill(self) -> None:
+        """SIGKILL the child's whole process group at once (a pool it is still forking too),
+        then reap it."""
+        if self.proc.returncode is None:  # not reaped: the group id is still ours
+            try:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+        self.proc.wait()
 
     def stop(self, grace_s: float = 2.0) -> None:
-        """Close stdin (the polite stop), then SIGTERM, then SIGKILL: bounded."""
+        """Close stdin (the polite stop), then SIGTERM, then SIGKILL of its group: bounded."""
         proc = self.proc
-        if proc.poll() is None:
+        if self.exit_code() is None:
             try:
                 proc.stdin.close()
             except OSError:
                 pass
-            try:
-                proc.wait(grace_s / 2)
-            except subprocess.TimeoutExpired:
-                proc.terminate()
-                try:
-                    proc.wait(grace_s / 2)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
+            if not self._exits_within(grace_s / 2):
+                os.kill(proc.pid, signal.SIGTERM)  # unreaped: still this pid
+                self._exits_within(grace_s / 2)
+        self.kill()
         for stream in (proc.stdin, proc.stdout):
             try:
                 stream.close()
@@ -76,10 +144,13 @@ class _Child:
 class ServerProcess(_Child):
     """``python -m comlab.run_server`` with a control socket, ready when its pool is."""
 
+    what = "the server"
+
     def __init__(self, map_file: str, workers: int, workdir: str, *, transport: str = "tcp",
                  networks=(), workers_url: str | None = None, strategy: str | None = None,
                  ready_timeout: float = 60.0, address: str = "127.0.0.1",
-                 prefix=(), dispatch: str | None = None, curve_keys: str | None = None) -> None:
+                 prefix=(), dispatch: str | None = None, curve_keys: str | None = None,
+                 keep_dir=None) -> None:
         """``address``: the interface its tcp batch socket binds; ``prefix``: a command to run
         it under (e.g. ``ip netns exec NS``, ``taskset -c 0``)."""
         self.workdir = workdir
@@ -98,30 +169,42 @@ class ServerProcess(_Child):
         if curve_keys:
             args += ["--curve-keys", curve_keys]
         t0 = time.perf_counter()
-        super().__init__(args, os.path.join(workdir, f"server-{workers}-{transport}.log"))
-        self.info = self._read_ready(ready_timeout)
+        self._ctl = None
+        super().__init__(args, os.path.join(workdir, f"server-{workers}-{transport}.log"),
+                         keep_dir)
+        try:
+            self.info = self._read_ready(ready_timeout)
+        except BaseException as exc:  # Ctrl-C, a timeout: a pool still forking stops now
+            self.stop(grace_s=0.0)
+            if isinstance(exc, _NotReady):
+                raise self.failure(str(exc)) from None
+            raise
         self.start_s = time.perf_counter() - t0
         self.url = self.info["bind"]
-        self._ctl = None
 
     def _read_ready(self, timeout: float) -> dict:
+        """Its ready line; _NotReady if it exits first (its workers may hold its stdout open:
+        the exit is looked for, not an end of file) or does not print it in time."""
         sel = selectors.DefaultSelector()
         sel.register(self.proc.stdout, selectors.EVENT_READ)
         deadline = time.monotonic() + timeout
         buf = b""
         try:
             while (left := deadline - time.monotonic()) > 0:
-                if not sel.select(left):
-                    break
+                if not sel.select(min(left, POLL_S)):
+                    if self.exit_code() is not None:
+                        raise _NotReady("exited before it was ready")
+                    continue
                 chunk = os.read(self.proc.stdout.fileno(), 65536)
                 if not chunk:
-                    raise self.failure("the server exited before it was ready")
+                    self._exits_within(1.0)
+                    raise _NotReady("exited before it was ready")
                 buf += chunk
                 if b"\n" in buf:
                     return json.loads(buf.split(b"\n", 1)[0])
         finally:
             sel.close()
-        raise self.failure(f"the server was not ready within {timeout:g} s")
+        raise _NotReady(f"was not ready within {timeout:g} s (it was killed)")
 
     def control(self, *request, timeout: float = 10.0):
         """One request on the control socket; the answer's payload."""
@@ -134,8 +217,12 @@ class ServerProcess(_Child):
             self._ctl.connect(self.control_url)
         op, *args = request
         self._ctl.send(P.Control(op, list(args)).pack())
-        if not self._ctl.poll(timeout * 1000):
-            raise self.failure(f"the server did not answer {request[0]!r} within {timeout:g} s")
+        deadline = time.monotonic() + timeout
+        while not self._ctl.poll(POLL_S * 1000):  # no waiting on a server known to be dead
+            if self.exit_code() is not None:
+                raise self.failure(f"died (asked for {request[0]!r})")
+            if time.monotonic() >= deadline:
+                raise self.failure(f"did not answer {request[0]!r} within {timeout:g} s")
         answer = P.ControlReply.decode(self._ctl.recv())
         if answer.op == "error":
             raise ValueError(answer.payload)
@@ -166,30 +253,37 @@ class ServerProcess(_Child):
         super().stop(grace_s)
 
 
+class _NotReady(Exception):
+    """Why a server did not become ready (turned into its ProcessDied)."""
+
+
 class AgentProcess(_Child):
     """``python -m comlab.lab.agent``: runs clients on request (see comlab.lab.agent)."""
 
-    def __init__(self, workdir: str, curve_keys: str | None = None) -> None:
+    what = "the client agent"
+
+    def __init__(self, workdir: str, curve_keys: str | None = None, keep_dir=None) -> None:
         # If this process dies (no BYE), the agent removes workdir (it notices even mid-run).
         args = [sys.executable, "-m", "comlab.lab.agent", "--lab-pid", str(os.getpid()),
                 "--workdir", workdir]
         if curve_keys:
             args += ["--curve-keys", curve_keys]
-        super().__init__(args, os.path.join(workdir, "client.log"))
+        super().__init__(args, os.path.join(workdir, "client.log"), keep_dir)
         self._keys_sent = None
 
     def stop(self, grace_s: float = 2.0) -> None:
         """BYE first: the agent then knows the lab lives on and leaves workdir to it."""
-        if self.proc.poll() is None:
+        if self.exit_code() is None:
             try:
                 agent_mod.write_frame(self.proc.stdin, agent_mod.BYE)
             except (OSError, ValueError):
                 pass
         super().stop(grace_s)
 
-    def run(self, keys: list, **spec):
+    def run(self, keys: list, server: ServerProcess | None = None, **spec):
         """One client run with ``spec`` (batch_size, bind_url, server_url, timeout, rate,
-        log_path: where the agent streams the accepted results); its client.ClientRun."""
+        log_path: where the agent streams the accepted results); its client.ClientRun.
+        ``server``: a server that dies meanwhile ends the wait at once (ProcessDied)."""
         from ..system.client import ClientRun
         from ..system.protocol import Keys
         request = dict(spec)
@@ -199,14 +293,27 @@ class AgentProcess(_Child):
         try:
             agent_mod.write_frame(self.proc.stdin, request)
             self._keys_sent = keys
+            self._wait_answer(server)
             answer = agent_mod.read_frame(self.proc.stdout)
         except BrokenPipeError:
             answer = None
         if answer is None:
-            raise self.failure("the client process died")
+            self._exits_within(1.0)
+            raise self.failure("died during a run")
         if not answer["ok"]:
             raise RuntimeError(f"client run failed: {answer['error']}")
         return ClientRun.from_description(answer["run"])
+
+
+    def _wait_answer(self, server: ServerProcess | None) -> None:
+        """Until the agent's answer starts (or it dies), looking at the server meanwhile."""
+        with selectors.DefaultSelector() as sel:
+            sel.register(self.proc.stdout, selectors.EVENT_READ)
+            while not sel.select(POLL_S):
+                if server is not None and server.exit_code() is not None:
+                    raise server.failure("died during a run")
+                if self.exit_code() is not None:
+                    return  # its answer, if any, is read; else the end of file says it died
 
 
 def workdir() -> str:

@@ -8,8 +8,10 @@ run's timeout, KeyboardInterrupt) stops what it started, so nothing outlives ``r
 
 With ``hosts`` (comlab.lab.hosts) the session starts the worker hosts once, before the first
 server, and every server waits for all of their workers. A run during which a host was lost is
-refused (HostLost: its numbers include the retries); ``on_host_loss="continue"`` starts the
-host again before the next run, "stop" lets the error end the sweep. With ``secure`` the session
+refused (HostLost), and so is one during which the server lost or retried any worker (a host
+frozen but alive, a local worker killed: WorkersLost): its numbers include the retries.
+``on_host_loss="continue"`` starts a lost host again and waits for every worker before the next
+run, "stop" lets the error end the sweep. With ``secure`` the session
 makes a fresh CurveZMQ deployment in its work directory: the server, the client and the local
 workers load it, and each worker host gets its worker keys on stdin (nothing on its disk).
 """
@@ -26,11 +28,14 @@ import pandas as pd
 
 from .. import data
 from . import clocks, records, stability
-from .hosts import HostError, HostGroup, HostLost
+from .hosts import HostError, HostGroup, HostLost, WorkersLost
 from .plan import RunSpec
 from .processes import AgentProcess, ServerProcess, workdir as make_workdir
 
 REMOTE_JOIN_TIMEOUT_S = 30.0  # how long a server waits for the remote workers to join
+# The server's counters that say a run was disturbed: a worker lost (heartbeats, overdue, its
+# connection), dead, or a batch retried. Such a run is refused (WorkersLost), whoever's worker.
+LOSS_COUNTERS = ("workers_lost", "worker_deaths", "retried")
 # The server lost workers in a run: was it their host? Its ssh ends once the remote session's
 # last process (a worker finishing its batch) has closed the session's pipes.
 HOST_EXIT_WAIT_S = 5.0
@@ -49,6 +54,7 @@ class Session:
         self.hosts_spec = list(hosts or ())
         self.ssh_config, self.secure = ssh_config, secure
         self.host_log_dir, self.on_host_loss = host_log_dir, on_host_loss
+        self.log_dir = None  # where the log of a lab process that died is kept
         self.probes = probes
         self.hosts: HostGroup | None = None
         self._dead: dict[str, str] = {}   # hosts that could not be started again: why
@@ -61,6 +67,7 @@ class Session:
         self._stack = contextlib.ExitStack()
         self._agent: AgentProcess | None = None
         self._strategy: str | None = None
+        self._disturbed = False  # the last run lost workers: wait for all before the next
 
     def __enter__(self) -> "Session":
         self.workdir = make_workdir()
@@ -98,8 +105,8 @@ class Session:
     @property
     def agent(self) -> AgentProcess:
         if self._agent is None:
-            self._agent = self._stack.enter_context(AgentProcess(self.workdir,
-                                                                 curve_keys=self.keys_dir))
+            self._agent = self._stack.enter_context(AgentProcess(
+                self.workdir, curve_keys=self.keys_dir, keep_dir=self.log_dir))
         return self._agent
 
     @contextlib.contextmanager
@@ -108,7 +115,8 @@ class Session:
         with ServerProcess(self.map_file, workers, self.workdir, transport=transport,
                            networks=self.networks, strategy=strategy, dispatch=dispatch,
                            workers_url=self.workers_url, address=self.server_address,
-                           prefix=self.server_prefix, curve_keys=self.keys_dir) as server:
+                           prefix=self.server_prefix, curve_keys=self.keys_dir,
+                           keep_dir=self.log_dir) as server:
             if self.remote_workers:
                 server.wait_for_workers(workers + self.remote_workers, REMOTE_JOIN_TIMEOUT_S,
                                         names=self.hosts.worker_names() if self.hosts else ())
@@ -117,24 +125,25 @@ class Session:
             yield server
 
     def _hosts_ready(self, server: ServerProcess) -> None:
-        """Before a run: every host is there, or (on_host_loss "continue") started again."""
-        if self.hosts is None:
-            return
-        if self._dead:
-            raise HostLost(next(iter(self._dead.values())))
-        lost = self.hosts.lost()
-        if not lost:
-            return
-        if self.on_host_loss != "continue":
-            self.hosts.check()
-        for p in lost:
-            try:
-                self.hosts.restart(p.host.name)
-            except HostError as exc:
-                self._dead[p.host.name] = f"{exc} (it was lost and could not be started again)"
-                raise HostLost(self._dead[p.host.name]) from None
-        server.wait_for_workers(self._local + self.remote_workers, REMOTE_JOIN_TIMEOUT_S,
-                                names=self.hosts.worker_names())
+        """Before a run: every host is there, or (on_host_loss "continue") started again; after
+        a run that lost workers, every worker is back."""
+        if self.hosts is not None:
+            if self._dead:
+                raise HostLost(next(iter(self._dead.values())))
+            lost = self.hosts.lost()
+            if lost and self.on_host_loss != "continue":
+                self.hosts.check()
+            for p in lost:
+                try:
+                    self.hosts.restart(p.host.name)
+                except HostError as exc:
+                    self._dead[p.host.name] = f"{exc} (it was lost and could not be started again)"
+                    raise HostLost(self._dead[p.host.name]) from None
+            self._disturbed = self._disturbed or bool(lost)
+        if self._disturbed:
+            server.wait_for_workers(self._local + self.remote_workers, REMOTE_JOIN_TIMEOUT_S,
+                                    names=self.hosts.worker_names() if self.hosts else ())
+            self._disturbed = False
 
     def measure(self, server: ServerProcess, spec: RunSpec, *, keys: list, waits: np.ndarray,
                 timeout: float, experiment: str) -> tuple[pd.DataFrame, dict]:
@@ -150,14 +159,22 @@ class Session:
                 else f"tcp://{self.client_address}:*")
         log_path = os.path.join(self.workdir, f"results-{spec.index}.log")
         try:
-            run = self.agent.run(keys, batch_size=spec.batch_size, bind_url=bind,
+            run = self.agent.run(keys, server, batch_size=spec.batch_size, bind_url=bind,
                                  server_url=server.url, timeout=timeout, rate=spec.rate,
                                  log_path=log_path)
             wall = time.perf_counter() - t_run
             conditions = before.end(server)
+            lost = {k: conditions["server"].get(k, 0) for k in LOSS_COUNTERS
+                    if conditions["server"].get(k, 0)}
+            self._disturbed = bool(lost)
             if self.hosts is not None:  # a host lost in the run: its numbers include retries
-                lost_workers = conditions["server"].get("workers_lost", 0)
-                self.hosts.check(wait_s=HOST_EXIT_WAIT_S if lost_workers else 0.0)
+                self.hosts.check(wait_s=HOST_EXIT_WAIT_S if lost else 0.0)
+            if lost:  # the rule for every worker: local, remote, a host frozen but alive
+                raise WorkersLost(
+                    f"run {spec.index} ({spec.label()}) is not saved: the server "
+                    f"lost or retried workers during it ("
+                    + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in lost.items())
+                    + "), so its numbers include the retries")
             columns = records.to_client_clock(run.columns(), clock["offsets_ns"],
                                               clock["server_host"])
         finally:

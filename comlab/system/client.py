@@ -169,12 +169,14 @@ class ClientRun:
             "worker": np.full(n, None, dtype=object), "host": np.full(n, None, dtype=object),
             "error": np.full(n, None, dtype=object),
         }
+        # Per-batch stamps indexed by each task's batch: O(tasks) whatever the batch size.
+        batch = cols["batch_id"]
         sent = np.frombuffer(self.t_sent, np.int64) if self.t_sent else np.zeros(0, np.int64)
         cols["t_sent"] = np.full(n, -1, dtype=np.int64)
-        cols["t_sent"][: len(sent) * self.batch_size] = np.repeat(sent, self.batch_size)[:n]
+        has = batch < len(sent)
+        cols["t_sent"][has] = sent[batch[has]]
         if self.t_intended is not None:
-            cols["t_intended"] = np.repeat(np.asarray(self.t_intended, np.int64),
-                                           self.batch_size)[:n]
+            cols["t_intended"] = np.asarray(self.t_intended, np.int64)[batch]
         for chunk in self.chunks():
             idx = chunk.pop("task_id")
             for name, values in chunk.items():
@@ -256,7 +258,7 @@ class Client(Role):
         if rate is not None and not rate > 0:
             raise ValueError("rate must be positive")
         self.keys = keys if isinstance(keys, P.Keys) else P.Keys.of(keys)
-        self.batch_size = batch_size
+        self.batch_size = min(batch_size, len(self.keys))  # a larger batch is all the tasks
         self.bind_url = bind_url
         self.server_url = server_url
         self.timeout = timeout

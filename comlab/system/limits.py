@@ -89,3 +89,36 @@ def check_memory(needed: int, what: str) -> None:
                          f"for {budget / 2**20:,.0f} MiB (MemAvailable "
                          f"{available_memory() / 2**20:,.0f} MiB, comlab takes at most "
                          f"{SHARE:.0%})")
+
+
+# What one worker costs, measured on this 2-core VM (Python 3.11, pyzmq 27) with
+# `python -m bench.worker_cost 32 16` and `... 16 512` (psutil's USS of each worker after a run):
+# idle 3.0 MiB, after batches of 16 4.3 MiB (19 threads), of 512 12.6 MiB (515 threads): ~19 KiB
+# of user memory per kept thread, plus ~25 KiB in the kernel (its stack, task struct). The
+# MemAvailable drops it also prints are too noisy on a shared machine to set a figure.
+WORKER_BYTES = 4 << 20    # one idle worker process, rounded up
+THREAD_BYTES = 48 << 10   # one thread a worker keeps warm
+WORKER_THREADS = 3        # an idle worker's own threads: main, libzmq's I/O thread and reaper
+SERVER_TASKS = 16         # the server's threads, its forkserver, resource tracker, client agent
+
+
+def check_workers(workers: int, threads_each: int, what: str,
+                  extra_tasks: int = SERVER_TASKS) -> None:
+    """ValueError unless ``workers`` worker processes of ``threads_each`` threads each (their
+    own WORKER_THREADS included), plus ``extra_tasks`` for the rest, fit both budgets; one
+    line naming the limit and how many workers would fit."""
+    budget, why = task_budget()
+    need = workers * threads_each + extra_tasks
+    if need > budget:
+        fit = max(0, (budget - extra_tasks) // threads_each)
+        raise ValueError(f"{what}: {workers:,} workers of {threads_each:,} threads each need "
+                         f"{need:,} processes and threads; this machine has room for "
+                         f"{budget:,} ({why}): at most {fit:,} workers fit")
+    each = WORKER_BYTES + max(0, threads_each - WORKER_THREADS) * THREAD_BYTES
+    room = int(available_memory() * SHARE)
+    if workers * each > room:
+        raise ValueError(f"{what}: {workers:,} workers need about "
+                         f"{workers * each / 2**20:,.0f} MiB ({each / 2**20:.1f} MiB each); "
+                         f"this machine has room for {room / 2**20:,.0f} MiB (MemAvailable "
+                         f"{available_memory() / 2**20:,.0f} MiB, comlab takes at most "
+                         f"{SHARE:.0%}): at most {room // each:,} workers fit")

@@ -14,10 +14,14 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
+import os
 import secrets
 import time
 
 log = logging.getLogger("comlab.pool")
+# Tests only: seconds added to every worker start, so a pool start is slow on purpose (what
+# thousands of workers cost) and its cancellation can be tested with a few.
+FORK_DELAY_ENV = "COMLAB_TEST_FORK_DELAY_S"
 
 
 class Pool:
@@ -41,9 +45,12 @@ class Pool:
         self.restarts: list[float] = []     # due times of delayed replacements
         self.deaths = 0
         self._next = 0
+        self.fork_delay_s = float(os.environ.get(FORK_DELAY_ENV) or 0)
 
     def start(self, mp=None) -> bytes:
         """Start one worker (``mp``: another start method, e.g. fork before any thread)."""
+        if self.fork_delay_s:
+            time.sleep(self.fork_delay_s)
         name = self.name_of(self._next)
         self._next += 1
         ident = f"{name}-{self.token}" if self.token else name

@@ -56,6 +56,10 @@ COUNTERS = ("batches", "tasks", "unknown", "unreachable", "dropped", "stale", "r
 WORKER_TYPES = (P.Done, P.Ready, P.Joined, P.Pong)
 
 
+class ParentGone(Exception):
+    """The watched fd (the lab's parent-alive pipe) closed while the server was starting."""
+
+
 class Server(Role):
     linger_ms = 0
 
@@ -100,7 +104,16 @@ class Server(Role):
         if self.max_workers and self.fork_first:
             fork = multiprocessing.get_context("fork")
             for _ in range(self.max_workers):
+                self.check_parent()  # a pool of thousands takes seconds: stop if the lab left
                 self.pool.start(fork)
+
+    def check_parent(self) -> None:
+        """ParentGone if the watched fd has reached end of file (a poll, no wait)."""
+        if self.watch_fd is None:
+            return
+        import select
+        if select.select([self.watch_fd], [], [], 0)[0] and not os.read(self.watch_fd, 4096):
+            raise ParentGone("parent gone (watched fd closed) while starting")
 
     def setup(self):
         self.pull = self.socket(zmq.PULL, bind=self.bind_url, curve_server=True)
@@ -139,6 +152,7 @@ class Server(Role):
             watch(sentinel)
         if self.max_workers:
             while len(self.pool.procs) < self.max_workers:
+                self.check_parent()
                 self.pool.start()
             self.wait_for_workers(self.max_workers)
         watch(self.monitor)
@@ -163,6 +177,8 @@ class Server(Role):
             for sock, _ in self.poller.poll(left * 1000):
                 if sock == self.signal_fd:
                     self.wakeup.drain()  # the handler (if it raises) has run by now
+                elif sock == self.watch_fd:
+                    self.check_parent()
                 elif sock is self.router:
                     self.on_worker_frame(*self.router.recv_multipart())
                 elif sock in self.pool.procs:

@@ -82,8 +82,12 @@ class WorkerHost:
         self._last_word = time.monotonic()
         try:
             for _ in range(self.n):
+                if self.watch_fd is not None:
+                    self._read_watch()  # a lab gone while many start: stop between two
+                    if self._stop:
+                        break
                 self.pool.start()
-            if self.on_ready is not None:
+            if self.on_ready is not None and not self._stop:
                 self.on_ready(self.info())
             timeout = self._death_due()
             while not self._stop:
@@ -215,6 +219,9 @@ def run(args: argparse.Namespace) -> int:
             security = read_keys(0)
         if args.death_timeout is not None and not args.death_timeout > 0:
             raise ValueError(f"--death-timeout must be > 0, got {args.death_timeout:g}")
+        from . import limits
+        limits.check_workers(args.workers, limits.WORKER_THREADS + 1,
+                             f"--workers {args.workers}")  # batches of 1 at least
         host = WorkerHost(args.server_url, args.workers, security=security, log_level=level,
                           on_ready=lambda info: _ready(info, args.ready_json),
                           watch_fd=0 if args.watch_stdin else None,
