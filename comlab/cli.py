@@ -143,6 +143,7 @@ def _ask(text: str) -> bool:
 def cmd_sweep(args) -> int:
     import comlab
     from .data import DataError
+    from .lab.atomic import DiskFull
     from .lab.hosts import HostError, HostLost
     hosts = _hosts_of(args)
     if hosts == 2:
@@ -160,7 +161,7 @@ def cmd_sweep(args) -> int:
             fresh=args.fresh, confirm=(lambda text: True) if args.yes else _ask,
             hosts=hosts, ssh_config=args.ssh_config, secure=args.secure,
             on_host_loss=args.on_host_loss)
-    except HostLost as exc:  # mid-sweep: what is saved stays; the host's last lines say why
+    except (HostLost, DiskFull) as exc:  # mid-sweep: what is saved stays loadable
         print(f"error: {exc}", file=sys.stderr)
         return 1
     except (DataError, ValueError, TypeError, HostError) as exc:
@@ -177,8 +178,12 @@ def cmd_sweep(args) -> int:
     print(how_to_compare(out, args.repeats))
     if not args.no_plots:
         from . import plots
-        for path in plots.write_figures(out):
-            print(f"figure: {path}")
+        try:
+            for path in plots.write_figures(out):
+                print(f"figure: {path}")
+        except DiskFull as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
     bad = summary[["n_failed", "n_lost"]].to_numpy().sum()
     if bad:
         _print_failures(df, summary)
@@ -224,17 +229,17 @@ def _print_failures(df, summary) -> None:
 
 
 def cmd_plot(args) -> int:
-    from pathlib import Path
-
-    result = Path(args.result)
-    if not (result / "meta.json").is_file():
-        what = "no such directory" if not result.is_dir() else "no meta.json in it"
-        print(f"error: {result}: not a saved comlab result ({what})", file=sys.stderr)
+    result = _result_dir(args.result)
+    if result is None:
         return 2
     from . import plots  # matplotlib: seconds to import, so only for a real result
+    from .lab.atomic import DiskFull
     from .lab.records import InvariantError
     try:
         paths = plots.write_figures(result)
+    except DiskFull as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     except (OSError, ValueError, KeyError, InvariantError) as exc:
         print(f"error: {result}: cannot read the saved result: {exc}", file=sys.stderr)
         return 2
@@ -296,12 +301,18 @@ def _result_dir(path: str) -> Path | None:
         what = "no such directory" if not p.is_dir() else "no meta.json in it"
         print(f"error: {p}: not a saved comlab result ({what})", file=sys.stderr)
         return None
+    from .lab.results import ResultError, check_format
     try:
         meta = json.loads((p / "meta.json").read_text())
         if not isinstance(meta, dict):
             raise ValueError("not a JSON object")
     except (OSError, ValueError) as exc:
         print(f"error: {p / 'meta.json'}: unreadable: {_one_line(exc)}", file=sys.stderr)
+        return None
+    try:
+        check_format(meta, p)
+    except ResultError as exc:
+        print(f"error: {exc}", file=sys.stderr)
         return None
     return p
 
@@ -366,8 +377,12 @@ def cmd_report(args) -> int:
     from .lab import report
     if _result_dir(args.result) is None or (args.compare and _result_dir(args.compare) is None):
         return 2
+    from .lab.atomic import DiskFull
     try:
         print(report.write_report(args.result, compare=args.compare, out=args.output))
+    except DiskFull as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     except UNREADABLE as exc:
         print(f"error: {args.result}: cannot read the saved result: {_one_line(exc)}",
               file=sys.stderr)

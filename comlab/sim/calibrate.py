@@ -126,9 +126,8 @@ class Calibration:
         return cls(**d)
 
     def save(self, path) -> Path:
-        path = Path(path)
-        path.write_text(json.dumps(self.to_dict(), indent=1))
-        return path
+        from ..lab.atomic import write_text
+        return write_text(Path(path), json.dumps(self.to_dict(), indent=1))
 
     @classmethod
     def load(cls, path) -> Calibration:
