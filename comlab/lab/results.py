@@ -301,6 +301,8 @@ def _listed_runs(path: Path, meta: dict, dtypes) -> pd.DataFrame:
         if joined is not None and "run" in joined and set(joined["run"].unique()) == wanted:
             return restore_dtypes(joined, dtypes)
     missing = [r["run"] for r in runs if not (path / PARTS / r.get("part", "-")).is_file()]
+    if error is not None and not runs:
+        raise ResultError(f"{path / RECORDS}: unreadable: {' '.join(str(error).split())[:200]}")
     if not missing:
         return load_parts(path, [r["part"] for r in runs], dtypes=dtypes)
     if joined is not None and "run" in joined and wanted <= set(joined["run"].unique()):
