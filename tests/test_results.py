@@ -305,3 +305,15 @@ def test_a_newer_format_is_refused_in_one_line(tmp_path, env):
         with pytest.raises(ValueError, match="format_version 99 is newer") as err:
             attempt()
         assert "\n" not in str(err.value)
+
+
+def test_zero_wait_efficiency_is_nan_in_the_summary_and_the_table(capsys):
+    """Zero-wait tasks have an ideal of 0: no efficiency to speak of (issue 25), not 0.0."""
+    from comlab import cli
+    df = fake_run(0).assign(batch_id=range(4), wait_s=0.0)
+    df["latency_s"] = df["overhead_s"] = df["t_received"] - df["t_sent"]
+    summary = comlab.summarize(df)
+    assert summary["ideal_s"].tolist() == [0.0] and summary["efficiency"].isna().all()
+    cli.print_table(summary)
+    header, row = capsys.readouterr().out.splitlines()[-2:]
+    assert row.split()[header.split().index("efficiency")] == "NaN"
