@@ -100,6 +100,25 @@ def _results_dir(text: str) -> str:
     return text
 
 
+def _address(text: str) -> str:
+    """An IPv4 address of this machine (checks.local_address)."""
+    from .lab import checks
+    try:
+        return checks.local_address(text, "")
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc).strip()) from None
+
+
+def _url(text: str) -> str:
+    from .lab import checks
+    return checks.url_arg("")(text)
+
+
+def _output(text: str) -> str:
+    from .lab import checks
+    return checks.output_file_arg("")(text)
+
+
 def _out_dir(text: str) -> str:
     return _results_dir(text)
 
@@ -427,10 +446,10 @@ def _add_sweep_args(p, defaults: dict) -> None:
                         "answered 'unreachable'")
     p.add_argument("--remote-workers", type=_int_at_least(0), default=0, metavar="N",
                    help="wait for N workers of worker hosts (comlab worker-host) on each server")
-    p.add_argument("--workers-url", help="where worker hosts connect, e.g. tcp://0.0.0.0:5558")
-    p.add_argument("--server-address", default="127.0.0.1",
+    p.add_argument("--workers-url", type=_url, help="where worker hosts connect, e.g. tcp://0.0.0.0:5558")
+    p.add_argument("--server-address", default="127.0.0.1", type=_address,
                    help="interface of the server's batch socket (default loopback)")
-    p.add_argument("--client-address", default="127.0.0.1",
+    p.add_argument("--client-address", default="127.0.0.1", type=_address,
                    help="interface of the client's result socket: reachable by worker hosts")
     p.add_argument("--hosts", type=_strs, metavar="ENTRY,ENTRY,...",
                    help="worker hosts the lab starts and stops: ssh://[user@]host[:port], local "
@@ -522,7 +541,7 @@ def _add_result_commands(sub) -> None:
                                         "configuration: is B faster than A, and is it real?")
     cp.add_argument("a", metavar="A", help="the baseline result directory")
     cp.add_argument("b", metavar="B", help="the result compared with it (ratios are B / A)")
-    cp.add_argument("--csv", metavar="FILE", help="also write every column of the comparison")
+    cp.add_argument("--csv", metavar="FILE", type=_output, help="also write every column of the comparison")
     cp.add_argument("--fail-slower", type=float, metavar="FACTOR",
                     help="for CI: exit 1 when B is slower (confirmed or marked '?') by a "
                          "makespan ratio of FACTOR or more in any configuration, e.g. 1.1; "
@@ -534,7 +553,7 @@ def _add_result_commands(sub) -> None:
     rp.add_argument("result", help="a result directory, e.g. results/main")
     rp.add_argument("--compare", metavar="OTHER",
                     help="another result to compare with (OTHER is a, this result b)")
-    rp.add_argument("-o", "--output", metavar="FILE",
+    rp.add_argument("-o", "--output", metavar="FILE", type=_output,
                     help="where to write (default <result>/report.html)")
     rp.set_defaults(func=cmd_report)
 

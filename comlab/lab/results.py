@@ -68,13 +68,24 @@ class ResultLocked(ResultError):
     """Another sweep is writing this result."""
 
 
-def check_name(name) -> str:
-    """A result's name is a plain name: a directory inside ``results_dir``, nothing else."""
+# What a result's name gets beside it: ".<name>.lock" and, moved aside, "<name>.<start>-<n>".
+NAME_ROOM = len(".20260101-120000-99")
+
+
+def check_name(name, results_dir=".") -> str:
+    """A result's name is a plain name: a directory inside ``results_dir``, nothing else, short
+    enough for the file system with its lock and moved-aside suffixes."""
+    from .checks import name_max
     text = str(name)
     if not text or text.startswith(".") or any(c in text for c in ("/", "\\", "\0")) \
             or text != text.strip():
         raise ResultError(f"result name {text!r} is not a plain name (no path separators, no "
                           f"leading '.', not empty)")
+    longest = name_max(results_dir) - NAME_ROOM
+    if len(text.encode()) > longest:
+        raise ResultError(f"result name {text[:20]!r}... is {len(text.encode())} bytes: at most "
+                          f"{longest} (the file system's {name_max(results_dir)} less room for "
+                          f"its lock and moved-aside names)")
     return text
 
 
@@ -87,7 +98,7 @@ class ResultStore:
 
     def __init__(self, results_dir, name: str, params: dict, *, resume: bool = True) -> None:
         results_dir = Path(results_dir)
-        self.path = results_dir / check_name(name)
+        self.path = results_dir / check_name(name, results_dir)
         results_dir.mkdir(parents=True, exist_ok=True)
         self._lock_path = results_dir / f".{name}.lock"
         self._lock = _acquire(self._lock_path, self.path)

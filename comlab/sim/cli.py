@@ -12,6 +12,8 @@ import sys
 import time
 from pathlib import Path
 
+from ..lab.checks import output_file_arg
+
 
 def _ints(text: str) -> list[int]:
     try:
@@ -63,7 +65,8 @@ def add_parser(sub) -> None:
     p.add_argument("--calibration", metavar="DIR",
                    help="calibrate from this result instead (e.g. a one-host comlab run) and "
                         "predict RESULT's own configurations against its measurements")
-    p.add_argument("--csv", metavar="FILE", help="also write every predicted column")
+    p.add_argument("--csv", metavar="FILE", type=output_file_arg(""),
+                   help="also write every predicted column")
     p.set_defaults(func=run)
 
 
