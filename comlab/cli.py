@@ -376,7 +376,8 @@ def cmd_compare(args) -> int:
                            "display.max_columns", 50):
         print(table(cmp).to_string(index=False))
     if args.csv:
-        cmp.to_csv(args.csv, index=False)
+        from .lab.atomic import write_text
+        write_text(args.csv, cmp.to_csv(index=False))
         print(f"\nevery column: {args.csv}")
     if args.fail_slower is None:
         return 0

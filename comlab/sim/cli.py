@@ -129,7 +129,8 @@ def run(args) -> int:
     if pred.attrs.get("note"):
         print(f"note: {pred.attrs['note']}", file=sys.stderr)
     if args.csv:
-        pred.to_csv(args.csv, index=False)
+        from ..lab.atomic import write_text
+        write_text(args.csv, pred.to_csv(index=False))
         print(f"every column: {args.csv}", file=sys.stderr)
     return 0
 
