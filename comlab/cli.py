@@ -100,6 +100,25 @@ def _results_dir(text: str) -> str:
     return text
 
 
+def _address(text: str) -> str:
+    """An IPv4 address of this machine (checks.local_address)."""
+    from .lab import checks
+    try:
+        return checks.local_address(text, "")
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc).strip()) from None
+
+
+def _url(text: str) -> str:
+    from .lab import checks
+    return checks.url_arg("")(text)
+
+
+def _output(text: str) -> str:
+    from .lab import checks
+    return checks.output_file_arg("")(text)
+
+
 def _out_dir(text: str) -> str:
     return _results_dir(text)
 
@@ -163,6 +182,7 @@ def _ask(text: str) -> bool:
 def cmd_sweep(args) -> int:
     import comlab
     from .data import DataError
+    from .lab.atomic import DiskFull
     from .lab.hosts import HostError, HostLost
     from .lab.processes import ProcessDied
     hosts = _hosts_of(args)
@@ -181,7 +201,7 @@ def cmd_sweep(args) -> int:
             fresh=args.fresh, confirm=(lambda text: True) if args.yes else _ask,
             hosts=hosts, ssh_config=args.ssh_config, secure=args.secure,
             on_host_loss=args.on_host_loss)
-    except HostLost as exc:  # mid-sweep (a host or workers lost): what is saved stays
+    except (HostLost, DiskFull) as exc:  # mid-sweep: what is saved stays loadable
         print(f"error: {exc}", file=sys.stderr)
         return 1
     except ProcessDied as exc:  # one line; 2 when the process refused what it was given
@@ -201,8 +221,12 @@ def cmd_sweep(args) -> int:
     print(how_to_compare(out, args.repeats))
     if not args.no_plots:
         from . import plots
-        for path in plots.write_figures(out):
-            print(f"figure: {path}")
+        try:
+            for path in plots.write_figures(out):
+                print(f"figure: {path}")
+        except DiskFull as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
     bad = summary[["n_failed", "n_lost"]].to_numpy().sum()
     if bad:
         _print_failures(df, summary)
@@ -248,17 +272,17 @@ def _print_failures(df, summary) -> None:
 
 
 def cmd_plot(args) -> int:
-    from pathlib import Path
-
-    result = Path(args.result)
-    if not (result / "meta.json").is_file():
-        what = "no such directory" if not result.is_dir() else "no meta.json in it"
-        print(f"error: {result}: not a saved comlab result ({what})", file=sys.stderr)
+    result = _result_dir(args.result)
+    if result is None:
         return 2
     from . import plots  # matplotlib: seconds to import, so only for a real result
+    from .lab.atomic import DiskFull
     from .lab.records import InvariantError
     try:
         paths = plots.write_figures(result)
+    except DiskFull as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     except (OSError, ValueError, KeyError, InvariantError) as exc:
         print(f"error: {result}: cannot read the saved result: {exc}", file=sys.stderr)
         return 2
@@ -321,12 +345,18 @@ def _result_dir(path: str) -> Path | None:
         what = "no such directory" if not p.is_dir() else "no meta.json in it"
         print(f"error: {p}: not a saved comlab result ({what})", file=sys.stderr)
         return None
+    from .lab.results import ResultError, check_format
     try:
         meta = json.loads((p / "meta.json").read_text())
         if not isinstance(meta, dict):
             raise ValueError("not a JSON object")
     except (OSError, ValueError) as exc:
         print(f"error: {p / 'meta.json'}: unreadable: {_one_line(exc)}", file=sys.stderr)
+        return None
+    try:
+        check_format(meta, p)
+    except ResultError as exc:
+        print(f"error: {exc}", file=sys.stderr)
         return None
     return p
 
@@ -371,7 +401,8 @@ def cmd_compare(args) -> int:
                            "display.max_columns", 50):
         print(table(cmp).to_string(index=False))
     if args.csv:
-        cmp.to_csv(args.csv, index=False)
+        from .lab.atomic import write_text
+        write_text(args.csv, cmp.to_csv(index=False))
         print(f"\nevery column: {args.csv}")
     if args.fail_slower is None:
         return 0
@@ -391,8 +422,12 @@ def cmd_report(args) -> int:
     from .lab import report
     if _result_dir(args.result) is None or (args.compare and _result_dir(args.compare) is None):
         return 2
+    from .lab.atomic import DiskFull
     try:
         print(report.write_report(args.result, compare=args.compare, out=args.output))
+    except DiskFull as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     except UNREADABLE as exc:
         print(f"error: {args.result}: cannot read the saved result: {_one_line(exc)}",
               file=sys.stderr)
@@ -437,10 +472,10 @@ def _add_sweep_args(p, defaults: dict) -> None:
                         "answered 'unreachable'")
     p.add_argument("--remote-workers", type=_int_at_least(0), default=0, metavar="N",
                    help="wait for N workers of worker hosts (comlab worker-host) on each server")
-    p.add_argument("--workers-url", help="where worker hosts connect, e.g. tcp://0.0.0.0:5558")
-    p.add_argument("--server-address", default="127.0.0.1",
+    p.add_argument("--workers-url", type=_url, help="where worker hosts connect, e.g. tcp://0.0.0.0:5558")
+    p.add_argument("--server-address", default="127.0.0.1", type=_address,
                    help="interface of the server's batch socket (default loopback)")
-    p.add_argument("--client-address", default="127.0.0.1",
+    p.add_argument("--client-address", default="127.0.0.1", type=_address,
                    help="interface of the client's result socket: reachable by worker hosts")
     p.add_argument("--hosts", type=_strs, metavar="ENTRY,ENTRY,...",
                    help="worker hosts the lab starts and stops: ssh://[user@]host[:port], local "
@@ -532,7 +567,7 @@ def _add_result_commands(sub) -> None:
                                         "configuration: is B faster than A, and is it real?")
     cp.add_argument("a", metavar="A", help="the baseline result directory")
     cp.add_argument("b", metavar="B", help="the result compared with it (ratios are B / A)")
-    cp.add_argument("--csv", metavar="FILE", help="also write every column of the comparison")
+    cp.add_argument("--csv", metavar="FILE", type=_output, help="also write every column of the comparison")
     cp.add_argument("--fail-slower", type=float, metavar="FACTOR",
                     help="for CI: exit 1 when B is slower (confirmed or marked '?') by a "
                          "makespan ratio of FACTOR or more in any configuration, e.g. 1.1; "
@@ -544,7 +579,7 @@ def _add_result_commands(sub) -> None:
     rp.add_argument("result", help="a result directory, e.g. results/main")
     rp.add_argument("--compare", metavar="OTHER",
                     help="another result to compare with (OTHER is a, this result b)")
-    rp.add_argument("-o", "--output", metavar="FILE",
+    rp.add_argument("-o", "--output", metavar="FILE", type=_output,
                     help="where to write (default <result>/report.html)")
     rp.set_defaults(func=cmd_report)
 

@@ -8,8 +8,9 @@ In a notebook, after the parameters cell (``QUICK = False``, ``USE_EXAMPLE = Fal
 
 ``lab.quick``: tiny experiments (also ``COMLAB_QUICK=1``); ``lab.use_example``: draw the committed
 ``results/example`` and run nothing (also ``COMLAB_USE_EXAMPLE=1``); ``lab.results_dir``: where
-runs go (``<repo>/results``; a temporary folder in quick mode, removed by ``lab.cleanup()``;
-``COMLAB_RESULTS_DIR`` overrides both); ``lab.root``: the repository, found from the notebook's
+runs go (``<repo>/results``, or ``results/`` beside the notebook outside the repository, or
+``setup(results_dir=...)``; a temporary folder in quick mode, removed by ``lab.cleanup()``;
+``COMLAB_RESULTS_DIR`` overrides all of them); ``lab.root``: the repository, found from the notebook's
 folder upwards. Matplotlib gets notebook-friendly defaults (size, resolution, constrained
 layout); ``pick_run`` shows a run chosen with a dropdown when ipywidgets is there.
 
@@ -96,15 +97,18 @@ class Lab:
 
 
 def setup(quick: bool = False, use_example: bool = False, start=None,
-          style: bool = True, verbose: bool = True, example: bool = True) -> Lab:
+          style: bool = True, verbose: bool = True, example: bool = True,
+          results_dir=None) -> Lab:
     """Settings for a notebook from its parameters and the environment; matplotlib defaults.
 
     ``quick`` or ``COMLAB_QUICK=1``: tiny experiments, results in a temporary folder.
     ``use_example`` or ``COMLAB_USE_EXAMPLE=1``: run nothing, draw ``results/example``.
     ``example=False``: the notebook has nothing committed to draw; ``use_example`` then means
     quick mode, and says so (never "running nothing" before experiments run).
+    Full runs keep their results: in ``results_dir`` when given, else ``<repo>/results``, else
+    ``results/`` beside the notebook (``start``, default the working folder: the notebook's).
     ``COMLAB_RESULTS_DIR`` overrides where results go (the tests point it at their temp dir).
-    A temporary folder is also removed when the kernel exits, if ``cleanup`` was never reached.
+    A temporary folder (quick mode only) is also removed when the kernel exits, if ``cleanup`` was never reached.
     """
     quick = _flag(quick, "COMLAB_QUICK")
     use_example = _flag(use_example, "COMLAB_USE_EXAMPLE")
@@ -115,18 +119,22 @@ def setup(quick: bool = False, use_example: bool = False, start=None,
     temporary = False
     if os.environ.get("COMLAB_RESULTS_DIR"):
         results_dir = Path(os.environ["COMLAB_RESULTS_DIR"])
+    elif results_dir is not None and not use_example:
+        from .lab.checks import results_dir as writable
+        results_dir = writable(results_dir)
     elif use_example and root is not None:
         results_dir = root / "results"  # read from, never written: nothing runs
     elif use_example:
         raise FileNotFoundError("use_example needs the repository's results/example "
                                 f"(none above {Path(start or Path.cwd()).resolve()})")
-    elif quick or root is None:
+    elif quick:
         results_dir, temporary = Path(tempfile.mkdtemp(prefix="comlab-nb-")), True
         # Removed when the kernel exits too: a notebook that stops early (an error, an
         # interrupt, no cleanup cell) must not leave folders behind in /tmp.
         atexit.register(shutil.rmtree, results_dir, ignore_errors=True)
-    else:
-        results_dir = root / "results"
+    else:  # full runs keep their results, in the repository or beside the notebook
+        results_dir = (root if root is not None else Path(start or Path.cwd()).resolve()) \
+            / "results"
     if use_example and (root is None or not (root / EXAMPLE).is_dir()):
         raise FileNotFoundError("use_example needs the repository's results/example "
                                 f"(none above {Path(start or Path.cwd()).resolve()})")

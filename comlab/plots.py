@@ -810,6 +810,7 @@ def write_figures(result_dir, dpi: int = 120) -> list[Path]:
     Works from the saved files alone (records + meta.json); the ideal time of cpu-bound runs
     uses the CPU count recorded with the result. Returns the paths written.
     """
+    from .lab import atomic
     from .lab.results import load_results
     result_dir = Path(result_dir)
     df = load_results(result_dir)
@@ -818,8 +819,7 @@ def write_figures(result_dir, dpi: int = 120) -> list[Path]:
     paths = []
     for name, png in draw_figures(df, dpi=dpi):
         path = out / f"{name}.png"
-        path.write_bytes(png)
-        paths.append(path)
+        paths.append(atomic.write_bytes(path, png))
     return paths
 
 

@@ -11,21 +11,21 @@ import json
 import sys
 
 from . import data
-from .lab.checks import batch_size_arg, positive_arg, seconds_arg
+from .lab.checks import batch_size_arg, positive_arg, seconds_arg, url_arg
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("commands_file", help="tasks: lines ip:command")
     p.add_argument("batch_size", type=batch_size_arg, metavar="TASKS_PER_BATCH",
                    help="tasks per batch, at least 1")
-    p.add_argument("bind_url", help="where results come back, e.g. tcp://127.0.0.1:5556")
-    p.add_argument("remote_url", help="the server, e.g. tcp://127.0.0.1:5557")
+    p.add_argument("bind_url", type=url_arg("BIND_URL"), help="where results come back, e.g. tcp://127.0.0.1:5556")
+    p.add_argument("remote_url", type=url_arg("REMOTE_URL"), help="the server, e.g. tcp://127.0.0.1:5557")
     p.add_argument("--timeout", type=seconds_arg, default=60.0, metavar="SECONDS",
                    help="seconds to wait for all results (default 60; at most 1e6); the "
                         "handshake with the server has min(10, this) seconds")
     p.add_argument("--rate", type=positive_arg,
                    help="open loop: send this many tasks per second (> 0)")
-    p.add_argument("--advertise", help="result URL to give the server, when binding a wildcard")
+    p.add_argument("--advertise", type=url_arg("--advertise"), help="result URL to give the server, when binding a wildcard")
     p.add_argument("--lenient", action="store_true", help="skip malformed lines (reported)")
     p.add_argument("--curve-keys", metavar="DIR", help="CurveZMQ keys directory")
     p.add_argument("--json", action="store_true", help="print a JSON summary as the last line")

@@ -14,13 +14,14 @@ import sys
 import zmq
 
 from . import data
+from .lab.checks import url_arg
 from .system import dispatch, strategies
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("map_file", help="server map: lines ip:command:response:wait")
-    p.add_argument("bind_url", help="where clients send batches, e.g. tcp://127.0.0.1:5557")
-    p.add_argument("remote_url", help="default client result URL, for batches that name none")
+    p.add_argument("bind_url", type=url_arg("BIND_URL"), help="where clients send batches, e.g. tcp://127.0.0.1:5557")
+    p.add_argument("remote_url", type=url_arg("REMOTE_URL"), help="default client result URL, for batches that name none")
     p.add_argument("max_workers", type=int, help="local worker processes (0: remote only)")
     p.add_argument("--strategy", default=strategies.DEFAULT,
                    help=f"how workers run a batch: {', '.join(strategies.STRATEGIES)} "
@@ -31,9 +32,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         f"default {dispatch.DEFAULT}")
     p.add_argument("--network", action="append", default=[], metavar="CIDR",
                    help="addresses within reach (repeatable); tasks outside are 'unreachable'")
-    p.add_argument("--workers-url", help="also accept remote worker hosts here, "
+    p.add_argument("--workers-url", type=url_arg("--workers-url"), help="also accept remote worker hosts here, "
                                          "e.g. tcp://0.0.0.0:5558")
-    p.add_argument("--control", dest="control_url", help="control endpoint (used by the lab)")
+    p.add_argument("--control", dest="control_url", type=url_arg("--control"), help="control endpoint (used by the lab)")
     p.add_argument("--lenient", action="store_true", help="skip malformed map lines (reported)")
     p.add_argument("--curve-keys", metavar="DIR", help="CurveZMQ keys directory (see comlab keys)")
     p.add_argument("--watch-stdin", action="store_true",

@@ -52,6 +52,13 @@ def _files(tmp: Path) -> dict:
     (bad_parquet / "meta.json").write_text(json.dumps({"format_version": 2, "runs": [],
                                                        "params": {}, "complete": True}))
     (bad_parquet / "records.parquet").write_bytes(b"not parquet")
+    foreign = tmp / "foreign"  # another tool's folder with a meta.json of its own
+    foreign.mkdir()
+    (foreign / "meta.json").write_text(json.dumps({"tool": "other", "version": 3}))
+    newer = tmp / "newer"
+    newer.mkdir()
+    (newer / "meta.json").write_text(json.dumps({"format_version": 99, "runs": [],
+                                                 "params": {}}))
     ro = tmp / "read_only"
     ro.mkdir()
     ro.chmod(0o500)
@@ -131,6 +138,31 @@ CASES = [
     (["sweep", "--workers", "5000"], "workers 5000"),
     (["run", "--workers", "400", "--batch-sizes", "512"], "at most"),
     (["server", "SEED/server_data.txt", "tcp://127.0.0.1:1", "", "5000"], "MAX_WORKERS 5000"),
+    # issue 25: addresses, names, ports, outputs, foreign and newer folders
+    (["sweep", "--server-address", "999.1.1.1"], "--server-address"),
+    (["sweep", "--server-address", "::1"], "IPv6"),
+    (["sweep", "--server-address", "8.8.8.8"], "not an address of this machine"),
+    (["sweep", "--client-address", "8.8.8.8"], "--client-address"),
+    (["run", "--name", "n" * 300], "--name"),
+    (["sweep", "--workers-url", "tcp://127.0.0.1:99999"], "--workers-url"),
+    (["server", "SEED/server_data.txt", "tcp://127.0.0.1:99999", "", "1"], "BIND_URL"),
+    (["server", "SEED/server_data.txt", "tcp://127.0.0.1:1", "", "1", "--workers-url",
+      "tcp://127.0.0.1:0"], "--workers-url"),
+    (["client", "FILE/tasks.txt", "1", "tcp://127.0.0.1:70000", "tcp://127.0.0.1:2"],
+     "BIND_URL"),
+    (["client", "FILE/tasks.txt", "1", "tcp://127.0.0.1:1", "tcp://127.0.0.1:65536"],
+     "REMOTE_URL"),
+    (["worker-host", "tcp://127.0.0.1:99999"], "SERVER_URL"),
+    (["predict", "FILE/bad_meta", "--csv", "FILE"], "--csv"),
+    (["compare", "FILE/bad_meta", "FILE/bad_meta", "--csv", "FILE/missing/x.csv"], "--csv"),
+    (["report", "FILE/bad_meta", "-o", "FILE"], "--output"),
+    (["show", "FILE/foreign"], "foreign: not a saved comlab result"),
+    (["plot", "FILE/foreign"], "foreign: not a saved comlab result"),
+    (["report", "FILE/foreign"], "foreign: not a saved comlab result"),
+    (["compare", "FILE/foreign", "FILE/foreign"], "foreign: not a saved comlab result"),
+    (["predict", "FILE/foreign"], "foreign: not a saved comlab result"),
+    (["show", "FILE/newer"], "format_version 99"),
+    (["predict", "FILE/newer"], "format_version 99"),
 ]
 
 
@@ -174,6 +206,11 @@ def test_a_read_only_results_dir_is_named(tmp_path, monkeypatch, capsys, no_proc
     ({"hosts": "no-such-hosts-file.txt"}, ValueError, "no-such-hosts-file.txt"),
     ({"hosts": []}, ValueError, "hosts is empty"),
     ({"on_host_loss": "maybe"}, ValueError, "on_host_loss"),
+    ({"server_address": "999.1.1.1"}, ValueError, "server_address"),
+    ({"server_address": "::1"}, ValueError, "server_address '::1' is IPv6"),
+    ({"client_address": "8.8.8.8"}, ValueError, "client_address"),
+    ({"name": "n" * 300}, ValueError, "at most"),
+    ({"workers_url": "tcp://127.0.0.1:99999", "remote_workers": 1}, ValueError, "workers_url"),
 ])
 def test_run_experiment_refuses_bad_arguments_by_name(kwargs, error, names, tmp_path,
                                                       no_processes):

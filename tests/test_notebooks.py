@@ -139,6 +139,26 @@ def test_setup_flags_and_folders(tmp_path, monkeypatch):
     assert notebook.setup(start=NOTEBOOKS, style=False, verbose=False).results_dir == tmp_path / "r"
 
 
+def test_full_mode_outside_the_repository_keeps_its_results(tmp_path, monkeypatch):
+    """Issue 25: a full run's results go beside the notebook (or where the user says), never
+    to a temporary folder removed when the kernel exits."""
+    from comlab import notebook
+    for var in ("COMLAB_QUICK", "COMLAB_USE_EXAMPLE", "COMLAB_RESULTS_DIR"):
+        monkeypatch.delenv(var, raising=False)
+    outside = tmp_path / "my-notebooks"
+    outside.mkdir()
+    lab = notebook.setup(start=outside, style=False, verbose=False)
+    assert (lab.temporary, lab.results_dir) == (False, outside / "results")
+    lab.cleanup()
+    named = notebook.setup(start=outside, style=False, verbose=False,
+                           results_dir=tmp_path / "mine")
+    assert (named.temporary, named.results_dir) == (False, tmp_path / "mine")
+    (tmp_path / "a_file").write_text("")
+    with pytest.raises(ValueError, match="results_dir"):
+        notebook.setup(start=outside, style=False, verbose=False,
+                       results_dir=tmp_path / "a_file" / "x")
+
+
 def test_setup_use_example_without_an_example_says_it_runs(monkeypatch, capsys):
     from comlab import notebook
     for var in ("COMLAB_QUICK", "COMLAB_USE_EXAMPLE", "COMLAB_RESULTS_DIR"):

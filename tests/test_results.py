@@ -1,8 +1,12 @@
 """Saved results: format versions, refusal to resume on any mismatch, lock, names, meta.json."""
 
+import errno
 import json
 import multiprocessing
+import os
 import shutil
+import signal
+import time
 from pathlib import Path
 
 import numpy as np
@@ -214,3 +218,102 @@ def test_no_lock_file_is_left_behind(tmp_path):
     with ResultStore(tmp_path, "x", {"p": 1}):  # and it can be taken again (resumed)
         pass
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
+
+
+# -- atomic writes: a full disk or a kill mid-write (issue 25) -----------------------------------
+def _disk_trouble(monkeypatch, trouble) -> None:
+    """``trouble()`` runs once half of a file's bytes are on disk: parquet written straight to a
+    path (what comlab did before) and the fsync of a temporary file (what it does now)."""
+    write = pd.DataFrame.to_parquet
+
+    def to_parquet(df, target, *args, **kwargs):
+        if not isinstance(target, (str, Path)):
+            return write(df, target, *args, **kwargs)
+        import io
+        buf = io.BytesIO()
+        write(df, buf, *args, **kwargs)
+        Path(target).write_bytes(buf.getvalue()[:len(buf.getvalue()) // 2])
+        trouble()
+    monkeypatch.setattr(pd.DataFrame, "to_parquet", to_parquet)
+    monkeypatch.setattr(os, "fsync", lambda fd: trouble())
+
+
+def _resumed_with_one_more_run(tmp_path) -> ResultStore:
+    saved(tmp_path)
+    store = ResultStore(tmp_path, "x", PARAMS)
+    store.save_run(fake_run(2), entry(2))
+    return store
+
+
+def _full_disk():
+    raise OSError(errno.ENOSPC, "No space left on device")
+
+
+def test_a_full_disk_is_one_line_and_keeps_every_result_loadable(tmp_path, env, monkeypatch):
+    store = _resumed_with_one_more_run(tmp_path)
+    _disk_trouble(monkeypatch, _full_disk)
+    with pytest.raises(ValueError) as err:
+        with store:
+            store.finish()
+    monkeypatch.undo()
+    message = str(err.value)
+    assert "\n" not in message and str(tmp_path / "x") in message and "bytes" in message
+    assert sorted(comlab.load_results(tmp_path / "x")["run"].unique()) == [0, 1, 2]
+    assert not list((tmp_path / "x").glob(".*.tmp"))
+
+
+def test_after_an_interrupted_rerun_load_returns_the_runs_meta_lists(tmp_path, env):
+    store = _resumed_with_one_more_run(tmp_path)  # SIGKILLed here: no finish, no records
+    for run in range(3, 11):
+        store.save_run(fake_run(run), entry(run))
+    store.close()
+    assert len(comlab.load_meta(tmp_path / "x")["runs"]) == 11
+    assert sorted(comlab.load_results(tmp_path / "x")["run"].unique()) == list(range(11))
+
+
+def _finish_killed_midway(path, ready) -> None:
+    def hang():
+        ready.set()
+        time.sleep(60)
+    store = ResultStore(path, "x", PARAMS)
+    store.save_run(fake_run(2), entry(2))
+    _disk_trouble(pytest.MonkeyPatch(), hang)
+    store.finish()
+
+
+def test_a_sigkill_while_records_are_written_leaves_them_loadable(tmp_path, env):
+    saved(tmp_path)
+    ctx = multiprocessing.get_context("fork")
+    ready = ctx.Event()
+    child = ctx.Process(target=_finish_killed_midway, args=(tmp_path, ready))
+    child.start()
+    try:
+        assert ready.wait(20), "the child never reached the write"
+    finally:
+        os.kill(child.pid, signal.SIGKILL)
+        child.join(10)
+    assert sorted(comlab.load_results(tmp_path / "x")["run"].unique()) == [0, 1, 2]
+    ResultStore(tmp_path, "x", PARAMS).close()  # the next sweep resumes it, tidies leftovers
+    assert not list((tmp_path / "x").rglob(".*.tmp"))
+
+
+def test_a_newer_format_is_refused_in_one_line(tmp_path, env):
+    path = saved(tmp_path)
+    meta = json.loads((path / "meta.json").read_text())
+    (path / "meta.json").write_text(json.dumps({**meta, "format_version": 99}))
+    for attempt in (lambda: comlab.load_results(path), lambda: ResultStore(tmp_path, "x", PARAMS)):
+        with pytest.raises(ValueError, match="format_version 99 is newer") as err:
+            attempt()
+        assert "\n" not in str(err.value)
+
+
+def test_zero_wait_efficiency_is_nan_in_the_summary_and_the_table(capsys):
+    """Zero-wait tasks have an ideal of 0: no efficiency to speak of (issue 25), not 0.0."""
+    from comlab import cli
+    df = fake_run(0).assign(batch_id=range(4), wait_s=0.0)
+    df["latency_s"] = df["overhead_s"] = df["t_received"] - df["t_sent"]
+    summary = comlab.summarize(df)
+    assert summary["ideal_s"].tolist() == [0.0] and summary["efficiency"].isna().all()
+    cli.print_table(summary)
+    header, row = capsys.readouterr().out.splitlines()[-2:]
+    assert row.split()[header.split().index("efficiency")] == "NaN"

@@ -2,6 +2,7 @@
 sweep, and the ``comlab predict`` verb."""
 
 import numpy as np
+import pandas as pd
 import pytest
 
 import comlab
@@ -121,3 +122,65 @@ def test_cli_predict(tiny, tmp_path, capsys):
     with pytest.raises(SystemExit) as exc:
         main(["predict", str(tiny), "--workers", "x"])
     assert exc.value.code == 2
+
+
+# -- predictions that know their limits (issue 25) ----------------------------------------------
+def _two_strategies():
+    """Records of one sweep run with two strategies whose tasks overshoot very differently."""
+    grid = sim.sweep(batch_size=[1, 8], workers=[1, 4])
+    _, a = sim.predict(_cal(), [dict(c, strategy="thread-per-task") for c in grid],
+                       records=True)
+    _, b = sim.predict(_cal(overshoot_s=np.full(8, 5e-3)),
+                       [dict(c, strategy="sequential") for c in grid], records=True)
+    b["run"] += a["run"].max() + 1
+    rec = pd.concat([a, b], ignore_index=True)
+    rec["strategy"] = rec["strategy"].astype("category")
+    return rec
+
+
+def test_each_strategy_is_calibrated_apart():
+    rec = _two_strategies()
+    cals = sim.calibrate_each(rec)
+    assert set(cals) == {("thread-per-task", "broker"), ("sequential", "broker")}
+    with pytest.raises(ValueError, match="calibrate_each"):
+        sim.calibrate(rec)
+    measured = summarize(rec).set_index(["strategy", "batch_size", "workers"])["makespan_s"]
+    pred = sim.predict(rec).set_index(["strategy", "batch_size", "workers"])["makespan_s"]
+    err = pred / measured.loc[pred.index] - 1
+    assert (err.abs() < 0.05).all(), err.to_dict()
+    assert not sim.predict(rec)["extrapolated"].any()
+
+
+def test_a_strategy_or_design_never_measured_is_refused_and_outside_is_marked():
+    rec = _two_strategies()
+    with pytest.raises(ValueError, match="no calibration for strategy cpu-bound"):
+        sim.predict(rec, [dict(batch_size=1, workers=1, strategy="cpu-bound")])
+    with pytest.raises(ValueError, match="dispatch queue"):
+        sim.predict(rec, [dict(batch_size=1, workers=1, dispatch="queue")])
+    pred = sim.predict(rec, [dict(batch_size=4, workers=2), dict(batch_size=64, workers=2),
+                             dict(batch_size=1, workers=100, hosts=10),
+                             dict(batch_size=1, workers=2, dispatch="broker:0")])
+    assert pred["extrapolated"].tolist() == [False, True, True, True]
+    assert "batch size 64 (measured 1-8)" in pred["outside"][1]
+    assert "workers 100 (measured 1-4)" in pred["outside"][2] and "hosts 10" in pred["outside"][2]
+    assert "dispatch broker:0" in pred["outside"][3]
+    assert pred.attrs["note"].startswith("3 of 4 configuration(s)")
+
+
+def test_bottleneck_is_read_from_the_predicted_utilisations():
+    pred = pd.DataFrame({"batch_size": [1, 16, 64], "workers": 1000,
+                         "client_utilisation": [0.36, 0.95, 0.2],
+                         "server_utilisation": [0.99, 0.5, 0.3]})
+    lines = sim.bottleneck(pred)
+    assert lines[0] == "batch size 1: the server limits it (99% busy; client 36%)"
+    assert lines[1].startswith("batch size 16: the client limits it")
+    assert "the workers do" in lines[2]
+
+
+def test_cli_predict_refuses_an_unmeasured_strategy_in_one_line(tiny, capsys):
+    assert main(["predict", str(tiny), "--strategy", "sequential"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no calibration for strategy sequential" in err[0]
+    assert main(["predict", str(tiny), "--workers", "40"]) == 0
+    captured = capsys.readouterr()
+    assert "True" in captured.out and "note: 2 of 2 configuration(s)" in captured.err

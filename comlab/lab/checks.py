@@ -162,3 +162,101 @@ def batch_sizes_for(batch_sizes, n_tasks: int) -> list[int]:
         warnings.warn(f"batch sizes above the {n_tasks:,} tasks run as {n_tasks:,} (all tasks "
                       f"in one batch): {', '.join(f'{b:,}' for b in over)}", stacklevel=3)
     return list(dict.fromkeys(min(b, n_tasks) for b in sizes))
+# --- addresses, ports, names, output files (issue 25: every argument checked up front) ----------
+ANY_INTERFACE = ("*", "0.0.0.0")
+
+
+def local_address(address, name: str) -> str:
+    """An IPv4 address of this machine (it can be bound), ``*``/``0.0.0.0`` (every interface)
+    or ``localhost``: a server or client bound elsewhere would fail only once started."""
+    import ipaddress
+    import socket
+    text = str(address)
+    if text in ANY_INTERFACE or text == "localhost":
+        return text
+    try:
+        ip = ipaddress.ip_address(text)
+    except ValueError:
+        try:
+            ip = ipaddress.ip_address(socket.getaddrinfo(text, None, socket.AF_INET)[0][4][0])
+        except (OSError, UnicodeError, IndexError):
+            raise ValueError(f"{name} {text!r} is not an IPv4 address (nor a name of one)") \
+                from None
+    if ip.version != 4:
+        raise ValueError(f"{name} {text!r} is IPv6: the lab binds IPv4 addresses only "
+                         f"(127.0.0.1 for loopback)")
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.bind((str(ip), 0))
+    except OSError as exc:
+        raise ValueError(f"{name} {text!r} is not an address of this machine ({exc.strerror}): "
+                         f"use one of its interfaces, 127.0.0.1 or 0.0.0.0") from None
+    return text
+
+
+def tcp_port(url, name: str) -> str:
+    """A URL whose tcp port, if any, is 1-65535 or ``*`` (libzmq takes 99999 and silently
+    binds 34463). Other mistakes in a URL are libzmq's to name (run_client.check_connect_url)."""
+    text = str(url)
+    if not text.startswith("tcp://"):
+        return text
+    host, sep, port = text[len("tcp://"):].rpartition(":")
+    if sep and host and port != "*" and not (port.isdigit() and 1 <= int(port) <= 65535):
+        raise ValueError(f"{name} {text!r}: port {port!r} is not in 1-65535 (or * for a free "
+                         f"one)")
+    return text
+
+
+def url_arg(name: str):
+    """argparse type of a URL argument named ``name``: its port checked by ``tcp_port``."""
+    import argparse
+
+    def url(text: str) -> str:
+        try:
+            return tcp_port(text, name)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc).strip()) from None
+    url.__name__ = "URL"
+    return url
+
+
+def name_max(folder) -> int:
+    """Longest file name the file system of ``folder`` (or its nearest existing parent) takes."""
+    p = Path(folder).absolute()
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    try:
+        return os.pathconf(p, "PC_NAME_MAX")
+    except (OSError, ValueError):
+        return 255
+
+
+def output_file(path, name: str) -> Path:
+    """A file that can be written: not a directory, in a writable directory that exists.
+    Checked before the work whose result it keeps."""
+    p = Path(path)
+    if p.is_dir():
+        raise ValueError(f"{name} {str(p)!r} is a directory, not a file")
+    parent = p.parent if str(p.parent) else Path(".")
+    if not parent.is_dir():
+        raise ValueError(f"{name} {str(p)!r}: no directory {str(parent)!r}")
+    if not os.access(parent, os.W_OK | os.X_OK) or (p.exists() and not os.access(p, os.W_OK)):
+        raise ValueError(f"{name} {str(p)!r} is not writable")
+    if len(p.name.encode()) > name_max(parent):
+        raise ValueError(f"{name} {str(p)!r}: the file name is longer than the file system "
+                         f"takes ({name_max(parent)} bytes)")
+    return p
+
+
+def output_file_arg(name: str):
+    """argparse type of an output file (``output_file``)."""
+    import argparse
+
+    def file(text: str) -> str:
+        try:
+            output_file(text, name)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc).strip()) from None
+        return text
+    file.__name__ = "file"
+    return file

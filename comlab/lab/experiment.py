@@ -144,7 +144,8 @@ def run_experiment(batch_sizes=(1, 4, 16, 64), workers=(1, 4, 16, 32), repeats: 
         checks.non_negative(wait_scale, "wait_scale")
     checks.results_dir(results_dir)
     if name is not None:
-        check_name(name)
+        check_name(name, results_dir)
+    _check_addresses(server_address, client_address, workers_url, server_prefix)
     if on_host_loss not in ("stop", "continue"):
         raise ValueError(f"on_host_loss must be 'stop' or 'continue', got {on_host_loss!r}")
     host_list = hosts_mod.parse_hosts(hosts) if hosts is not None else []
@@ -297,6 +298,16 @@ class _Progress:
 
 
 BAR_FORMAT = "{desc}: {percentage:3.0f}%|{bar}| [{elapsed}<{remaining}]{postfix}"
+
+
+def _check_addresses(server_address, client_address, workers_url, server_prefix) -> None:
+    """Addresses of this machine, ports in range: a server or client that cannot bind fails
+    only once started, with a traceback. A server under a prefix (a namespace) has its own."""
+    checks.local_address(client_address, "client_address")
+    if not server_prefix:
+        checks.local_address(server_address, "server_address")
+    if workers_url:
+        checks.tcp_port(workers_url, "workers_url")
 
 
 def _check_remote(remote_workers: int, workers_url, specs) -> None:

@@ -149,7 +149,8 @@ def _summary_row(g: pd.DataFrame, key: tuple, keys: list, cpus, timeouts) -> dic
                                    str(first["strategy"]), releases=releases, cpus=cpus)
     row = {**dict(zip(keys, key)), **{a: first[a] for a in axes}, "n_tasks": len(g),
            **n_status, "makespan_s": makespan, "ideal_s": ideal_s,
-           "efficiency": ideal_s / makespan if makespan > 0 else np.nan,
+           # zero-wait tasks: no ideal to reach, so no efficiency (NaN, never 0)
+           "efficiency": ideal_s / makespan if makespan > 0 and ideal_s > 0 else np.nan,
            "throughput_tps": len(g) / makespan if makespan > 0 else np.nan}
     return {**row, **_latency_columns(g, _timeout_of(key, keys, timeouts))}
 

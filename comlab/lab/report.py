@@ -290,5 +290,5 @@ def write_report(path, compare=None, out=None) -> Path:
     result = load(path)
     other = load(compare) if compare is not None else None
     out = Path(out) if out is not None else result.path / "report.html"
-    out.write_text(report_html(result, other), encoding="utf-8")
-    return out
+    from .atomic import write_text
+    return write_text(out, report_html(result, other))

@@ -43,6 +43,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from . import atomic
+from .atomic import DiskFull
 from .provenance import differences, environment  # noqa: F401  (environment: bench uses it)
 from .records import CATEGORIES
 from .stability import loadavg
@@ -66,13 +68,24 @@ class ResultLocked(ResultError):
     """Another sweep is writing this result."""
 
 
-def check_name(name) -> str:
-    """A result's name is a plain name: a directory inside ``results_dir``, nothing else."""
+# What a result's name gets beside it: ".<name>.lock" and, moved aside, "<name>.<start>-<n>".
+NAME_ROOM = len(".20260101-120000-99")
+
+
+def check_name(name, results_dir=".") -> str:
+    """A result's name is a plain name: a directory inside ``results_dir``, nothing else, short
+    enough for the file system with its lock and moved-aside suffixes."""
+    from .checks import name_max
     text = str(name)
     if not text or text.startswith(".") or any(c in text for c in ("/", "\\", "\0")) \
             or text != text.strip():
         raise ResultError(f"result name {text!r} is not a plain name (no path separators, no "
                           f"leading '.', not empty)")
+    longest = name_max(results_dir) - NAME_ROOM
+    if len(text.encode()) > longest:
+        raise ResultError(f"result name {text[:20]!r}... is {len(text.encode())} bytes: at most "
+                          f"{longest} (the file system's {name_max(results_dir)} less room for "
+                          f"its lock and moved-aside names)")
     return text
 
 
@@ -85,7 +98,7 @@ class ResultStore:
 
     def __init__(self, results_dir, name: str, params: dict, *, resume: bool = True) -> None:
         results_dir = Path(results_dir)
-        self.path = results_dir / check_name(name)
+        self.path = results_dir / check_name(name, results_dir)
         results_dir.mkdir(parents=True, exist_ok=True)
         self._lock_path = results_dir / f".{name}.lock"
         self._lock = _acquire(self._lock_path, self.path)
@@ -93,6 +106,7 @@ class ResultStore:
             self.env = environment()
             old = self._earlier(params, resume)
             (self.path / PARTS).mkdir(parents=True, exist_ok=True)
+            atomic.remove_leftovers(self.path, self.path / PARTS)  # of a killed writer
             self.meta = self._new_meta(name, params, old)
             self._t0 = time.perf_counter()
             self._frames: dict[str, pd.DataFrame] = {}
@@ -106,7 +120,7 @@ class ResultStore:
 
     def __exit__(self, exc_type, exc, tb) -> None:
         try:
-            if exc_type is not None:
+            if exc_type is not None and not issubclass(exc_type, DiskFull):
                 self._finish_after_failure()
         finally:
             self.close()
@@ -127,6 +141,7 @@ class ResultStore:
         if old is None:
             raise ResumeRefused(f"{self.path} exists but holds no readable {META}; "
                                 f"{FRESH_HINT}")
+        check_format(old, self.path)
         diffs = differences(old, params, self.env)
         if old.get("format_version") is None:
             diffs.insert(0, "saved by an older comlab (meta.json format 1)")
@@ -166,7 +181,7 @@ class ResultStore:
 
     def save_run(self, df: pd.DataFrame, entry: dict) -> None:
         part = f"run-{entry['run']:05d}.parquet"
-        df.to_parquet(self.path / PARTS / part, index=False)
+        atomic.write_bytes(self.path / PARTS / part, atomic.parquet_bytes(df))
         self._frames[part] = df  # finish() joins these without reading them back
         self.meta["runs"].append({**entry, "part": part, "session": self.session,
                                   "resumed": False})
@@ -178,14 +193,12 @@ class ResultStore:
         self.meta["sessions"][-1]["duration_s"] = round(time.perf_counter() - self._t0, 3)
         self.meta["duration_s"] = round(sum(s.get("duration_s") or 0
                                             for s in self.meta["sessions"]), 3)
-        tmp = self.path / (META + ".tmp")
-        tmp.write_text(json.dumps(self.meta, indent=2, default=str))
-        tmp.replace(self.path / META)
+        atomic.write_text(self.path / META, json.dumps(self.meta, indent=2, default=str))
 
     def finish(self, complete: bool = True) -> pd.DataFrame:
         """Join the finished runs into records.parquet; ``complete``: every planned run is in."""
         df = load_parts(self.path, [r["part"] for r in self.meta["runs"]], self._frames)
-        df.to_parquet(self.path / RECORDS, index=False)
+        atomic.write_bytes(self.path / RECORDS, atomic.parquet_bytes(df))
         self.write_meta(complete=complete, dtypes={c: str(t) for c, t in df.dtypes.items()})
         _set_attrs(df, self.meta)
         return df
@@ -271,14 +284,12 @@ def _set_attrs(df: pd.DataFrame, meta: dict) -> None:
 
 
 def load_results(path: str | os.PathLike) -> pd.DataFrame:
-    """Records of a saved experiment (records.parquet, or the parts of an interrupted one)."""
+    """Records of a saved experiment: exactly the runs its meta.json lists (records.parquet
+    when it holds those runs, else their parts: an interrupted or killed sweep)."""
     path = Path(path)
     meta = load_meta(path)
     dtypes = meta.get("dtypes") if meta.get("format_version", 1) >= 2 else None
-    if (path / RECORDS).exists():
-        df = restore_dtypes(pd.read_parquet(path / RECORDS), dtypes)
-    else:
-        df = load_parts(path, [r["part"] for r in meta["runs"]], dtypes=dtypes)
+    df = _listed_runs(path, meta, dtypes)
     if meta.get("format_version", 1) < 2 and len(df) and "dispatch" not in df:
         # Saved before dispatch designs were an axis: every run used today's default broker.
         df.insert(int(df.columns.get_loc("transport")) + 1, "dispatch",
@@ -287,9 +298,56 @@ def load_results(path: str | os.PathLike) -> pd.DataFrame:
     return df
 
 
+def _listed_runs(path: Path, meta: dict, dtypes) -> pd.DataFrame:
+    """records.parquet may be older than meta.json (a sweep killed before it joined its runs)
+    or unreadable (written in place by an older comlab): then the parts decide."""
+    runs = meta.get("runs", [])
+    wanted = {int(r["run"]) for r in runs}
+    joined, error = None, None
+    if (path / RECORDS).exists():
+        try:
+            joined = pd.read_parquet(path / RECORDS)
+        except (OSError, ValueError) as exc:
+            error = exc
+        if joined is not None and "run" in joined and set(joined["run"].unique()) == wanted:
+            return restore_dtypes(joined, dtypes)
+    missing = [r["run"] for r in runs if not (path / PARTS / r.get("part", "-")).is_file()]
+    if error is not None and not runs:
+        raise ResultError(f"{path / RECORDS}: unreadable: {' '.join(str(error).split())[:200]}")
+    if not missing:
+        return load_parts(path, [r["part"] for r in runs], dtypes=dtypes)
+    if joined is not None and "run" in joined and wanted <= set(joined["run"].unique()):
+        return restore_dtypes(joined[joined["run"].isin(wanted)].reset_index(drop=True), dtypes)
+    why = f"{RECORDS} is unreadable ({' '.join(str(error).split())[:120]})" if error else \
+        f"{RECORDS} does not hold them"
+    raise ResultError(f"{path}: {META} lists {len(wanted)} runs, but runs {_few(missing)} are "
+                      f"not in {PARTS}/ and {why}")
+
+
+def _few(values, shown: int = 5) -> str:
+    text = ", ".join(map(str, values[:shown]))
+    return text + (f" and {len(values) - shown} more" if len(values) > shown else "")
+
+
 def load_meta(path: str | os.PathLike) -> dict:
-    """meta.json of a saved result; ``FileNotFoundError`` naming it when there is none."""
+    """meta.json of a saved result; ``FileNotFoundError`` naming it when there is none,
+    ``ResultError`` when a newer comlab wrote it."""
     path = Path(path)
     if not (path / META).is_file():
         raise FileNotFoundError(f"{path}: not a comlab result (no {META})")
-    return json.loads((path / META).read_text())
+    return check_format(json.loads((path / META).read_text()), path)
+
+
+def check_format(meta, path) -> dict:
+    """A meta.json this comlab can read: a JSON object of a format_version it knows."""
+    if not isinstance(meta, dict):
+        raise ResultError(f"{Path(path) / META}: not a JSON object")
+    if not isinstance(meta.get("runs"), list) or not isinstance(meta.get("params"), dict):
+        raise ResultError(f"{Path(path)}: not a saved comlab result (its {META} has no 'runs' "
+                          f"list and 'params' object: another tool's?)")
+    version = meta.get("format_version", 1)
+    if not isinstance(version, int) or isinstance(version, bool) or version > FORMAT_VERSION:
+        raise ResultError(f"{Path(path) / META}: format_version {version!r} is newer than this "
+                          f"comlab reads ({FORMAT_VERSION}): load it with the comlab that "
+                          f"wrote it, or upgrade")
+    return meta

@@ -11,7 +11,14 @@ from a saved result's own stamps (comlab.sim.calibrate)::
 ``predict`` returns the summary columns of a measured sweep (``comlab.summarize``: makespan,
 throughput, latency percentiles, ...) with ``experiment`` = "<name> (predicted)", plus
 ``server_utilisation`` and ``client_utilisation`` (the share of the makespan their one thread
-was computing) and ``sim_wall_s``.
+was computing), ``sim_wall_s``, and ``extrapolated`` / ``outside``: whether (and why) the
+configuration lies outside what the calibration measured (workers, batch size, hosts, closed
+loop, the strategy's or design's parameter); ``summary.attrs["note"]`` says so in a line.
+
+Each strategy and dispatch design costs differently, so a result is calibrated per
+(strategy, design) it holds (``calibrate_each``), and a configuration of a strategy or design
+with no calibration is refused (ValueError). ``bottleneck`` says, from the predicted
+utilisations, which single-threaded process (client or server) limits each configuration.
 
 Why SimPy: the model is a handful of sequential processes (a client loop, a server loop,
 workers) that wait on messages and on cores, which is what SimPy's generator processes and
@@ -28,12 +35,14 @@ from collections.abc import Iterable, Mapping
 import numpy as np
 import pandas as pd
 
-from .calibrate import Calibration, Linear, calibrate
+from .calibrate import Calibration, Linear, calibrate, calibrate_each, kind, outside
 from .model import Config, simulate
 
-__all__ = ["Calibration", "Config", "Linear", "calibrate", "predict", "configs_of"]
+__all__ = ["Calibration", "Config", "Linear", "bottleneck", "calibrate", "calibrate_each",
+           "predict", "configs_of"]
 
 PREDICTED = " (predicted)"
+SATURATED = 0.9  # a one-thread process busy this share of the makespan limits the run
 
 
 def configs_of(summary: pd.DataFrame, records: pd.DataFrame | None = None) -> list[Config]:
@@ -91,7 +100,7 @@ def predict(result_or_calibration, configs=None, *, repeats: int = 1, seed: int 
     """
     from ..lab.records import summarize
     source = result_or_calibration
-    cal = source if isinstance(source, Calibration) else calibrate(source)
+    cals = _calibrations(source)
     if configs is None:
         if measured is None and isinstance(source, Calibration):
             raise ValueError("predict(calibration) needs configs: a Calibration does not "
@@ -100,18 +109,21 @@ def predict(result_or_calibration, configs=None, *, repeats: int = 1, seed: int 
         df, _ = _records(source if measured is None else measured)
         configs = configs_of(summarize(df), df)
     configs = _as_configs(configs)
-    label = (name or cal.source.get("result") or "model") + PREDICTED
+    chosen = [_calibration_for(cals, cfg) for cfg in configs]  # every refusal before any run
+    first = next(iter(cals.values()))
+    label = (name or first.source.get("result") or "model") + PREDICTED
     rows, recs = [], []
     run = 0
-    for cfg in configs:
+    for cfg, cal in zip(configs, chosen):
         waits = _workload(cal, cfg.tasks)
+        why = outside(cal, cfg)
         for rep in range(repeats):
             cols, info = simulate(cal, cfg, waits, seed=seed + rep)
             from .model import records as to_records
             df = to_records(cols, waits, cfg, run, rep, label)
             s = summarize(df, cpus=cfg.cpus or cal.cpus).assign(
                 hosts=cfg.hosts, cpus=cfg.cpus or cal.cpus, latency_added_s=cfg.latency_s,
-                **info)
+                extrapolated=bool(why), outside="; ".join(why), **info)
             rows.append(s)
             if records:
                 recs.append(df)
@@ -120,9 +132,55 @@ def predict(result_or_calibration, configs=None, *, repeats: int = 1, seed: int 
                 progress(cfg, s)
     summary = pd.concat(rows, ignore_index=True)
     summary["experiment"] = summary["experiment"].astype(str)
+    n_out = int(summary.drop_duplicates("run")["extrapolated"].sum())
+    summary.attrs["note"] = (f"{n_out} of {len(configs)} configuration(s) lie outside what the "
+                             f"calibration measured (column 'outside'): extrapolated"
+                             if n_out else "")
     if records:
         return summary, pd.concat(recs, ignore_index=True)
     return summary
+
+
+def _calibrations(source) -> dict:
+    """(strategy kind, dispatch kind) -> Calibration; a hand-made one (no design) under None."""
+    if isinstance(source, Calibration):
+        return {(source.strategy, source.dispatch) if source.strategy else None: source}
+    if isinstance(source, Mapping) and source and all(isinstance(c, Calibration)
+                                                      for c in source.values()):
+        return dict(source)
+    return calibrate_each(source)
+
+
+def _calibration_for(cals: dict, cfg: Config) -> Calibration:
+    if None in cals:
+        return cals[None]
+    key = (kind(cfg.strategy), kind(cfg.dispatch))
+    if key not in cals:
+        have = ", ".join(f"{s} with {d}" for s, d in cals)
+        raise ValueError(f"no calibration for strategy {cfg.strategy} with dispatch "
+                         f"{cfg.dispatch}: the calibration measured only {have}")
+    return cals[key]
+
+
+def bottleneck(pred: pd.DataFrame, threshold: float = SATURATED) -> list[str]:
+    """One line per predicted configuration: which single-threaded process (client or server)
+    is the busier, and whether it limits the run (busy ``threshold`` of the makespan or more),
+    from the predicted utilisations: the conclusion the data draws, whatever it is."""
+    axes = [c for c in ("dispatch", "strategy", "batch_size", "workers", "hosts")
+            if c in pred and pred[c].nunique() > 1] or ["batch_size", "workers"]
+    lines = []
+    for key, g in pred.groupby(axes, sort=True, observed=True):
+        key = key if isinstance(key, tuple) else (key,)
+        where = ", ".join(f"{a.replace('_', ' ')} {v}" for a, v in zip(axes, key))
+        client, server = g["client_utilisation"].median(), g["server_utilisation"].median()
+        top, other = ("client", "server") if client >= server else ("server", "client")
+        busy, rest = max(client, server), min(client, server)
+        verdict = (f"the {top} limits it ({busy:.0%} busy; {other} {rest:.0%})"
+                   if busy >= threshold else
+                   f"neither one-thread process limits it (client {client:.0%}, server "
+                   f"{server:.0%} busy): the workers do")
+        lines.append(f"{where}: {verdict}")
+    return lines
 
 
 def _workload(cal: Calibration, tasks: int | None) -> np.ndarray:

@@ -108,6 +108,11 @@ class Calibration:
     workload_s: np.ndarray = field(default_factory=lambda: np.zeros(0))
     source: dict = field(default_factory=dict)
     notes: list = field(default_factory=list)
+    # What it was measured on: strategy and dispatch design (kinds: "thread-pool", "broker";
+    # "" for a hand-made one: any) and the range of the runs (``measured_range``).
+    strategy: str = ""
+    dispatch: str = ""
+    measured: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -126,9 +131,8 @@ class Calibration:
         return cls(**d)
 
     def save(self, path) -> Path:
-        path = Path(path)
-        path.write_text(json.dumps(self.to_dict(), indent=1))
-        return path
+        from ..lab.atomic import write_text
+        return write_text(Path(path), json.dumps(self.to_dict(), indent=1))
 
     @classmethod
     def load(cls, path) -> Calibration:
@@ -178,13 +182,92 @@ def _per_run(b: pd.DataFrame):
     return b.groupby(keys, observed=True, sort=True)
 
 
-def calibrate(result) -> Calibration:
-    """A Calibration from a saved result (directory, ``comlab.load`` Result, or records)."""
+def kind(name) -> str:
+    """A strategy's or dispatch design's kind: its name without the parameter
+    (thread-pool:8 -> thread-pool, broker:0 -> broker)."""
+    return str(name).partition(":")[0]
+
+
+def designs(df: pd.DataFrame) -> list[tuple[str, str]]:
+    """The (strategy kind, dispatch kind) pairs of some records."""
+    pairs = df[["strategy", "dispatch"]].astype(str).drop_duplicates().itertuples(index=False)
+    return sorted({(kind(st), kind(d)) for st, d in pairs})
+
+
+def calibrate(result, strategy: str | None = None, dispatch: str | None = None) -> Calibration:
+    """A Calibration from a saved result (directory, ``comlab.load`` Result, or records), of
+    one strategy and dispatch design: a result of several needs ``strategy``/``dispatch`` (or
+    ``calibrate_each``), since their stages cost differently (a thread per task is not a
+    pool)."""
     df, meta = _records(result)
+    return _calibrate_one(_designed(df), meta, strategy, dispatch)
+
+
+def calibrate_each(result) -> dict[tuple[str, str], Calibration]:
+    """One Calibration per (strategy kind, dispatch kind) of a result."""
+    df, meta = _records(result)
+    df = _designed(df)
+    return {pair: _calibrate_one(df, meta, *pair) for pair in designs(df)}
+
+
+def _designed(df: pd.DataFrame) -> pd.DataFrame:
     if not len(df):
         raise ValueError("no records to calibrate from")
-    if "dispatch" not in df.columns:
-        df = df.assign(dispatch="broker")
+    return df if "dispatch" in df.columns else df.assign(dispatch="broker")
+
+
+def _calibrate_one(df: pd.DataFrame, meta: dict, strategy, dispatch) -> Calibration:
+    if strategy is not None:
+        df = df[df["strategy"].astype(str).map(kind) == kind(strategy)]
+    if dispatch is not None:
+        df = df[df["dispatch"].astype(str).map(kind) == kind(dispatch)]
+    found = designs(df) if len(df) else []
+    if not found:
+        raise ValueError(f"no records of strategy {strategy} with dispatch {dispatch} to "
+                         f"calibrate from")
+    if len(found) > 1:
+        raise ValueError("the result holds " + ", ".join(f"{s} with {d}" for s, d in found)
+                         + ": each costs differently; calibrate one (strategy=..., "
+                           "dispatch=...) or use calibrate_each / predict, which calibrate each")
+    cal = _calibrate(df, meta)
+    cal.strategy, cal.dispatch = found[0]
+    cal.measured = measured_range(df)
+    return cal
+
+
+def measured_range(df: pd.DataFrame) -> dict:
+    """The axes a calibration saw: a prediction outside them is an extrapolation."""
+    closed = "t_intended" not in df or df.groupby("run", observed=True)["t_intended"].apply(
+        lambda t: t.isna().all()).any()
+    hosts = [0]
+    if "remote_workers" in df and (df["remote_workers"].fillna(0) > 0).any():
+        hosts = sorted({int(n) for n in df.groupby("run", observed=True)["host"].nunique()})
+    return {"workers": [int(df["workers"].min()), int(df["workers"].max())],
+            "batch_size": [int(df["batch_size"].min()), int(df["batch_size"].max())],
+            "hosts": hosts, "closed_loop": bool(closed),
+            "strategy": sorted(map(str, df["strategy"].unique())),
+            "dispatch": sorted(map(str, df["dispatch"].unique()))}
+
+
+def outside(cal: Calibration, cfg) -> list[str]:
+    """Why a configuration is outside what ``cal`` measured (empty: within it)."""
+    r = cal.measured
+    if not r:
+        return []
+    out = [f"{axis.replace('_', ' ')} {v} (measured {r[axis][0]}-{r[axis][1]})"
+           for axis, v in (("workers", cfg.workers), ("batch_size", cfg.batch_size))
+           if not r[axis][0] <= v <= r[axis][1]]
+    if cfg.hosts not in r["hosts"]:
+        out.append(f"hosts {cfg.hosts} (measured {', '.join(map(str, r['hosts']))})")
+    if not r["closed_loop"]:
+        out.append("closed loop (measured open loop only)")
+    for axis in ("strategy", "dispatch"):
+        if getattr(cfg, axis) not in r[axis]:
+            out.append(f"{axis} {getattr(cfg, axis)} (measured {', '.join(r[axis])})")
+    return out
+
+
+def _calibrate(df: pd.DataFrame, meta: dict) -> Calibration:
     b = batches(df)
     if not len(b):
         raise ValueError("no task came back ok: nothing to calibrate from")

@@ -12,6 +12,8 @@ import sys
 import time
 from pathlib import Path
 
+from ..lab.checks import output_file_arg
+
 
 def _ints(text: str) -> list[int]:
     try:
@@ -63,7 +65,8 @@ def add_parser(sub) -> None:
     p.add_argument("--calibration", metavar="DIR",
                    help="calibrate from this result instead (e.g. a one-host comlab run) and "
                         "predict RESULT's own configurations against its measurements")
-    p.add_argument("--csv", metavar="FILE", help="also write every predicted column")
+    p.add_argument("--csv", metavar="FILE", type=output_file_arg(""),
+                   help="also write every predicted column")
     p.set_defaults(func=run)
 
 
@@ -71,7 +74,7 @@ def run(args) -> int:
     import pandas as pd
 
     from . import predict, sweep
-    from .calibrate import calibrate
+    from .calibrate import calibrate_each
     from ..cli import _result_dir
     if _result_dir(args.result) is None or (args.calibration and
                                             _result_dir(args.calibration) is None):
@@ -83,7 +86,7 @@ def run(args) -> int:
             print(f"error: --{name} must be >= 1, not {v}", file=sys.stderr)
             return 2
     try:
-        cal = calibrate(source)
+        cal = calibrate_each(source)  # one per strategy and dispatch design: they cost apart
     except (ValueError, OSError) as exc:
         print(f"error: {source}: cannot calibrate from it: {exc}", file=sys.stderr)
         return 2
@@ -108,7 +111,8 @@ def run(args) -> int:
         return 2
     wall = time.perf_counter() - t0
     cols = ["batch_size", "workers", "hosts", "dispatch", "strategy", "makespan_s",
-            "throughput_tps", "latency_p50_s", "latency_p99_s", "server_utilisation"]
+            "throughput_tps", "latency_p50_s", "latency_p99_s", "server_utilisation",
+            "client_utilisation", "extrapolated"]
     with pd.option_context("display.width", 200, "display.max_rows", 500,
                            "display.max_columns", 50, "display.float_format", "{:.4g}".format):
         if own:
@@ -122,8 +126,11 @@ def run(args) -> int:
             print(f"predicted, calibrated from {source}")
             print(pred[[c for c in cols if c in pred]].to_string(index=False))
     print(f"simulated {len(pred)} configuration(s) in {wall:.1f} s", file=sys.stderr)
+    if pred.attrs.get("note"):
+        print(f"note: {pred.attrs['note']}", file=sys.stderr)
     if args.csv:
-        pred.to_csv(args.csv, index=False)
+        from ..lab.atomic import write_text
+        write_text(args.csv, pred.to_csv(index=False))
         print(f"every column: {args.csv}", file=sys.stderr)
     return 0
 
@@ -141,6 +148,8 @@ def validation(result, pred) -> "pd.DataFrame":
                 df[c] = df[c].astype(str)
     m = measured.groupby(axes)[["makespan_s", "latency_p99_s"]].median()
     p = pred.groupby(axes)[["makespan_s", "latency_p99_s", "server_utilisation"]].median()
+    if "extrapolated" in pred:
+        p = p.join(pred.groupby(axes)["extrapolated"].any())
     t = m.join(p, lsuffix="", rsuffix="_pred", how="inner").reset_index()
     out = t[axes].copy()
     for k, label in (("makespan_s", "makespan"), ("latency_p99_s", "p99")):
@@ -148,4 +157,6 @@ def validation(result, pred) -> "pd.DataFrame":
         out[f"{label}_predicted_s"] = t[f"{k}_pred"]
         out[f"{label}_error"] = t[f"{k}_pred"] / t[k] - 1
     out["server_utilisation"] = t["server_utilisation"]
+    if "extrapolated" in t:
+        out["extrapolated"] = t["extrapolated"]
     return out

@@ -36,6 +36,7 @@ import signal
 import sys
 import time
 
+from ..lab.checks import url_arg  # stdlib only: the port range every URL argument keeps
 from .pool import Pool
 from .role import HOST
 from .signals import WakeupPipe
@@ -191,7 +192,7 @@ def read_keys(fd: int, timeout: float = KEYS_TIMEOUT_S):
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("server_url", help="the server's --workers-url, e.g. tcp://10.0.0.5:5558")
+    p.add_argument("server_url", type=url_arg("SERVER_URL"), help="the server's --workers-url, e.g. tcp://10.0.0.5:5558")
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1,
                    help="worker processes on this host (default: one per CPU)")
     p.add_argument("--curve-keys", metavar="DIR",
