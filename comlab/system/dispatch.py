@@ -30,14 +30,13 @@ never a peer's data).
 from __future__ import annotations
 
 import logging
-import queue as _queue
 
 from .protocol import assign
+from .takequeue import NOTHING, TakeQueue
 
 log = logging.getLogger("comlab.dispatch")
 
 DEFAULT = "broker"
-NOTHING = -1  # a queue worker's slot when it holds no batch
 
 
 class Broker:
@@ -100,11 +99,9 @@ class SharedQueue:
             raise ValueError("dispatch 'queue' takes no parameter")
         self.mp = mp
         if mp is not None:
-            self.queue = mp.Queue()
-            self.slots = mp.RawArray("q", [NOTHING] * max(slots, 1) * 2)  # (seq, takes)
+            self.queue = TakeQueue(mp, max(slots, 1))
             self.free = list(range(max(slots, 1)))[::-1]
             self.slot_of: dict[bytes, int] = {}
-        self.seq = 0
         self.outstanding: dict[int, object] = {}  # seq -> Work put on the queue, until done
 
     def takes_more(self, w) -> bool:
@@ -118,23 +115,20 @@ class SharedQueue:
             return True
         if not ledger.local:  # a remote-only server: no one takes from the queue; keep it
             return False      # pending for the next remote worker that is free
-        self.outstanding[self.seq] = work
-        self.queue.put(self.seq.to_bytes(8, "little") + assign((work,)))
-        self.seq += 1
+        self.outstanding[self.queue.put(assign((work,)))] = work
         if len(self.outstanding) > 4 * len(self.slot_of) + 64:
             self._forget_done()
         return True
 
     def taken(self) -> int:
-        s = self.slots
-        return sum(s[i] for i in range(1, len(s), 2))
+        return self.queue.taken()
 
     def queued(self) -> int:
         """Batches on the queue that no worker has taken yet."""
-        return self.seq - self.taken()
+        return self.queue.seq - self.taken() if self.mp is not None else 0
 
     def busy(self) -> int:
-        return sum(1 for i in self.slot_of.values() if self.slots[2 * i] != NOTHING)
+        return sum(1 for i in self.slot_of.values() if self.queue.held(i) != NOTHING)
 
     def drop_run(self, run: int) -> int:
         """Tasks of a run's batches still on the queue: the workers skip them (FORGET)."""
@@ -146,32 +140,32 @@ class SharedQueue:
         """What a local worker needs to take from the queue: the queue and its own slot."""
         slot = self.free.pop()
         self.slot_of[ident] = slot
-        self.slots[2 * slot] = NOTHING
-        return {"queue": self.queue, "slots": self.slots, "slot": slot}
+        self.queue.reset(slot)
+        return {"queue": self.queue, "slot": slot}
 
     def lost_local(self, ident: bytes) -> list:
-        """A local worker died: the batch it held (read from its slot), to retry or fail."""
+        """A local worker died: the batch it held (read from its slot) or tore from the queue
+        mid-take, to retry or fail."""
         slot = self.slot_of.pop(ident, None)
         if slot is None:
             return []
-        seq = self.slots[2 * slot]
-        self.slots[2 * slot] = NOTHING
+        torn = self.queue.recover(slot)
+        seqs = {self.queue.held(slot), torn} - {NOTHING, None}
+        self.queue.reset(slot)
         self.free.append(slot)
-        work = self.outstanding.pop(seq, None) if seq != NOTHING else None
-        return [] if work is None else [work]
+        return [self.outstanding.pop(s) for s in sorted(seqs) if s in self.outstanding]
 
     def _forget_done(self) -> None:
         """Batches are taken in queue order: every seq below the takes is taken, and one that no
         slot holds is done."""
         taken = self.taken()
-        held = {self.slots[2 * i] for i in self.slot_of.values()}
+        held = {self.queue.held(i) for i in self.slot_of.values()}
         for seq in [s for s in self.outstanding if s < taken and s not in held]:
             del self.outstanding[seq]
 
     def close(self) -> None:
         if self.mp is not None:
-            self.queue.cancel_join_thread()  # never wait at exit for batches nobody will take
-            self.queue.close()
+            self.queue.close()  # never waits for batches nobody will take
 
 
 DESIGNS = {cls.name: cls for cls in (Broker, SharedQueue)}
@@ -198,11 +192,3 @@ def make(spec: str, **kwargs):
         raise ValueError(f"unknown dispatch {spec[:60]!r}; known: {', '.join(DESIGNS)}")
     return cls(param or None, **kwargs)
 
-
-def take(q, timeout: float):
-    """A queue worker's next (seq, frame), or None within ``timeout``."""
-    try:
-        item = q.get(timeout=timeout)
-    except _queue.Empty:
-        return None
-    return int.from_bytes(item[:8], "little"), item[8:]

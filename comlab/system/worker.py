@@ -17,12 +17,13 @@ import multiprocessing
 import os
 import signal
 import sys
+import time
 from array import array as _array
 from collections import OrderedDict, deque
 
 import zmq
 
-from . import dispatch, protocol as P
+from . import protocol as P, takequeue
 from .clients import ClientSockets
 from .role import HOST, Role
 from .strategies import Cache, lookup, now
@@ -31,7 +32,6 @@ from .timer import precise_sleeps
 log = logging.getLogger("comlab.worker")
 
 SERVER_TYPES = (P.Assign, P.Connect, P.Forget, P.Stop, P.Ping)
-QUEUE_WAIT_S = 0.05  # a queue worker answers the server at least this often
 NOBLOCK = int(zmq.NOBLOCK)
 RESULTS_MAX_TASKS = 65536  # results held back for one RESULTS message at most
 
@@ -118,10 +118,10 @@ class Worker(Role):
     linger_ms = 1000  # results in flight at shutdown still get a chance to leave
 
     def __init__(self, server_url: str, name: str, *, ident: str | None = None,
-                 watch_parent: bool = True, security=None, queue=None, slots=None,
+                 watch_parent: bool = True, security=None, queue=None,
                  slot: int = 0) -> None:
-        """``queue``/``slots``/``slot``: the shared queue design (comlab.system.dispatch):
-        batches come from ``queue``; slots[2 * slot] says which one this worker holds."""
+        """``queue``/``slot``: the shared queue design (comlab.system.dispatch): batches come
+        from ``queue`` (a comlab.system.takequeue.TakeQueue), where ``slot`` is this worker's."""
         super().__init__()
         self.server_url = server_url
         self.name = name
@@ -129,7 +129,7 @@ class Worker(Role):
         self.watch_parent = watch_parent
         self.security = security
         self.strategies = Cache()
-        self.queue, self.slots, self.slot = queue, slots, slot
+        self.queue, self.slot = queue, slot
         self.ended: OrderedDict[int, None] = OrderedDict()  # runs whose batches are skipped
         self.backlog: deque[Unit] = deque()                  # batches given, not yet run
         self.queued = 0                                      # ... how many batches that is
@@ -210,25 +210,37 @@ class Worker(Role):
         return True
 
     def queue_loop(self):
-        """The seed's design: take the next batch from the shared queue when free. The queue's
-        lock lets one waiting worker read at a time (no herd); between waits the worker answers
-        the server (CONNECT, FORGET, STOP, PING), so those wait at most QUEUE_WAIT_S."""
-        poll, slots, mine = self.poller.poll, self.slots, 2 * self.slot
+        """The seed's design: take the next batch from the shared queue when free. The worker
+        waits for the queue in its poll set, holding nothing (comlab.system.takequeue), so a
+        worker killed or stopped while idle costs the others nothing, and it answers the server
+        (CONNECT, FORGET, STOP, PING) at once."""
+        q, slot, poller = self.queue, self.slot, self.poller
+        poller.register(q.fileno(), zmq.POLLIN)
+        ppid = os.getppid()
+        alive = (lambda: os.getppid() == ppid)  # noqa: E731
         while True:
-            for sock, _ in poll(0):
-                if sock == self.parent_fd:
-                    log.info("%s: parent gone, exiting", self.name)
-                    return
-                if sock is self.server and not self.serve():
-                    return
-                if sock is self.monitor:
-                    self.on_handshake()
-            item = dispatch.take(self.queue, QUEUE_WAIT_S)
-            if item is None:
+            events = dict(poller.poll(60_000 if len(self.clients) else None))
+            if self.parent_fd is not None and self.parent_fd in events:
+                log.info("%s: parent gone, exiting", self.name)
+                return
+            if self.server in events and not self.serve():
+                return
+            if self.monitor in events:
+                self.on_handshake()
+            if not events:
+                self.clients.expire()
+            if q.fileno() not in events:
                 continue
-            seq, frame = item
-            slots[mine] = seq            # published before anything can fail
-            slots[mine + 1] += 1         # takes: the server's count of batches taken
+            try:
+                item = q.take(slot, alive)
+            except EOFError:
+                return
+            if item is None:
+                continue  # another worker took it
+            if item is takequeue.TORN:  # a worker died mid-take; the server repairs the queue
+                time.sleep(0.01)
+                continue
+            _, frame = item
             try:
                 units = split(P.Assign.decode(frame))
             except P.ProtocolError as exc:
@@ -238,7 +250,7 @@ class Worker(Role):
                     if unit.run not in self.ended:
                         self.run_unit(unit)
                 self.results.flush()
-            slots[mine] = dispatch.NOTHING
+            q.reset(slot)
 
     def on_handshake(self) -> None:
         while True:
