@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from comlab.system.takequeue import NOTHING, TORN, TakeQueue
+from comlab.system.takequeue import FIELDS, NOTHING, TORN, TakeQueue
 
 MP = multiprocessing.get_context("fork")
 
@@ -60,7 +60,7 @@ def _lock_and_hang(q: TakeQueue) -> None:
 def _tear_header(q: TakeQueue, slot: int, nbytes: int) -> None:
     """What a reader does up to its death inside a frame's header (before publishing)."""
     fcntl.lockf(q.writer.fileno(), fcntl.LOCK_EX)
-    q.shared[2 * q.slots] = slot + 1
+    q.shared[FIELDS * q.slots] = slot + 1
     os.read(q.reader.fileno(), nbytes)
     os.kill(os.getpid(), signal.SIGKILL)
 

@@ -30,6 +30,7 @@ never a peer's data).
 from __future__ import annotations
 
 import logging
+import time
 
 from .protocol import assign
 from .takequeue import NOTHING, TakeQueue
@@ -37,6 +38,7 @@ from .takequeue import NOTHING, TakeQueue
 log = logging.getLogger("comlab.dispatch")
 
 DEFAULT = "broker"
+FINISHED_GRACE_S = 1.0  # a queue worker dying this soon after a batch: the batch runs again
 
 
 class Broker:
@@ -151,6 +153,12 @@ class SharedQueue:
             return []
         torn = self.queue.recover(slot)
         seqs = {self.queue.held(slot), torn} - {NOTHING, None}
+        # Its last batch's results may still have been in its socket's queue (a connection to
+        # the client not yet up): a batch finished just before the death is run again; the
+        # client keeps the first answer of each task.
+        seq, at = self.queue.finished(slot)
+        if seq != NOTHING and time.monotonic_ns() - at < FINISHED_GRACE_S * 1e9:
+            seqs.add(seq)
         self.queue.reset(slot)
         self.free.append(slot)
         return [self.outstanding.pop(s) for s in sorted(seqs) if s in self.outstanding]
@@ -159,7 +167,8 @@ class SharedQueue:
         """Batches are taken in queue order: every seq below the takes is taken, and one that no
         slot holds is done."""
         taken = self.taken()
-        held = {self.queue.held(i) for i in self.slot_of.values()}
+        held = {s for i in self.slot_of.values()
+                for s in (self.queue.held(i), self.queue.finished(i)[0])}
         for seq in [s for s in self.outstanding if s < taken and s not in held]:
             del self.outstanding[seq]
 

@@ -12,9 +12,10 @@ lock, and one killed there (or mid-message) leaves the lock taken for good. Here
   and the writer, told of the death (``recover``), reads away the rest of the torn frame (it
   knows every byte it wrote, and FIONREAD says how many are still in the pipe) and hands the
   frame's seq back for a retry if the reader never published it.
-* Each reader publishes the seq of the frame it took in its slot and counts its takes there
-  (``slots``: seq, takes per slot): the writer reads what a dead reader held, and how far the
-  queue has been taken, without a message.
+* Each reader publishes the seq of the frame it took in its slot and counts its takes there;
+  when it is done with a frame it says so there too, with the time (``finish``): the writer
+  reads what a dead reader held or had just finished, and how far the queue has been taken,
+  without a message.
 
 The writer never blocks: a frame the pipe has no room for waits in a backlog that a feeder
 thread writes as readers make room. POSIX only (record locks on a pipe: Linux).
@@ -29,11 +30,13 @@ import select
 import struct
 import termios
 import threading
+import time
 from collections import deque
 
 HEAD = struct.Struct("<qq")  # seq, body length
 NOTHING = -1                 # a slot's seq when its reader holds no frame
 TORN = "torn"                # take(): a reader died mid-frame; the writer has not repaired it yet
+FIELDS = 4                   # per slot: seq held, takes, seq last finished, finished at (ns)
 
 
 class TakeQueue:
@@ -43,8 +46,8 @@ class TakeQueue:
         self.reader, self.writer = mp.Pipe(duplex=False)
         for conn in (self.reader, self.writer):
             os.set_blocking(conn.fileno(), False)  # shared by every process holding the pipe
-        # (seq, takes) per slot, then the ``reading`` word: the slot + 1 of a reader mid-frame.
-        self.shared = mp.RawArray("q", [NOTHING, 0] * slots + [0])
+        # FIELDS per slot, then the ``reading`` word: the slot + 1 of a reader mid-frame.
+        self.shared = mp.RawArray("q", [NOTHING, 0, NOTHING, 0] * slots + [0])
         self.slots = slots
         self._writer_state()
 
@@ -138,20 +141,26 @@ class TakeQueue:
     def taken(self) -> int:
         """Frames readers have begun to take (they take them in order)."""
         s = self.shared
-        return sum(s[i] for i in range(1, 2 * self.slots, 2))
+        return sum(s[i] for i in range(1, FIELDS * self.slots, FIELDS))
 
     def held(self, slot: int) -> int:
-        return self.shared[2 * slot]
+        return self.shared[FIELDS * slot]
+
+    def finished(self, slot: int) -> tuple[int, int]:
+        """(seq, time.monotonic_ns()) of the frame the reader of ``slot`` finished last."""
+        i = FIELDS * slot
+        return self.shared[i + 2], self.shared[i + 3]
 
     def reset(self, slot: int) -> None:
         """A new reader gets ``slot``: it holds nothing (its takes stay counted)."""
-        self.shared[2 * slot] = NOTHING
+        i = FIELDS * slot
+        self.shared[i] = self.shared[i + 2] = NOTHING
 
     def recover(self, slot: int) -> int | None:
         """The reader of ``slot`` is dead. If it died mid-frame, read away the rest of that
         frame and let the others read again; the frame's seq if the dead reader never published
         it in its slot (its work must be retried), else None."""
-        shared, mark = self.shared, 2 * self.slots
+        shared, mark, i = self.shared, FIELDS * self.slots, FIELDS * slot
         if shared[mark] != slot + 1:
             return None
         fd = self.writer.fileno()
@@ -164,11 +173,11 @@ class TakeQueue:
                 if self.frames and self.frames[0][1] < consumed:
                     seq, _, end = self.frames.popleft()
                     self._discard(min(end, self.written) - consumed, end)
-                    torn = seq if shared[2 * slot] != seq else None
+                    torn = seq if shared[i] != seq else None
                 # Every frame begun counts as taken, the torn one too (the dead reader may have
                 # died before counting it).
                 begun = self.frames[0][0] if self.frames else self.seq
-                shared[2 * slot + 1] += begun - self.taken()
+                shared[i + 1] += begun - self.taken()
             shared[mark] = 0
             return torn
         finally:
@@ -205,10 +214,18 @@ class TakeQueue:
         """Readable when a frame may be waiting: wait on it holding nothing."""
         return self.reader.fileno()
 
+    def finish(self, slot: int) -> None:
+        """The reader of ``slot`` is done with the frame it holds (its results are sent, though
+        perhaps still in its socket's queue: a death soon after may cost them)."""
+        i = FIELDS * slot
+        self.shared[i + 3] = time.monotonic_ns()
+        self.shared[i + 2] = self.shared[i]
+        self.shared[i] = NOTHING
+
     def take(self, slot: int, alive=lambda: True):
         """The next (seq, body), None if another reader took it first, or TORN. ``alive()``
         is asked while a frame is only partly written (False: give up, EOFError)."""
-        shared, mark = self.shared, 2 * self.slots
+        shared, mark, i = self.shared, FIELDS * self.slots, FIELDS * slot
         lock_fd = self.writer.fileno()
         fcntl.lockf(lock_fd, fcntl.LOCK_EX)  # waits only for another reader's short read
         try:
@@ -222,8 +239,8 @@ class TakeQueue:
                 shared[mark] = 0
                 return None
             seq, n = HEAD.unpack(first + _read_exact(fd, HEAD.size - len(first), alive))
-            shared[2 * slot] = seq        # published before the body: a death from here on
-            shared[2 * slot + 1] += 1     # is the server's to retry
+            shared[i] = seq               # published before the body: a death from here on
+            shared[i + 1] += 1            # is the server's to retry
             body = _read_exact(fd, n, alive)
             shared[mark] = 0
             return seq, body

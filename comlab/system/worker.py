@@ -250,7 +250,7 @@ class Worker(Role):
                     if unit.run not in self.ended:
                         self.run_unit(unit)
                 self.results.flush()
-            q.reset(slot)
+            q.finish(slot)
 
     def on_handshake(self) -> None:
         while True:
