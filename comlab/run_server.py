@@ -14,7 +14,7 @@ import sys
 import zmq
 
 from . import data
-from .system import dispatch, strategies
+from .system import dispatch, limits, strategies
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -56,13 +56,14 @@ def run(args: argparse.Namespace) -> int:
         if args.remote_url:  # '' (the lab's): every batch names its client
             check_connect_url(args.remote_url, "REMOTE_URL (the default client result URL)")
         table = data.read_server_map(args.map_file, lenient=args.lenient).flat()
-        strategies.check(args.strategy)
         dispatch.check(args.dispatch)
         if args.max_workers < 0:
             raise ValueError(f"MAX_WORKERS must be >= 0, not {args.max_workers}")
         if args.max_workers == 0 and not args.workers_url:
             raise ValueError("MAX_WORKERS 0 needs --workers-url: a server with no local "
                              "workers and no way for remote ones to join could never work")
+        strategies.set_threads(limits.check_server(args.max_workers))  # a pool must fit
+        strategies.check(args.strategy)
         security = None
         if args.curve_keys:
             from .system.security import Curve

@@ -23,7 +23,7 @@ from collections import OrderedDict, deque
 
 import zmq
 
-from . import protocol as P, takequeue
+from . import protocol as P, strategies, takequeue
 from .clients import ClientSockets
 from .role import HOST, Role
 from .strategies import Cache, lookup, now
@@ -340,9 +340,12 @@ def die_with_parent() -> None:
 
 
 def main(name: str, server_url: str, log_level: int = logging.WARNING, security=None, *,
-         ident: str | None = None, **queue) -> None:
-    """Entry point of a worker process (a multiprocessing target: lives in the package)."""
+         ident: str | None = None, threads: int | None = None, **queue) -> None:
+    """Entry point of a worker process (a multiprocessing target: lives in the package);
+    ``threads``: its share of the machine's threads (comlab.system.limits.thread_share)."""
     die_with_parent()
+    if threads is not None:
+        strategies.set_threads(threads)
     precise_sleeps()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the server's to handle
     signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a forked worker inherits the server's
