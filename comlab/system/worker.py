@@ -34,6 +34,7 @@ log = logging.getLogger("comlab.worker")
 SERVER_TYPES = (P.Assign, P.Connect, P.Forget, P.Stop, P.Ping)
 NOBLOCK = int(zmq.NOBLOCK)
 RESULTS_MAX_TASKS = 65536  # results held back for one RESULTS message at most
+CONNECT_WAIT_S = 2.0  # a queue worker waits at most this for a new client connection to be up
 
 
 class Unit:
@@ -136,7 +137,9 @@ class Worker(Role):
 
     def setup(self):
         # Results never block the worker: a client that takes none costs its own results.
-        self.clients = ClientSockets(self, linger_ms=1000)
+        self.clients = ClientSockets(self, linger_ms=1000,
+                                     opened=self.on_open if self.queue is not None else None)
+        self.opening: dict[str, zmq.Socket] = {}  # url -> handshake monitor (queue design)
         self.results = Outbox(self.clients, self.name)
         # Forked workers may connect before the server binds: retry after 10 ms (doubling to
         # 1 s), not libzmq's default 100 ms, which would be most of a pool's start-up.
@@ -250,7 +253,24 @@ class Worker(Role):
                     if unit.run not in self.ended:
                         self.run_unit(unit)
                 self.results.flush()
+                self.wait_connected()
             q.finish(slot)
+
+    def on_open(self, url: str, sock: zmq.Socket) -> None:
+        """A new socket to a client: watch for its handshake (before it connects)."""
+        self.opening[url] = self.own(sock.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED))
+
+    def wait_connected(self) -> None:
+        """Results sent on a connection not yet up sit in its queue, and die with this worker:
+        a queue worker says it is done with a batch only once they can leave (at most
+        CONNECT_WAIT_S: a client that never answers has lost them anyway)."""
+        for url in list(self.opening):
+            mon = self.opening.pop(url)
+            mon.poll(CONNECT_WAIT_S * 1000)
+            sock = self.clients.socks.get(url)
+            if sock is not None:
+                sock.disable_monitor()  # before its end closes (see ClientSockets.release)
+            self.close_socket(mon, 0)
 
     def on_handshake(self) -> None:
         while True:
