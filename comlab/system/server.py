@@ -387,6 +387,9 @@ class Server(Role):
         log.warning("worker %s is lost (%s): its batches are retried", w.name, why)
         self.pool.kill(ident)
         self.ledger.lose(ident)
+        # What it was given in this pass is retried or failed by lose(): sending it on (and
+        # re-queuing it when the send fails) would run or fail those batches twice.
+        self.outbox.pop(ident, None)
         if self.intake.hellos:
             self.intake.on_joined(ident)
 
@@ -394,6 +397,7 @@ class Server(Role):
         _, ident = self.pool.exited(sentinel)
         self.stats["worker_deaths"] += 1
         self.ledger.lose(ident)
+        self.outbox.pop(ident, None)
         if self.intake.hellos:
             self.intake.on_joined(ident)
 
