@@ -38,7 +38,7 @@ from .takequeue import NOTHING, TakeQueue
 log = logging.getLogger("comlab.dispatch")
 
 DEFAULT = "broker"
-FINISHED_GRACE_S = 1.0  # a queue worker dying this soon after a batch: the batch runs again
+FINISHED_GRACE_S = 0.1  # a queue worker dying this soon after a batch: the batch runs again
 
 
 class Broker:
