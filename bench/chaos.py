@@ -13,9 +13,9 @@ written; many scenarios FAIL until it is fixed, and the table says so honestly.
 Scenarios: worker churn (SIGKILL local workers every few hundred ms during a run; also under the
 shared queue), every idle worker SIGKILLed, SIGSTOP of the server (1 s, and 5 s: past the
 heartbeat TTL) and of a worker, a thread-per-task batch of 65,536 tasks (waves), a batch size
-of 1,000,000,000 against many workers (warm threads), many parallel clients, a flood of batches whose reply URL has no
-listener, hostile messages on every socket (the server's batch, worker and control sockets, a
-client's result socket, a worker's server socket), a departed client (SIGKILLed mid-run, then
+of 1,000,000,000 against many workers (warm threads), many parallel clients, a flood of batches
+whose reply URL has no listener, hostile messages on every socket (the server's batch, worker
+and control sockets, a client's result socket, a worker's server socket), a departed client (SIGKILLed mid-run, then
 the next client on its port), hostile worker peers on --workers-url (DONE for a batch it does not
 hold, READY while holding one, silence while holding one, a stolen routing id, forged results to
 a client), and a worker host cut off from the server by a network-namespace partition.
