@@ -14,14 +14,16 @@ long batches do not wait for it either. Cost: with K > 0 a short batch can queue
 one at one worker while another frees; the adaptive policy bets on the ideal times, and loses
 that bet only when a batch runs far from its ideal time.
 
-``queue`` -- the seed's design: the server puts each batch on a multiprocessing queue shared by
-its local workers, and a free worker takes the next one; no DONE message (two messages per
-batch at the server), no round trip, but no knowledge of who holds what at dispatch time:
-each worker publishes the sequence number of the batch it holds in shared memory, which the
+``queue`` -- the seed's design: the server puts each batch on a queue shared by its local
+workers (comlab.system.takequeue: a pipe no worker's death can wedge or garble), and a free
+worker takes the next one; no DONE message (two messages per batch at the server), no round
+trip, but no knowledge of who holds what at dispatch time: each worker publishes the sequence
+number of the batch it holds (and of the one it finished last) in shared memory, which the
 server reads when that worker's sentinel fires (a dead worker's batch is retried once, then
-failed, as with the broker). A batch is never stranded behind a long one (only free workers
-take), but every take is serialised by the queue's lock and its feeder thread, and the server
-learns of progress only by reading the shared counters. Remote worker hosts keep joining through
+failed, as with the broker; so is one it finished within FINISHED_GRACE_S, whose results may
+not have left). A batch is never stranded behind a long one (only free workers take), but
+every take is serialised by a short lock, every idle worker wakes for each batch, and the
+server learns of progress only by reading the shared counters. Remote worker hosts keep joining through
 the broker endpoint: an idle remote worker gets a batch before the queue does. The queue carries
 bytes frames between a server and the workers it forked (pickled as bytes by multiprocessing;
 never a peer's data).
@@ -165,7 +167,7 @@ class SharedQueue:
 
     def _forget_done(self) -> None:
         """Batches are taken in queue order: every seq below the takes is taken, and one that no
-        slot holds is done."""
+        slot holds (or finished last) is done."""
         taken = self.taken()
         held = {s for i in self.slot_of.values()
                 for s in (self.queue.held(i), self.queue.finished(i)[0])}
