@@ -23,10 +23,9 @@ server reads when that worker's sentinel fires (a dead worker's batch is retried
 failed, as with the broker; so is one it finished within FINISHED_GRACE_S, whose results may
 not have left). A batch is never stranded behind a long one (only free workers take), but
 every take is serialised by a short lock, every idle worker wakes for each batch, and the
-server learns of progress only by reading the shared counters. Remote worker hosts keep joining through
-the broker endpoint: an idle remote worker gets a batch before the queue does. The queue carries
-bytes frames between a server and the workers it forked (pickled as bytes by multiprocessing;
-never a peer's data).
+server learns of progress only by reading the shared counters. Remote worker hosts keep joining
+through the broker endpoint: an idle remote worker gets a batch before the queue does. The
+queue carries bytes frames between a server and the workers it forked (never a peer's data).
 """
 
 from __future__ import annotations
