@@ -10,10 +10,12 @@ scenario's own check holds (e.g. "no task lost"). FAIL says which. Every scenari
 (SIGALRM) and kills what it started. Issue 13 lists what the system did wrong when this was
 written; many scenarios FAIL until it is fixed, and the table says so honestly.
 
-Scenarios: worker churn (SIGKILL local workers every few hundred ms during a run), SIGSTOP of the
-server and of a worker, many parallel clients, a flood of batches whose reply URL has no
-listener, hostile messages on every socket (the server's batch, worker and control sockets, a
-client's result socket, a worker's server socket), a departed client (SIGKILLed mid-run, then
+Scenarios: worker churn (SIGKILL local workers every few hundred ms during a run; also under the
+shared queue), every idle worker SIGKILLed, SIGSTOP of the server (1 s, and 5 s: past the
+heartbeat TTL) and of a worker, a thread-per-task batch of 65,536 tasks (waves), a batch size
+of 1,000,000,000 against many workers (warm threads), many parallel clients, a flood of batches
+whose reply URL has no listener, hostile messages on every socket (the server's batch, worker
+and control sockets, a client's result socket, a worker's server socket), a departed client (SIGKILLed mid-run, then
 the next client on its port), hostile worker peers on --workers-url (DONE for a batch it does not
 hold, READY while holding one, silence while holding one, a stolen routing id, forged results to
 a client), and a worker host cut off from the server by a network-namespace partition.
@@ -412,11 +414,11 @@ def normal_run(lab: Lab, row: Row, server: ServerProcess, keys, expected, label=
 
 
 # -- scenarios -----------------------------------------------------------------------------------
-def worker_churn(lab: Lab, row: Row) -> None:
+def worker_churn(lab: Lab, row: Row, dispatch: str | None = None) -> None:
     """SIGKILL a local worker every 0.15 s while a run is going: no task may be lost (a batch
     lost twice fails, which is a record too)."""
     keys, expected, path = lab.data(lab.n(2000, 200), 0.01)
-    server = lab.server(path, 4)
+    server = lab.server(path, 4, dispatch=dispatch)
     t = ClientThread(keys, 4, server.url, lab.profile.timeout * 2)
     wait_until(t.in_run, 10)
     kills = 0
@@ -465,6 +467,82 @@ def sigstop_worker(lab: Lab, row: Row) -> None:
     if counts:
         row.require(counts["ok"] == len(keys), f"{counts['ok']} of {len(keys)} ok: a stopped "
                                                "worker's batch waited for the client's timeout")
+
+
+def idle_kill(dispatch: str):
+    def scenario(lab: Lab, row: Row) -> None:
+        """SIGKILL every idle worker of a 2-worker server once (the seed's queue: one of them
+        held the queue's reader lock, and the server was wedged for good), then a normal run of
+        512 tasks: all ok."""
+        keys, expected, path = lab.data(512, 0.0)
+        server = lab.server(path, 2, dispatch=dispatch)
+        pids = local_worker_pids(server)
+        for pid in pids:
+            os.kill(pid, signal.SIGKILL)
+        if not wait_until(lambda: stats(server)["worker_deaths"] == len(pids)
+                          and len(local_worker_pids(server)) == 2, 10):
+            row.problems.append("the killed workers were not replaced")
+        normal_run(lab, row, server, keys, expected)
+    return scenario
+
+
+def sigstop_server_long(dispatch: str):
+    def scenario(lab: Lab, row: Row) -> None:
+        """SIGSTOP the server for 5 s mid-run (past the workers' 3 s heartbeat TTL: on SIGCONT
+        it finds them gone and kills them), SIGCONT: that run and the next lose nothing."""
+        keys, expected, path = lab.data(lab.n(10000, 1000), 0.0)
+        server = lab.server(path, 2, dispatch=dispatch)
+        time.sleep(1.5)  # the workers' first heartbeat (with its TTL) comes 1 s after joining
+        t = ClientThread(keys, 4, server.url, lab.profile.timeout + 10)
+        wait_until(t.in_run, 10)
+        lab.sigstop(server.proc.pid)
+        time.sleep(5.0)  # the fault itself
+        lab.sigcont(server.proc.pid)
+        counts = t.finish(row, expected, wait=lab.profile.timeout + 20)
+        if counts:
+            row.require(counts["lost"] == 0, f"{counts['lost']} of {len(keys)} lost")
+        normal_run(lab, row, server, keys[:512], expected)
+    return scenario
+
+
+def waved_batch(lab: Lab, row: Row) -> None:
+    """140,000 tasks of 1 ms in batches of 65,536, thread-per-task, 2 workers: each batch runs
+    in waves of the worker's thread share; no worker may be taken for wedged (the old overdue
+    rule killed them twice and failed every task), and the server's counters never exceed the
+    tasks sent."""
+    n = lab.n(140_000, 20_000)
+    keys, expected, path = lab.data(20_000, 0.001)  # distinct keys: at most 62,500 addresses
+    keys = (keys * -(-n // len(keys)))[:n]
+    server = lab.server(path, 2)
+    t = ClientThread(keys, min(65536, n // 2 + 1), server.url, 120.0)
+    counts = t.finish(row, expected, wait=150.0)
+    st = stats(server)
+    row.notes.append(f"server: {st['tasks']} tasks, {st['failed']} failed, "
+                     f"{st['overdue']} overdue")
+    if counts:
+        row.require(counts["ok"] == n, f"{counts['ok']} of {n} ok")
+    row.require(st["failed"] <= st["tasks"] == n, f"server counters: {st['failed']} failed, "
+                                                  f"{st['tasks']} tasks of {n} sent")
+    row.require(st["overdue"] == 0, f"{st['overdue']} workers taken for wedged")
+
+
+def huge_batch_size(lab: Lab, row: Row) -> None:
+    """A client asks for batches of 1,000,000,000 tasks (``run_client FILE 1000000000``)
+    against many workers: each idle worker warms threads for the tasks the run has, within its
+    share of the machine (the old server parked 1,024 per worker: 32 workers took 32,549 of
+    32,768 pids)."""
+    from comlab.system import limits
+    workers = lab.n(32, 8)
+    keys, expected, path = lab.data(lab.n(128, 64), 0.001)
+    server = lab.server(path, workers)
+    tree = psutil.Process(server.proc.pid)
+    before = sum(p.num_threads() for p in [tree, *tree.children(recursive=True)])
+    normal_run(lab, row, server, keys, expected, batch=1_000_000_000)
+    after = sum(p.num_threads() for p in [tree, *tree.children(recursive=True)])
+    most = workers * min(len(keys), limits.thread_share(workers))
+    row.notes.append(f"{workers} workers: server tree {before} -> {after} threads")
+    row.require(after - before <= most, f"{after - before} threads warmed by {workers} workers "
+                                        f"for a run of {len(keys)} tasks")
 
 
 def many_clients(lab: Lab, row: Row) -> None:
@@ -860,6 +938,13 @@ def partition(lab: Lab, row: Row) -> None:
 
 SCENARIOS = {
     "worker-churn": worker_churn,
+    "worker-churn/queue": lambda lab, row: worker_churn(lab, row, "queue"),
+    "idle-kill": idle_kill("broker"),
+    "idle-kill/queue": idle_kill("queue"),
+    "sigstop-server-long": sigstop_server_long("broker"),
+    "sigstop-server-long/queue": sigstop_server_long("queue"),
+    "waved-batch": waved_batch,
+    "huge-batch-size": huge_batch_size,
     "sigstop-server": sigstop_server,
     "sigstop-worker": sigstop_worker,
     "many-clients": many_clients,

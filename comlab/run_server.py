@@ -15,7 +15,7 @@ import zmq
 
 from . import data
 from .lab.checks import url_arg
-from .system import dispatch, strategies
+from .system import dispatch, limits, strategies
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -57,7 +57,6 @@ def run(args: argparse.Namespace) -> int:
         if args.remote_url:  # '' (the lab's): every batch names its client
             check_connect_url(args.remote_url, "REMOTE_URL (the default client result URL)")
         table = data.read_server_map(args.map_file, lenient=args.lenient).flat()
-        strategies.check(args.strategy)
         dispatch.check(args.dispatch)
         if args.max_workers < 0:
             raise ValueError(f"MAX_WORKERS must be >= 0, not {args.max_workers}")
@@ -65,11 +64,12 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError("MAX_WORKERS 0 needs --workers-url: a server with no local "
                              "workers and no way for remote ones to join could never work")
         from .lab.checks import warm_threads
-        from .system import limits
         # Batches of 1 at least: what the clients will ask for is not known yet.
         limits.check_workers(args.max_workers,
                              limits.WORKER_THREADS + warm_threads(args.strategy, 1),
                              f"MAX_WORKERS {args.max_workers}")
+        strategies.set_threads(limits.check_server(args.max_workers))  # a pool must fit
+        strategies.check(args.strategy)
         security = None
         if args.curve_keys:
             from .system.security import Curve

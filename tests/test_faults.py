@@ -22,6 +22,11 @@ server gone mid-run (SIGKILL)                  test_server_killed_mid_run (idle 
                                                test_system.py::test_server_stop_leaves_nothing)
 worker SIGKILLed mid-batch                     test_worker_killed_mid_batch_is_retried_once,
                                                test_worker_killed_twice_fails_that_batch_only
+worker SIGKILLed idle, taking or just done;    test_worker_deaths.py (every dispatch design);
+server SIGSTOPped past the heartbeat TTL;      test_takequeue.py (a reader killed holding the
+worker churn                                   queue's lock, mid-frame, mid-header)
+huge batches, huge batch size, threads         test_threads.py (waves, overdue rule, warm
+                                               threads, a pool that cannot fit)
 task raising inside a strategy                 test_system.py::test_strategy_on_server[faulty:2],
                                                test_strategies.py::test_raising_task_fails_alone;
                                                test_faulty_tasks_fail_and_the_worker_lives_on

@@ -158,6 +158,25 @@ def test_overdue_worker_is_reported(ledger):
     assert ledger.overdue(slack_s=10, factor=4) == [b"a"]
 
 
+def test_a_huge_waved_batch_is_not_taken_for_a_wedged_worker(ledger):
+    """Issue 24: 140,000 tasks of 1 ms in batches of 65,536, thread-per-task: a batch runs in 64
+    waves of 1,024 threads (ideal 64 ms) and took ~10.5 s on 2 cores, past 4 x 64 ms + 10 s,
+    so the server killed its worker twice and failed the batch. The rule now allows each task
+    the harness's own cost."""
+    from comlab.system.server import OVERDUE_PER_TASK_S
+    from comlab.system.strategies import ThreadPerTask
+    waits = [0.001] * 65536
+    cost = ThreadPerTask.duration(waits, threads=1024)
+    assert cost == pytest.approx(0.064)
+    ledger.ready(b"a", "a", "h", 1)
+    ledger.submit(P.work(1, 0, "tcp://c:1", "thread-per-task", range(65536), [1] * 65536, waits,
+                         cost_s=cost))
+    ledger.now.t = 12.0
+    assert ledger.overdue(10.0, 4.0, 2.0, OVERDUE_PER_TASK_S) == []
+    ledger.now.t = 4 * (cost + 65536 * OVERDUE_PER_TASK_S) + 10.5  # still wedged: noticed
+    assert ledger.overdue(10.0, 4.0, 2.0, OVERDUE_PER_TASK_S) == [b"a"]
+
+
 def test_released_remote_worker_gets_work_again_once_it_answers(ledger):
     ledger.ready(b"r", "r", "far", 1)
     ledger.ready(b"a", "a", "h", 2)

@@ -11,6 +11,9 @@ sum, thread-pool:k a list schedule on k threads); this module schedules the batc
   send time.
 * A cpu-limited strategy (cpu-bound) runs at most ``cpus`` batches at once (one core each).
 * Tasks no worker runs (unknown, unreachable) have wait 0 and so add nothing.
+* A worker runs at most its share of the machine's threads at once
+  (comlab.system.limits.thread_share(workers), as the server gives its workers): a larger
+  thread-per-task batch runs in waves.
 """
 
 from __future__ import annotations
@@ -18,15 +21,16 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 
+from ..system.limits import thread_share
 from ..system.strategies import list_schedule, lookup
 
 __all__ = ["batch_duration", "ideal_makespan", "list_schedule"]
 
 
-def batch_duration(waits: Sequence[float], strategy: str) -> float:
-    """How long a perfect worker takes for one batch under `strategy` (the strategy's model)."""
+def batch_duration(waits: Sequence[float], strategy: str, workers: int = 1) -> float:
+    """How long a perfect worker (one of `workers`) takes for one batch under `strategy`."""
     cls, param = lookup(strategy)
-    return cls.duration(waits, param) if len(waits) else 0.0
+    return cls.duration(waits, param, thread_share(workers)) if len(waits) else 0.0
 
 
 def ideal_makespan(batches: Sequence[Sequence[float]], workers: int, strategy: str, *,
@@ -34,5 +38,6 @@ def ideal_makespan(batches: Sequence[Sequence[float]], workers: int, strategy: s
     """Ideal makespan of a run: `batches` are the waits of each batch, in sending order."""
     cls, param = lookup(strategy)
     machines = min(workers, cpus or os.cpu_count() or 1) if cls.cpu_limited else workers
-    return list_schedule([cls.duration(b, param) if len(b) else 0.0 for b in batches], machines,
-                         releases)
+    threads = thread_share(workers)
+    return list_schedule([cls.duration(b, param, threads) if len(b) else 0.0 for b in batches],
+                         machines, releases)

@@ -289,8 +289,9 @@ class Client(Role):
         if not self.push.poll(self.hello_timeout * 1000, zmq.POLLOUT):
             raise NoServer(f"no server at {self.server_url} (nothing connected within "
                            f"{self.hello_timeout:g} s)")
-        self.push.send(P.Hello(self.run_id, self.reply_url, self.batch_size,
-                               self.secret).pack())
+        # Warm threads for the tasks a batch will really have, not the batch size asked for.
+        warm = min(self.batch_size, len(self.keys))
+        self.push.send(P.Hello(self.run_id, self.reply_url, warm, self.secret).pack())
         while (left := deadline - time.monotonic()) > 0:
             if not self.pull.poll(left * 1000):
                 break

@@ -30,14 +30,16 @@ class TooManyClients(ProtocolError):
 class ClientSockets:
     def __init__(self, role, *, max_clients: int = 256, idle_s: float = 60.0,
                  min_idle_s: float = 5.0, monitor: bool = False, watch=None, unwatch=None,
-                 linger_ms: int = 0, clock=time.monotonic, **options) -> None:
+                 linger_ms: int = 0, clock=time.monotonic, opened=None, **options) -> None:
         """``role`` makes and closes sockets (comlab.system.role.Role); with ``monitor``, each
-        socket gets a disconnect monitor passed to ``watch`` (see ``disconnected``)."""
+        socket gets a disconnect monitor passed to ``watch`` (see ``disconnected``);
+        ``opened(url, sock)`` is called for each new socket before it connects."""
         self.role = role
         self.max_clients, self.idle_s, self.min_idle_s = max_clients, idle_s, min_idle_s
         self.monitor, self.watch, self.unwatch = monitor, watch, unwatch
         self.linger_ms = linger_ms
         self.clock = clock
+        self.opened = opened
         self.options = options
         self.socks: dict[str, zmq.Socket] = {}
         self.used: dict[str, float] = {}            # url -> last use
@@ -114,6 +116,8 @@ class ClientSockets:
         if len(self.socks) >= self.max_clients:
             self._make_room()
         sock = self.role.socket(zmq.PUSH, curve_server=False, **self.options)
+        if self.opened is not None:
+            self.opened(url, sock)
         try:
             sock.connect(url)
         except zmq.ZMQError as exc:

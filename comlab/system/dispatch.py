@@ -14,30 +14,32 @@ long batches do not wait for it either. Cost: with K > 0 a short batch can queue
 one at one worker while another frees; the adaptive policy bets on the ideal times, and loses
 that bet only when a batch runs far from its ideal time.
 
-``queue`` -- the seed's design: the server puts each batch on a multiprocessing queue shared by
-its local workers, and a free worker takes the next one; no DONE message (two messages per
-batch at the server), no round trip, but no knowledge of who holds what at dispatch time:
-each worker publishes the sequence number of the batch it holds in shared memory, which the
+``queue`` -- the seed's design: the server puts each batch on a queue shared by its local
+workers (comlab.system.takequeue: a pipe no worker's death can wedge or garble), and a free
+worker takes the next one; no DONE message (two messages per batch at the server), no round
+trip, but no knowledge of who holds what at dispatch time: each worker publishes the sequence
+number of the batch it holds (and of the one it finished last) in shared memory, which the
 server reads when that worker's sentinel fires (a dead worker's batch is retried once, then
-failed, as with the broker). A batch is never stranded behind a long one (only free workers
-take), but every take is serialised by the queue's lock and its feeder thread, and the server
-learns of progress only by reading the shared counters. Remote worker hosts keep joining through
-the broker endpoint: an idle remote worker gets a batch before the queue does. The queue carries
-bytes frames between a server and the workers it forked (pickled as bytes by multiprocessing;
-never a peer's data).
+failed, as with the broker; so is one it finished within FINISHED_GRACE_S, whose results may
+not have left). A batch is never stranded behind a long one (only free workers take), but
+every take is serialised by a short lock, every idle worker wakes for each batch, and the
+server learns of progress only by reading the shared counters. Remote worker hosts keep joining
+through the broker endpoint: an idle remote worker gets a batch before the queue does. The
+queue carries bytes frames between a server and the workers it forked (never a peer's data).
 """
 
 from __future__ import annotations
 
 import logging
-import queue as _queue
+import time
 
 from .protocol import assign
+from .takequeue import NOTHING, TakeQueue
 
 log = logging.getLogger("comlab.dispatch")
 
 DEFAULT = "broker"
-NOTHING = -1  # a queue worker's slot when it holds no batch
+FINISHED_GRACE_S = 0.1  # a queue worker dying this soon after a batch: the batch runs again
 
 
 class Broker:
@@ -100,11 +102,9 @@ class SharedQueue:
             raise ValueError("dispatch 'queue' takes no parameter")
         self.mp = mp
         if mp is not None:
-            self.queue = mp.Queue()
-            self.slots = mp.RawArray("q", [NOTHING] * max(slots, 1) * 2)  # (seq, takes)
+            self.queue = TakeQueue(mp, max(slots, 1))
             self.free = list(range(max(slots, 1)))[::-1]
             self.slot_of: dict[bytes, int] = {}
-        self.seq = 0
         self.outstanding: dict[int, object] = {}  # seq -> Work put on the queue, until done
 
     def takes_more(self, w) -> bool:
@@ -118,23 +118,20 @@ class SharedQueue:
             return True
         if not ledger.local:  # a remote-only server: no one takes from the queue; keep it
             return False      # pending for the next remote worker that is free
-        self.outstanding[self.seq] = work
-        self.queue.put(self.seq.to_bytes(8, "little") + assign((work,)))
-        self.seq += 1
+        self.outstanding[self.queue.put(assign((work,)))] = work
         if len(self.outstanding) > 4 * len(self.slot_of) + 64:
             self._forget_done()
         return True
 
     def taken(self) -> int:
-        s = self.slots
-        return sum(s[i] for i in range(1, len(s), 2))
+        return self.queue.taken()
 
     def queued(self) -> int:
         """Batches on the queue that no worker has taken yet."""
-        return self.seq - self.taken()
+        return self.queue.seq - self.taken() if self.mp is not None else 0
 
     def busy(self) -> int:
-        return sum(1 for i in self.slot_of.values() if self.slots[2 * i] != NOTHING)
+        return sum(1 for i in self.slot_of.values() if self.queue.held(i) != NOTHING)
 
     def drop_run(self, run: int) -> int:
         """Tasks of a run's batches still on the queue: the workers skip them (FORGET)."""
@@ -146,32 +143,39 @@ class SharedQueue:
         """What a local worker needs to take from the queue: the queue and its own slot."""
         slot = self.free.pop()
         self.slot_of[ident] = slot
-        self.slots[2 * slot] = NOTHING
-        return {"queue": self.queue, "slots": self.slots, "slot": slot}
+        self.queue.reset(slot)
+        return {"queue": self.queue, "slot": slot}
 
     def lost_local(self, ident: bytes) -> list:
-        """A local worker died: the batch it held (read from its slot), to retry or fail."""
+        """A local worker died: the batch it held (read from its slot) or tore from the queue
+        mid-take, to retry or fail."""
         slot = self.slot_of.pop(ident, None)
         if slot is None:
             return []
-        seq = self.slots[2 * slot]
-        self.slots[2 * slot] = NOTHING
+        torn = self.queue.recover(slot)
+        seqs = {self.queue.held(slot), torn} - {NOTHING, None}
+        # Its last batch's results may still have been in its socket's queue (a connection to
+        # the client not yet up): a batch finished just before the death is run again; the
+        # client keeps the first answer of each task.
+        seq, at = self.queue.finished(slot)
+        if seq != NOTHING and time.monotonic_ns() - at < FINISHED_GRACE_S * 1e9:
+            seqs.add(seq)
+        self.queue.reset(slot)
         self.free.append(slot)
-        work = self.outstanding.pop(seq, None) if seq != NOTHING else None
-        return [] if work is None else [work]
+        return [self.outstanding.pop(s) for s in sorted(seqs) if s in self.outstanding]
 
     def _forget_done(self) -> None:
         """Batches are taken in queue order: every seq below the takes is taken, and one that no
-        slot holds is done."""
+        slot holds (or finished last) is done."""
         taken = self.taken()
-        held = {self.slots[2 * i] for i in self.slot_of.values()}
+        held = {s for i in self.slot_of.values()
+                for s in (self.queue.held(i), self.queue.finished(i)[0])}
         for seq in [s for s in self.outstanding if s < taken and s not in held]:
             del self.outstanding[seq]
 
     def close(self) -> None:
         if self.mp is not None:
-            self.queue.cancel_join_thread()  # never wait at exit for batches nobody will take
-            self.queue.close()
+            self.queue.close()  # never waits for batches nobody will take
 
 
 DESIGNS = {cls.name: cls for cls in (Broker, SharedQueue)}
@@ -198,11 +202,3 @@ def make(spec: str, **kwargs):
         raise ValueError(f"unknown dispatch {spec[:60]!r}; known: {', '.join(DESIGNS)}")
     return cls(param or None, **kwargs)
 
-
-def take(q, timeout: float):
-    """A queue worker's next (seq, frame), or None within ``timeout``."""
-    try:
-        item = q.get(timeout=timeout)
-    except _queue.Empty:
-        return None
-    return int.from_bytes(item[:8], "little"), item[8:]

@@ -6,9 +6,10 @@ costs one lock release to wake its parked thread, and the caller wakes once, whe
 of the call is done. Threads are kept between calls, so none is started per job once warm, and
 new ones are started only when a call has more jobs than threads are parked.
 
-Bounded: a gang never has more than MAX_THREADS threads (threads are processes to the kernel,
-and pid_max is shared by everything on the machine). A call with more jobs runs them in waves
-of MAX_THREADS; a thread that cannot be started (RuntimeError: can't start new thread) fails
+Bounded: a gang never has more than its ``limit`` threads (at most MAX_THREADS; a worker's is
+its share of the machine, comlab.system.limits.thread_share: threads are processes to the
+kernel, and pid_max is shared by everything on the machine). A call with more jobs runs them in
+waves of ``limit``; a thread that cannot be started (RuntimeError: can't start new thread) fails
 its job, never the caller, and the threads already started are kept.
 """
 
@@ -16,7 +17,7 @@ from __future__ import annotations
 
 import threading
 
-MAX_THREADS = 1024
+from .limits import GANG_MAX as MAX_THREADS
 
 
 class _Call:
@@ -45,17 +46,19 @@ class _Slot:
 
 
 class Gang:
-    def __init__(self, name: str = "gang") -> None:
+    def __init__(self, name: str = "gang", limit: int = MAX_THREADS) -> None:
         self.name = name
+        self.limit = max(1, min(limit, MAX_THREADS))
         self._parked: list[_Slot] = []
         self._all: list[_Slot] = []
         self._lock = threading.Lock()
 
     def map(self, fn, args_list: list) -> list:
         """fn(*args) for every args, each on its own thread at once; results in order."""
-        if len(args_list) > MAX_THREADS:
-            return [r for i in range(0, len(args_list), MAX_THREADS)
-                    for r in self.map(fn, args_list[i:i + MAX_THREADS])]
+        wave = self.limit
+        if len(args_list) > wave:
+            return [r for i in range(0, len(args_list), wave)
+                    for r in self.map(fn, args_list[i:i + wave])]
         n = len(args_list)
         if not n:
             return []
@@ -69,9 +72,9 @@ class Gang:
         return call.results + [error] * (n - len(slots))
 
     def warm(self, n: int) -> int:
-        """Have at least n threads parked (at most MAX_THREADS), started now rather than during
+        """Have at least n threads parked (at most ``limit``), started now rather than during
         a call; how many are ready (fewer when threads ran out: that only costs speed)."""
-        slots, _ = self._take(min(n, MAX_THREADS))
+        slots, _ = self._take(min(n, self.limit))
         self._park(slots)
         return len(slots)
 

@@ -220,15 +220,17 @@ class Ledger:
         self.counts["dropped_tasks"] += n
         return n
 
-    def overdue(self, slack_s: float, factor: float, remote_slack_s: float | None = None) \
-            -> list[bytes]:
-        """Workers whose oldest batch has run longer than ``factor`` x its cost + ``slack_s``
-        (``remote_slack_s`` for remote workers: no sentinel, no heartbeat can tell a wedged
-        peer from a slow one, and a hostile one may simply keep its batch)."""
+    def overdue(self, slack_s: float, factor: float, remote_slack_s: float | None = None,
+                per_task_s: float = 0.0) -> list[bytes]:
+        """Workers whose oldest batch has run longer than ``factor`` x (its cost + ``per_task_s``
+        per task) + ``slack_s`` (``remote_slack_s`` for remote workers: no sentinel, no
+        heartbeat can tell a wedged peer from a slow one, and a hostile one may simply keep its
+        batch)."""
         t = self.clock()
         remote = slack_s if remote_slack_s is None else remote_slack_s
         return [i for i, w in self.workers.items()
-                if w.held and t - w.held[0].since > factor * w.held[0].work.cost_s
+                if w.held and t - w.held[0].since > factor * (w.held[0].work.cost_s
+                                                              + per_task_s * w.held[0].work.n)
                 + (slack_s if i in self.local else remote)]
 
     # -- internals -----------------------------------------------------------------------------

@@ -6,6 +6,12 @@ it happens, in comlab or in someone else's process. So comlab budgets processes 
 together, against what is free now, and leaves half of it to the rest of the machine.
 RLIMIT_NPROC bounds a non-root user's tasks the same way (root is exempt from it).
 
+A server's tree of processes gets a fixed share of the machine's tasks: ``thread_share`` splits
+``SHARE`` of the kernel's limit between its workers (each gang of threads stays within its part,
+bigger batches run in waves), the same number wherever it is computed (the server, its workers,
+the lab's ideal-time model); ``check_server`` refuses, before anything starts, a pool that does
+not fit in what is free now.
+
 Memory is budgeted against MemAvailable the same way. Every check raises ValueError with one line
 naming the limit, the number asked for and the number that would fit.
 """
@@ -16,6 +22,8 @@ import os
 import resource
 
 SHARE = 0.5  # of what is free now: the machine is shared, comlab never takes all of it
+WORKER_BASE_TASKS = 8  # a worker's process and its own threads (main, ZeroMQ's, a pool's few)
+GANG_MAX = 1024        # most threads one worker's gang may have (comlab.system.gang)
 
 
 def _read_int(path: str, default: int) -> int:
@@ -67,6 +75,29 @@ def check_tasks(needed: int, what: str) -> None:
     if needed > budget:
         raise ValueError(f"{what} needs {needed:,} processes and threads; this machine has room "
                          f"for {budget:,} ({why})")
+
+
+def static_budget() -> int:
+    """SHARE of the kernel's task limit (RLIMIT_NPROC when it binds): fixed for the machine."""
+    nproc = nproc_limit()
+    total = tasks_max() if nproc is None else min(tasks_max(), nproc)
+    return int(total * SHARE)
+
+
+def thread_share(workers: int) -> int:
+    """Threads each of ``workers`` local workers may run at once (its gang's size, at most
+    GANG_MAX): the static budget split between them. A thread-per-task batch with more tasks
+    runs in waves of this size."""
+    per_worker = static_budget() // max(workers, 1) - WORKER_BASE_TASKS
+    return max(1, min(GANG_MAX, per_worker))
+
+
+def check_server(workers: int) -> int:
+    """A server with ``workers`` local workers: ValueError (one line) unless they fit in what is
+    free now, each with one thread to run tasks; else the threads each may run (thread_share)."""
+    check_tasks(workers * (WORKER_BASE_TASKS + 1) + WORKER_BASE_TASKS,
+                f"a server with {workers:,} workers")
+    return thread_share(workers)
 
 
 def available_memory() -> int:

@@ -105,10 +105,13 @@ class Pool:
         return max(0.0, min(self.restarts) - t) if self.restarts else None
 
     def kill(self, ident: bytes) -> None:
-        """SIGKILL one worker (stopped or wedged); its sentinel then fires as for any death."""
+        """SIGKILL one worker (stopped or wedged); its sentinel then fires as for any death.
+        Returns once it is dead (at most a second), so what it held is read after its last
+        write (the shared queue's slots)."""
         for proc, i, _ in self.procs.values():
             if i == ident and proc.is_alive():
                 proc.kill()
+                proc.join(1.0)
 
     def stop(self, grace_s: float, term_wait_s: float = 0.3) -> None:
         procs = [p for p, _, _ in self.procs.values()]

@@ -24,12 +24,13 @@ import sys
 import tempfile
 import threading
 import time
+from collections import OrderedDict
 
 import numpy as np
 import zmq
 
 from .. import __version__
-from . import control, dispatch as dispatch_mod, protocol as P, strategies
+from . import control, dispatch as dispatch_mod, limits, protocol as P, strategies
 from . import worker as worker_mod
 from .clients import ClientSockets
 from .intake import Intake
@@ -48,7 +49,12 @@ READY_TIMEOUT_S = 30.0
 STOP_GRACE_S = 0.5  # then busy workers are terminated: their clients are being stopped too
 HEARTBEAT_IVL_MS = 1000      # ZMTP PINGs on every worker connection ...
 HEARTBEAT_TIMEOUT_MS = 3000  # ... which is dropped after this long without traffic
-OVERDUE_SLACK_S = 10.0  # a batch held longer than factor x its ideal time + this: worker wedged
+# A batch held longer than factor x (its ideal time + OVERDUE_PER_TASK_S per task) + the slack:
+# its worker is wedged. The per-task part is the harness's own cost, generously (a
+# thread-per-task task costs ~0.1 ms of thread wake-ups and stamps on 2 cores), so a batch of
+# 65,536 tasks running in waves is not taken for a wedged worker.
+OVERDUE_SLACK_S = float(os.environ.get("COMLAB_OVERDUE_SLACK_S", 10.0))
+OVERDUE_PER_TASK_S = 0.00025
 REMOTE_OVERDUE_SLACK_S = 2.0  # ... for a remote worker (its batches are retried elsewhere, it
                               # gets no work until it answers again)
 COUNTERS = ("batches", "tasks", "unknown", "unreachable", "dropped", "stale", "runs_ended",
@@ -75,6 +81,10 @@ class Server(Role):
                              "(where remote worker hosts connect)")
         self.bind_url = bind_url
         self.max_workers = max_workers
+        # Each local worker's share of the machine's threads (refused if the pool cannot fit):
+        # set before the strategy is checked, since a thread pool must fit in it.
+        self.threads = limits.check_server(max_workers)
+        strategies.set_threads(self.threads)
         self.dispatch = dispatch_mod.check(dispatch)
         self.stats = dict.fromkeys(COUNTERS, 0)
         self.intake = Intake(table, networks, reply_url, strategies.check(strategy), self.stats,
@@ -88,6 +98,7 @@ class Server(Role):
                            and threading.active_count() == 1)
         self.poller = None
         self.startup_s = None
+        self._failed: OrderedDict[tuple, None] = OrderedDict()  # (run, batch) counted failed
 
     # -- setup ------------------------------------------------------------------------------
     def prepare(self):
@@ -100,7 +111,8 @@ class Server(Role):
         self.policy = dispatch_mod.make(self.dispatch, mp=mp, slots=self.max_workers + 4)
         self.pool = Pool(worker_mod.main, (self.local_url, self.log_level, self.security),
                          start_method=self.start_method,
-                         kwargs_of=self.policy.local_pool_kwargs)
+                         kwargs_of=lambda ident: {**self.policy.local_pool_kwargs(ident),
+                                                  "threads": self.threads})
         if self.max_workers and self.fork_first:
             fork = multiprocessing.get_context("fork")
             for _ in range(self.max_workers):
@@ -164,7 +176,7 @@ class Server(Role):
         return {"version": __version__, "pid": os.getpid(), "host": HOST, "bind": self.bound_url,
                 "workers_url": self.workers_url, "control": self.control_url,
                 "workers": len(self.ledger.workers), "strategy": self.intake.strategy,
-                "dispatch": self.dispatch,
+                "dispatch": self.dispatch, "threads_per_worker": self.threads,
                 "startup_s": self.startup_s}
 
     def wait_for_workers(self, n: int) -> None:
@@ -291,7 +303,7 @@ class Server(Role):
         """Once a second: workers holding a batch far past its ideal time are lost (stopped or
         wedged); clients idle with nothing in flight are let go."""
         for ident in self.ledger.overdue(OVERDUE_SLACK_S, self.overdue_factor,
-                                         REMOTE_OVERDUE_SLACK_S):
+                                         REMOTE_OVERDUE_SLACK_S, OVERDUE_PER_TASK_S):
             self.stats["overdue"] += 1
             if ident in self.pool.local:
                 self.lost_worker(ident, "holding a batch far past its ideal time")
@@ -345,8 +357,13 @@ class Server(Role):
             self.flush()
 
     def fail_work(self, work: P.Work, name: str) -> None:
-        """A batch lost twice: its tasks fail."""
-        self.stats["failed"] += work.n
+        """A batch lost twice: its tasks fail (counted once per batch, however it got here)."""
+        key = (work.run, work.batch_id)
+        if key not in self._failed:
+            self.stats["failed"] += work.n
+            self._failed[key] = None
+            if len(self._failed) > 65536:
+                self._failed.popitem(last=False)
         log.error("batch %s lost twice (last with worker %s): its tasks fail", work.batch_id, name)
         t = now()
         n = work.n
@@ -386,6 +403,9 @@ class Server(Role):
         log.warning("worker %s is lost (%s): its batches are retried", w.name, why)
         self.pool.kill(ident)
         self.ledger.lose(ident)
+        # What it was given in this pass is retried or failed by lose(): sending it on (and
+        # re-queuing it when the send fails) would run or fail those batches twice.
+        self.outbox.pop(ident, None)
         if self.intake.hellos:
             self.intake.on_joined(ident)
 
@@ -393,6 +413,7 @@ class Server(Role):
         _, ident = self.pool.exited(sentinel)
         self.stats["worker_deaths"] += 1
         self.ledger.lose(ident)
+        self.outbox.pop(ident, None)
         if self.intake.hellos:
             self.intake.on_joined(ident)
 

@@ -9,6 +9,10 @@ Each strategy class owns its rules: ``parse(param)`` checks its parameter and ``
 param)`` is its ideal-time model (how long a perfect worker takes for one batch; the lab's
 ``ideal.py`` asks the strategy), so a new strategy is one class here and one test.
 
+Threads: a worker's threaded strategies stay within its share of the machine (``THREADS``, set
+by ``set_threads`` in the server and its workers from comlab.system.limits.thread_share); a
+thread-per-task batch with more tasks runs in waves of that many, and its ideal time says so.
+
 ``run(responses, waits)`` returns columns (statuses, responses, t_started, t_finished, errors);
 errors is None when every task succeeded, else one str-or-None per task. A task that raises is
 ``failed`` with the error text; the batch and the worker go on.
@@ -27,6 +31,14 @@ from .gang import MAX_THREADS, Gang
 from .protocol import FAILED, OK
 
 now = time.monotonic_ns
+THREADS = MAX_THREADS  # threads a worker's strategy may run at once (set_threads)
+
+
+def set_threads(n: int) -> None:
+    """This process's per-worker thread share: the waves of thread-per-task (ideal time and
+    gang) and the largest thread-pool (``check``)."""
+    global THREADS
+    THREADS = max(1, min(int(n), MAX_THREADS))
 
 
 def list_schedule(durations: Sequence[float], machines: int,
@@ -69,9 +81,16 @@ class Strategy:
         return None
 
     @classmethod
-    def duration(cls, waits: Sequence[float], param: str | None = None) -> float:
-        """Ideal time of one batch: the sum of its waits, one after another (override)."""
+    def duration(cls, waits: Sequence[float], param: str | None = None,
+                 threads: int | None = None) -> float:
+        """Ideal time of one batch: the sum of its waits, one after another (override).
+        ``threads``: the worker's thread share (default THREADS)."""
         return float(sum(waits))
+
+    @classmethod
+    def threads(cls, param: str | None = None) -> int:
+        """Threads one batch needs at once beyond the worker's own (override)."""
+        return 0
 
     def __init__(self, param: str | None = None) -> None:
         self.param = param
@@ -148,16 +167,18 @@ class ThreadPerTask(Strategy):
     doc = "every task of a batch at once on its own (reused) thread"
 
     @classmethod
-    def duration(cls, waits, param=None):
-        """The longest wait; a batch larger than the per-worker thread bound runs in waves."""
+    def duration(cls, waits, param=None, threads=None):
+        """The longest wait; a batch larger than the worker's thread share runs in waves."""
         if not len(waits):
             return 0.0
-        return float(sum(max(waits[i:i + MAX_THREADS]) for i in range(0, len(waits),
-                                                                      MAX_THREADS)))
+        wave = threads or THREADS
+        if len(waits) <= wave:
+            return float(max(waits))
+        return float(sum(max(waits[i:i + wave]) for i in range(0, len(waits), wave)))
 
     def __init__(self, param=None):
         super().__init__(param)
-        self.gang = Gang(self.name)
+        self.gang = Gang(self.name, THREADS)
 
     def map(self, responses, waits):
         timed = self.timed
@@ -195,8 +216,12 @@ class ThreadPool(Strategy):
         return n
 
     @classmethod
-    def duration(cls, waits, param=None):
+    def duration(cls, waits, param=None, threads=None):
         return list_schedule(waits, cls.parse(param))
+
+    @classmethod
+    def threads(cls, param=None):
+        return cls.parse(param)
 
     def __init__(self, param=None):
         super().__init__(param)
@@ -236,7 +261,7 @@ class CpuBound(ThreadPerTask):
     cpu_limited = True
 
     @classmethod
-    def duration(cls, waits, param=None):
+    def duration(cls, waits, param=None, threads=None):
         """The sum of its waits: the GIL lets one thread of a process compute at a time."""
         return float(sum(waits))
 
@@ -304,15 +329,19 @@ _specs: dict[str, tuple] = {}
 
 
 def check(spec: str) -> str:
-    """Validate a strategy spec early (server start), so a typo is not a worker's surprise."""
-    lookup(spec)
+    """Validate a strategy spec early (server start), so a typo is not a worker's surprise;
+    a thread pool larger than this process's thread share (THREADS) is refused."""
+    cls, param = lookup(spec)
+    if cls.threads(param) > THREADS:
+        raise ValueError(f"strategy {spec}: {cls.threads(param)} threads per worker; this "
+                         f"machine's share is {THREADS} per worker (comlab.system.limits)")
     return spec
 
 
-def duration(spec: str, waits: Sequence[float]) -> float:
+def duration(spec: str, waits: Sequence[float], threads: int | None = None) -> float:
     """Ideal time of one batch under ``spec``."""
     cls, param = lookup(spec)
-    return cls.duration(waits, param) if len(waits) else 0.0
+    return cls.duration(waits, param, threads) if len(waits) else 0.0
 
 
 

@@ -17,12 +17,13 @@ import multiprocessing
 import os
 import signal
 import sys
+import time
 from array import array as _array
 from collections import OrderedDict, deque
 
 import zmq
 
-from . import dispatch, protocol as P
+from . import protocol as P, strategies, takequeue
 from .clients import ClientSockets
 from .role import HOST, Role
 from .strategies import Cache, lookup, now
@@ -31,9 +32,9 @@ from .timer import precise_sleeps
 log = logging.getLogger("comlab.worker")
 
 SERVER_TYPES = (P.Assign, P.Connect, P.Forget, P.Stop, P.Ping)
-QUEUE_WAIT_S = 0.05  # a queue worker answers the server at least this often
 NOBLOCK = int(zmq.NOBLOCK)
 RESULTS_MAX_TASKS = 65536  # results held back for one RESULTS message at most
+CONNECT_WAIT_S = 2.0  # a queue worker waits at most this for a new client connection to be up
 
 
 class Unit:
@@ -118,10 +119,10 @@ class Worker(Role):
     linger_ms = 1000  # results in flight at shutdown still get a chance to leave
 
     def __init__(self, server_url: str, name: str, *, ident: str | None = None,
-                 watch_parent: bool = True, security=None, queue=None, slots=None,
+                 watch_parent: bool = True, security=None, queue=None,
                  slot: int = 0) -> None:
-        """``queue``/``slots``/``slot``: the shared queue design (comlab.system.dispatch):
-        batches come from ``queue``; slots[2 * slot] says which one this worker holds."""
+        """``queue``/``slot``: the shared queue design (comlab.system.dispatch): batches come
+        from ``queue`` (a comlab.system.takequeue.TakeQueue), where ``slot`` is this worker's."""
         super().__init__()
         self.server_url = server_url
         self.name = name
@@ -129,14 +130,16 @@ class Worker(Role):
         self.watch_parent = watch_parent
         self.security = security
         self.strategies = Cache()
-        self.queue, self.slots, self.slot = queue, slots, slot
+        self.queue, self.slot = queue, slot
         self.ended: OrderedDict[int, None] = OrderedDict()  # runs whose batches are skipped
         self.backlog: deque[Unit] = deque()                  # batches given, not yet run
         self.queued = 0                                      # ... how many batches that is
 
     def setup(self):
         # Results never block the worker: a client that takes none costs its own results.
-        self.clients = ClientSockets(self, linger_ms=1000)
+        self.clients = ClientSockets(self, linger_ms=1000,
+                                     opened=self.on_open if self.queue is not None else None)
+        self.opening: dict[str, zmq.Socket] = {}  # url -> handshake monitor (queue design)
         self.results = Outbox(self.clients, self.name)
         # Forked workers may connect before the server binds: retry after 10 ms (doubling to
         # 1 s), not libzmq's default 100 ms, which would be most of a pool's start-up.
@@ -210,25 +213,37 @@ class Worker(Role):
         return True
 
     def queue_loop(self):
-        """The seed's design: take the next batch from the shared queue when free. The queue's
-        lock lets one waiting worker read at a time (no herd); between waits the worker answers
-        the server (CONNECT, FORGET, STOP, PING), so those wait at most QUEUE_WAIT_S."""
-        poll, slots, mine = self.poller.poll, self.slots, 2 * self.slot
+        """The seed's design: take the next batch from the shared queue when free. The worker
+        waits for the queue in its poll set, holding nothing (comlab.system.takequeue), so a
+        worker killed or stopped while idle costs the others nothing, and it answers the server
+        (CONNECT, FORGET, STOP, PING) at once."""
+        q, slot, poller = self.queue, self.slot, self.poller
+        poller.register(q.fileno(), zmq.POLLIN)
+        ppid = os.getppid()
+        alive = (lambda: os.getppid() == ppid)  # noqa: E731
         while True:
-            for sock, _ in poll(0):
-                if sock == self.parent_fd:
-                    log.info("%s: parent gone, exiting", self.name)
-                    return
-                if sock is self.server and not self.serve():
-                    return
-                if sock is self.monitor:
-                    self.on_handshake()
-            item = dispatch.take(self.queue, QUEUE_WAIT_S)
-            if item is None:
+            events = dict(poller.poll(60_000 if len(self.clients) else None))
+            if self.parent_fd is not None and self.parent_fd in events:
+                log.info("%s: parent gone, exiting", self.name)
+                return
+            if self.server in events and not self.serve():
+                return
+            if self.monitor in events:
+                self.on_handshake()
+            if not events:
+                self.clients.expire()
+            if q.fileno() not in events:
                 continue
-            seq, frame = item
-            slots[mine] = seq            # published before anything can fail
-            slots[mine + 1] += 1         # takes: the server's count of batches taken
+            try:
+                item = q.take(slot, alive)
+            except EOFError:
+                return
+            if item is None:
+                continue  # another worker took it
+            if item is takequeue.TORN:  # a worker died mid-take; the server repairs the queue
+                time.sleep(0.01)
+                continue
+            _, frame = item
             try:
                 units = split(P.Assign.decode(frame))
             except P.ProtocolError as exc:
@@ -238,7 +253,24 @@ class Worker(Role):
                     if unit.run not in self.ended:
                         self.run_unit(unit)
                 self.results.flush()
-            slots[mine] = dispatch.NOTHING
+                self.wait_connected()
+            q.finish(slot)
+
+    def on_open(self, url: str, sock: zmq.Socket) -> None:
+        """A new socket to a client: watch for its handshake (before it connects)."""
+        self.opening[url] = self.own(sock.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED))
+
+    def wait_connected(self) -> None:
+        """Results sent on a connection not yet up sit in its queue, and die with this worker:
+        a queue worker says it is done with a batch only once they can leave (at most
+        CONNECT_WAIT_S: a client that never answers has lost them anyway)."""
+        for url in list(self.opening):
+            mon = self.opening.pop(url)
+            mon.poll(CONNECT_WAIT_S * 1000)
+            sock = self.clients.socks.get(url)
+            if sock is not None:
+                sock.disable_monitor()  # before its end closes (see ClientSockets.release)
+            self.close_socket(mon, 0)
 
     def on_handshake(self) -> None:
         while True:
@@ -328,9 +360,12 @@ def die_with_parent() -> None:
 
 
 def main(name: str, server_url: str, log_level: int = logging.WARNING, security=None, *,
-         ident: str | None = None, **queue) -> None:
-    """Entry point of a worker process (a multiprocessing target: lives in the package)."""
+         ident: str | None = None, threads: int | None = None, **queue) -> None:
+    """Entry point of a worker process (a multiprocessing target: lives in the package);
+    ``threads``: its share of the machine's threads (comlab.system.limits.thread_share)."""
     die_with_parent()
+    if threads is not None:
+        strategies.set_threads(threads)
     precise_sleeps()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the server's to handle
     signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a forked worker inherits the server's
