@@ -366,7 +366,7 @@ def decode(frame: bytes, allowed: tuple | None = None):
                             f"{type(exc).__name__}") from None
     if type(msg) is not list or len(msg) < 2:
         raise ProtocolError(f"not a comlab message: {preview(msg)}")
-    if msg[0] != VERSION:
+    if type(msg[0]) is not int or msg[0] != VERSION:  # 3.0 == 3 and True == 1 in Python
         raise ProtocolError(f"protocol version {preview(msg[0])}, expected {VERSION}")
     cls = TYPES.get(msg[1]) if type(msg[1]) is str else None
     if cls is None or (allowed is not None and cls not in allowed):

@@ -231,7 +231,7 @@ class Server(Role):
     def on_event(self, sock) -> bool:
         """Everything but the hot sockets; False means stop."""
         if sock is self.control:
-            self.control.send(self.on_control(self.control.recv()))
+            self.control.send(self.on_control(*self.control.recv_multipart()))
         elif sock == self.signal_fd:
             self.wakeup.drain()
         elif sock == self.watch_fd:
@@ -391,7 +391,12 @@ class Server(Role):
             self.lost_worker(ident, "connection lost")
 
     # -- control ---------------------------------------------------------------------------
-    def on_control(self, frame: bytes) -> bytes:
+    def on_control(self, frame: bytes = b"", *more: bytes) -> bytes:
+        """Every request gets one answer (REP's lock-step): an "error" one for a request of
+        more than one frame (not a comlab message; answering with the rest unread is EFSM)."""
+        if more:
+            return P.ControlReply("error", f"a request of {len(more) + 1} frames; a control "
+                                           "request is one").pack()
         return control.answer(self, frame)
 
     # -- teardown --------------------------------------------------------------------------
