@@ -53,6 +53,11 @@ INT64_MIN, INT64_MAX = -(2 ** 63), 2 ** 63 - 1  # responses are signed 64-bit in
 
 # Bound on any message a comlab socket accepts (libzmq drops the peer above it).
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+# A BATCH's limits (README, "Wire format"): a client refuses to build a larger one; the server
+# drops a sender above the bytes (its PULL socket's MAXMSGSIZE) and answers a BATCH above the
+# task count with a refusing WELCOME before it looks at a key (both bound one message's work).
+MAX_BATCH_TASKS = 65_536
+MAX_BATCH_BYTES = 8 * 1024 * 1024
 
 # The binary columns' element types (little-endian on every host).
 I64 = np.dtype("<i8")

@@ -52,7 +52,8 @@ OVERDUE_SLACK_S = 10.0  # a batch held longer than factor x its ideal time + thi
 REMOTE_OVERDUE_SLACK_S = 2.0  # ... for a remote worker (its batches are retried elsewhere, it
                               # gets no work until it answers again)
 COUNTERS = ("batches", "tasks", "unknown", "unreachable", "dropped", "stale", "runs_ended",
-            "retried", "failed", "worker_deaths", "workers_lost", "overdue", "refused")
+            "retried", "failed", "worker_deaths", "workers_lost", "overdue", "refused",
+            "refused_batches", "runs_reclaimed")
 WORKER_TYPES = (P.Done, P.Ready, P.Joined, P.Pong)
 
 
@@ -103,7 +104,8 @@ class Server(Role):
                 self.pool.start(fork)
 
     def setup(self):
-        self.pull = self.socket(zmq.PULL, bind=self.bind_url, curve_server=True)
+        self.pull = self.socket(zmq.PULL, bind=self.bind_url, curve_server=True,
+                                maxmsgsize=P.MAX_BATCH_BYTES)
         self.bound_url = self.pull.getsockopt_string(zmq.LAST_ENDPOINT)
         self.router = self.socket(zmq.ROUTER, router_mandatory=1, curve_server=True,
                                   heartbeat_ivl=HEARTBEAT_IVL_MS,
@@ -251,7 +253,8 @@ class Server(Role):
     def timeout_ms(self) -> float | None:
         """Nothing to wait for: block. Else until the next HELLO deadline, probe, restart or
         the once-a-second chores (overdue batches, idle clients) while there are workers."""
-        waits = [self.intake.hello_timeout_ms() if self.intake.hellos else None]
+        intake = self.intake
+        waits = [intake.hello_timeout_ms() if intake.hellos or intake.deferred else None]
         if self.liveness.probes:
             probe_ms, lost = self.liveness.timeout_ms(lambda: list(self.ledger.workers))
             waits.append(probe_ms)
@@ -285,6 +288,7 @@ class Server(Role):
                 self.ledger.release(ident)
         if len(self.clients) > 8:
             self.intake.expire_clients()
+        self.intake.expire_unconnected()
 
     # -- workers ---------------------------------------------------------------------------
     def to_worker(self, ident: bytes, frame: bytes) -> bool:
