@@ -819,7 +819,7 @@ def partition(lab: Lab, row: Row) -> None:
         keys, expected, path = lab.data(64, 0.1)
         wurl = f"tcp://{addr['server']}:5558"
         exec_in = lambda role: ["ip", "netns", "exec", ns[role]]  # noqa: E731
-        server = lab.server(path, 1, workers_url=wurl, address=addr["server"],
+        server = lab.server(path, 1, workers_url=wurl, address=addr["server"], insecure=True,
                             prefix=exec_in("server"))
         lab.popen([*exec_in("worker"), sys.executable, "-m", "comlab.system.worker_host", wurl,
                    "--workers", "2"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -79,9 +79,11 @@ class ServerProcess(_Child):
     def __init__(self, map_file: str, workers: int, workdir: str, *, transport: str = "tcp",
                  networks=(), workers_url: str | None = None, strategy: str | None = None,
                  ready_timeout: float = 60.0, address: str = "127.0.0.1",
-                 prefix=(), dispatch: str | None = None, curve_keys: str | None = None) -> None:
+                 prefix=(), dispatch: str | None = None, curve_keys: str | None = None,
+                 insecure: bool = False) -> None:
         """``address``: the interface its tcp batch socket binds; ``prefix``: a command to run
-        it under (e.g. ``ip netns exec NS``, ``taskset -c 0``)."""
+        it under (e.g. ``ip netns exec NS``, ``taskset -c 0``); ``insecure``: plain-TCP worker
+        peers on a ``workers_url`` other hosts reach (run_server --insecure)."""
         self.workdir = workdir
         bind = f"ipc://{workdir}/server" if transport == "ipc" else f"tcp://{address}:*"
         self.control_url = f"ipc://{workdir}/control"
@@ -97,6 +99,8 @@ class ServerProcess(_Child):
             args += ["--workers-url", workers_url]
         if curve_keys:
             args += ["--curve-keys", curve_keys]
+        if insecure and workers_url and not curve_keys:
+            args += ["--insecure"]
         t0 = time.perf_counter()
         super().__init__(args, os.path.join(workdir, f"server-{workers}-{transport}.log"))
         self.info = self._read_ready(ready_timeout)

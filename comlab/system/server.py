@@ -65,11 +65,14 @@ class Server(Role):
                  control_url: str | None = None, watch_fd: int | None = None,
                  on_ready=None, security=None, max_pending: int | None = None,
                  start_method: str = "forkserver", log_level: int = logging.WARNING,
-                 dispatch: str = dispatch_mod.DEFAULT) -> None:
+                 dispatch: str = dispatch_mod.DEFAULT, insecure: bool = False) -> None:
+        """``insecure``: accept plain-TCP worker peers on a ``workers_url`` other hosts can
+        reach (else that needs ``security``: whoever connects there gets the clients' work)."""
         super().__init__()
         if max_workers < 1 and not workers_url:
             raise ValueError("a server with no local workers needs --workers-url "
                              "(where remote worker hosts connect)")
+        check_workers_url(workers_url, security, insecure)
         self.bind_url = bind_url
         self.max_workers = max_workers
         self.dispatch = dispatch_mod.check(dispatch)
@@ -289,6 +292,12 @@ class Server(Role):
         if len(self.clients) > 8:
             self.intake.expire_clients()
         self.intake.expire_unconnected()
+        if self.security is not None:
+            try:
+                if self.security.reload():
+                    log.warning("authorized keys re-read: new connections see the new list")
+            except Exception as exc:  # keep the list we have; say why once a second
+                log.warning("could not re-read the authorized keys: %s", exc)
 
     # -- workers ---------------------------------------------------------------------------
     def to_worker(self, ident: bytes, frame: bytes) -> bool:
@@ -422,6 +431,16 @@ class Server(Role):
                 if getattr(self, "wakeup", None) is not None:
                     self.wakeup.close()
                     self.wakeup = None
+
+
+def check_workers_url(url: str | None, security, insecure: bool) -> None:
+    """ValueError for a worker endpoint other hosts can reach with neither CurveZMQ keys nor an
+    explicit ``insecure``: any peer there could take work and answer for it."""
+    from .security import is_local_url
+    if url and security is None and not insecure and not is_local_url(url):
+        raise ValueError(f"--workers-url {url} is reachable from other hosts: use CurveZMQ "
+                         "(--curve-keys DIR, see comlab keys) or accept any peer as a worker "
+                         "with --insecure")
 
 
 def local_endpoint() -> tuple[str, str | None]:
