@@ -141,8 +141,10 @@ class Intake:
         old = self.runs.get(url)
         if old is not None and old != h.run:
             if url in self.clients.connected:  # its client is still there: wait for it to go
-                if url in self.deferred:
-                    raise P.ProtocolError(f"HELLO for {url[:80]}: another run is active there")
+                if url in self.deferred:  # one waits already: this one is refused
+                    self.stats["refused"] += 1
+                    log.warning("refused a HELLO for %s: the run there is active", url[:80])
+                    return
                 self.deferred[url] = (h, time.monotonic() + HANDOVER_WAIT_S)
                 return
             self.end_run(url, "a new client said HELLO on its URL")
