@@ -209,14 +209,16 @@ def test_frozen_worker_rejoins_and_its_routing_id_cannot_be_taken(make_data, tmp
             assert [w["name"] for w in wait_workers(ctl, 1)] == [name]
             victim = workers_of(host)[0].pid
             os.kill(victim, signal.SIGSTOP)
+            wait_for(lambda: "remote-a" not in {w["host"] for w in control(ctl, "stats")
+                                                ["workers"]}, 10,
+                     "the frozen worker lost (heartbeat)")
             peer = ctx.socket(zmq.DEALER)
             peer.setsockopt(zmq.LINGER, 0)
             peer.setsockopt(zmq.ROUTING_ID, name.encode())  # the id it had before
             peer.connect(wurl)
             peer.send(P.Ready("peer", "peer-host", 1).pack())  # then silent: takes nothing
-            wait_for(lambda: "remote-a" not in {w["host"] for w in control(ctl, "stats")
-                                                ["workers"]}, 10,
-                     "the frozen worker lost (heartbeat)")
+            wait_for(lambda: "peer" in {w["name"] for w in control(ctl, "stats")["workers"]},
+                     10, "the peer joined")
             os.kill(victim, signal.SIGCONT)
             victim = None
             wait_for(lambda: name in {w["name"] for w in control(ctl, "stats")["workers"]},
