@@ -99,6 +99,8 @@ class Intake:
         self.hellos: dict[str, tuple] = {}             # reply URL -> (workers not joined, deadline)
         self.silent: set[bytes] = set()                # workers that never answered a CONNECT
         self.tokens: dict[int, object] = {}            # run -> its batch_tokens (its secret)
+        self.fed: set[str] = set()                     # URLs whose run sent a batch (attach:
+                                                       # the client sockets' own set)
         self.connecting: dict[str, P.Hello] = {}       # reply URL -> HELLO, until it connects
         self.deferred: dict[str, tuple] = {}           # reply URL -> (HELLO, deadline): its
                                                        # URL's run is active, its client there
