@@ -991,8 +991,9 @@ def huge_batches(lab: Lab, row: Row) -> None:
     s = stats(server)
     row.notes.append(f"server RSS {rss0 / 2**20:.0f} -> peak {peak / 2**20:.0f} -> "
                      f"{rss1 / 2**20:.0f} MiB; longest control round trip "
-                     f"{1000 * max(rtts, default=0):.0f} ms; {s.get('refused_batches', 0)} refused, "
-                     f"{s['unknown']} unknown answered, {s['dropped']} dropped")
+                     f"{1000 * max(rtts, default=0):.0f} ms; "
+                     f"{s.get('refused_batches', 0)} refused, {s['unknown']} unknown answered, "
+                     f"{s['dropped']} dropped")
     row.require(bool(back), f"server RSS {rss1 / 2**20:.0f} MiB, start {rss0 / 2**20:.0f}")
     row.require(s["unknown"] == 0, f"{s['unknown']} unknown tasks answered: a frame above "
                                    "the limits was read")

@@ -3,9 +3,9 @@
 ``comlab worker-host SERVER_URL --workers N [--curve-keys DIR]`` starts N workers (forkserver,
 target ``comlab.system.worker.main``) whose DEALERs connect to SERVER_URL, the server's
 ``--workers-url``. Each has a unique name ``host/pid/index`` (a replacement gets a fresh index)
-and a routing id no peer can guess (the name and a random token, see comlab.system.pool). The workers reconnect by
-themselves when the server restarts or the network comes back, and announce themselves again
-(READY) to a server they have not met.
+and a routing id no peer can guess (the name and a random token, see comlab.system.pool). The
+workers reconnect by themselves when the server restarts or the network comes back, and
+announce themselves again (READY) to a server they have not met.
 
 It runs until SIGINT or SIGTERM (a wakeup fd polled with the workers' sentinels, as in the
 server, so no signal waits for an event), then stops the workers within 2 s: SIGTERM, then
