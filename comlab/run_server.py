@@ -72,9 +72,6 @@ def run(args: argparse.Namespace) -> int:
             security = Curve.load(args.curve_keys, role="server")
         from .system.server import check_workers_url
         check_workers_url(args.workers_url, security, args.insecure)
-        if args.insecure and args.workers_url and security is None:
-            print(f"warning: --insecure: any peer that reaches {args.workers_url} can take and "
-                  "answer work", file=sys.stderr, flush=True)
     except (data.DataError, ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -84,6 +81,9 @@ def run(args: argparse.Namespace) -> int:
     def on_ready(info):
         nonlocal started
         started = True
+        if args.insecure and args.workers_url and security is None:
+            print(f"warning: --insecure: any peer that reaches {args.workers_url} can take and "
+                  "answer work", file=sys.stderr, flush=True)
         if args.ready_json:
             print(json.dumps(info), flush=True)
         print(f"comlab server ready on {info['bind']} with {info['workers']} workers "
