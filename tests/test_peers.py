@@ -151,6 +151,33 @@ def test_batch_above_the_limits_is_refused_before_any_work(make_data):
     assert (stats["tasks"], stats["unknown"], stats["batches"]) == (0, 0, 0), stats
 
 
+@pytest.mark.timeout(60)
+def test_answers_to_urls_nobody_listens_at_are_bounded_and_freed(make_data):
+    """Finding: results for unknown tasks queued to fresh reply URLs stayed in the server (its
+    RSS did not come back). 20 batches of 60,000 unknown keys (about 1.6 MB of answers each),
+    each to its own URL nobody listens at: at most 16 MiB wait, and within seconds the sockets
+    are let go."""
+    client_file, server_file = make_data(n=16, wait=0.0)
+    with lab_server(server_file, 1) as server:
+        ctx = zmq.Context()
+        try:
+            rss0 = rss_mib(server.proc.pid)
+            push = _push(ctx, server.url)
+            for i in range(20):
+                push.send(unknown_batch(200 + i, free_tcp_url(), 60_000))
+            wait_for(lambda: server.control("stats")["batches"] >= 20, 20, "the batches read")
+            stats = server.control("stats")
+            wait_for(lambda: server.control("stats")["clients"] == 0, 10,
+                     "the sockets to URLs nobody listens at let go")
+            wait_for(lambda: rss_mib(server.proc.pid) < rss0 + 50, 10,
+                     "the server's memory back within 50 MiB of its start")
+        finally:
+            ctx.destroy(linger=0)
+        run = Client(keys_of(client_file), 4, "tcp://127.0.0.1:*", server.url, timeout=20).run()
+    assert stats["client_drops"] >= 8, stats  # 20 x 1.6 MB > 16 MiB: the rest dropped
+    assert status_names(run.columns()) == ["ok"] * 16
+
+
 def test_client_refuses_to_build_a_batch_above_the_limits():
     keys = [f"10.0.{i >> 8 & 255}.{i & 255}:x" for i in range(P.MAX_BATCH_TASKS + 1)]
     with pytest.raises(ValueError, match="limit of 65536 tasks"):
