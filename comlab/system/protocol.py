@@ -120,7 +120,7 @@ def heads_bytes(rows) -> bytes:
 class Hello(NamedTuple):
     """Ask for WELCOME on reply_url once every idle worker is connected to it and has ``warm``
     threads ready (the batch size; 0: none). A new HELLO on a URL ends the previous run there
-only once that run's client is gone (comlab.system.intake).
+    only once that run's client is gone (comlab.system.intake).
     ``secret`` (client and server only; workers never see it) keys the batch tokens."""
     run: int
     reply_url: str
