@@ -897,7 +897,7 @@ def partition(lab: Lab, row: Row) -> None:
         keys, expected, path = lab.data(64, 0.1)
         wurl = f"tcp://{addr['server']}:5558"
         exec_in = lambda role: ["ip", "netns", "exec", ns[role]]  # noqa: E731
-        server = lab.server(path, 1, workers_url=wurl, address=addr["server"],
+        server = lab.server(path, 1, workers_url=wurl, address=addr["server"], insecure=True,
                             prefix=exec_in("server"))
         lab.popen([*exec_in("worker"), sys.executable, "-m", "comlab.system.worker_host", wurl,
                    "--workers", "2"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -936,6 +936,217 @@ def partition(lab: Lab, row: Row) -> None:
             ip("netns", "del", name)
 
 
+# -- issue 24: peers that are not who they say ----------------------------------------------------
+def control_frames(lab: Lab, row: Row) -> None:
+    """A REQ sends the control socket messages of 2 and 3 frames (the server exited 1, EFSM),
+    and clients send messages of protocol version 3.0 (accepted as 3): each is answered or
+    dropped, and a normal run is all ok."""
+    keys, expected, path = lab.data(16, 0.0)
+    server = lab.server(path, 1)
+    good = P.Control("ping", []).pack()
+    for parts in ([good, good], [b"", b"x", good]):
+        req = lab.socket(zmq.REQ)
+        req.connect(server.control_url)
+        req.send_multipart(parts)
+        answered = req.poll(5000) and P.ControlReply.decode(req.recv()).op == "error"
+        row.require(bool(answered), f"no error answer to a request of {len(parts)} frames")
+        req.close(0)
+    floats = [raw([3.0, "B", 1, free_url(), 0, P.ids_bytes([0]), keys[:1]]),
+              raw([True, "E", 1, ""])]
+    _fake_sender(lab, zmq.PUSH, server.url, floats)
+    wait_until(lambda: not alive(server) or stats(server)["dropped"] >= 2, 5)
+    row.require(alive(server) and stats(server)["tasks"] == 0,
+                "a message of protocol version 3.0 was taken for one of version 3")
+    normal_run(lab, row, server, keys, expected)
+
+
+def hello_hijack(lab: Lab, row: Row) -> None:
+    """HELLOs of other runs naming a running client's result URL, every 50 ms (the client lost
+    ~195 of 512 tasks): it must lose none."""
+    keys, expected, path = lab.data(lab.n(512, 64), 0.01)
+    server = lab.server(path, 2)
+    t = ClientThread(keys, 4, server.url, lab.profile.timeout * 2)
+    wait_until(t.in_run, 10)
+    push = lab.socket(zmq.PUSH)
+    push.connect(server.url)
+    sent = 0
+    while t.is_alive():
+        push.send(P.Hello(10**9 + sent, t.client.reply_url, 1, b"").pack())
+        sent += 1
+        t.join(0.05)
+    counts = t.finish(row, expected)
+    row.notes.append(f"{sent} HELLOs on its URL, {stats(server)['refused']} refused")
+    if counts:
+        row.require(counts["ok"] == len(keys), f"{counts['ok']} of {len(keys)} ok")
+
+
+def hello_flood(lab: Lab, row: Row) -> None:
+    """1,000 HELLOs to fresh URLs nobody listens at over 4 s (all 256 client slots were taken,
+    legitimate clients refused, 1,025 fds): 8 clients started during the flood are all served,
+    the server's fds stay bounded."""
+    keys, expected, path = lab.data(16, 0.0)
+    server = lab.server(path, 1)
+    n, seconds = lab.n(1000, 250), 4.0 * min(1.0, lab.profile.scale * 2)
+    push = lab.socket(zmq.PUSH, sndhwm=0)
+    push.connect(server.url)
+    proc = psutil.Process(server.proc.pid)
+    fds, clients = [proc.num_fds()], []
+    t0 = time.monotonic()
+    for i in range(n):
+        push.send(P.Hello(10**9 + i, f"tcp://127.0.0.2:{20000 + i}", 1, b"").pack())
+        if i % (n // 8) == n // 16:
+            clients.append(ClientThread(keys, 4, server.url, lab.profile.timeout))
+        if i % 50 == 0:
+            fds.append(proc.num_fds())
+        time.sleep(max(0.0, t0 + seconds * (i + 1) / n - time.monotonic()))
+    for i, c in enumerate(clients):
+        counts = c.finish(row, expected, f"client {i}", lab.profile.timeout + 15)
+        if counts:
+            row.require(counts["ok"] == len(keys), f"client {i}: {counts['ok']} of "
+                                                   f"{len(keys)} ok")
+    s = stats(server)
+    row.notes.append(f"{n} HELLOs in {seconds:g} s, {len(clients)} clients; server fds "
+                     f"{fds[0]} -> max {max(fds)}; {s.get('runs_reclaimed', 0)} runs reclaimed")
+    row.require(max(fds) < 4 * 256 + 64, f"server fds reached {max(fds)}")
+
+
+def _unknown_batch_tail(n: int) -> bytes:
+    """What follows ``P.batch_prefix`` in a BATCH of n distinct unknown keys."""
+    return (raw(0) + raw(np.arange(n, dtype=P.I64).tobytes())
+            + msgpack.Packer().pack_array_header(n) + b"".join(raw(f"{i:x}") for i in range(n)))
+
+
+def huge_batches(lab: Lab, row: Row) -> None:
+    """Four BATCH frames of 4.4 M unknown keys (66 MB each, under the 64 MiB every socket
+    takes), each with a fresh reply URL, then four of 300 k keys (above the task limit, within
+    the byte limit), while a client runs (the server grew 38 -> 749 MiB for good, 7-13 s of loop
+    time each, the client exited 2): the client is all ok, the server's RSS is back within
+    50 MiB of its start within 10 s, and the longest control round trip meanwhile (the loop's
+    longest stall) is reported."""
+    keys, expected, path = lab.data(lab.n(512, 64), 0.005)
+    server = lab.server(path, 2)
+    proc = psutil.Process(server.proc.pid)
+    rss0 = proc.memory_info().rss
+    rtts, done = [], threading.Event()
+
+    def pinger():
+        req = lab.socket(zmq.REQ)
+        req.connect(server.control_url)
+        while not done.is_set():
+            t = time.monotonic()
+            req.send(P.Control("ping", []).pack())
+            if not req.poll(20_000):
+                break
+            req.recv()
+            rtts.append(time.monotonic() - t)
+            done.wait(0.02)
+        req.close(0)
+
+    frames = [(lab.n(4_400_000, 100_000), 4), (300_000, 4)]
+    tails = [_unknown_batch_tail(n) for n, _ in frames]  # before the clocks: the GIL
+    ping = threading.Thread(target=pinger, daemon=True)
+    ping.start()
+    t = ClientThread(keys, 4, server.url, lab.profile.timeout * 2)
+    peak = rss0
+    for (n, times), tail in zip(frames, tails):
+        for i in range(times):  # each with a fresh reply URL, each from a fresh peer
+            push = lab.socket(zmq.PUSH)
+            push.connect(server.url)
+            push.send(P.batch_prefix(7 + i, free_url()) + tail)
+            push.close(2000)
+            peak = max(peak, proc.memory_info().rss)
+        row.notes.append(f"{times} x {len(tail) / 1e6:.0f} MB ({n} keys)")
+    del tails
+    counts = t.finish(row, expected, "client during the frames")
+    if counts:
+        row.require(counts["ok"] == len(keys), f"{counts['ok']} of {len(keys)} ok")
+    back = wait_until(lambda: proc.memory_info().rss < rss0 + 50 * 2**20, 10, 0.2)
+    refused = wait_until(lambda: stats(server).get("refused_batches", 0) >= frames[1][1], 10)
+    row.require(bool(refused), "the frames above the task limit were not all refused")
+    done.set()
+    ping.join(25)
+    rss1 = proc.memory_info().rss
+    s = stats(server)
+    row.notes.append(f"server RSS {rss0 / 2**20:.0f} -> peak {peak / 2**20:.0f} -> "
+                     f"{rss1 / 2**20:.0f} MiB; longest control round trip "
+                     f"{1000 * max(rtts, default=0):.0f} ms; "
+                     f"{s.get('refused_batches', 0)} refused, {s['unknown']} unknown answered, "
+                     f"{s['dropped']} dropped")
+    row.require(bool(back), f"server RSS {rss1 / 2**20:.0f} MiB, start {rss0 / 2**20:.0f}")
+    row.require(s["unknown"] == 0, f"{s['unknown']} unknown tasks answered: a frame above "
+                                   "the limits was read")
+
+
+def frozen_worker_stolen_id(lab: Lab, row: Row) -> None:
+    """A remote worker frozen 5 s; once the server has lost it, a peer connects with its old
+    routing id (``host/pid/n``) and says READY (500 of 512 lost, the worker never rejoined):
+    the worker rejoins and a run of 512 is all ok."""
+    keys, expected, path = lab.data(lab.n(512, 64), 0.005)
+    wurl = free_url()
+    server = lab.server(path, 0, workers_url=wurl)
+    host = lab.popen([sys.executable, "-m", "comlab.system.worker_host", wurl, "--workers", "2",
+                      "--ready-json"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                     env={**os.environ, "COMLAB_HOST": "remote-a"})
+    info = json.loads(host.stdout.readline())
+    if not wait_until(lambda: len(stats(server)["workers"]) >= 2, 15):
+        row.problems.append("set-up: the worker host never joined")
+        return
+    victim = next(w for w in stats(server)["workers"] if w["name"] == info["workers"][0])
+    lab.sigstop(victim["pid"])
+    lost = wait_until(lambda: victim["name"] not in {w["name"] for w in stats(server)["workers"]},
+                      10)
+    row.require(bool(lost), "the frozen worker was never lost")
+    peer = lab.socket(zmq.DEALER, routing_id=victim["name"].encode())
+    peer.connect(wurl)
+    peer.send(P.Ready("peer", "peer-host", 1).pack())
+    time.sleep(max(0.0, 5.0 - 3.0))  # the fault itself: frozen 5 s in all (3 s to be lost)
+    lab.sigcont(victim["pid"])
+    back = wait_until(lambda: victim["name"] in {w["name"] for w in stats(server)["workers"]}, 10)
+    row.require(bool(back), "the frozen worker never rejoined")
+    counts = normal_run(lab, row, server, keys, expected)
+    peer.close(0)
+    if counts:
+        row.notes.append("the worker rejoined; the peer joined as itself")
+
+
+def reachable_plain_workers(lab: Lab, row: Row) -> None:
+    """A --workers-url other hosts reach without CurveZMQ (a plain peer that joined took 94 %
+    of the batches): the server refuses to start without --insecure; with per-host keys, a peer
+    with no key or a withdrawn host key gets no work, and a run is all ok."""
+    keys, expected, path = lab.data(32, 0.01)
+    port = free_url().rsplit(":", 1)[1]
+    out = subprocess.run([sys.executable, "-m", "comlab.run_server", path, free_url(), "", "1",
+                          "--workers-url", f"tcp://0.0.0.0:{port}"], capture_output=True,
+                         text=True, timeout=30)
+    row.require(out.returncode == 2 and "--insecure" in out.stderr,
+                f"a plain reachable worker endpoint was accepted (exit {out.returncode})")
+    from comlab.system.security import Curve, create_host_keys, create_keys
+    kdir = os.path.join(lab.dir, "keys")
+    create_keys(kdir)
+    for name in ("a", "b"):
+        create_host_keys(kdir, name)
+    os.remove(os.path.join(kdir, "authorized", "worker-b.key"))  # withdrawn
+    wurl = free_url()
+    server = lab.server(path, 1, workers_url=wurl, curve_keys=kdir)
+    peer = FakeWorker(lab, wurl, "silent")  # no key at all
+    for name in ("a", "b"):
+        lab.popen([sys.executable, "-m", "comlab.system.worker_host", wurl, "--workers", "1",
+                   "--curve-keys", kdir, "--host-key", name],
+                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                  env={**os.environ, "COMLAB_HOST": f"host-{name}"})
+    wait_until(lambda: len(stats(server)["workers"]) >= 2, 15)
+    hosts = sorted(w["host"] for w in stats(server)["workers"])
+    row.require("host-b" not in hosts and "peer-host" not in hosts,
+                f"joined without a valid key: {hosts}")
+    run = Client(keys, 2, f"tcp://{LOOPBACK}:*", server.url, timeout=lab.profile.timeout + 5,
+                 security=Curve.load(kdir, "client")).run()
+    counts = row.add(run, expected, "secure run", keys)
+    row.require(counts["ok"] == len(keys), f"{counts['ok']} of {len(keys)} ok")
+    row.notes.append(f"workers: {hosts}")
+    peer.stop.set()
+    peer.join(2)
+
+
 SCENARIOS = {
     "worker-churn": worker_churn,
     "worker-churn/queue": lambda lab, row: worker_churn(lab, row, "queue"),
@@ -962,6 +1173,12 @@ SCENARIOS = {
     "peer/steal-routing-id": steal_routing_id,
     "peer/forged-results": hostile_worker("forged-results"),
     "partition": partition,
+    "hostile/control-frames": control_frames,
+    "peer/hello-hijack": hello_hijack,
+    "peer/hello-flood": hello_flood,
+    "peer/huge-batches": huge_batches,
+    "peer/frozen-worker-stolen-id": frozen_worker_stolen_id,
+    "peer/reachable-plain-workers": reachable_plain_workers,
 }
 
 

@@ -318,10 +318,16 @@ def cmd_gen_data(args) -> int:
 
 
 def cmd_keys(args) -> int:
-    from .system.security import create_keys
+    from pathlib import Path
+    from .system.security import create_host_keys, create_keys, host_key_name
     try:
-        for path in create_keys(args.dir, force=args.force):
-            print(path)
+        if not args.host or not (Path(args.dir) / "server.key_secret").exists():
+            for path in create_keys(args.dir, force=args.force):
+                print(path)
+        for name in args.host:  # a keypair per worker host, in the authorized list
+            create_host_keys(args.dir, name)
+            print(f"worker host {name}: copy server.key and worker-{host_key_name(name)}"
+                  f".key_secret; run worker-host --curve-keys DIR --host-key {name}")
     except (FileExistsError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -487,9 +493,12 @@ def _add_sweep_args(p, defaults: dict) -> None:
     p.add_argument("--on-host-loss", choices=["stop", "continue"], default="stop",
                    help="a host lost mid-sweep fails its run; then stop the sweep (default) or "
                         "start the host again and continue")
-    p.add_argument("--secure", action="store_true",
-                   help="CurveZMQ on every socket, with keys made for this sweep (hosts get "
-                        "theirs over ssh)")
+    p.add_argument("--secure", action="store_true", default=None,
+                   help="CurveZMQ on every socket, with keys made for this sweep (each host "
+                        "gets its own over ssh); the default with --hosts")
+    p.add_argument("--insecure", dest="secure", action="store_false",
+                   help="plain TCP even with --hosts: any peer that reaches the worker "
+                        "endpoint can be a worker")
     p.add_argument("--name", default=d.get("name"), type=_plain_name,
                    help="result name: a plain directory name under --results-dir (default "
                         + (d["name"] if d.get("name") else "a timestamp") + ")")
@@ -616,6 +625,9 @@ def _add_data_commands(sub) -> None:
                                     "and DIR/authorized (see comlab.security)")
     k.add_argument("dir", help="directory to write the keys into")
     k.add_argument("--force", action="store_true", help="replace existing keys")
+    k.add_argument("--host", action="append", default=[], metavar="NAME",
+                   help="also a worker keypair of its own for host NAME (repeatable; withdraw "
+                        "it by removing DIR/authorized/worker-NAME.key)")
     k.set_defaults(func=cmd_keys)
 
 

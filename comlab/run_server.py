@@ -34,6 +34,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="addresses within reach (repeatable); tasks outside are 'unreachable'")
     p.add_argument("--workers-url", type=url_arg("--workers-url"), help="also accept remote worker hosts here, "
                                          "e.g. tcp://0.0.0.0:5558")
+    p.add_argument("--insecure", action="store_true",
+                   help="accept plain-TCP worker peers on a --workers-url other hosts can reach "
+                        "(without it, that needs --curve-keys)")
     p.add_argument("--control", dest="control_url", type=url_arg("--control"), help="control endpoint (used by the lab)")
     p.add_argument("--lenient", action="store_true", help="skip malformed map lines (reported)")
     p.add_argument("--curve-keys", metavar="DIR", help="CurveZMQ keys directory (see comlab keys)")
@@ -74,6 +77,8 @@ def run(args: argparse.Namespace) -> int:
         if args.curve_keys:
             from .system.security import Curve
             security = Curve.load(args.curve_keys, role="server")
+        from .system.server import check_workers_url
+        check_workers_url(args.workers_url, security, args.insecure)
     except (data.DataError, ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -83,6 +88,9 @@ def run(args: argparse.Namespace) -> int:
     def on_ready(info):
         nonlocal started
         started = True
+        if args.insecure and args.workers_url and security is None:
+            print(f"warning: --insecure: any peer that reaches {args.workers_url} can take and "
+                  "answer work", file=sys.stderr, flush=True)
         if args.ready_json:
             print(json.dumps(info), flush=True)
         print(f"comlab server ready on {info['bind']} with {info['workers']} workers "
@@ -95,7 +103,8 @@ def run(args: argparse.Namespace) -> int:
                     strategy=args.strategy, dispatch=args.dispatch, networks=args.network,
                     workers_url=args.workers_url,
                     control_url=args.control_url, watch_fd=0 if args.watch_stdin else None,
-                    on_ready=on_ready, security=security, log_level=level)
+                    on_ready=on_ready, security=security, log_level=level,
+                    insecure=args.insecure)
     try:
         server.run()
     except KeyboardInterrupt:

@@ -165,7 +165,8 @@ def test_server_start_up_mistakes_are_one_line(case, make_data, free_url):
         bind, extra, expect = {
             "port-in-use": (taken, [], f"address already in use: {taken}"),
             "bad-bind-url": ("nonsense://x", [], "cannot bind nonsense://x"),
-            "bad-workers-url": (free_url(), ["--workers-url", "tcp://nope"],
+            "bad-workers-url": (free_url(), ["--workers-url", "tcp://nope",
+                                              "--insecure"],
                                 "cannot bind tcp://nope"),
         }[case]
         proc = cli("comlab.run_server", server_file, bind, "", 1, *extra, "--ready-json")

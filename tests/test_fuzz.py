@@ -305,6 +305,27 @@ def test_server_survives_deep_nesting(target, harness):
 
 
 @pytest.mark.timeout(60)
+def test_control_socket_answers_any_frame_shape(harness):
+    """Finding (issue 24): a REQ sending one 2-frame message made the server exit 1 (EFSM: it
+    answered with the second frame unread)."""
+    lab = harness.lab
+    keys, expected, path = lab.data(16, 0.0)
+    server = lab.server(path, 1)
+    good = P.Control("ping", []).pack()
+    for parts in ([good, good], [b"", b"x", good], [b"", b""], [good, b"x" * 10_000]):
+        req = lab.socket(zmq.REQ)
+        req.connect(server.control_url)
+        req.send_multipart(parts)
+        assert req.poll(5000), f"no answer to a request of {len(parts)} frames"
+        answer = P.ControlReply.decode(req.recv())
+        assert answer.op == "error" and "frames" in answer.payload
+        req.close(0)
+    assert server.proc.poll() is None, server.failure("the server died")
+    assert chaos.stats(server)["workers"]  # the same socket still answers a real request
+    harness.normal_run_ok(server, keys, expected)
+
+
+@pytest.mark.timeout(60)
 def test_map_response_beyond_64_bits(tmp_path, harness):
     path = tmp_path / "map.txt"
     path.write_text(f"10.0.0.1:foo:{2**70}:0\n10.0.0.2:foo:1:0\n")

@@ -79,7 +79,7 @@ def test_decode_rejects_non_messages(obj):
         P.decode(msgpack.packb(obj))
 
 
-@pytest.mark.parametrize("version", [P.VERSION + 1, 1, "2", None])
+@pytest.mark.parametrize("version", [P.VERSION + 1, 1, "2", None, float(P.VERSION), True])
 def test_decode_rejects_other_versions(version):
     with pytest.raises(P.ProtocolError, match="version"):
         P.decode(msgpack.packb([version, "H", 1, "tcp://x:1", 0]))

@@ -374,7 +374,7 @@ def test_sweep_across_three_namespaces(namespaces, worker_hosts, tmp_path):
     exec_in = lambda role, *env: ["ip", "netns", "exec", ns[role], "env", *env]  # noqa: E731
     workers_url = f"tcp://{SERVER_IP}:{WORKERS_PORT}"
     worker_hosts.start(workers_url, 2, host="ns-worker", prefix=exec_in("worker"))
-    kw = dict(SWEEP, workers_url=workers_url, server_address=SERVER_IP,
+    kw = dict(SWEEP, workers_url=workers_url, server_address=SERVER_IP, secure=False,
               client_address=CLIENT_IP, server_prefix=exec_in("server", "COMLAB_HOST=ns-server"),
               results_dir=str(tmp_path), name="netns")
     out = run_sweep(kw, prefix=exec_in("client", "COMLAB_HOST=ns-client"))
@@ -404,7 +404,7 @@ def test_worker_host_cut_off_is_noticed(namespaces, worker_hosts, make_data, tmp
     server = subprocess.Popen(
         ["ip", "netns", "exec", ns["server"], sys.executable, "-m", "comlab.run_server",
          str(server_file), f"tcp://{SERVER_IP}:5557", "", "1", "--workers-url", workers_url,
-         "--control", ctl, "--ready-json"],
+         "--insecure", "--control", ctl, "--ready-json"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
     err = _Drain(server.stderr)
     try:
@@ -449,6 +449,7 @@ def compare(repeats: int = 3, results_dir: str = "results") -> None:
             url = f"tcp://{SERVER_IP}:{WORKERS_PORT}"
             hosts.start(url, 2, host="ns-worker", prefix=exec_in("worker"))
             kw = dict(SWEEP, repeats=repeats, workers_url=url, server_address=SERVER_IP,
+                      secure=False,
                       client_address=CLIENT_IP, results_dir=results_dir, name="remote-netns",
                       server_prefix=exec_in("server", "COMLAB_HOST=ns-server"), resume=False)
             out["3 namespaces"] = run_sweep(kw, exec_in("client", "COMLAB_HOST=ns-client"),

@@ -23,6 +23,7 @@ import pandas as pd
 
 from .. import data
 from ..system import dispatch as dispatch_mod, strategies
+from ..system.security import is_local_url
 from . import plan as planning
 from . import checks, provenance, records, stability
 from . import hosts as hosts_mod
@@ -72,7 +73,7 @@ def run_experiment(batch_sizes=(1, 4, 16, 64), workers=(1, 4, 16, 32), repeats: 
                    workers_url: str | None = None, server_address: str = "127.0.0.1",
                    client_address: str = "127.0.0.1", server_prefix=(),
                    fresh: bool = False, dispatch=dispatch_mod.DEFAULT,
-                   confirm=None, hosts=None, ssh_config=None, secure: bool = False,
+                   confirm=None, hosts=None, ssh_config=None, secure: bool | None = None,
                    on_host_loss: str = "stop") -> pd.DataFrame:
     """Run every combination of the swept axes x repeats; return one row per task per run.
 
@@ -126,7 +127,10 @@ def run_experiment(batch_sizes=(1, 4, 16, 64), workers=(1, 4, 16, 32), repeats: 
     lists the runs that failed in meta.json (``failed_runs``) and a warning: a rerun measures
     them.
     ``secure=True`` makes a fresh CurveZMQ deployment for the sweep: server, client and all
-    workers encrypt and authenticate; worker hosts get their keys over their stdin.
+    workers encrypt and authenticate; each worker host gets a keypair of its own over its stdin.
+    With ``hosts`` that is the default (``secure=False`` opts out: plain TCP, any peer that
+    reaches ``workers_url`` can be a worker); a ``workers_url`` other hosts reach without
+    ``hosts`` needs ``secure=False`` said explicitly.
     Before each run every host's clock offset against the client's is estimated
     (``comlab.clocks``); stamps of other hosts are converted to the client's clock, and the
     offsets with their uncertainties go into the run's entry in meta.json (``clock``).
@@ -155,6 +159,11 @@ def run_experiment(batch_sizes=(1, 4, 16, 64), workers=(1, 4, 16, 32), repeats: 
     specs = planning.plan(batch_sizes, workers, repeats, strategy, transport, rate,
                           remote_workers=all_remote, dispatch=dispatch)
     _check_remote(remote_workers, workers_url, specs)
+    if secure is None:
+        secure = bool(host_list)
+        if remote_workers and workers_url and not host_list and not is_local_url(workers_url):
+            raise ValueError(f"workers_url {workers_url} is reachable from other hosts: pass "
+                             "secure=False to accept plain-TCP worker peers there")
     _check_hosts(host_list, specs, server_address, client_address, workers_url)
     checks.machine_room(specs, len(inputs.keys),
                         sum(h.workers for h in host_list if h.kind != "ssh"))

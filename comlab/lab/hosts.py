@@ -471,7 +471,8 @@ class HostGroup:
             self._beat.join(HEARTBEAT_S + 1)
 
     def _start(self, h: Host) -> HostProcess:
-        return HostProcess(h, self.workers_url, self.log_dir / f"{h.name}.log", keys=self.keys,
+        keys = self.keys(h.name) if callable(self.keys) else self.keys  # per host, or shared
+        return HostProcess(h, self.workers_url, self.log_dir / f"{h.name}.log", keys=keys,
                            ssh_config=self.ssh_config, death_timeout=self.death_timeout)
 
     def _heartbeat(self) -> None:

@@ -11,9 +11,10 @@ server, and every server waits for all of their workers. A run during which a ho
 refused (HostLost), and so is one during which the server lost or retried any worker (a host
 frozen but alive, a local worker killed: WorkersLost): its numbers include the retries.
 ``on_host_loss="continue"`` starts a lost host again and waits for every worker before the next
-run, "stop" lets the error end the sweep. With ``secure`` the session
-makes a fresh CurveZMQ deployment in its work directory: the server, the client and the local
-workers load it, and each worker host gets its worker keys on stdin (nothing on its disk).
+run, "stop" lets the error end the sweep. With ``secure`` (the default with ``hosts``;
+``secure=False`` opts out) the session makes a fresh CurveZMQ deployment in its work directory:
+the server, the client and the local workers load it, and each worker host gets a worker keypair
+of its own on stdin (nothing on its disk; one host's key is not another's).
 """
 
 from __future__ import annotations
@@ -47,12 +48,14 @@ class Session:
     def __init__(self, smap: data.ServerMap, *, networks=(), remote_workers: int = 0,
                  workers_url: str | None = None, server_address: str = "127.0.0.1",
                  client_address: str = "127.0.0.1", server_prefix=(), hosts=None,
-                 ssh_config: str | None = None, secure: bool = False,
+                 ssh_config: str | None = None, secure: bool | None = None,
                  host_log_dir=None, on_host_loss: str = "stop", probes=None) -> None:
         self.smap = smap
         self.networks = list(networks)
         self.hosts_spec = list(hosts or ())
-        self.ssh_config, self.secure = ssh_config, secure
+        self.ssh_config = ssh_config
+        self.secure = bool(self.hosts_spec) if secure is None else bool(secure)
+        self.insecure = secure is False  # said so: plain-TCP workers on a reachable URL
         self.host_log_dir, self.on_host_loss = host_log_dir, on_host_loss
         self.log_dir = None  # where the log of a lab process that died is kept
         self.probes = probes
@@ -80,24 +83,29 @@ class Session:
                 log_dir = self.host_log_dir or os.path.join(self.workdir, "hosts")
                 self.hosts = self._stack.enter_context(HostGroup(
                     self.hosts_spec, self.workers_url, log_dir, ssh_config=self.ssh_config,
-                    keys=self._worker_keys() if self.secure else None, probes=self.probes))
+                    keys=self._host_keys if self.secure else None, probes=self.probes))
         except BaseException:
             self._stack.close()
             raise
         return self
 
     def _make_keys(self) -> str:
-        from ..system.security import create_keys
+        from ..system.security import AUTHORIZED, create_keys
         path = os.path.join(self.workdir, "keys")
         create_keys(path)
+        # Local workers use the server's keypair; each host gets its own (``_host_keys``):
+        # the deployment's shared worker key is accepted nowhere.
+        os.remove(os.path.join(path, AUTHORIZED, "worker.key"))
+        self._keys_of: dict[str, dict] = {}
         return path
 
-    def _worker_keys(self) -> dict:
-        """The worker keys as a worker host reads them on stdin (z85 text)."""
-        from ..system.security import Curve
-        c = Curve.load(self.keys_dir, role="worker")
-        return {"public": c.public.decode(), "secret": c.secret.decode(),
-                "server_public": c.server_public.decode()}
+    def _host_keys(self, name: str) -> dict:
+        """Host ``name``'s own worker keys as it reads them on stdin (z85 text); made once, in
+        the server's authorized list before any server starts."""
+        from ..system.security import create_host_keys
+        if name not in self._keys_of:
+            self._keys_of[name] = create_host_keys(self.keys_dir, name)
+        return self._keys_of[name]
 
     def __exit__(self, *exc) -> None:
         self._stack.close()  # the agent first (last in), then the work directory
@@ -116,7 +124,7 @@ class Session:
                            networks=self.networks, strategy=strategy, dispatch=dispatch,
                            workers_url=self.workers_url, address=self.server_address,
                            prefix=self.server_prefix, curve_keys=self.keys_dir,
-                           keep_dir=self.log_dir) as server:
+                           keep_dir=self.log_dir, insecure=self.insecure) as server:
             if self.remote_workers:
                 server.wait_for_workers(workers + self.remote_workers, REMOTE_JOIN_TIMEOUT_S,
                                         names=self.hosts.worker_names() if self.hosts else ())

@@ -33,6 +33,22 @@ from .timer import Timer, precise_sleeps
 now = time.monotonic_ns
 
 
+def check_batch_limits(keys: P.Keys, batch_size: int) -> None:
+    """ValueError when a batch of this run would be above the wire's limits (protocol
+    MAX_BATCH_TASKS, MAX_BATCH_BYTES): the server would refuse it."""
+    n = len(keys)
+    if min(batch_size, n) > P.MAX_BATCH_TASKS:
+        raise ValueError(f"batch size {batch_size} is above the limit of {P.MAX_BATCH_TASKS} "
+                         "tasks per batch")
+    lo = np.arange(0, n, batch_size)
+    hi = np.minimum(lo + batch_size, n)
+    size = keys.offsets[hi] - keys.offsets[lo] + 9 * (hi - lo) + 256  # + ids, head, URL
+    if size.max() > P.MAX_BATCH_BYTES:
+        b = int(size.argmax())
+        raise ValueError(f"batch {b} would be {int(size[b])} bytes, above the limit of "
+                         f"{P.MAX_BATCH_BYTES} bytes per batch: use a smaller batch size")
+
+
 class NoServer(RuntimeError):
     """No server answered the handshake before the deadline."""
 
@@ -259,6 +275,7 @@ class Client(Role):
             raise ValueError("rate must be positive")
         self.keys = keys if isinstance(keys, P.Keys) else P.Keys.of(keys)
         self.batch_size = min(batch_size, len(self.keys))  # a larger batch is all the tasks
+        check_batch_limits(self.keys, self.batch_size)
         self.bind_url = bind_url
         self.server_url = server_url
         self.timeout = timeout
@@ -418,6 +435,7 @@ class Client(Role):
                                                               "token")
                             except P.ProtocolError:
                                 run.garbage += 1
+                                self.check_refused(frame, tokens_list)
                                 continue
                             if one is not None:
                                 fresh = [i for i in ids if not answered[i]]
@@ -450,6 +468,19 @@ class Client(Role):
         run.log.spill()
         self.bye()
         return run
+
+    def check_refused(self, frame: bytes, tokens: list) -> None:
+        """A WELCOME refusing one of this run's batches (above the server's limits) ends the
+        run with the server's reason; its batch token proves the server sent it."""
+        try:
+            msg = P.Welcome.decode(frame)
+        except P.ProtocolError:
+            return
+        b = msg.info.get("batch")
+        if msg.run == self.run_id and "refused" in msg.info and type(b) is int \
+                and 0 <= b < len(tokens) and msg.info.get("token") == tokens[b]:
+            raise NoServer(f"the server at {self.server_url} refused a batch: "
+                           f"{P.preview(msg.info['refused'])}")
 
     def bye(self) -> None:
         """Tell the server this run is over, so whatever of it is still queued is dropped."""

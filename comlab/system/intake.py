@@ -2,8 +2,18 @@
 
 Each task key ("ip:command") is looked up in one dict; tasks no worker can run (unknown key,
 address outside ``networks``) are answered at once from here, the rest of a batch becomes one
-work item for the ledger. A result URL has one current run: a new HELLO there ends the previous
-run, so does BYE, the client's connection going away, or a minute idle with nothing in flight.
+work item for the ledger. A result URL has one current run, ended by BYE, the client's connection
+going away, or a minute idle with nothing in flight. A HELLO of another run on that URL ends it
+only if its client is gone: while the server's socket to the URL is connected, the HELLO waits
+``HANDOVER_WAIT_S`` for it to leave, then is refused (no peer can end another's run by naming
+its URL). A run starts once the server's socket reaches its URL (workers are told only then), and
+is ended when nobody listens there within ``CONNECT_WAIT_S``; when client sockets run short,
+runs whose URL never connected, then runs that never sent a batch, give theirs up first
+(comlab.system.clients): a flood of HELLOs costs the flood.
+
+A BATCH above ``protocol.MAX_BATCH_TASKS`` tasks (or ``MAX_BATCH_BYTES``) is refused before a key
+is read: its head is peeked (``peek_batch``) and its client, if it said HELLO, gets a WELCOME
+``{"refused": why, "batch", "token"}`` (the token proves the server sent it).
 A run that ended has its queued batches dropped (counted, logged) and its late batches refused
 as stale, so one client's departure can never cost another client time or results.
 
@@ -14,11 +24,13 @@ worker that never answers is not waited for again until it shows life.
 
 from __future__ import annotations
 
+import io
 import ipaddress
 import logging
 import time
 from collections import OrderedDict
 
+import msgpack
 import numpy as np
 import zmq
 
@@ -33,6 +45,9 @@ now = time.monotonic_ns
 HELLO_WAIT_S = 1.0  # a client is welcomed after this even if some worker never joined
 MAX_WARM = 1024     # threads a HELLO may ask each worker to start
 ENDED_RUNS_KEPT = 4096
+HANDOVER_WAIT_S = 1.0  # a HELLO on a URL whose client is still there waits this long
+CONNECT_WAIT_S = 3.0   # a run whose URL nobody listens at is ended after this
+PEEK_BYTES = 9 * P.MAX_BATCH_TASKS  # smaller frames cannot hold more tasks than the limit
 CLIENT_TYPES = (P.Batch, P.Hello, P.Bye)
 
 
@@ -42,6 +57,24 @@ def _entry(key: str, response: int, wait: float) -> bytes:
     except OverflowError:
         raise ValueError(f"{key}: response {response} is outside the signed 64-bit range "
                          f"{P.INT64_MIN}..{P.INT64_MAX}") from None
+
+
+def peek_batch(frame: bytes) -> tuple | None:
+    """(run, reply_url, batch_id, tasks) from a BATCH frame's head, without decoding a key;
+    None when it is no BATCH of this version's shape (``decode`` then says why)."""
+    unpacker = msgpack.Unpacker(io.BytesIO(frame), raw=False, read_size=4096)
+    try:
+        if unpacker.read_array_header() != 2 + len(P.Batch._fields):
+            return None
+        version, kind, run, url, batch_id = (unpacker.unpack() for _ in range(5))
+        unpacker.skip()  # the task ids
+        n = unpacker.read_array_header()
+    except Exception:  # msgpack raises several types for garbage
+        return None
+    if type(version) is not int or version != P.VERSION or kind != P.Batch.KIND \
+            or type(run) is not int or type(url) is not str or type(batch_id) is not int:
+        return None
+    return run, url, batch_id, n
 
 
 class Intake:
@@ -66,12 +99,20 @@ class Intake:
         self.hellos: dict[str, tuple] = {}             # reply URL -> (workers not joined, deadline)
         self.silent: set[bytes] = set()                # workers that never answered a CONNECT
         self.tokens: dict[int, object] = {}            # run -> its batch_tokens (its secret)
+        self.fed: set[str] = set()                     # URLs whose run sent a batch (attach:
+                                                       # the client sockets' own set)
+        self.connecting: dict[str, P.Hello] = {}       # reply URL -> HELLO, until it connects
+        self.deferred: dict[str, tuple] = {}           # reply URL -> (HELLO, deadline): its
+                                                       # URL's run is active, its client there
 
     def attach(self) -> None:
         """The server is set up: its sockets and ledger exist."""
         self.clients, self.ledger = self.role.clients, self.role.ledger
         self.to_worker = self.role.to_worker
         self.silent = self.ledger.silent
+        self.fed = self.clients.fed
+        self.clients.on_connect = self.on_connected
+        self.clients.on_evict = self.on_evicted
 
     def broadcast(self, frame: bytes) -> None:
         for ident in list(self.ledger.workers):
@@ -79,6 +120,8 @@ class Intake:
 
     def on_client_frame(self, frame: bytes) -> None:
         t_server_in = now()  # the t_server_in stamp (comlab.schema): before decoding
+        if len(frame) > PEEK_BYTES and self.too_big(frame):
+            return
         try:
             msg = P.decode(frame, CLIENT_TYPES)
             if type(msg) is P.Batch:
@@ -99,6 +142,13 @@ class Intake:
         url = h.reply_url or self.reply_url
         old = self.runs.get(url)
         if old is not None and old != h.run:
+            if url in self.clients.connected:  # its client is still there: wait for it to go
+                if url in self.deferred:  # one waits already: this one is refused
+                    self.stats["refused"] += 1
+                    log.warning("refused a HELLO for %s: the run there is active", url[:80])
+                    return
+                self.deferred[url] = (h, time.monotonic() + HANDOVER_WAIT_S)
+                return
             self.end_run(url, "a new client said HELLO on its URL")
         try:
             self.clients.get(url)  # a bad URL is dropped here, before a worker sees it
@@ -108,6 +158,18 @@ class Intake:
             raise
         self.runs[url] = h.run
         self.tokens[h.run] = P.batch_tokens(h.secret)
+        if url in self.clients.connected:
+            self.join_workers(url, h)
+        else:  # workers hear of it once someone listens there (``on_connected``)
+            self.connecting[url] = h
+
+    def on_connected(self, url: str) -> None:
+        """The server's socket reached a client's URL: its HELLO goes on to the workers."""
+        h = self.connecting.pop(url, None)
+        if h is not None and self.runs.get(url) == h.run:
+            self.join_workers(url, h)
+
+    def join_workers(self, url: str, h: P.Hello) -> None:
         idle = set(self.ledger.idle) - self.silent
         connect = P.Connect(url, self.strategy, max(0, min(h.warm, MAX_WARM))).pack()
         self.broadcast(connect)
@@ -133,12 +195,43 @@ class Intake:
         self.clients.send(url, P.Welcome(self.runs.get(url, 0), self.role.info()).pack())
 
     def hello_timeout_ms(self) -> float | None:
-        if not self.hellos:
+        """ms until the next HELLO deadline (workers joining, a deferred HELLO); None: none."""
+        if self.deferred:
+            self.expire_deferred()
+        if self.hellos:
+            self.on_joined(None)
+        deadlines = [d for _, d in self.hellos.values()] + [d for _, d in self.deferred.values()]
+        if not deadlines:
             return None
-        self.on_joined(None)
-        if not self.hellos:
-            return None
-        return max(0.0, min(d for _, d in self.hellos.values()) - time.monotonic()) * 1000
+        return max(0.0, min(deadlines) - time.monotonic()) * 1000
+
+    def expire_deferred(self) -> None:
+        """HELLOs whose URL's client did not leave in time are refused (told on that URL)."""
+        t = time.monotonic()
+        for url, (h, deadline) in list(self.deferred.items()):
+            if t >= deadline:
+                del self.deferred[url]
+                self.stats["refused"] += 1
+                log.warning("refused a HELLO for %s: the run there is active", url[:80])
+                self.clients.send(url, P.Welcome(h.run, {
+                    "refused": "another client's run is active on this result URL"}).pack())
+
+    def too_big(self, frame: bytes) -> bool:
+        """Refuse a BATCH above the limits before any per-task work; True if refused."""
+        head = peek_batch(frame)
+        if head is None or (head[3] <= P.MAX_BATCH_TASKS and len(frame) <= P.MAX_BATCH_BYTES):
+            return False
+        run, url, batch_id, n = head
+        url = url or self.reply_url
+        self.stats["refused_batches"] += 1
+        why = (f"batch {batch_id} of {n} tasks ({len(frame)} bytes) is above the server's "
+               f"limits of {P.MAX_BATCH_TASKS} tasks and {P.MAX_BATCH_BYTES} bytes per batch")
+        log.warning("refused a BATCH for %s: %s", url[:80], why)
+        if self.runs.get(url) == run and P.INT64_MIN <= batch_id <= P.INT64_MAX:
+            token = self.tokens.get(run, _NO_TOKEN)(batch_id)
+            self.clients.send(url, P.Welcome(run, {"refused": why, "batch": batch_id,
+                                                   "token": token}).pack())
+        return True
 
     def on_joined(self, ident: bytes | None) -> None:
         """A worker finished a CONNECT (ident None: check deadlines only)."""
@@ -162,6 +255,7 @@ class Intake:
                 return
             self.clients.get(url)  # a client that never said HELLO: its first batch starts
             self.runs[url] = b.run  # the run (a bad URL is dropped here)
+        self.fed.add(url)  # a run that sent a batch keeps its socket when sockets run short
         keys, task_ids = b.keys, b.task_ids
         try:
             entries = b"".join(map(self.entry_of.get, keys))  # the look-up: a dict get per task
@@ -237,6 +331,17 @@ class Intake:
         for url in self.clients.expire(in_use=busy):
             self.end_run(url, "idle, nothing in flight")
 
+    def expire_unconnected(self) -> None:
+        """End the runs whose URL nobody listens at (what waits for them is freed)."""
+        for url in self.clients.unconnected(CONNECT_WAIT_S):
+            self.end_run(url, "nobody listens at its URL")
+            self.clients.release(url)
+
+    def on_evicted(self, url: str, why: str) -> None:
+        """The client sockets made room by closing this run's (see clients._make_room)."""
+        self.stats["runs_reclaimed"] += 1
+        self.end_run(url, why)
+
     def on_bye(self, bye: P.Bye) -> None:
         url = bye.reply_url or self.reply_url
         if self.runs.get(url) == bye.run:
@@ -252,10 +357,16 @@ class Intake:
         if len(self.ended) > ENDED_RUNS_KEPT:
             self.ended.popitem(last=False)
         self.hellos.pop(url, None)
+        self.connecting.pop(url, None)
         dropped = self.ledger.drop_run(run)
         self.stats["runs_ended"] += 1
         (log.warning if dropped else log.info)(
             "client %s: run ended (%s); %d queued tasks dropped", url, why or "BYE", dropped)
         self.clients.release(url)
         self.broadcast(P.Forget(url, run).pack())
+        if url in self.deferred:  # a HELLO waited for this run to end
+            try:
+                self.on_hello(self.deferred.pop(url)[0])
+            except P.ProtocolError as exc:
+                log.warning("dropped a HELLO for %s: %s", url[:80], P.preview(str(exc)))
 

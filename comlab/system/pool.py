@@ -5,9 +5,10 @@ owner's poller (``watch``/``unwatch`` callables), replaces one that dies (after 
 it lived less than ``backoff_s``, so a worker that cannot start does not spin) and stops them
 all within a bound: ``stop_processes`` waits, then terminates, then kills.
 
-Local workers are named ``<prefix><n>`` (what records show) and connect with the routing id
-``<name>-<token>``: the token is random per pool, so no peer on a server's remote worker endpoint
-can take a routing id a local worker will need.
+Local workers are named ``<prefix><n>`` (what records show; a worker host's ``host/pid/n``) and
+connect with the routing id ``<name>-<token>``: the token is random per worker (64 bits), so no
+peer on a server's remote worker endpoint can guess, and so take, a routing id a worker holds or
+will need (a peer holding a worker's id would keep that worker out when it reconnects).
 """
 
 from __future__ import annotations
@@ -38,7 +39,6 @@ class Pool:
             self.mp.set_forkserver_preload(["comlab.system.worker"])
         self.watch, self.unwatch = watch, unwatch
         self.backoff_s = backoff_s
-        self.token = secrets.token_hex(4) if name_of is None else None
         self.name_of = name_of or (lambda n: f"{self.prefix}{n}")
         self.procs: dict[int, tuple] = {}   # sentinel -> (Process, routing id, started at)
         self.local: set[bytes] = set()      # routing ids of the running workers
@@ -53,7 +53,7 @@ class Pool:
             time.sleep(self.fork_delay_s)
         name = self.name_of(self._next)
         self._next += 1
-        ident = f"{name}-{self.token}" if self.token else name
+        ident = f"{name}-{secrets.token_hex(8)}"
         kwargs = {"ident": ident, **self.kwargs_of(ident.encode())}
         proc = (mp or self.mp).Process(target=self.target, name=f"comlab-{name}", daemon=True,
                                        args=(name, *self.args), kwargs=kwargs)

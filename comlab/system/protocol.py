@@ -53,6 +53,11 @@ INT64_MIN, INT64_MAX = -(2 ** 63), 2 ** 63 - 1  # responses are signed 64-bit in
 
 # Bound on any message a comlab socket accepts (libzmq drops the peer above it).
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+# A BATCH's limits (README, "Wire format"): a client refuses to build a larger one; the server
+# drops a sender above the bytes (its PULL socket's MAXMSGSIZE) and answers a BATCH above the
+# task count with a refusing WELCOME before it looks at a key (both bound one message's work).
+MAX_BATCH_TASKS = 65_536
+MAX_BATCH_BYTES = 8 * 1024 * 1024
 
 # The binary columns' element types (little-endian on every host).
 I64 = np.dtype("<i8")
@@ -114,7 +119,8 @@ def heads_bytes(rows) -> bytes:
 @message("H", int, str, int, bytes)
 class Hello(NamedTuple):
     """Ask for WELCOME on reply_url once every idle worker is connected to it and has ``warm``
-    threads ready (the batch size; 0: none). A new HELLO on a URL ends the previous run there.
+    threads ready (the batch size; 0: none). A new HELLO on a URL ends the previous run there
+    only once that run's client is gone (comlab.system.intake).
     ``secret`` (client and server only; workers never see it) keys the batch tokens."""
     run: int
     reply_url: str
@@ -366,7 +372,7 @@ def decode(frame: bytes, allowed: tuple | None = None):
                             f"{type(exc).__name__}") from None
     if type(msg) is not list or len(msg) < 2:
         raise ProtocolError(f"not a comlab message: {preview(msg)}")
-    if msg[0] != VERSION:
+    if type(msg[0]) is not int or msg[0] != VERSION:  # 3.0 == 3 and True == 1 in Python
         raise ProtocolError(f"protocol version {preview(msg[0])}, expected {VERSION}")
     cls = TYPES.get(msg[1]) if type(msg[1]) is str else None
     if cls is None or (allowed is not None and cls not in allowed):

@@ -58,7 +58,8 @@ OVERDUE_PER_TASK_S = 0.00025
 REMOTE_OVERDUE_SLACK_S = 2.0  # ... for a remote worker (its batches are retried elsewhere, it
                               # gets no work until it answers again)
 COUNTERS = ("batches", "tasks", "unknown", "unreachable", "dropped", "stale", "runs_ended",
-            "retried", "failed", "worker_deaths", "workers_lost", "overdue", "refused")
+            "retried", "failed", "worker_deaths", "workers_lost", "overdue", "refused",
+            "refused_batches", "runs_reclaimed")
 WORKER_TYPES = (P.Done, P.Ready, P.Joined, P.Pong)
 
 
@@ -74,11 +75,14 @@ class Server(Role):
                  control_url: str | None = None, watch_fd: int | None = None,
                  on_ready=None, security=None, max_pending: int | None = None,
                  start_method: str = "forkserver", log_level: int = logging.WARNING,
-                 dispatch: str = dispatch_mod.DEFAULT) -> None:
+                 dispatch: str = dispatch_mod.DEFAULT, insecure: bool = False) -> None:
+        """``insecure``: accept plain-TCP worker peers on a ``workers_url`` other hosts can
+        reach (else that needs ``security``: whoever connects there gets the clients' work)."""
         super().__init__()
         if max_workers < 1 and not workers_url:
             raise ValueError("a server with no local workers needs --workers-url "
                              "(where remote worker hosts connect)")
+        check_workers_url(workers_url, security, insecure)
         self.bind_url = bind_url
         self.max_workers = max_workers
         # Each local worker's share of the machine's threads (refused if the pool cannot fit):
@@ -128,7 +132,8 @@ class Server(Role):
             raise ParentGone("parent gone (watched fd closed) while starting")
 
     def setup(self):
-        self.pull = self.socket(zmq.PULL, bind=self.bind_url, curve_server=True)
+        self.pull = self.socket(zmq.PULL, bind=self.bind_url, curve_server=True,
+                                maxmsgsize=P.MAX_BATCH_BYTES)
         self.bound_url = self.pull.getsockopt_string(zmq.LAST_ENDPOINT)
         self.router = self.socket(zmq.ROUTER, router_mandatory=1, curve_server=True,
                                   heartbeat_ivl=HEARTBEAT_IVL_MS,
@@ -259,7 +264,7 @@ class Server(Role):
     def on_event(self, sock) -> bool:
         """Everything but the hot sockets; False means stop."""
         if sock is self.control:
-            self.control.send(self.on_control(self.control.recv()))
+            self.control.send(self.on_control(*self.control.recv_multipart()))
         elif sock == self.signal_fd:
             self.wakeup.drain()
         elif sock == self.watch_fd:
@@ -279,7 +284,8 @@ class Server(Role):
     def timeout_ms(self) -> float | None:
         """Nothing to wait for: block. Else until the next HELLO deadline, probe, restart or
         the once-a-second chores (overdue batches, idle clients) while there are workers."""
-        waits = [self.intake.hello_timeout_ms() if self.intake.hellos else None]
+        intake = self.intake
+        waits = [intake.hello_timeout_ms() if intake.hellos or intake.deferred else None]
         if self.liveness.probes:
             probe_ms, lost = self.liveness.timeout_ms(lambda: list(self.ledger.workers))
             waits.append(probe_ms)
@@ -313,6 +319,13 @@ class Server(Role):
                 self.ledger.release(ident)
         if len(self.clients) > 8:
             self.intake.expire_clients()
+        self.intake.expire_unconnected()
+        if self.security is not None:
+            try:
+                if self.security.reload():
+                    log.warning("authorized keys re-read: new connections see the new list")
+            except Exception as exc:  # keep the list we have; say why once a second
+                log.warning("could not re-read the authorized keys: %s", exc)
 
     # -- workers ---------------------------------------------------------------------------
     def to_worker(self, ident: bytes, frame: bytes) -> bool:
@@ -428,7 +441,12 @@ class Server(Role):
             self.lost_worker(ident, "connection lost")
 
     # -- control ---------------------------------------------------------------------------
-    def on_control(self, frame: bytes) -> bytes:
+    def on_control(self, frame: bytes = b"", *more: bytes) -> bytes:
+        """Every request gets one answer (REP's lock-step): an "error" one for a request of
+        more than one frame (not a comlab message; answering with the rest unread is EFSM)."""
+        if more:
+            return P.ControlReply("error", f"a request of {len(more) + 1} frames; a control "
+                                           "request is one").pack()
         return control.answer(self, frame)
 
     # -- teardown --------------------------------------------------------------------------
@@ -450,6 +468,16 @@ class Server(Role):
                 if getattr(self, "wakeup", None) is not None:
                     self.wakeup.close()
                     self.wakeup = None
+
+
+def check_workers_url(url: str | None, security, insecure: bool) -> None:
+    """ValueError for a worker endpoint other hosts can reach with neither CurveZMQ keys nor an
+    explicit ``insecure``: any peer there could take work and answer for it."""
+    from .security import is_local_url
+    if url and security is None and not insecure and not is_local_url(url):
+        raise ValueError(f"--workers-url {url} is reachable from other hosts: use CurveZMQ "
+                         "(--curve-keys DIR, see comlab keys) or accept any peer as a worker "
+                         "with --insecure")
 
 
 def local_endpoint() -> tuple[str, str | None]:

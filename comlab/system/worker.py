@@ -138,7 +138,7 @@ class Worker(Role):
     def setup(self):
         # Results never block the worker: a client that takes none costs its own results.
         self.clients = ClientSockets(self, linger_ms=1000,
-                                     opened=self.on_open if self.queue is not None else None)
+                                     on_open=self.on_open if self.queue is not None else None)
         self.opening: dict[str, zmq.Socket] = {}  # url -> handshake monitor (queue design)
         self.results = Outbox(self.clients, self.name)
         # Forked workers may connect before the server binds: retry after 10 ms (doubling to

@@ -2,10 +2,10 @@
 
 ``comlab worker-host SERVER_URL --workers N [--curve-keys DIR]`` starts N workers (forkserver,
 target ``comlab.system.worker.main``) whose DEALERs connect to SERVER_URL, the server's
-``--workers-url``. Each has a unique name ``host/pid/index`` (the server's ROUTER routing id; a
-replacement gets a fresh index, never a name the server may still hold). The workers reconnect by
-themselves when the server restarts or the network comes back, and announce themselves again
-(READY) to a server they have not met.
+``--workers-url``. Each has a unique name ``host/pid/index`` (a replacement gets a fresh index)
+and a routing id no peer can guess (the name and a random token, see comlab.system.pool). The
+workers reconnect by themselves when the server restarts or the network comes back, and
+announce themselves again (READY) to a server they have not met.
 
 It runs until SIGINT or SIGTERM (a wakeup fd polled with the workers' sentinels, as in the
 server, so no signal waits for an event), then stops the workers within 2 s: SIGTERM, then
@@ -197,6 +197,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="worker processes on this host (default: one per CPU)")
     p.add_argument("--curve-keys", metavar="DIR",
                    help="CurveZMQ keys directory (needs server.key and worker.key*)")
+    p.add_argument("--host-key", metavar="NAME",
+                   help="with --curve-keys: this host's own keypair, worker-NAME.key_secret "
+                        "(comlab keys DIR --host NAME)")
     p.add_argument("--keys-stdin", action="store_true",
                    help="read the CurveZMQ worker keys as stdin's first line (JSON, z85)")
     p.add_argument("--watch-stdin", action="store_true",
@@ -215,7 +218,7 @@ def run(args: argparse.Namespace) -> int:
         security = None
         if args.curve_keys:
             from .security import Curve
-            security = Curve.load(args.curve_keys, role="worker")
+            security = Curve.load(args.curve_keys, role="worker", host=args.host_key)
         elif args.keys_stdin:
             security = read_keys(0)
         if args.death_timeout is not None and not args.death_timeout > 0:
