@@ -294,16 +294,17 @@ class Stop(NamedTuple):
 
 @message("P", (int, _NONE))
 class Ping(NamedTuple):
-    """server -> worker. t None: a probe, ignored (with ROUTER_MANDATORY the send itself fails,
-    EHOSTUNREACH, when the worker's connection is gone); t = the server's monotonic_ns: answer
-    PONG (clock offset estimation)."""
-    t: int | None
+    """server -> worker. nonce None: a probe, ignored (with ROUTER_MANDATORY the send itself
+    fails, EHOSTUNREACH, when the worker's connection is gone); else a random number the
+    server drew for this clock sample: answer PONG (clock offset estimation)."""
+    nonce: int | None
 
 
 @message("Q", int, int)
 class Pong(NamedTuple):
-    """worker -> server: t echoed, t_worker the worker's monotonic_ns on receipt."""
-    t: int
+    """worker -> server: the PING's nonce echoed, t_worker the worker's monotonic_ns on
+    receipt. The server takes it only from the worker it sent that nonce to, once."""
+    nonce: int
     t_worker: int
 
 

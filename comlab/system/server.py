@@ -360,7 +360,7 @@ class Server(Role):
         else:
             w = self.ledger.workers.get(ident)
             if w is not None:
-                self.liveness.pong(ident, w.host, msg.t, msg.t_worker)
+                self.liveness.pong(ident, w.host, msg.nonce, msg.t_worker)
 
     def lost_worker(self, ident: bytes, why: str) -> None:
         w = self.ledger.workers.get(ident)

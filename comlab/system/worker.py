@@ -276,8 +276,8 @@ class Worker(Role):
                 self.ended.popitem(last=False)
         elif kind is P.Stop:
             return False
-        elif msg.t is not None:  # PING with a stamp: a clock sample; None: a probe
-            self.server.send(P.Pong(msg.t, now()).pack())
+        elif msg.nonce is not None:  # PING with a nonce: a clock sample; None: a probe
+            self.server.send(P.Pong(msg.nonce, now()).pack())
         return True
 
     def run_unit(self, u: Unit) -> None:
