@@ -26,14 +26,14 @@ from . import protocol as P, strategies
 from .clients import TooManyClients
 from .role import HOST
 
-_NO_TOKEN = P.batch_tokens(b"")  # a run that never said HELLO: no secret, token 0
+_NO_SEAL = P.Seal(b"")  # a run that never said HELLO: no secret, token 0
 log = logging.getLogger("comlab.server")
 now = time.monotonic_ns
 
 HELLO_WAIT_S = 1.0  # a client is welcomed after this even if some worker never joined
 MAX_WARM = 1024     # threads a HELLO may ask each worker to start
 ENDED_RUNS_KEPT = 4096
-CLIENT_TYPES = (P.Batch, P.Hello, P.Bye)
+CLIENT_TYPES = (P.Batch, P.Hello, P.Bye, P.Ack)
 
 
 def _entry(key: str, response: int, wait: float) -> bytes:
@@ -65,7 +65,7 @@ class Intake:
         self.ended: OrderedDict[int, None] = OrderedDict()
         self.hellos: dict[str, tuple] = {}             # reply URL -> (workers not joined, deadline)
         self.silent: set[bytes] = set()                # workers that never answered a CONNECT
-        self.tokens: dict[int, object] = {}            # run -> its batch_tokens (its secret)
+        self.seals: dict[int, P.Seal] = {}             # run -> its batch tokens (its secret)
 
     def attach(self) -> None:
         """The server is set up: its sockets and ledger exist."""
@@ -85,6 +85,8 @@ class Intake:
                 self.on_batch(t_server_in, P.check_batch(msg))
             elif type(msg) is P.Hello:
                 self.on_hello(msg)
+            elif type(msg) is P.Ack:
+                self.on_ack(msg)
             else:
                 self.on_bye(msg)
         except Exception as exc:  # a peer's message costs that peer its message, no more
@@ -107,7 +109,7 @@ class Intake:
             self.refuse(url, h.run, str(exc))
             raise
         self.runs[url] = h.run
-        self.tokens[h.run] = P.batch_tokens(h.secret)
+        self.seals[h.run] = P.Seal(h.secret)
         idle = set(self.ledger.idle) - self.silent
         connect = P.Connect(url, self.strategy, max(0, min(h.warm, MAX_WARM))).pack()
         self.broadcast(connect)
@@ -174,8 +176,10 @@ class Intake:
             waits = list(map(self.wait_of.__getitem__, keys))
             cost = self.duration(waits) if any(waits) else 0.0
             t_enqueued = now()  # the t_enqueued stamp (comlab.schema): the work item exists
+            token = self.seals.get(b.run, _NO_SEAL).token(b.batch_id, task_ids,
+                                                          P.entry_responses(entries))
             self.ledger.submit(P.Work(b.run, b.batch_id, url, self.strategy, t_server_in,
-                                      t_enqueued, 0, task_ids, entries, self.token(b), cost,
+                                      t_enqueued, 0, task_ids, entries, token, cost,
                                       len(keys)))
 
     @property
@@ -203,14 +207,13 @@ class Intake:
         hit = np.array(known, dtype=bool)
         t = now()
         n = len(missed)
+        missed_ids = ids[~hit].tobytes()
+        token = self.seals.get(b.run, _NO_SEAL).token(b.batch_id, missed_ids, bytes(8 * n))
         self.clients.send(url, P.results(
-            b.run, "server", HOST, [(b.batch_id, 0, t_server_in, t, self.token(b), n)],
+            b.run, "server", HOST, [(b.batch_id, 0, t_server_in, t, token, n)],
             ids[~hit], statuses, [0] * n, [t] * n, [t] * n).pack())
         keys = [k for k, h in zip(b.keys, known) if h]
         return keys, ids[hit].tobytes(), b"".join(map(self.entry_of.__getitem__, keys))
-
-    def token(self, b: P.Batch) -> int:
-        return self.tokens.get(b.run, _NO_TOKEN)(b.batch_id)
 
     def status_of(self, key: str) -> int:
         ip = key.partition(":")[0]
@@ -237,6 +240,15 @@ class Intake:
         for url in self.clients.expire(in_use=busy):
             self.end_run(url, "idle, nothing in flight")
 
+    def on_ack(self, ack: P.Ack) -> None:
+        """The client's acknowledgements (comlab.system.acks), believed only from the client:
+        the run current on its URL, and a tag under the run's secret."""
+        seal = self.seals.get(ack.run)
+        if seal is None or self.runs.get(ack.reply_url or self.reply_url) != ack.run \
+                or seal.ack_tag(ack.accepted, ack.forged) != ack.tag:
+            raise P.ProtocolError("ACK that is not from the run's client")
+        self.ledger.ack(ack.run, P.pairs(ack.accepted), P.pairs(ack.forged))
+
     def on_bye(self, bye: P.Bye) -> None:
         url = bye.reply_url or self.reply_url
         if self.runs.get(url) == bye.run:
@@ -248,7 +260,7 @@ class Intake:
         if run is None:
             return
         self.ended[run] = None
-        self.tokens.pop(run, None)
+        self.seals.pop(run, None)
         if len(self.ended) > ENDED_RUNS_KEPT:
             self.ended.popitem(last=False)
         self.hellos.pop(url, None)
