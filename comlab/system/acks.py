@@ -14,9 +14,10 @@ the server: comlab.system.protocol.Ack), and the book here matches ACKs to DONEs
 * dropped when its run ended (the client is done or gone).
 
 Evidence is the order of DONEs, not a clock race: ACKs travel behind the client's batches, so
-under back-pressure they are late, but they are late for every worker alike. The margin covers
-the client reading its workers' connections in turn (a worker with a backlog is read a little
-behind the others). Only runs whose client said HELLO are tracked (``tracked``): a client that
+under back-pressure they are late, but they are late for every worker alike; and the client
+sends an ACK only once it has drained its socket, so a result that had reached it is in that
+ACK or an earlier one, whichever worker's connection it came on. The margin covers the rest:
+one worker's results taking longer to travel than another's. Only runs whose client said HELLO are tracked (``tracked``): a client that
 never acknowledges can cost its own batches a retry, never a worker its standing.
 
 An ACK that overtakes its DONE (the worker sends results, then DONE) is kept as ``early`` until
@@ -28,7 +29,7 @@ from __future__ import annotations
 import time
 
 ACK_WAIT_S = 2.0
-ACK_MARGIN_S = 0.5
+ACK_MARGIN_S = 0.1
 ACK_GIVE_UP_S = 30.0
 EARLY_MAX = 4096
 

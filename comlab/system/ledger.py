@@ -205,7 +205,7 @@ class Ledger:
         _discard(self.short, ident)
         self.proven.discard(ident)
         self.requeue([h.work for h in w.held] + self.policy.lost_local(ident), w.name,
-                     f"worker {w.name} died or was cut off running this batch")
+                     f"worker {w.name} died running this batch")
 
     def undeliverable(self, ident: bytes, works: list) -> None:
         """Batches handed to a worker whose connection turned out to be gone when they were
