@@ -786,7 +786,8 @@ def lying_peer(mode: str, peers: int = 1, secure: bool = False):
     """Issue 24's rows: worker peers that say DONE without running (with or without a valid
     worker key under Curve), hold every batch, or answer 999 under the batch's true token."""
     def scenario(lab: Lab, row: Row) -> None:
-        n, wait, batch = lab.n(512), 0.05, 16 if peers == 1 else 4
+        # Holders: fewer batches than peers, so a batch released from one finds another idle.
+        n, wait, batch = lab.n(512), 0.05, 16 if peers == 1 else 32
         keys, expected, path = lab.data(n, wait)
         wurl = free_url()
         keys_dir = client_keys = None
