@@ -164,7 +164,8 @@ def test_retries_wait_for_a_proven_worker():
     led.ready(b"good", "good", "h", 1)
     led.submit(P.work(1, 0, "", "", [0], [1], [0.0]))
     assert led.done(b"good", 1, 0)
-    led.ack(1, [[0, 0]], [])
+    led.ack(1, P.ids_bytes([0, 0]), [])
+    led.judge_unacked()  # settles the acknowledgements
     assert b"good" in led.proven
     led.submit(P.work(1, 1, "", "", [1], [1], [0.0]))     # to good: it is idle
     for i in range(3):
@@ -192,7 +193,7 @@ def test_unacked_done_is_blamed_only_on_evidence():
     led.done(by[0], 1, 0)
     t[0] = 1.0
     led.done(by[1], 1, 1)
-    led.ack(1, [[1, 0]], [])
+    led.ack(1, P.ids_bytes([1, 0]), [])
     t[0] = 2.5
     led.judge_unacked()
     assert list(led.quarantined) == [by[0]] and "never arrived" in led.quarantined[by[0]]
@@ -209,6 +210,7 @@ def test_a_client_that_acknowledges_nothing_blames_nobody():
     book = acks.AckBook({2}, clock=lambda: t[0])
     work = P.work(2, 0, "", "", [0], [1], [0.0])
     book.done(b"w", [work], 0.0)
+    book.settle()
     t[0] = acks.ACK_WAIT_S + 1
     assert book.overdue() == []
     t[0] = acks.ACK_GIVE_UP_S + 1
@@ -220,10 +222,13 @@ def test_an_ack_before_its_done_counts():
     """The worker sends results, then DONE: the client's ACK may reach the server first."""
     from comlab.system import acks
     book = acks.AckBook({1}, clock=lambda: 0.0)
-    assert book.ack(1, [[0, 0]]) == []
-    assert book.done(b"w", [P.work(1, 0, "", "", [0], [1], [0.0])], 0.0) == [b"w"]
+    book.ack(1, P.ids_bytes([0, 0]))
+    assert book.settle() == []
+    book.done(b"w", [P.work(1, 0, "", "", [0], [1], [0.0])], 0.0)
+    assert book.settle() == [b"w"]
     assert not book.waiting and not book.early[1]
-    assert book.ack(3, [[0, 0]]) == [] and 3 not in book.early  # a run not tracked
+    book.ack(3, P.ids_bytes([0, 0]))
+    assert book.settle() == [] and 3 not in book.early  # a run not tracked
 
 
 def test_unsolicited_pongs_move_no_clock(make_data, free_url):

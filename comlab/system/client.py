@@ -200,6 +200,7 @@ class ClientRun:
 
 
 _PAIR = struct.Struct("<qq")  # an ACK's (batch_id, attempt)
+ACK_EVERY_NS = 50_000_000  # ACKs are late by this much at most (the server waits seconds)
 
 
 def _pairs(heads: np.ndarray) -> bytes:
@@ -373,6 +374,8 @@ class Client(Role):
         possession = np.fromiter(map(seal.possession, range(n_batches)), np.int64, n_batches)
         possession_list = possession.tolist()  # the one-batch path compares Python ints
         acked, forged, pair = [], [], _PAIR.pack  # (batch_id, attempt) for the next ACK
+        ack_at = 0  # when the next ACK may go (at most one per ACK_EVERY_NS: at batch 1 one
+        # per pass would be one more message per task at the server)
         answered = np.zeros(n, np.uint8)  # per task: has a result been taken?
         poller = zmq.Poller()
         poller.register(pull, zmq.POLLIN)
@@ -409,6 +412,8 @@ class Client(Role):
                 if want_push != push_on:
                     poller.modify(push, zmq.POLLOUT if want_push else 0)
                     push_on = want_push
+                if acked or forged:  # an ACK is due: wake up for it
+                    wait_ns = max(0, min(wait_ns, ack_at - t))
                 for sock, _ in poller.poll(-(-wait_ns // 1_000_000)):
                     if sock is push:
                         while sent < n_batches:
@@ -485,10 +490,11 @@ class Client(Role):
                             answered[fresh] = 1
                             log(frame, t_received)
                             accounted += new
-                        if acked or forged:  # one ACK per pass: it may wait for room
-                            self.ack(acked, forged)
                     else:
                         timer.clear()
+                if (acked or forged) and now() >= ack_at:  # a pass is over: the socket is
+                    self.ack(acked, forged)                 # drained, so the ACK is complete
+                    ack_at = now() + ACK_EVERY_NS
         finally:
             if timer is not None:
                 timer.close()

@@ -247,7 +247,9 @@ class Intake:
         if seal is None or self.runs.get(ack.reply_url or self.reply_url) != ack.run \
                 or seal.ack_tag(ack.accepted, ack.forged) != ack.tag:
             raise P.ProtocolError("ACK that is not from the run's client")
-        self.ledger.ack(ack.run, P.pairs(ack.accepted), P.pairs(ack.forged))
+        if len(ack.accepted) % 16:  # read in bulk later (comlab.system.acks)
+            raise P.ProtocolError("ACK column of partial (batch_id, attempt) pairs")
+        self.ledger.ack(ack.run, ack.accepted, P.pairs(ack.forged))
 
     def on_bye(self, bye: P.Bye) -> None:
         url = bye.reply_url or self.reply_url

@@ -168,8 +168,7 @@ class Ledger:
         if not held:
             w.held_cost = 0.0  # no drift from the float sums
         w.progress = self.clock()
-        if self.acks.done(ident, finished, w.progress):
-            self.proven.add(ident)
+        self.acks.done(ident, finished, w.progress)
         if ident in self.quarantined:
             return True
         if not w.held:
@@ -249,11 +248,12 @@ class Ledger:
         self._drain_pending()
 
     # -- acknowledgements (comlab.system.acks) -------------------------------------------------
-    def ack(self, run: int, accepted: list, forged: list) -> None:
-        """The client took these (batch_id, attempt) pairs, and found these forged."""
-        for ident in self.acks.ack(run, accepted):
-            if ident in self.workers:
-                self.proven.add(ident)
+    def ack(self, run: int, accepted: bytes, forged: list) -> None:
+        """The client took these (batch_id, attempt) pairs (an ACK column: settled in bulk,
+        ``judge_unacked``), and found these forged (acted on at once)."""
+        self.acks.ack(run, accepted)
+        if not forged:
+            return
         for ident, work, (b, a) in self.acks.forged(run, forged):
             if ident is None:  # not DONE yet: whoever holds that batch forged it
                 ident = next((i for i, w in self.workers.items() for h in w.held
@@ -269,6 +269,7 @@ class Ledger:
     def judge_unacked(self) -> None:
         """Batches DONE long ago whose results the client never acknowledged: retried (or
         failed); their worker quarantined when the evidence is against it (acks)."""
+        self.proven.update(i for i in self.acks.settle() if i in self.workers)
         for e, blamed in self.acks.overdue():
             self.counts["unacked"] += 1
             w = self.workers.get(e.ident)
