@@ -255,10 +255,14 @@ class Ledger:
         if not forged:
             return
         for ident, work, (b, a) in self.acks.forged(run, forged):
-            if ident is None:  # not DONE yet: whoever holds that batch forged it
-                ident = next((i for i, w in self.workers.items() for h in w.held
+            if ident is None:  # not DONE yet: whoever holds that batch forged it (its tasks
+                found = next(((i, w, h) for i, w in self.workers.items() for h in w.held
                               if (h.work.run, h.work.batch_id, h.work.attempt) == (run, b, a)),
-                             None)
+                             None)  # have their records at the client: not retried)
+                if found is not None:
+                    ident, w, h = found
+                    w.held.remove(h)
+                    w.held_cost = sum(x.work.cost_s for x in w.held)
             if ident is not None:
                 self.counts["forged"] += 1
                 w = self.workers.get(ident)
