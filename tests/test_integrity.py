@@ -159,22 +159,28 @@ def test_retries_wait_for_a_proven_worker():
     """A retried batch is not handed to a worker whose results were never acknowledged while
     one whose results were is there; fresh batches still go to anyone."""
     sent = []
-    runs = {1}
-    led = Ledger(lambda i, w: sent.append((i, w)) or True, lambda *a: None, tracked=runs)
-    led.ready(b"good", "good", "h", 1)
-    led.submit(P.work(1, 0, "", "", [0], [1], [0.0]))
-    assert led.done(b"good", 1, 0)
-    led.ack(1, P.ids_bytes([0, 0]), [])
+    led = Ledger(lambda i, w: sent.append((i, w)) or True, lambda *a: None, tracked={1})
+    for name in (b"good", b"good2"):
+        led.ready(name, name.decode(), "h", 1)
+    for b in range(2):
+        led.submit(P.work(1, b, "", "", [b], [1], [0.0]))
+    for i, w in list(sent):
+        assert led.done(i, 1, w.batch_id)
+    led.ack(1, P.ids_bytes([0, 0, 1, 0]), [])
     led.judge_unacked()  # settles the acknowledgements
-    assert b"good" in led.proven
-    led.submit(P.work(1, 1, "", "", [1], [1], [0.0]))     # to good: it is idle
+    assert led.proven == {b"good", b"good2"}
+    for b in (2, 3):  # one each
+        led.submit(P.work(1, b, "", "", [b], [1], [0.0]))
+    holder = {w.batch_id: i for i, w in sent}
     for i in range(3):
         led.ready(b"new%d" % i, "new", "h", 10 + i)
-    led.release(b"good")  # holds batch 1 too long: retried, and good goes silent
-    assert all(w.attempt == 0 for i, w in sent if i != b"good")
-    assert [w.batch_id for w in led.pending] == [1]  # waits for the proven worker
-    led.submit(P.work(1, 2, "", "", [2], [1], [0.0]))
-    assert sent[-1][0].startswith(b"new") and sent[-1][1].batch_id == 2
+    led.release(holder[3])  # holds batch 3 too long: retried, and no longer proven
+    assert led.proven == {holder[2]}
+    # The retry queues behind the proven worker's batch (adaptive broker: one ahead), not at
+    # one of the three idle new ones.
+    assert [(i, w.batch_id, w.attempt) for i, w in sent if w.attempt] == [(holder[2], 3, 1)]
+    led.submit(P.work(1, 4, "", "", [4], [1], [0.0]))
+    assert sent[-1][0].startswith(b"new") and sent[-1][1].batch_id == 4  # fresh: anyone
 
 
 def test_unacked_done_is_blamed_only_on_evidence():

@@ -231,6 +231,7 @@ class Ledger:
         w.held_cost = 0.0
         _discard(self.short, ident)
         self.silent.add(ident)
+        self.proven.discard(ident)  # retries do not wait for it
         if ident not in self.idle and ident not in self.quarantined:
             self.idle.append(ident)
         self.requeue(held, w.name, f"held by worker {w.name} far past its ideal time")
