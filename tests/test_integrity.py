@@ -322,3 +322,26 @@ def test_quarantined_workers_reach_the_runs_meta():
     entry = before.end(server)
     assert entry["server"]["quarantined"] == 1
     assert entry["quarantined_workers"] == server.stats["quarantined_workers"]
+
+
+def test_a_retry_that_never_arrives_either_fails_naming_the_quarantined_worker():
+    """Every task ends in one record: a batch whose second attempt's results never arrive
+    fails, and its error names the quarantined worker."""
+    t = [0.0]
+    sent, failed = [], []
+    led = Ledger(lambda i, w: sent.append((i, w)) or True,
+                 lambda w, name, why: failed.append((w.batch_id, why)), clock=lambda: t[0],
+                 tracked={1})
+    led.ready(b"liar", "liar", "h", 1)
+    led.ready(b"honest", "honest", "h", 2)
+    led.submit(P.work(1, 0, "", "", [0], [1], [0.0])._replace(attempt=1))  # a retry already
+    led.submit(P.work(1, 1, "", "", [1], [1], [0.0]))
+    by = {w.batch_id: i for i, w in sent}
+    led.done(by[0], 1, 0)
+    t[0] = 1.0
+    led.done(by[1], 1, 1)
+    led.ack(1, P.ids_bytes([1, 0]), [])
+    t[0] = 2.5
+    led.judge_unacked()
+    assert failed == [(0, f"worker {by[0].decode()} quarantined: results of batch 0 never "
+                          "arrived")]
