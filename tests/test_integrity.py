@@ -345,3 +345,15 @@ def test_a_retry_that_never_arrives_either_fails_naming_the_quarantined_worker()
     led.judge_unacked()
     assert failed == [(0, f"worker {by[0].decode()} quarantined: results of batch 0 never "
                           "arrived")]
+
+
+def test_the_last_worker_is_not_quarantined():
+    """A client's word (its ACKs) is what blames a worker: it cannot leave a server with no
+    worker at all for other clients."""
+    led = Ledger(lambda i, w: True, lambda *a: None, tracked={1})
+    led.ready(b"only", "only", "h", 1)
+    led.quarantine(b"only", "worker only quarantined: ...")
+    assert not led.quarantined and b"only" in led.idle
+    led.ready(b"other", "other", "h", 2)
+    led.quarantine(b"only", "worker only quarantined: ...")
+    assert list(led.quarantined) == [b"only"] and b"only" not in led.idle

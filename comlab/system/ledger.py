@@ -291,8 +291,14 @@ class Ledger:
             self.requeue([e.work], name, why)
 
     def quarantine(self, ident: bytes, why: str) -> None:
-        """A worker that lied: no more work; what it holds or claimed is retried elsewhere."""
+        """A worker that lied: no more work; what it holds or claimed is retried elsewhere.
+        The last worker not quarantined is not: the word against it is a client's, and a
+        hostile client must not leave a server with no one to run other clients' batches."""
         if ident in self.quarantined:
+            return
+        if not any(i != ident and i not in self.quarantined for i in self.workers):
+            w = self.workers.get(ident)
+            self.requeue(list(self.acks.of_worker(ident)), w.name if w else "?", why)
             return
         self.counts["quarantined"] += 1
         if len(self.quarantined) >= QUARANTINE_KEPT:
