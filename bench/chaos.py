@@ -336,10 +336,11 @@ class ClientThread(threading.Thread):
     """A Client running in the background (daemon thread), so the scenario can act mid-run."""
 
     def __init__(self, keys, batch_size: int, server_url: str, timeout: float,
-                 bind: str = f"tcp://{LOOPBACK}:*") -> None:
+                 bind: str = f"tcp://{LOOPBACK}:*", security=None) -> None:
         super().__init__(daemon=True)
         self.keys = keys
-        self.client = Client(keys, batch_size, bind, server_url, timeout=timeout)
+        self.client = Client(keys, batch_size, bind, server_url, timeout=timeout,
+                             security=security)
         self.run_result: ClientRun | None = None
         self.error: BaseException | None = None
         self.started_s = time.monotonic()
@@ -765,13 +766,18 @@ def _departed(lab: Lab, row: Row, how: str) -> None:
 
 class FakeWorker(threading.Thread):
     """A worker peer on --workers-url that misbehaves as told: ``mode`` is one of
-    done-not-held, ready-while-holding, silent, forged-results."""
+    done-not-held, ready-while-holding, silent, forged-results, done-no-results (DONE at once,
+    never runs), hold (keeps every batch), answer-999 (results with response 999 under the
+    batch's true token, then DONE)."""
 
     def __init__(self, lab: Lab, url: str, mode: str, ident: bytes | None = None,
-                 n_tasks: int = 0) -> None:
+                 n_tasks: int = 0, curve_keys: str | None = None) -> None:
         super().__init__(daemon=True)
         self.sock = lab.socket(zmq.DEALER, routing_id=ident or b"peer-" + uuid.uuid4().hex[:6]
                                .encode())
+        if curve_keys:  # the deployment's worker key: a peer that stole it
+            from comlab.system.security import Curve
+            Curve.load(curve_keys, "worker").apply(self.sock, server=False)
         self.sock.connect(url)
         self.mode, self.n_tasks = mode, n_tasks
         self.stop = threading.Event()
@@ -793,7 +799,20 @@ class FakeWorker(threading.Thread):
                 sock.send(P.Joined(msg.reply_url).pack())
             elif type(msg) is P.Assign:
                 run = msg.run
-                if self.mode == "ready-while-holding":
+                last = int(P.read_heads(msg.heads, "WORK")["batch_id"][-1])
+                if self.mode == "done-no-results":
+                    sock.send(P.Done(run, last).pack())
+                elif self.mode == "answer-999":
+                    if push is None:
+                        push = self.ctx.socket(zmq.PUSH)
+                        push.setsockopt(zmq.LINGER, 0)
+                        push.connect(msg.reply_url)
+                    n = len(msg.task_ids) // 8
+                    t = P.ids_bytes([time.monotonic_ns()] * n)
+                    push.send(P.Results(run, "peer", "peer-host", msg.heads, msg.task_ids,
+                                        bytes(n), P.ids_bytes([999] * n), t, t, None).pack())
+                    sock.send(P.Done(run, last).pack())
+                elif self.mode == "ready-while-holding":
                     sock.send(P.Ready("peer", "peer-host", 1).pack())
                 elif self.mode == "forged-results":
                     # It learnt the run, its batch's token and the client's result URL from its
@@ -839,6 +858,88 @@ def hostile_worker(mode: str):
             peer.join(2)
     scenario.__doc__ = f"A worker peer on --workers-url: {mode}; a normal run must be all ok."
     return scenario
+
+
+def lying_peer(mode: str, peers: int = 1, secure: bool = False):
+    """Issue 24's rows: worker peers that say DONE without running (with or without a valid
+    worker key under Curve), hold every batch, or answer 999 under the batch's true token."""
+    def scenario(lab: Lab, row: Row) -> None:
+        # Holders: fewer batches than peers, so a batch released from one finds another idle.
+        n, wait, batch = lab.n(512), 0.05, 16 if peers == 1 else 32
+        keys, expected, path = lab.data(n, wait)
+        wurl = free_url()
+        keys_dir = client_keys = None
+        if secure:
+            from comlab.system import security
+            keys_dir = os.path.join(lab.dir, "keys")
+            security.create_keys(keys_dir)
+            client_keys = security.Curve.load(keys_dir, "client")
+        server = lab.server(path, 2, workers_url=wurl, curve_keys=keys_dir)
+        fakes = [FakeWorker(lab, wurl, mode, curve_keys=keys_dir) for _ in range(peers)]
+        if not wait_until(lambda: len(stats(server)["workers"]) >= 2 + peers, 10):
+            row.problems.append("set-up: the peers never joined")
+            return
+        try:
+            t = ClientThread(keys, batch, server.url, lab.profile.timeout + 10,
+                             security=client_keys)
+            counts = t.finish(row, expected, wait=lab.profile.timeout + 25)
+            s = stats(server)
+        finally:
+            for f in fakes:
+                f.stop.set()
+                f.join(2)
+        if counts is None:
+            return
+        row.require(counts["lost"] == 0, f"{counts['lost']} tasks lost")
+        if mode == "answer-999":
+            run = t.run_result
+            errors = run.columns()["error"][run.columns()["status"] == P.FAILED]
+            row.require(all("peer" in e and "seal" in e for e in errors),
+                        "a failed task does not name the forging worker")
+            row.require(counts["ok"] + counts["failed"] == len(keys), "tasks neither ok nor "
+                                                                      "failed")
+        else:
+            row.require(counts["ok"] == len(keys), f"{counts['ok']} of {len(keys)} ok "
+                                                   f"({counts['failed']} failed)")
+        if mode != "hold":
+            row.require(s.get("quarantined", 0) >= 1, "the lying peer was not quarantined")
+        row.notes.append(f"quarantined {s.get('quarantined', 0)}, retried "
+                         f"{s.get('retried', 0)}, forged {s.get('forged', 0)}")
+    scenario.__doc__ = f"{peers} worker peer(s) on --workers-url: {mode}" + \
+        (" (holding a valid worker key)" if secure else "") + "; no task lost or wrong."
+    return scenario
+
+
+def unsolicited_pongs(lab: Lab, row: Row) -> None:
+    """A peer claiming a worker host's name sends PONGs nobody asked for while the server
+    samples that host's clock: the offset must stay that of the host's true answers."""
+    keys, expected, path = lab.data(8, 0.0)
+    wurl = free_url()
+    server = lab.server(path, 1, workers_url=wurl)
+    socks = {}
+    for name in (b"liar", b"truth"):
+        socks[name] = lab.socket(zmq.DEALER, routing_id=name)
+        socks[name].connect(wurl)
+        socks[name].send(P.Ready(name.decode(), "hostA", 1).pack())
+        wait_until(lambda: name.decode() in {w["name"] for w in stats(server)["workers"]}, 5)
+    server.control("clock-workers", 4)
+    for k in range(200):
+        t = time.monotonic_ns() + k * 10_000
+        socks[b"liar"].send(P.Pong(t, t + 2 * 10 ** 9).pack())
+    answered = 0
+    while answered < 4 and socks[b"truth"].poll(3000):
+        msg = P.decode(socks[b"truth"].recv())
+        if type(msg) is P.Ping and msg.nonce is not None:
+            socks[b"truth"].send(P.Pong(msg.nonce, time.monotonic_ns()).pack())
+            answered += 1
+    wait_until(lambda: server.control("worker-clocks").get("hostA", {}).get("samples", 0) >= 4,
+               3)
+    found = server.control("worker-clocks").get("hostA", {})
+    offset = found.get("offset_ns")
+    row.require(offset is not None and abs(offset) < 10 ** 7,
+                f"hostA's clock offset is {offset} ns (one machine: ~0)")
+    row.notes.append(f"hostA offset {offset} ns from {found.get('samples')} samples")
+    normal_run(lab, row, server, keys, expected)
 
 
 def steal_routing_id(lab: Lab, row: Row) -> None:
@@ -1172,6 +1273,11 @@ SCENARIOS = {
     "peer/silent": hostile_worker("silent"),
     "peer/steal-routing-id": steal_routing_id,
     "peer/forged-results": hostile_worker("forged-results"),
+    "peer/done-no-results": lying_peer("done-no-results"),
+    "peer/done-no-results-secure": lying_peer("done-no-results", secure=True),
+    "peer/answer-999": lying_peer("answer-999"),
+    "peer/holders": lying_peer("hold", peers=20),
+    "peer/unsolicited-pongs": unsolicited_pongs,
     "partition": partition,
     "hostile/control-frames": control_frames,
     "peer/hello-hijack": hello_hijack,

@@ -58,6 +58,7 @@ VALID = [_fields(m) for m in (
     P.Hello(5, "tcp://127.0.0.1:9", 4),
     P.Batch(5, "tcp://127.0.0.1:9", 3, P.ids_bytes([0, 1]), ["10.0.0.1:foo", "10.0.0.2:foo"]),
     P.Bye(5, "tcp://127.0.0.1:9"),
+    P.Ack(5, "tcp://127.0.0.1:9", P.ids_bytes([3, 0]), P.ids_bytes([4, 1]), 6),
     P.Ready("w0", "host", 12),
     P.Done(5, 3),
     P.Assign.decode(P.assign([P.work(5, 3, "tcp://127.0.0.1:9", "sequential", [0, 1], [1, 2],
@@ -148,6 +149,9 @@ def _decode_and_check(frame: bytes) -> None:
         P.check_results(msg, 4, 2)
     elif type(msg) is P.Assign:
         P.check_assign(msg)
+    elif type(msg) is P.Ack:
+        P.pairs(msg.accepted)
+        P.pairs(msg.forged)
 
 
 @FUZZ

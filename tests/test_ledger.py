@@ -35,7 +35,7 @@ def ledger(request):
         sent.append((ident, w.batch_id, w.attempt))
         return True
 
-    led = Ledger(send, lambda w, name: failed.append((w.batch_id, name)), policy=policy, max_pending=4, clock=clock)
+    led = Ledger(send, lambda w, name, *why: failed.append((w.batch_id, name)), policy=policy, max_pending=4, clock=clock)
     led.sent, led.failed, led.unreachable, led.now = sent, failed, unreachable, clock
     return led
 

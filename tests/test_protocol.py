@@ -16,6 +16,7 @@ EXAMPLES = [
     P.Batch(7, "tcp://h:2", 3, P.ids_bytes([0, 1, 2]), ["1.2.3.4:a", "1.2.3.4:b", "x"]),
     P.Batch(7, "", 0, b"", []),
     P.Bye(7, "tcp://h:2"),
+    P.Ack(7, "tcp://h:2", P.ids_bytes([3, 0, 4, 1]), b"", 12345),
     P.Ready("w0", "host", 4242),
     P.Done(7, 99),
     P.Assign(7, "tcp://c:1", "thread-pool:2", P.heads_bytes([(3, 0, T, T, 9, 2)]),
@@ -191,10 +192,26 @@ def test_batch_token_is_keyed_and_per_batch():
     assert P.batch_token(a, 3) == P.batch_token(a, 3) > 0
     assert len({P.batch_token(a, 3), P.batch_token(a, 4), P.batch_token(b, 3)}) == 3
     assert P.batch_token(b"", 3) == 0
-    assert P.batch_token(a, 3) < 2 ** 63  # a msgpack int64
-    assert [P.batch_tokens(a)(i) for i in (-1, 0, 3, 2 ** 40)] == \
+    assert P.batch_token(a, 3) < 2 ** 31  # the possession part of a token
+    assert [P.Seal(a).possession(i) for i in (-1, 0, 3, 2 ** 40)] == \
         [P.batch_token(a, i) for i in (-1, 0, 3, 2 ** 40)]
-    assert P.batch_tokens(b"")(3) == 0
+    assert P.Seal(b"").token(3, b"", b"") == 0
+
+
+def test_seal_covers_the_task_ids_and_responses():
+    """Item 4 of issue 24: a worker holding a batch (and so its token) cannot change a
+    response, nor move it to another task, and keep the token valid."""
+    seal = P.Seal(b"k" * 16)
+    ids, responses = P.ids_bytes([4, 5]), P.ids_bytes([10, 11])
+    token = seal.token(2, ids, responses)
+    assert 0 < token < 2 ** 63 and token & P.Seal.POSSESSION == seal.possession(2)
+    assert token >> 31 == seal.tag(2, ids, responses)
+    for other in (seal.token(2, ids, P.ids_bytes([10, 999])),
+                  seal.token(2, P.ids_bytes([5, 4]), responses),
+                  seal.token(3, ids, responses),
+                  P.Seal(b"j" * 16).token(2, ids, responses)):
+        assert other >> 31 != token >> 31
+    assert seal.ack_tag(ids, b"") != seal.ack_tag(b"", ids)  # the columns are kept apart
 
 
 def test_check_results_keeps_a_batch_to_its_own_tasks():
@@ -262,9 +279,9 @@ def test_one_result_check_agrees_with_the_vectorised_one(change, accepted):
                 check(r, n_tasks=8, batch_size=2)
         return
     want = P.check_results(r, n_tasks=8, batch_size=2)
-    b, token, ids = P.check_one_result(r, n_tasks=8, batch_size=2)
-    assert (b, token, list(ids)) == (want.heads["batch_id"][0], want.heads["token"][0],
-                                     want.task_ids.tolist())
+    b, token, ids, attempt = P.check_one_result(r, n_tasks=8, batch_size=2)
+    assert (b, token, list(ids), attempt) == (want.heads["batch_id"][0], want.heads["token"][0],
+                                              want.task_ids.tolist(), want.heads["attempt"][0])
 
 
 def test_one_result_check_leaves_several_batches_to_the_vectorised_one():

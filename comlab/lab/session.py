@@ -61,6 +61,7 @@ class Session:
         self.probes = probes
         self.hosts: HostGroup | None = None
         self._dead: dict[str, str] = {}   # hosts that could not be started again: why
+        self._clocks: dict[str, dict] = {}  # each host's last clock estimate (jumps)
         self.remote_workers = int(remote_workers) + sum(h.workers for h in self.hosts_spec)
         if self.hosts_spec and not workers_url:
             workers_url = f"tcp://{server_address}:{free_port(server_address)}"
@@ -160,7 +161,7 @@ class Session:
             server.control("strategy", spec.strategy)
             self._strategy = spec.strategy
         self._hosts_ready(server)
-        clock = clocks.estimate(server)  # every host's offset against the client's
+        clock = clocks.estimate(server, previous=self._clocks)  # each host's against ours
         before = stability.RunConditions.start(server)
         t_run = time.perf_counter()
         bind = (f"ipc://{self.workdir}/client-{spec.index}" if spec.transport == "ipc"

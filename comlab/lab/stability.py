@@ -44,16 +44,26 @@ class RunConditions:
     load_start: list | None
     stats_start: dict
 
+    quarantined_start: tuple = ()
+
     @classmethod
     def start(cls, server) -> "RunConditions":
-        return cls(loadavg(), counters(server.control("stats")))
+        stats = server.control("stats")
+        return cls(loadavg(), counters(stats), tuple(stats.get("quarantined_workers", ())))
 
     def end(self, server) -> dict:
-        """The run's entries for meta.json: load averages, and the server's counters over it."""
-        stats = counters(server.control("stats"))
+        """The run's entries for meta.json: load averages, the server's counters over it, and
+        the workers it quarantined during the run (why, naming each: comlab.system.acks)."""
+        full = server.control("stats")
+        stats = counters(full)
         delta = {k: v if k in GAUGES else v - self.stats_start.get(k, 0)
                  for k, v in stats.items()}
-        return {"loadavg_start": self.load_start, "loadavg_end": loadavg(), "server": delta}
+        out = {"loadavg_start": self.load_start, "loadavg_end": loadavg(), "server": delta}
+        quarantined = [w for w in full.get("quarantined_workers", ())
+                       if w not in self.quarantined_start]
+        if quarantined:
+            out["quarantined_workers"] = quarantined
+        return out
 
 
 # -- per configuration ---------------------------------------------------------------------------

@@ -128,6 +128,7 @@ class ClientRun:
     accepted: int = 0   # distinct tasks answered (the invariant's count)
     duplicates: int = 0  # messages that answered no task not answered before
     garbage: int = 0     # messages that were not a valid RESULTS for this run's tasks
+    forged: int = 0      # RESULTS from a batch's holder whose seal did not hold: tasks failed
     stale: int = 0       # valid results of another run (an earlier client on this URL)
     run_id: int = 0
     server_info: dict = field(default_factory=dict)
@@ -140,7 +141,8 @@ class ClientRun:
                 "t_sent": np.frombuffer(self.t_sent, np.int64) if self.t_sent else
                 np.zeros(0, np.int64), "t_intended": self.t_intended,
                 "accepted": self.accepted, "duplicates": self.duplicates,
-                "garbage": self.garbage, "stale": self.stale, "run_id": self.run_id,
+                "garbage": self.garbage, "forged": self.forged, "stale": self.stale,
+                "run_id": self.run_id,
                 "server_info": self.server_info}
 
     @classmethod
@@ -151,6 +153,7 @@ class ClientRun:
         run.t_sent = _array("q", np.asarray(d["t_sent"], np.int64).tobytes())
         for name in ("accepted", "duplicates", "garbage", "stale", "run_id", "server_info"):
             setattr(run, name, d[name])
+        run.forged = d.get("forged", 0)
         return run
 
     def chunks(self, max_tasks: int = 65536):
@@ -210,7 +213,39 @@ class ClientRun:
         return {"tasks": self.n_tasks, **{name: int(c) for name, c in
                                           zip(P.STATUS_NAMES, counts)},
                 "sum": int(cols["response"][ok].sum()), "elapsed_s": round(float(elapsed), 6),
-                "duplicates": self.duplicates, "garbage": self.garbage, "stale": self.stale}
+                "duplicates": self.duplicates, "garbage": self.garbage, "stale": self.stale,
+                "forged": self.forged}
+
+
+_PAIR = struct.Struct("<qq")  # an ACK's (batch_id, attempt)
+ACK_EVERY_NS = 50_000_000  # ACKs are late by this much at most (the server waits seconds)
+
+
+def _pairs(heads: np.ndarray) -> bytes:
+    return np.stack([heads["batch_id"], heads["attempt"]], 1).astype(P.I64).tobytes()
+
+
+def _sealed(msg: "P.Results", heads: np.ndarray, tag) -> bool:
+    """Does every batch of a RESULTS carry the tag of its task ids and responses?"""
+    ids, responses = memoryview(msg.task_ids), memoryview(msg.responses)
+    lo = 0
+    for b, token, k in zip(heads["batch_id"].tolist(), heads["token"].tolist(),
+                           heads["n"].tolist()):
+        if token >> 31 != tag(b, ids[8 * lo:8 * (lo + k)], responses[8 * lo:8 * (lo + k)]):
+            return False
+        lo += k
+    return True
+
+
+def _forged(msg: "P.Results", t_received: int) -> bytes:
+    """The record of a RESULTS whose seal did not hold: every task failed, the worker named
+    (as it named itself; the server knows which one held the batch and quarantines it)."""
+    n = len(msg.task_ids) // 8
+    stamps = P.ids_bytes([t_received] * n)
+    why = (f"worker {P.preview(msg.worker)} returned results that fail their seal "
+           "(forged or altered)")
+    return msg._replace(statuses=bytes([P.FAILED]) * n, t_started=stamps, t_finished=stamps,
+                        errors=[why] * n).pack()
 
 
 def _chunk(parts: list, placed: np.ndarray) -> dict:
@@ -295,7 +330,7 @@ class Client(Role):
         except zmq.ZMQError as exc:
             raise ValueError(f"bad server URL {self.server_url!r}: {exc.strerror}") from None
         self.run_id = secrets.randbits(63)  # this run's identity on every message
-        self.secret = secrets.token_bytes(16)  # keys the batch tokens (P.batch_token)
+        self.secret = secrets.token_bytes(16)  # keys the batch tokens (P.Seal)
         self.result = ClientRun(len(self.keys), self.batch_size, self.server_url,
                                 log=ResultLog(self.log_path), run_id=self.run_id)
         self.handshake()
@@ -352,11 +387,15 @@ class Client(Role):
         log, t_sent = run.log.append, run.t_sent
         run_id, decode, check, Results = self.run_id, P.decode, P.check_results, (P.Results,)
         check_one = P.check_one_result
-        secret = self.secret
-        # Every token before the clock starts: checking one is then an array look-up.
-        tokens = np.fromiter(map(P.batch_tokens(secret), range(n_batches)), np.int64,
-                             n_batches)
-        tokens_list = tokens.tolist()  # the one-batch path compares Python ints
+        seal = self.seal = P.Seal(self.secret)
+        tag, mask = seal.tag, P.Seal.POSSESSION
+        # Every batch's possession proof before the clock starts: checking one is then an
+        # array look-up; the seal's tag over the columns is one keyed hash per batch.
+        possession = np.fromiter(map(seal.possession, range(n_batches)), np.int64, n_batches)
+        possession_list = possession.tolist()  # the one-batch path compares Python ints
+        acked, forged, pair = [], [], _PAIR.pack  # (batch_id, attempt) for the next ACK
+        ack_at = 0  # when the next ACK may go (at most one per ACK_EVERY_NS: at batch 1 one
+        # per pass would be one more message per task at the server)
         answered = np.zeros(n, np.uint8)  # per task: has a result been taken?
         poller = zmq.Poller()
         poller.register(pull, zmq.POLLIN)
@@ -393,6 +432,8 @@ class Client(Role):
                 if want_push != push_on:
                     poller.modify(push, zmq.POLLOUT if want_push else 0)
                     push_on = want_push
+                if acked or forged:  # an ACK is due: wake up for it
+                    wait_ns = max(0, min(wait_ns, ack_at - t))
                 for sock, _ in poller.poll(-(-wait_ns // 1_000_000)):
                     if sock is push:
                         while sent < n_batches:
@@ -421,22 +462,33 @@ class Client(Role):
                                     continue
                                 one = check_one(msg, n, size)
                                 if one is not None:  # one batch: no numpy on the way
-                                    b, token, ids = one
-                                    if not 0 <= b < n_batches or tokens_list[b] != token:
+                                    b, token, ids, attempt = one
+                                    if not 0 <= b < n_batches \
+                                            or possession_list[b] != token & mask:
                                         raise P.ProtocolError("RESULTS with a wrong batch "
                                                               "token")
+                                    sealed = token >> 31 == tag(b, msg.task_ids, msg.responses)
+                                    done = pair(b, attempt)
                                 else:
                                     heads, ids, _ = check(msg, n, size)
                                     b = heads["batch_id"]
                                     if len(b) and (b.min() < 0 or b.max() >= n_batches or
-                                                   not np.array_equal(tokens[b],
-                                                                      heads["token"])):
+                                                   not np.array_equal(possession[b],
+                                                                      heads["token"] & mask)):
                                         raise P.ProtocolError("RESULTS with a wrong batch "
                                                               "token")
+                                    sealed = _sealed(msg, heads, tag)
+                                    done = _pairs(heads)
                             except P.ProtocolError:
                                 run.garbage += 1
-                                self.check_refused(frame, tokens_list)
+                                self.check_refused(frame, n_batches)
                                 continue
+                            if not sealed:  # its holder changed what it was given
+                                run.forged += 1
+                                forged.append(done)
+                                frame = _forged(msg, t_received)
+                            elif msg.worker != "server":
+                                acked.append(done)
                             if one is not None:
                                 fresh = [i for i in ids if not answered[i]]
                                 if not fresh:
@@ -461,15 +513,20 @@ class Client(Role):
                             accounted += new
                     else:
                         timer.clear()
+                if (acked or forged) and now() >= ack_at:  # a pass is over: the socket is
+                    self.ack(acked, forged)                 # drained, so the ACK is complete
+                    ack_at = now() + ACK_EVERY_NS
         finally:
             if timer is not None:
                 timer.close()
         run.accepted = accounted
         run.log.spill()
+        if acked or forged:
+            self.ack(acked, forged)
         self.bye()
         return run
 
-    def check_refused(self, frame: bytes, tokens: list) -> None:
+    def check_refused(self, frame: bytes, n_batches: int) -> None:
         """A WELCOME refusing one of this run's batches (above the server's limits) ends the
         run with the server's reason; its batch token proves the server sent it."""
         try:
@@ -478,9 +535,21 @@ class Client(Role):
             return
         b = msg.info.get("batch")
         if msg.run == self.run_id and "refused" in msg.info and type(b) is int \
-                and 0 <= b < len(tokens) and msg.info.get("token") == tokens[b]:
+                and 0 <= b < n_batches and msg.info.get("token") == self.seal.possession(b):
             raise NoServer(f"the server at {self.server_url} refused a batch: "
                            f"{P.preview(msg.info['refused'])}")
+
+    def ack(self, acked: list, forged: list) -> None:
+        """Tell the server which batches' results were taken (and which were forged); the
+        lists are emptied once the ACK left (else kept for the next pass)."""
+        try:
+            took, bad = b"".join(acked), b"".join(forged)
+            self.push.send(P.Ack(self.run_id, self.reply_url, took, bad,
+                                 self.seal.ack_tag(took, bad)).pack(), zmq.NOBLOCK)
+        except zmq.Again:
+            return
+        acked.clear()
+        forged.clear()
 
     def bye(self) -> None:
         """Tell the server this run is over, so whatever of it is still queued is dropped."""

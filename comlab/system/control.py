@@ -45,6 +45,8 @@ def _answer(server, op: str, args: list):
                 "pending": len(ledger.pending), "queued": server.policy.queued(),
                 "busy": ledger.busy() + server.policy.busy(), "idle": len(ledger.idle),
                 "clients": len(server.clients), "client_drops": server.clients.dropped,
+                "refused_pongs": server.liveness.refused_pongs,
                 "workers": [{"name": w.name, "host": w.host, "pid": w.pid}
-                            for w in ledger.workers.values()]}
+                            for w in ledger.workers.values()],
+                "quarantined_workers": list(ledger.quarantined.values())[-64:]}
     raise P.ProtocolError(f"unknown control request {P.preview(op)}")

@@ -64,7 +64,8 @@ class Broker:
             # worker expected to free first (its batch's start + ideal time), which then never
             # idles for the DONE -> WORK round trip. One batch ahead, no more.
             ahead = min(((w.held[0].since + w.held[0].work.cost_s, i) for i, w in
-                         ledger.workers.items() if len(w.held) == 1 and ledger.brokered(i)),
+                         ledger.workers.items() if len(w.held) == 1 and ledger.brokered(i)
+                         and ledger.may_take(i, work)),
                         default=None)
             if ahead is not None:
                 return ledger.give(ahead[1], work)

@@ -38,7 +38,7 @@ from . import protocol as P, strategies
 from .clients import TooManyClients
 from .role import HOST
 
-_NO_TOKEN = P.batch_tokens(b"")  # a run that never said HELLO: no secret, token 0
+_NO_SEAL = P.Seal(b"")  # a run that never said HELLO: no secret, token 0
 log = logging.getLogger("comlab.server")
 now = time.monotonic_ns
 
@@ -48,7 +48,7 @@ ENDED_RUNS_KEPT = 4096
 HANDOVER_WAIT_S = 1.0  # a HELLO on a URL whose client is still there waits this long
 CONNECT_WAIT_S = 3.0   # a run whose URL nobody listens at is ended after this
 PEEK_BYTES = 9 * P.MAX_BATCH_TASKS  # smaller frames cannot hold more tasks than the limit
-CLIENT_TYPES = (P.Batch, P.Hello, P.Bye)
+CLIENT_TYPES = (P.Batch, P.Hello, P.Bye, P.Ack)
 
 
 def _entry(key: str, response: int, wait: float) -> bytes:
@@ -98,7 +98,7 @@ class Intake:
         self.ended: OrderedDict[int, None] = OrderedDict()
         self.hellos: dict[str, tuple] = {}             # reply URL -> (workers not joined, deadline)
         self.silent: set[bytes] = set()                # workers that never answered a CONNECT
-        self.tokens: dict[int, object] = {}            # run -> its batch_tokens (its secret)
+        self.seals: dict[int, P.Seal] = {}             # run -> its batch tokens (its secret)
         self.fed: set[str] = set()                     # URLs whose run sent a batch (attach:
                                                        # the client sockets' own set)
         self.connecting: dict[str, P.Hello] = {}       # reply URL -> HELLO, until it connects
@@ -128,6 +128,8 @@ class Intake:
                 self.on_batch(t_server_in, P.check_batch(msg))
             elif type(msg) is P.Hello:
                 self.on_hello(msg)
+            elif type(msg) is P.Ack:
+                self.on_ack(msg)
             else:
                 self.on_bye(msg)
         except Exception as exc:  # a peer's message costs that peer its message, no more
@@ -157,7 +159,7 @@ class Intake:
             self.refuse(url, h.run, str(exc))
             raise
         self.runs[url] = h.run
-        self.tokens[h.run] = P.batch_tokens(h.secret)
+        self.seals[h.run] = P.Seal(h.secret)
         if url in self.clients.connected:
             self.join_workers(url, h)
         else:  # workers hear of it once someone listens there (``on_connected``)
@@ -228,7 +230,7 @@ class Intake:
                f"limits of {P.MAX_BATCH_TASKS} tasks and {P.MAX_BATCH_BYTES} bytes per batch")
         log.warning("refused a BATCH for %s: %s", url[:80], why)
         if self.runs.get(url) == run and P.INT64_MIN <= batch_id <= P.INT64_MAX:
-            token = self.tokens.get(run, _NO_TOKEN)(batch_id)
+            token = self.seals.get(run, _NO_SEAL).possession(batch_id)
             self.clients.send(url, P.Welcome(run, {"refused": why, "batch": batch_id,
                                                    "token": token}).pack())
         return True
@@ -268,8 +270,10 @@ class Intake:
             waits = list(map(self.wait_of.__getitem__, keys))
             cost = self.duration(waits) if any(waits) else 0.0
             t_enqueued = now()  # the t_enqueued stamp (comlab.schema): the work item exists
+            token = self.seals.get(b.run, _NO_SEAL).token(b.batch_id, task_ids,
+                                                          P.entry_responses(entries))
             self.ledger.submit(P.Work(b.run, b.batch_id, url, self.strategy, t_server_in,
-                                      t_enqueued, 0, task_ids, entries, self.token(b), cost,
+                                      t_enqueued, 0, task_ids, entries, token, cost,
                                       len(keys)))
 
     @property
@@ -297,14 +301,13 @@ class Intake:
         hit = np.array(known, dtype=bool)
         t = now()
         n = len(missed)
+        missed_ids = ids[~hit].tobytes()
+        token = self.seals.get(b.run, _NO_SEAL).token(b.batch_id, missed_ids, bytes(8 * n))
         self.clients.send(url, P.results(
-            b.run, "server", HOST, [(b.batch_id, 0, t_server_in, t, self.token(b), n)],
+            b.run, "server", HOST, [(b.batch_id, 0, t_server_in, t, token, n)],
             ids[~hit], statuses, [0] * n, [t] * n, [t] * n).pack())
         keys = [k for k, h in zip(b.keys, known) if h]
         return keys, ids[hit].tobytes(), b"".join(map(self.entry_of.__getitem__, keys))
-
-    def token(self, b: P.Batch) -> int:
-        return self.tokens.get(b.run, _NO_TOKEN)(b.batch_id)
 
     def status_of(self, key: str) -> int:
         ip = key.partition(":")[0]
@@ -342,6 +345,17 @@ class Intake:
         self.stats["runs_reclaimed"] += 1
         self.end_run(url, why)
 
+    def on_ack(self, ack: P.Ack) -> None:
+        """The client's acknowledgements (comlab.system.acks), believed only from the client:
+        the run current on its URL, and a tag under the run's secret."""
+        seal = self.seals.get(ack.run)
+        if seal is None or self.runs.get(ack.reply_url or self.reply_url) != ack.run \
+                or seal.ack_tag(ack.accepted, ack.forged) != ack.tag:
+            raise P.ProtocolError("ACK that is not from the run's client")
+        if len(ack.accepted) % 16:  # read in bulk later (comlab.system.acks)
+            raise P.ProtocolError("ACK column of partial (batch_id, attempt) pairs")
+        self.ledger.ack(ack.run, ack.accepted, P.pairs(ack.forged))
+
     def on_bye(self, bye: P.Bye) -> None:
         url = bye.reply_url or self.reply_url
         if self.runs.get(url) == bye.run:
@@ -353,7 +367,7 @@ class Intake:
         if run is None:
             return
         self.ended[run] = None
-        self.tokens.pop(run, None)
+        self.seals.pop(run, None)
         if len(self.ended) > ENDED_RUNS_KEPT:
             self.ended.popitem(last=False)
         self.hellos.pop(url, None)

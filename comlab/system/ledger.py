@@ -12,6 +12,12 @@ refused (counted, nothing changes), and so is READY from a worker that holds bat
 that reconnected still runs them and will say DONE); a batch is retried once when its worker is
 lost, and fails the second time (``fail`` answers its tasks). A batch held past its deadline
 (a stopped or wedged worker) is reported by ``overdue`` so the server can act.
+
+A DONE is believed only once the client acknowledges the results (comlab.system.acks): a worker
+whose DONE proves false is quarantined (no more work; named in ``quarantined``) and its batches
+are retried. A worker whose results were acknowledged is ``proven``; a retried batch goes to a
+proven worker when there is one, so a flood of peers that hold or drop batches cannot spend a
+batch's two attempts while honest workers exist.
 """
 
 from __future__ import annotations
@@ -20,10 +26,12 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 
+from .acks import AckBook
 from .dispatch import Broker
 from .protocol import Work
 
 MAX_ATTEMPTS = 2  # a batch runs at most twice: once, and once more if its worker was lost
+QUARANTINE_KEPT = 4096  # routing ids remembered as quarantined (a peer that reconnects stays out)
 
 
 class Held:
@@ -49,10 +57,11 @@ class WorkerState:
 
 class Ledger:
     def __init__(self, send, fail, *, policy=None, local=frozenset(),
-                 max_pending: int = 64, clock=time.monotonic) -> None:
-        """``send(ident, work) -> bool``; ``fail(work, worker_name)`` answers a batch's tasks as
-        failed; a batch's expected run time is its ``cost_s``; ``policy`` a dispatch design;
-        ``local`` the routing ids of the server's own workers (a set kept up to date)."""
+                 max_pending: int = 64, clock=time.monotonic, tracked=frozenset()) -> None:
+        """``send(ident, work) -> bool``; ``fail(work, worker_name, why)`` answers a batch's
+        tasks as failed; a batch's expected run time is its ``cost_s``; ``policy`` a dispatch
+        design; ``local`` the routing ids of the server's own workers (a set kept up to date);
+        ``tracked`` the runs whose clients acknowledge results (comlab.system.acks)."""
         self.send, self.fail = send, fail
         self.policy = policy or Broker()
         self.local = local
@@ -63,8 +72,12 @@ class Ledger:
         self.idle: deque[bytes] = deque()
         self.short: deque[bytes] = deque()   # busy workers that may take one more
         self.silent: set[bytes] = set()      # never answered a CONNECT: no work until they do
+        self.proven: set[bytes] = set()      # workers whose results the client acknowledged
+        self.quarantined: dict[bytes, str] = {}  # routing id -> why: never given work again
+        self.acks = AckBook(tracked, clock)
         self.counts = dict.fromkeys(("retried", "failed_batches", "refused_done",
-                                     "refused_ready", "dropped_tasks"), 0)
+                                     "refused_ready", "dropped_tasks", "quarantined",
+                                     "unacked", "forged"), 0)
 
     # -- questions ---------------------------------------------------------------------------
     @property
@@ -92,9 +105,16 @@ class Ledger:
         w = self.workers.get(ident)
         return w is not None and self._give(ident, w, work)
 
+    def may_take(self, ident: bytes, work: Work) -> bool:
+        """Not quarantined, and proven if ``work`` is a retry and a proven worker exists."""
+        if ident in self.quarantined:
+            return False
+        return not work.attempt or ident in self.proven or not self.proven
+
     def to_free_worker(self, work: Work, remote_only: bool = False) -> bool:
         """Give ``work`` to an idle worker, failing that to one that may take more (the
-        design's prefetch rule); False if there is none."""
+        design's prefetch rule); False if there is none. A retry waits for a proven worker."""
+        picky = work.attempt and self.proven
         for candidates in (self.idle, self.short):
             skipped = []
             while candidates:
@@ -104,7 +124,10 @@ class Ledger:
                     continue
                 if candidates is self.idle and w.held:
                     continue  # stale entry
-                if (remote_only and ident in self.local) or ident in self.silent:
+                if ident in self.quarantined:
+                    continue
+                if (remote_only and ident in self.local) or ident in self.silent \
+                        or (picky and ident not in self.proven):
                     skipped.append(ident)
                     continue
                 if self._give(ident, w, work):
@@ -123,7 +146,8 @@ class Ledger:
                 return False
             return True  # idle, or about to be given work: nothing changes
         self.workers[ident] = WorkerState(name, host, pid, local=local, progress=self.clock())
-        self._next(ident)
+        if ident not in self.quarantined:
+            self._next(ident)
         return True
 
     def done(self, ident: bytes, run: int, batch_id: int) -> bool:
@@ -138,11 +162,15 @@ class Ledger:
             self.counts["refused_done"] += 1
             return False
         held = w.held
-        for _ in range(k + 1):
-            w.held_cost -= held.popleft().work.cost_s
+        finished = [held.popleft().work for _ in range(k + 1)]
+        for work in finished:
+            w.held_cost -= work.cost_s
         if not held:
             w.held_cost = 0.0  # no drift from the float sums
         w.progress = self.clock()
+        self.acks.done(ident, finished, w.progress)
+        if ident in self.quarantined:
+            return True
         if not w.held:
             self._next(ident)
         else:
@@ -155,7 +183,9 @@ class Ledger:
     def _refill(self, ident: bytes, w: WorkerState) -> None:
         """Top a busy worker up to what the design lets it hold."""
         while self.pending and self.policy.takes_more(w):
-            work = self.pending.popleft()
+            work = self._pop_for(ident)
+            if work is None:
+                break
             if not self._give(ident, w, work):
                 self.pending.appendleft(work)
                 return
@@ -166,11 +196,15 @@ class Ledger:
         """A worker is gone: retry its batches once, or fail them; hand out what waits."""
         w = self.workers.pop(ident, None)
         if w is None:
-            self.requeue(self.policy.lost_local(ident), ident.decode(errors="replace"))
+            name = ident.decode(errors="replace")
+            self.requeue(self.policy.lost_local(ident), name,
+                         f"worker {name} died running this batch")
             return
         _discard(self.idle, ident)
         _discard(self.short, ident)
-        self.requeue([h.work for h in w.held] + self.policy.lost_local(ident), w.name)
+        self.proven.discard(ident)
+        self.requeue([h.work for h in w.held] + self.policy.lost_local(ident), w.name,
+                     f"worker {w.name} died running this batch")
 
     def undeliverable(self, ident: bytes, works: list) -> None:
         """Batches handed to a worker whose connection turned out to be gone when they were
@@ -197,23 +231,95 @@ class Ledger:
         w.held_cost = 0.0
         _discard(self.short, ident)
         self.silent.add(ident)
-        if ident not in self.idle:
+        self.proven.discard(ident)  # retries do not wait for it
+        if ident not in self.idle and ident not in self.quarantined:
             self.idle.append(ident)
-        self.requeue(held, w.name)
+        self.requeue(held, w.name, f"held by worker {w.name} far past its ideal time")
 
-    def requeue(self, works: list, name: str) -> None:
-        """Batches a lost worker held: each retried once (ahead of the queue), or failed."""
+    def requeue(self, works: list, name: str, why: str = "") -> None:
+        """Batches a lost worker held: each retried once (ahead of the queue), or failed
+        (``why``: the reason its tasks carry)."""
         for work in reversed(works):
             if work.attempt + 1 < MAX_ATTEMPTS:
                 self.counts["retried"] += 1
                 self.pending.appendleft(work._replace(attempt=work.attempt + 1))
             else:
                 self.counts["failed_batches"] += 1
-                self.fail(work, name)
+                self.fail(work, name, why or f"worker {name} died running this batch")
         self._drain_pending()
 
+    # -- acknowledgements (comlab.system.acks) -------------------------------------------------
+    def ack(self, run: int, accepted: bytes, forged: list) -> None:
+        """The client took these (batch_id, attempt) pairs (an ACK column: settled in bulk,
+        ``judge_unacked``), and found these forged (acted on at once)."""
+        self.acks.ack(run, accepted)
+        if not forged:
+            return
+        for ident, work, (b, a) in self.acks.forged(run, forged):
+            if ident is None:  # not DONE yet: whoever holds that batch forged it (its tasks
+                found = next(((i, w, h) for i, w in self.workers.items() for h in w.held
+                              if (h.work.run, h.work.batch_id, h.work.attempt) == (run, b, a)),
+                             None)  # have their records at the client: not retried)
+                if found is not None:
+                    ident, w, h = found
+                    w.held.remove(h)
+                    w.held_cost = sum(x.work.cost_s for x in w.held)
+            if ident is not None:
+                self.counts["forged"] += 1
+                w = self.workers.get(ident)
+                name = w.name if w is not None else ident.decode(errors="replace")
+                self.quarantine(ident, f"worker {name} quarantined: its results of batch {b} "
+                                       "failed their seal (forged)")
+
+    def judge_unacked(self) -> None:
+        """Batches DONE long ago whose results the client never acknowledged: retried (or
+        failed); their worker quarantined when the evidence is against it (acks)."""
+        self.proven.update(i for i in self.acks.settle() if i in self.workers)
+        for e, blamed in self.acks.overdue():
+            self.counts["unacked"] += 1
+            w = self.workers.get(e.ident)
+            name = w.name if w is not None else e.ident.decode(errors="replace")
+            why = f"worker {name} said DONE, but the results of batch {e.work.batch_id} " \
+                  "never arrived"
+            if blamed and w is not None and not w.local:
+                if e.ident in self.proven:
+                    self.proven.discard(e.ident)  # its next miss quarantines it
+                else:
+                    why = f"worker {name} quarantined: results of batch " \
+                          f"{e.work.batch_id} never arrived"
+                    self.quarantine(e.ident, why)
+            self.requeue([e.work], name, why)
+
+    def quarantine(self, ident: bytes, why: str) -> None:
+        """A worker that lied: no more work; what it holds or claimed is retried elsewhere.
+        The last worker not quarantined is not: the word against it is a client's, and a
+        hostile client must not leave a server with no one to run other clients' batches."""
+        if ident in self.quarantined:
+            return
+        if not any(i != ident and i not in self.quarantined for i in self.workers):
+            w = self.workers.get(ident)
+            self.requeue(list(self.acks.of_worker(ident)), w.name if w else "?", why)
+            return
+        self.counts["quarantined"] += 1
+        if len(self.quarantined) >= QUARANTINE_KEPT:
+            self.quarantined.pop(next(iter(self.quarantined)))
+        self.quarantined[ident] = why
+        self.proven.discard(ident)
+        _discard(self.idle, ident)
+        _discard(self.short, ident)
+        w = self.workers.get(ident)
+        name = w.name if w is not None else ident.decode(errors="replace")
+        claimed = self.acks.of_worker(ident)
+        held = [h.work for h in w.held] if w is not None else []
+        if w is not None:
+            w.held.clear()
+            w.held_cost = 0.0
+        self.requeue(held + claimed, name, why)
+
     def drop_run(self, run: int) -> int:
-        """Forget the queued (not yet handed out) batches of a run; the number of tasks."""
+        """Forget the queued (not yet handed out) batches of a run, and what waits for its
+        acknowledgements; the number of tasks."""
+        self.acks.drop_run(run)
         kept = deque(w for w in self.pending if w.run != run)
         n = sum(w.n for w in self.pending if w.run == run) + self.policy.drop_run(run)
         self.pending = kept
@@ -236,9 +342,11 @@ class Ledger:
     # -- internals -----------------------------------------------------------------------------
     def _next(self, ident: bytes) -> None:
         """An idle worker: give it the next pending batch, or mark it idle."""
+        if ident in self.quarantined:
+            return
         w = self.workers[ident]
-        if self.pending and self.policy.brokers(ident, self):
-            work = self.pending.popleft()
+        work = self._pop_for(ident) if self.policy.brokers(ident, self) else None
+        if work is not None:
             if not self._give(ident, w, work):
                 self.pending.appendleft(work)
                 return
@@ -261,13 +369,33 @@ class Ledger:
             self.short.append(ident)
         return True
 
+    def _pop_for(self, ident: bytes) -> Work | None:
+        """The next pending batch this worker may take (``may_take``): a retry waits for a
+        proven worker, and the batches behind it go on."""
+        pending = self.pending
+        if not pending or ident in self.quarantined:
+            return None
+        if not pending[0].attempt or ident in self.proven or not self.proven:
+            return pending.popleft()
+        for i, work in enumerate(pending):
+            if not work.attempt:
+                del pending[i]
+                return work
+        return None
+
     def _drain_pending(self) -> None:
-        """Hand out what waits: to idle workers, or (queue design) onto the queue."""
+        """Hand out what waits: to idle workers, or (queue design) onto the queue. A retry no
+        proven worker is free for stays at the front; the batches behind it go on."""
+        waiting = []
         while self.pending:
             work = self.pending.popleft()
             if not self.policy.place(self, work):
+                if work.attempt and self.proven:
+                    waiting.append(work)
+                    continue
                 self.pending.appendleft(work)
-                return
+                break
+        self.pending.extendleft(reversed(waiting))
 
 
 def _discard(q: deque, item) -> None:

@@ -7,12 +7,15 @@ peer whose connection is gone fails (EHOSTUNREACH), and the ledger retries its b
 probes run now and twice more shortly after, because the ROUTER may learn of a dead pipe a
 little after the monitor event arrives.
 
-Clock sampling: PING with the server's monotonic_ns, answered PONG with the worker's; the
-least-round-trip sample per host is kept (its error is at most half that round trip).
+Clock sampling: PING with a fresh random nonce, answered PONG with the nonce and the worker's
+monotonic_ns; the least-round-trip sample per host is kept (its error is at most half that round
+trip). A PONG counts only as the answer to a PING this server sent, with that nonce, to that
+routing id, once: an unsolicited PONG (a peer claiming a host's name) moves no offset.
 """
 
 from __future__ import annotations
 
+import secrets
 import time
 
 from .protocol import PROBE_FRAME, Ping
@@ -28,6 +31,8 @@ class Liveness:
         self.probes: list[float] = []  # monotonic times of the next probes
         self.clocks: dict[str, dict] = {}
         self._clock_left: dict[bytes, int] = {}
+        self._asked: dict[bytes, tuple[int, int]] = {}  # ident -> (nonce, t sent): one each
+        self.refused_pongs = 0
 
     def disconnected(self, idents) -> list[bytes]:
         """A worker connection ended: probe now (the unreachable ones are returned) and again
@@ -55,18 +60,28 @@ class Liveness:
     # -- clocks --------------------------------------------------------------------------------
     def sample_clocks(self, chosen: dict[str, bytes], samples: int) -> list[str]:
         """Start ``samples`` PING/PONG round trips with one worker per host (host -> ident)."""
-        self.clocks, self._clock_left = {}, {}
+        self.clocks, self._clock_left, self._asked = {}, {}, {}
         for ident in chosen.values():
             self._clock_left[ident] = max(1, samples) - 1
-            self.send(ident, Ping(now()).pack())
+            self._ask(ident)
         return sorted(chosen)
 
-    def pong(self, ident: bytes, host: str, t0: int, t_worker: int) -> None:
-        """offset = worker clock - server clock at the midpoint of the round trip."""
+    def _ask(self, ident: bytes) -> None:
+        nonce = secrets.randbits(63)
+        self._asked[ident] = (nonce, now())
+        self.send(ident, Ping(nonce).pack())
+
+    def pong(self, ident: bytes, host: str, nonce: int, t_worker: int) -> None:
+        """offset = worker clock - server clock at the midpoint of the round trip; only for
+        the PING last sent to ``ident`` (its nonce), each answered once."""
         t3 = now()
+        asked = self._asked.get(ident)
+        if asked is None or asked[0] != nonce:
+            self.refused_pongs += 1  # unsolicited, replayed or someone else's: ignored
+            return
+        del self._asked[ident]
+        t0 = asked[1]
         rtt = t3 - t0
-        if rtt < 0:
-            return  # not a stamp of ours
         best = self.clocks.setdefault(host, {"offset_ns": 0, "rtt_ns": None, "samples": 0})
         best["samples"] += 1
         if best["rtt_ns"] is None or rtt < best["rtt_ns"]:
@@ -74,4 +89,4 @@ class Liveness:
         left = self._clock_left.get(ident, 0)
         if left > 0:
             self._clock_left[ident] = left - 1
-            self.send(ident, Ping(now()).pack())
+            self._ask(ident)

@@ -23,6 +23,13 @@ run): every batch, work item and result carries it, so a result of an earlier ru
 result URL can never be taken for one of this run's, and a server can drop a departed client's
 queued work.
 
+Integrity (version 4): a batch's token is a ``Seal``: 31 bits prove the RESULTS answers a
+batch the server gave out (a keyed hash of its batch id), 32 bits authenticate the task ids and
+the responses the server expects back (a keyed hash over those two columns), both under the
+run's secret, which only the client and the server know (HELLO). A worker echoes the token; it
+cannot change a response and keep the token valid. The client acknowledges the batches it
+accepted (ACK), so the server learns which DONEs were true (comlab.system.acks).
+
 A peer's message can cost that peer its message, nothing else: ``decode`` raises only
 ProtocolError (shape, field types, version), the ``check_*`` functions refuse columns of the
 wrong length or values out of range, msgpack bounds nesting (about 1,000 deep) and libzmq bounds
@@ -43,7 +50,7 @@ from typing import NamedTuple
 import msgpack
 import numpy as np
 
-VERSION = 3
+VERSION = 4  # 4: batch tokens seal the responses (``Seal``), ACK, PING nonces
 
 # Status codes on the wire; names are what records and reports use.
 OK, UNKNOWN, UNREACHABLE, FAILED, LOST = range(5)
@@ -149,6 +156,27 @@ def batch_prefix(run: int, reply_url: str) -> bytes:
             + packer.pack(Batch.KIND) + packer.pack(run) + packer.pack(reply_url))
 
 
+@message("V", int, str, bytes, bytes, int)
+class Ack(NamedTuple):
+    """The batches whose results the client took since its last ACK (one per pass of its
+    loop, not per task): ``accepted`` and ``forged`` (results whose seal did not hold) are
+    int64 columns of (batch_id, attempt) pairs; ``tag`` is ``Seal.ack_tag`` of the two (a
+    worker knows the run, not its secret: it cannot acknowledge its own batches). Results
+    the server answered itself (worker "server") are not acknowledged."""
+    run: int
+    reply_url: str
+    accepted: bytes
+    forged: bytes
+    tag: int
+
+
+def pairs(data: bytes, what: str = "ACK") -> list:
+    """An ACK column as a list of (batch_id, attempt) lists."""
+    if len(data) % 16:
+        raise ProtocolError(f"{what}: {len(data)} bytes, not whole (batch_id, attempt) pairs")
+    return np.frombuffer(data, I64).reshape(-1, 2).tolist()
+
+
 @message("E", int, str)
 class Bye(NamedTuple):
     """The client is done with ``run`` (every task answered, or it gave up): whatever of that
@@ -172,7 +200,8 @@ class Results(NamedTuple):
     batch (its ``n`` tasks follow in the task columns, batch after batch); statuses int8 codes;
     responses int64 (meaningful only where the status is OK); errors None or one str-or-None per
     task. worker "server": answered by the server itself (unknown, unreachable, failed after a
-    lost worker)."""
+    lost worker). The responses column carries, for every task, the response the server gave
+    with the batch (what the HEAD's seal covers), even where the status is not OK."""
     run: int
     worker: str
     host: str
@@ -300,16 +329,17 @@ class Stop(NamedTuple):
 
 @message("P", (int, _NONE))
 class Ping(NamedTuple):
-    """server -> worker. t None: a probe, ignored (with ROUTER_MANDATORY the send itself fails,
-    EHOSTUNREACH, when the worker's connection is gone); t = the server's monotonic_ns: answer
-    PONG (clock offset estimation)."""
-    t: int | None
+    """server -> worker. nonce None: a probe, ignored (with ROUTER_MANDATORY the send itself
+    fails, EHOSTUNREACH, when the worker's connection is gone); else a random number the
+    server drew for this clock sample: answer PONG (clock offset estimation)."""
+    nonce: int | None
 
 
 @message("Q", int, int)
 class Pong(NamedTuple):
-    """worker -> server: t echoed, t_worker the worker's monotonic_ns on receipt."""
-    t: int
+    """worker -> server: the PING's nonce echoed, t_worker the worker's monotonic_ns on
+    receipt. The server takes it only from the worker it sent that nonce to, once."""
+    nonce: int
     t_worker: int
 
 
@@ -332,29 +362,60 @@ class ControlReply(NamedTuple):
     payload: object
 
 
-def batch_tokens(secret: bytes):
-    """``batch_token`` for one secret, as a function of the batch id (the keyed hash's key is
-    set up once, not per batch: the server and client call it once per batch)."""
-    if not secret:
-        return lambda batch_id: 0
-    keyed = _blake2b(key=secret[:64], digest_size=8)
+class Seal:
+    """A run's batch tokens, keyed by its secret (set up once per run, one hash per batch).
 
-    def token(batch_id: int) -> int:
-        h = keyed.copy()
+    ``token(batch_id, ids, responses)``: bits 0-30 ``possession(batch_id)``, the proof that a
+    RESULTS answers a batch the server gave out (a worker learns it only for its own batches);
+    bits 31-62 ``tag`` over the batch's task id and response columns as the server expects
+    them back. The client checks both per batch: a wrong possession part is a stranger's
+    garbage (dropped), a wrong tag is the holder's forgery (its tasks fail, the worker named).
+    Without a secret (a run that never said HELLO) every token is 0 and nothing is checked."""
+
+    POSSESSION = (1 << 31) - 1
+
+    def __init__(self, secret: bytes) -> None:
+        self.secret = secret
+        if secret:
+            self._keyed = _blake2b(key=secret[:64], digest_size=4, person=b"comlab-batch")
+            self._tagged = _blake2b(key=secret[:64], digest_size=4, person=b"comlab-results")
+
+    def possession(self, batch_id: int) -> int:
+        if not self.secret:
+            return 0
+        h = self._keyed.copy()
         h.update(batch_id.to_bytes(8, "little", signed=True))
+        return int.from_bytes(h.digest(), "little") & self.POSSESSION
+
+    def tag(self, batch_id: int, ids, responses) -> int:
+        """32 bits over (batch id, task ids, responses): ``ids`` and ``responses`` the int64
+        columns' bytes (or buffers) exactly as on the wire."""
+        h = self._tagged.copy()
+        h.update(batch_id.to_bytes(8, "little", signed=True))
+        h.update(ids)
+        h.update(responses)
+        return int.from_bytes(h.digest(), "little")
+
+    def token(self, batch_id: int, ids, responses) -> int:
+        if not self.secret:
+            return 0
+        return self.possession(batch_id) | (self.tag(batch_id, ids, responses) << 31)
+
+    def ack_tag(self, accepted: bytes, forged: bytes) -> int:
+        """63 bits over an ACK's two columns (0 without a secret)."""
+        if not self.secret:
+            return 0
+        h = _blake2b(key=self.secret[:64], digest_size=8, person=b"comlab-ack")
+        h.update(len(accepted).to_bytes(8, "little"))
+        h.update(accepted)
+        h.update(forged)
         return int.from_bytes(h.digest(), "little") >> 1
-    return token
 
 
 def batch_token(secret: bytes, batch_id: int) -> int:
-    """The proof that a RESULTS answers a batch the server gave out: a keyed hash of the batch
-    id under the client's run secret (63 bits; 0 without a secret). A worker learns the token of
-    the batches it is given, never the secret, so it cannot answer for another batch's tasks."""
-    if not secret:
-        return 0
-    digest = _blake2b(batch_id.to_bytes(8, "little", signed=True), key=secret[:64],
-                      digest_size=8).digest()
-    return int.from_bytes(digest, "little") >> 1
+    """The possession part of a batch's token (0 without a secret): a RESULTS that lacks it
+    does not come from the batch's holder."""
+    return Seal(secret).possession(batch_id)
 
 
 STOP_FRAME = Stop().pack()
@@ -450,7 +511,7 @@ def check_one_batch(a: Assign) -> tuple | None:
 
 def check_one_result(r: Results, n_tasks: int, batch_size: int) -> tuple | None:
     """A RESULTS of one batch checked without numpy, as ``check_results`` would: (batch_id,
-    token, task ids); None when it is not a single batch (``check_results`` then). At batch 1
+    token, task ids, attempt); None when it is not a single batch (``check_results`` then). At batch 1
     the client takes one such message per task, and the vectorised checks cost ~12 us of numpy
     calls on one-element arrays (measured), several times these."""
     if len(r.heads) != _HEAD_STRUCT_SIZE or not _LITTLE:
@@ -477,7 +538,7 @@ def check_one_result(r: Results, n_tasks: int, batch_size: int) -> tuple | None:
             raise ProtocolError(f"RESULTS with status codes outside {OK}..{LOST - 1}")
         if r.errors is not None and not set(map(type, r.errors)) <= {str, _NONE}:
             raise ProtocolError("RESULTS with errors that are not strings")
-    return head[0], head[4], ids
+    return head[0], head[4], ids, head[1]
 
 
 def entry_responses(entries: bytes) -> bytes:

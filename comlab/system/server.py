@@ -153,7 +153,8 @@ class Server(Role):
         self.overdue_factor = 4.0 * max(1.0, self.max_workers / cpus)
         self.outbox: dict[bytes, list] = {}  # worker -> batches given in this pass
         self.ledger = Ledger(self.send_work, self.fail_work, policy=self.policy,
-                             local=self.pool.local, max_pending=self.max_pending)
+                             local=self.pool.local, max_pending=self.max_pending,
+                             tracked=self.intake.seals)
         self.liveness = Liveness(self.to_worker)
         self.intake.attach()
         for sock in (self.router, self.pull, self.control, self.watch_fd):
@@ -317,6 +318,7 @@ class Server(Role):
                 log.warning("remote worker %s holds a batch far past its ideal time: its "
                             "batches are retried elsewhere", P.preview(ident))
                 self.ledger.release(ident)
+        self.ledger.judge_unacked()  # DONEs whose results never reached the client
         if len(self.clients) > 8:
             self.intake.expire_clients()
         self.intake.expire_unconnected()
@@ -369,21 +371,24 @@ class Server(Role):
         if self.outbox:  # the ledger handed the returned batches to other workers
             self.flush()
 
-    def fail_work(self, work: P.Work, name: str) -> None:
-        """A batch lost twice: its tasks fail (counted once per batch, however it got here)."""
+    def fail_work(self, work: P.Work, name: str, why: str = "") -> None:
+        """A batch lost twice: its tasks fail (counted once per batch, however it got here;
+        their responses are the ones the batch was given, so its seal holds)."""
         key = (work.run, work.batch_id)
         if key not in self._failed:
             self.stats["failed"] += work.n
             self._failed[key] = None
             if len(self._failed) > 65536:
                 self._failed.popitem(last=False)
-        log.error("batch %s lost twice (last with worker %s): its tasks fail", work.batch_id, name)
+        why = why or f"worker {name} died running this batch"
+        log.error("batch %s lost twice (%s): its tasks fail", work.batch_id, why)
         t = now()
         n = work.n
-        self.clients.send(work.reply_url, P.results(
-            work.run, name, HOST, [work.head()], np.frombuffer(work.task_ids, P.I64),
-            [P.FAILED] * n, [0] * n, [t] * n, [t] * n,
-            [f"worker {name} died running this batch (attempt {work.attempt + 1})"] * n).pack())
+        stamps = P.ids_bytes([t] * n)
+        self.clients.send(work.reply_url, P.Results(
+            work.run, name, HOST, P.heads_bytes([work.head()]), work.task_ids,
+            bytes([P.FAILED]) * n, P.entry_responses(work.entries), stamps, stamps,
+            [f"{why} (attempt {work.attempt + 1})"] * n).pack())
 
     def on_worker_frame(self, ident: bytes, frame: bytes = b"", *rest) -> None:
         try:
@@ -406,7 +411,7 @@ class Server(Role):
         else:
             w = self.ledger.workers.get(ident)
             if w is not None:
-                self.liveness.pong(ident, w.host, msg.t, msg.t_worker)
+                self.liveness.pong(ident, w.host, msg.nonce, msg.t_worker)
 
     def lost_worker(self, ident: bytes, why: str) -> None:
         w = self.ledger.workers.get(ident)

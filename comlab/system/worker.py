@@ -308,8 +308,8 @@ class Worker(Role):
                 self.ended.popitem(last=False)
         elif kind is P.Stop:
             return False
-        elif msg.t is not None:  # PING with a stamp: a clock sample; None: a probe
-            self.server.send(P.Pong(msg.t, now()).pack())
+        elif msg.nonce is not None:  # PING with a nonce: a clock sample; None: a probe
+            self.server.send(P.Pong(msg.nonce, now()).pack())
         return True
 
     def run_unit(self, u: Unit) -> None:
@@ -322,12 +322,16 @@ class Worker(Role):
                 self.results.add(u, bytes(n), P.entry_responses(u.entries), stamps, stamps,
                                  None)
                 return
-            statuses, outs, starts, ends, errors = strategy.run(*P.entry_lists(u.entries))
-            outs = _array("q", [0 if x is None else x for x in outs])
+            responses, waits = P.entry_lists(u.entries)
+            statuses, outs, starts, ends, errors = strategy.run(responses, waits)
+            # A task that failed still returns the response it was given: the batch's seal
+            # covers every response (comlab.system.protocol.Seal).
+            outs = _array("q", outs if errors is None else
+                          [r if x is None else x for x, r in zip(outs, responses)])
         except Exception as exc:  # a broken strategy or work item fails its batch, not us
             t = now()
-            statuses, outs, starts, ends = [P.FAILED] * n, _array("q", bytes(8 * n)), \
-                [t] * n, [t] * n
+            statuses, outs, starts, ends = [P.FAILED] * n, \
+                _array("q", P.entry_responses(u.entries)), [t] * n, [t] * n
             errors = [f"strategy {P.preview(u.strategy)}: {type(exc).__name__}: "
                       f"{P.preview(str(exc))}"] * n
         self.results.add(u, _array("b", statuses).tobytes(), outs.tobytes(),
