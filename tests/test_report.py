@@ -183,7 +183,7 @@ def test_the_compare_page_says_first_what_differs_between_a_and_b(tmp_path):
     b = saved_with(tmp_path, "b", {1: TIGHT, 4: TIGHT}, dispatch="broker:0")
     page = html.unescape(report.report_html(report.load(b), report.load(a)))
     head = page[:page.index("<h2>")]
-    assert "what differs, a -> b: dispatch: broker -> broker:0" in head
+    assert "What differs, a (a) -> b (b): dispatch: broker -> broker:0" in head
     same = html.unescape(report.report_html(report.load(a), report.load(a)))
     assert "nothing in the axes, code or machine (an A/A comparison)" in same[:same.index("<h2>")]
 

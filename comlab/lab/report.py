@@ -260,8 +260,8 @@ def _differs_html(cmp, a: Result, b: Result) -> str:
     found = compare_mod.differences(cmp, a.environment, b.environment)
     said = "; ".join(found) if found else ("nothing in the axes, code or machine (an A/A "
                                            "comparison)")
-    return (f"<p class='differs'><b>Compared with {_e(a.path.name)} (a): what differs, a -> b: "
-            f"{_e(said)}</b></p>")
+    return (f"<p class='differs'><b>What differs, a ({_e(a.path.name)}) -> b "
+            f"({_e(b.path.name)}): {_e(said)}</b></p>")
 
 
 def report_html(result: Result, other: Result | None = None) -> str:
@@ -288,8 +288,10 @@ def report_html(result: Result, other: Result | None = None) -> str:
 
 CSS = ("body{font-family:sans-serif;margin:2em;max-width:1200px;overflow-wrap:anywhere}"
        "img{max-width:100%;height:auto}figure{max-width:100%}"
-       "@media (max-width:600px){body{margin:0.6em}}"
-       ".scroll{overflow-x:auto;max-width:100%}"
+       "@media (max-width:600px){body{margin:0.6em}h1{font-size:1.6em}h2{font-size:1.3em}}"
+       # a wide table scrolls inside its box; squeezed to the screen, its numbers broke
+       # digit by digit (body's overflow-wrap:anywhere)
+       ".scroll{overflow-x:auto;max-width:100%}.scroll td,.scroll th{white-space:nowrap}"
        "table{border-collapse:collapse;font-size:90%}"
        "td,th{padding:2px 8px;border-bottom:1px solid #ddd;text-align:right}"
        ".bad{color:#a40}.rules{font-size:90%;color:#333}")
