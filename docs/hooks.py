@@ -20,7 +20,7 @@ if str(ROOT) not in sys.path:  # the checkout's comlab, whatever is installed
     sys.path.insert(0, str(ROOT))
 
 MARKER = re.compile(r"^<!-- gen: ([a-z-]+) -->$", re.MULTILINE)
-HELP_WIDTH = "96"  # argparse wraps at $COLUMNS: fixed, so the page does not depend on a terminal
+HELP_WIDTH = "80"  # argparse wraps at $COLUMNS: fixed, so the page does not depend on a terminal
 
 
 def verbs() -> dict[str, argparse.ArgumentParser]:
