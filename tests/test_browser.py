@@ -56,7 +56,7 @@ MEASURE = r"""() => {
     smallest: Math.min(...texts.map(e => parseFloat(getComputedStyle(e).fontSize))),
     text: document.body.innerText,
     // table cells of one word wrapped onto several lines: a table squeezed to the screen
-    squeezed: [...document.querySelectorAll('.scroll td, .scroll th, .md-typeset table td')]
+    squeezed: [...document.querySelectorAll('.scroll td, th, .md-typeset table td')]
       .filter(e => !/\s/.test(e.textContent.trim()) && e.textContent.trim().length > 1
               && wrapped(e))
       .map(e => e.textContent.trim()).slice(0, 5),

@@ -289,9 +289,10 @@ def report_html(result: Result, other: Result | None = None) -> str:
 CSS = ("body{font-family:sans-serif;margin:2em;max-width:1200px;overflow-wrap:anywhere}"
        "img{max-width:100%;height:auto}figure{max-width:100%}"
        "@media (max-width:600px){body{margin:0.6em}h1{font-size:1.6em}h2{font-size:1.3em}}"
-       # a wide table scrolls inside its box; squeezed to the screen, its numbers broke
-       # digit by digit (body's overflow-wrap:anywhere)
-       ".scroll{overflow-x:auto;max-width:100%}.scroll td,.scroll th{white-space:nowrap}"
+       # a wide table scrolls inside its box: squeezed to a phone's width, its numbers and
+       # column names broke letter by letter (body's overflow-wrap:anywhere)
+       ".scroll{overflow-x:auto;max-width:100%}.scroll td{white-space:nowrap}"
+       "th{overflow-wrap:normal}"
        "table{border-collapse:collapse;font-size:90%}"
        "td,th{padding:2px 8px;border-bottom:1px solid #ddd;text-align:right}"
        ".bad{color:#a40}.rules{font-size:90%;color:#333}")
