@@ -19,8 +19,10 @@ ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
 PAGES = sorted(DOCS.rglob("*.md"))
 
-sys.path.insert(0, str(DOCS))
-import hooks  # noqa: E402  (docs/hooks.py: the generators; imports mkdocs only when building)
+# docs/hooks.py: the generators (it imports mkdocs only when mkdocs runs it)
+_spec = importlib.util.spec_from_file_location("comlab_docs_hooks", DOCS / "hooks.py")
+hooks = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(hooks)
 
 NUMBER_WORDS = {w: n for n, w in enumerate(
     "zero one two three four five six seven eight nine ten eleven twelve".split())}
