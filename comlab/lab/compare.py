@@ -277,8 +277,8 @@ def table(cmp: pd.DataFrame) -> pd.DataFrame:
 
 
 
-CODE_KEYS = (("comlab", "comlab"), ("git_commit", "commit"), ("git_diff_sha256", "uncommitted diff"),
-             ("hostname", "host"), ("cpu_count", "CPUs"))
+CODE_KEYS = (("comlab", "comlab"), ("git_commit", "commit"),
+             ("git_diff_sha256", "uncommitted diff"), ("hostname", "host"), ("cpu_count", "CPUs"))
 
 
 def differences(cmp: pd.DataFrame, env_a: dict | None = None,
