@@ -10,7 +10,8 @@ else:  # tomllib is new in 3.11; tomli is the same parser (a dev dependency on 3
     import tomli as tomllib
 
 ROOT = Path(__file__).resolve().parents[1]
-CONDA_NAMES = {"msgpack": "msgpack-python", "build": "python-build"}  # pip name -> conda-forge name
+CONDA_NAMES = {"msgpack": "msgpack-python", "build": "python-build",
+               "playwright": "playwright-python"}  # pip name -> conda-forge name
 
 
 def _name(requirement: str) -> str:

@@ -163,3 +163,36 @@ def test_the_page_declares_a_viewport_for_phones(tmp_path):
     page = report.write_report(EXAMPLE, out=tmp_path / "r.html").read_text()
     assert "<meta name='viewport' content='width=device-width, initial-scale=1'>" in page
     assert "img{max-width:100%;height:auto}" in page  # a fixed-width figure shrinks to the screen
+
+
+def saved_with(root: Path, name: str, makespans: dict, **columns) -> Path:
+    """A saved result whose records carry these columns (e.g. dispatch="broker:0")."""
+    from comlab.lab.results import ResultStore
+    from test_compare import experiment
+    df = experiment(name, makespans).assign(**columns)
+    with ResultStore(root, name, {"wait_scale": 0.01, "n_tasks": 20}) as store:
+        for run, g in df.groupby("run"):
+            store.save_run(g, {"key": f"k{run}", "run": int(run), "experiment": name})
+        store.finish()
+    return root / name
+
+
+def test_the_compare_page_says_first_what_differs_between_a_and_b(tmp_path):
+    import html
+    a = saved_with(tmp_path, "a", {1: TIGHT, 4: TIGHT}, dispatch="broker")
+    b = saved_with(tmp_path, "b", {1: TIGHT, 4: TIGHT}, dispatch="broker:0")
+    page = html.unescape(report.report_html(report.load(b), report.load(a)))
+    head = page[:page.index("<h2>")]
+    assert "What differs, a (a) -> b (b): dispatch: broker -> broker:0" in head
+    same = html.unescape(report.report_html(report.load(a), report.load(a)))
+    assert "nothing in the axes, code or machine (an A/A comparison)" in same[:same.index("<h2>")]
+
+
+def test_what_differs_names_the_code_and_the_machine():
+    from comlab.lab import compare
+    cmp = pd.DataFrame()
+    cmp.attrs.update(across={"strategy": ("sequential", "thread-pool:4")}, workload=["x"])
+    found = compare.differences(cmp, {"git_commit": "a" * 40, "hostname": "vm", "comlab": "0.1"},
+                                {"git_commit": "b" * 40, "hostname": "vm", "comlab": "0.1"})
+    assert found == ["strategy: sequential -> thread-pool:4", "commit: aaaaaaaaaa -> bbbbbbbbbb",
+                     "the workload (see below)"]

@@ -276,6 +276,27 @@ def table(cmp: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
+
+CODE_KEYS = (("comlab", "comlab"), ("git_commit", "commit"),
+             ("git_diff_sha256", "uncommitted diff"), ("hostname", "host"), ("cpu_count", "CPUs"))
+
+
+def differences(cmp: pd.DataFrame, env_a: dict | None = None,
+                env_b: dict | None = None) -> list[str]:
+    """What differs between a and b, as "what: a's -> b's" lines for a headline: the axes
+    compared across (``attrs["across"]``), then the code and machine that ran them (meta.json's
+    environment), then a note when the workload differs (``attrs["workload"]`` says how)."""
+    out = [f"{axis}: {va} -> {vb}" for axis, (va, vb) in cmp.attrs.get("across", {}).items()]
+    env_a, env_b = env_a or {}, env_b or {}
+    for key, what in CODE_KEYS:
+        va, vb = env_a.get(key), env_b.get(key)
+        if va is not None and vb is not None and va != vb:
+            short = (lambda v: str(v)[:10]) if key.startswith("git_") else str
+            out.append(f"{what}: {short(va)} -> {short(vb)}")
+    if cmp.attrs.get("workload"):
+        out.append("the workload (see below)")
+    return out
+
 TABLE_NAMES = {"batch_size": "batch"}
 
 

@@ -233,11 +233,10 @@ def _figures_html(images: list, width: int | None = None, drawn: bool = False) -
         f"</figure>" for name, png in images)
 
 
-def _compare_html(result: Result, other: Result) -> str:
+def _compare_html(result: Result, other: Result, cmp) -> str:
     from matplotlib.figure import Figure
 
     from .. import plots
-    cmp = compare_mod.compare(other.records, result.records)  # records: the waits checked
     fig = Figure(figsize=(10, 1.6 + 0.35 * len(cmp)), layout="constrained")
     plots.compare_ratios(cmp, ax=fig.add_subplot())
     buf = io.BytesIO()
@@ -256,13 +255,25 @@ def _compare_html(result: Result, other: Result) -> str:
             f"{_png_b64(buf.getvalue())}'/>{_table_html(compare_mod.table(cmp))}")
 
 
+def _differs_html(cmp, a: Result, b: Result) -> str:
+    """The comparison's headline: what differs between a and b (a -> b)."""
+    found = compare_mod.differences(cmp, a.environment, b.environment)
+    said = "; ".join(found) if found else ("nothing in the axes, code or machine (an A/A "
+                                           "comparison)")
+    return (f"<p class='differs'><b>What differs, a ({_e(a.path.name)}) -> b "
+            f"({_e(b.path.name)}): {_e(said)}</b></p>")
+
+
 def report_html(result: Result, other: Result | None = None) -> str:
     """One self-contained HTML page: facts, warnings, tables, figures (and a comparison)."""
     table, fixed = summary_table(result.configs)
-    body = [f"<h1>comlab result {_e(result.path.name)}</h1>", _headline_html(result),
-            _warnings_html(result.warnings)]
+    body = [f"<h1>comlab result {_e(result.path.name)}</h1>"]
+    if other is not None:  # the headline says first what the comparison is about
+        cmp = compare_mod.compare(other.records, result.records)  # records: the waits checked
+        body.append(_differs_html(cmp, other, result))
+    body += [_headline_html(result), _warnings_html(result.warnings)]
     if other is not None:
-        body.append(_compare_html(result, other))
+        body.append(_compare_html(result, other, cmp))
     body += ["<h2>Summary per configuration</h2><p>Medians over repeats; spread = (max - min) "
              "/ median of the repeats.</p>", _fixed_html(fixed, "In every configuration"),
              _table_html(table), _facts_html(result),
@@ -277,8 +288,11 @@ def report_html(result: Result, other: Result | None = None) -> str:
 
 CSS = ("body{font-family:sans-serif;margin:2em;max-width:1200px;overflow-wrap:anywhere}"
        "img{max-width:100%;height:auto}figure{max-width:100%}"
-       "@media (max-width:600px){body{margin:0.6em}}"
-       ".scroll{overflow-x:auto;max-width:100%}"
+       "@media (max-width:600px){body{margin:0.6em}h1{font-size:1.6em}h2{font-size:1.3em}}"
+       # a wide table scrolls inside its box: squeezed to a phone's width, its numbers and
+       # column names broke letter by letter (body's overflow-wrap:anywhere)
+       ".scroll{overflow-x:auto;max-width:100%}.scroll td{white-space:nowrap}"
+       "th{overflow-wrap:normal}"
        "table{border-collapse:collapse;font-size:90%}"
        "td,th{padding:2px 8px;border-bottom:1px solid #ddd;text-align:right}"
        ".bad{color:#a40}.rules{font-size:90%;color:#333}")
