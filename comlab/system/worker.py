@@ -165,15 +165,21 @@ class Worker(Role):
             return self.queue_loop()
         while True:
             events = dict(self.poller.poll(60_000 if len(self.clients) else None))
-            if self.parent_fd is not None and self.parent_fd in events:
-                log.info("%s: parent gone, exiting", self.name)
+            if not self.on_events(events):
                 return
-            if self.server in events and not self.serve():
-                return
-            if self.monitor in events:
-                self.on_handshake()
-            if not events:
-                self.clients.expire()  # idle a minute: let go of clients that left silently
+
+    def on_events(self, events: dict) -> bool:
+        """What both loops do with a poll's events; False when the worker should stop."""
+        if self.parent_fd is not None and self.parent_fd in events:
+            log.info("%s: parent gone, exiting", self.name)
+            return False
+        if self.server in events and not self.serve():
+            return False
+        if self.monitor in events:
+            self.on_handshake()
+        if not events:
+            self.clients.expire()  # idle a minute: let go of clients that left silently
+        return True
 
     def serve(self) -> bool:
         """Take every message the server has queued for us, then run the batches in order.
@@ -223,15 +229,8 @@ class Worker(Role):
         alive = (lambda: os.getppid() == ppid)  # noqa: E731
         while True:
             events = dict(poller.poll(60_000 if len(self.clients) else None))
-            if self.parent_fd is not None and self.parent_fd in events:
-                log.info("%s: parent gone, exiting", self.name)
+            if not self.on_events(events):
                 return
-            if self.server in events and not self.serve():
-                return
-            if self.monitor in events:
-                self.on_handshake()
-            if not events:
-                self.clients.expire()
             if q.fileno() not in events:
                 continue
             try:
