@@ -488,6 +488,31 @@ def test_server_drops_bad_client_messages(make_data, free_url):
 
 
 @pytest.mark.timeout(60)
+def test_ack_after_its_run_ended_is_stale_not_hostile(make_data, free_url):
+    """A client's last ACK can reach the server after its connection closed (the server then
+    ended the run first): that ACK is counted stale, never logged as a hostile message."""
+    client_file, server_file = make_data(n=8, wait=0.0)
+    with lab_server(server_file, 1) as server:
+        client = Client(keys_of(client_file), 4, free_url(), server.url, timeout=20)
+        assert status_names(client.run().columns()) == ["ok"] * 8
+        wait_for(lambda: server.control("stats")["runs_ended"] >= 1, 10, "the run ended")
+        before = server.control("stats")
+        late = P.Ack(client.run_id, client.reply_url, b"", b"", client.seal.ack_tag(b"", b""))
+        ctx = zmq.Context()
+        try:
+            push = ctx.socket(zmq.PUSH)
+            push.connect(server.url)
+            push.send(late.pack())
+            wait_for(lambda: server.control("stats")["stale"] > before["stale"], 10,
+                     "the late ACK counted stale")
+        finally:
+            ctx.destroy(linger=0)
+        assert server.control("stats")["dropped"] == before["dropped"]
+        with open(server.log_path) as f:
+            assert "dropped a client message" not in f.read()
+
+
+@pytest.mark.timeout(60)
 def test_server_drops_bad_worker_and_control_messages(make_data, free_url):
     """A peer on the worker endpoint or the control socket cannot crash the server either."""
     client_file, server_file = make_data(n=8, wait=0.0)

@@ -347,7 +347,12 @@ class Intake:
 
     def on_ack(self, ack: P.Ack) -> None:
         """The client's acknowledgements (comlab.system.acks), believed only from the client:
-        the run current on its URL, and a tag under the run's secret."""
+        the run current on its URL, and a tag under the run's secret. An ACK that crossed
+        its run's end (the client's last ACK races its connection closing) has nothing left
+        to acknowledge: it is stale, not hostile."""
+        if ack.run in self.ended:
+            self.stats["stale"] += 1
+            return
         seal = self.seals.get(ack.run)
         if seal is None or self.runs.get(ack.reply_url or self.reply_url) != ack.run \
                 or seal.ack_tag(ack.accepted, ack.forged) != ack.tag:
