@@ -188,7 +188,7 @@ def _facts():
         ("how-to/sweeps.md", r"1 s waits become (\d+) ms", experiment.SEED_WAIT_SCALE * 1000),
         ("explanation/security.md", r"\((\d+) MiB, `MAX_MESSAGE_BYTES`\)",
          protocol.MAX_MESSAGE_BYTES / 2 ** 20),
-        ("explanation/security.md", r"at\s+most ([\d,]+) per worker", gang.MAX_THREADS),
+        ("explanation/security.md", r"its share, ([\d,]+) at most", gang.MAX_THREADS),
         ("how-to/own-data.md", r"at most a day \((\d+) s\)", data.MAX_WAIT_S),
     ]
 
