@@ -215,3 +215,17 @@ def test_the_nav_lists_every_page():
     listed = set(re.findall(r"^\s+- (?:[^:\n]+: )?(\S+\.md)$",
                             (ROOT / "mkdocs.yml").read_text(), re.MULTILINE))
     assert listed == {str(p.relative_to(DOCS)) for p in PAGES}
+
+
+def test_readme_is_short_and_points_at_what_exists():
+    """The README: under 150 lines, its two commands the ones CI runs, every link resolves."""
+    readme = (ROOT / "README.md").read_text()
+    assert len(readme.splitlines()) <= 150
+    assert "    pip install -e . && comlab run\n" in readme
+    test_command = "pip install -e '.[dev,docs]' && python -m pytest"
+    assert f"    {test_command}\n" in readme
+    ci = (ROOT / ".ci" / "run").read_text()
+    install, run = test_command.split(" && ")
+    assert f"python -m {install}" in ci.replace("-q ", "") and ci.rstrip().endswith(run)
+    for target in re.findall(r"\]\(([^)#:]+)(?:#[^)]*)?\)", readme):
+        assert (ROOT / target).exists(), target
