@@ -124,7 +124,7 @@ class Machine:
 class _QueueDesign(dispatch_mod.Design):
     """The shared-queue design around the server's ledger: free local workers take from a FIFO;
     remote workers are brokered, strictly (as comlab.system.dispatch.SharedQueue)."""
-    name = "queue"
+    name = "shared-queue"  # the model's counterpart of any design simulated as one
     simulated_as = "shared-queue"
 
     def __init__(self, sim):
