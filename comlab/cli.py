@@ -454,14 +454,13 @@ def _add_sweep_args(p, defaults: dict) -> None:
     p.add_argument("--strategy", type=_checked_list(strategies.check, "strategies"),
                    default=[strategies.DEFAULT], metavar="S,S,...",
                    help="how a worker runs a batch, comma-separated to sweep: "
-                        + ", ".join(STRATEGY_FORMS) + f" (default {strategies.DEFAULT})")
+                        + strategies.usage() + f" (default {strategies.DEFAULT})")
     p.add_argument("--transport", type=_checked_list(_transport, "transports"),
                    default=["tcp"], help="tcp, ipc or tcp,ipc (default tcp)")
     p.add_argument("--dispatch", type=_checked_list(dispatch.check, "dispatch designs"),
                    default=[dispatch.DEFAULT], metavar="D,D,...",
-                   help="how batches reach workers, comma-separated to sweep: broker (adaptive "
-                        "prefetch), broker:K (prefetch K batches), queue (the seed's shared "
-                        f"queue) (default {dispatch.DEFAULT})")
+                   help="how batches reach workers, comma-separated to sweep: "
+                        + dispatch.usage() + f" (default {dispatch.DEFAULT})")
     p.add_argument("--wait-scale", type=_non_negative, default=None, metavar="S",
                    help="multiply every task's wait by S, >= 0 (0: zero-wait tasks; default 0.01 for the shipped seed "
                         "map: 10 ms tasks, same shape; 1 for a --map of your own)")
@@ -513,10 +512,6 @@ def _add_sweep_args(p, defaults: dict) -> None:
                         "NAME.<its start time>, not deleted); without it a rerun resumes only "
                         "an identical sweep and refuses otherwise")
     p.set_defaults(func=cmd_sweep)
-
-
-STRATEGY_FORMS = ("thread-per-task", "thread-pool:N (N threads per worker, default 4)",
-                  "sequential", "cpu-bound", "faulty:N (every Nth task raises, for tests)")
 
 
 def _transport(text: str) -> str:

@@ -24,12 +24,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("remote_url", type=url_arg("REMOTE_URL"), help="default client result URL, for batches that name none")
     p.add_argument("max_workers", type=int, help="local worker processes (0: remote only)")
     p.add_argument("--strategy", default=strategies.DEFAULT,
-                   help=f"how workers run a batch: {', '.join(strategies.STRATEGIES)} "
+                   help=f"how workers run a batch: {strategies.usage()} "
                         f"(default {strategies.DEFAULT})")
     p.add_argument("--dispatch", default=dispatch.DEFAULT,
-                   help="how batches reach workers: broker (load balancing, adaptive prefetch), "
-                        "broker:K (prefetch K batches), queue (the seed's shared queue); "
-                        f"default {dispatch.DEFAULT}")
+                   help=f"how batches reach workers: {dispatch.usage()} "
+                        f"(default {dispatch.DEFAULT})")
     p.add_argument("--network", action="append", default=[], metavar="CIDR",
                    help="addresses within reach (repeatable); tasks outside are 'unreachable'")
     p.add_argument("--workers-url", type=url_arg("--workers-url"), help="also accept remote worker hosts here, "

@@ -170,11 +170,12 @@ def _busy_at_start(meta: dict, cpus: int) -> list[str]:
 
 
 def _cpu_bound_oversubscribed(summary, cpus: int, axes) -> list[str]:
-    """cpu-bound: a worker's threads share one GIL, so each worker computes on at most one
-    core at a time: min(workers, batches) threads compute at once."""
+    """cpu-bound (a ``cpu_limited`` strategy): a worker's threads share one GIL, so each worker
+    computes on at most one core at a time: min(workers, batches) threads compute at once."""
     if "strategy" not in summary:
         return []
-    cpu = summary[summary["strategy"].astype(str).str.startswith("cpu-bound")]
+    from ..system.strategies import cpu_limited
+    cpu = summary[summary["strategy"].astype(str).map(cpu_limited)]
     out = []
     for _, r in cpu.drop_duplicates(subset=axes).iterrows():
         busy = min(int(r["workers"]), -(-int(r["n_tasks"]) // int(r["batch_size"])))

@@ -37,8 +37,9 @@ Where the stamps cannot tell two parts of a stage apart, an assumption splits th
   that waited idle for its WORK starts later than one that held it: its first batch of each run,
   t_started - t_enqueued, minus the hop, decode, hand-off and thread wake above; median per
   worker count (the more processes share the cores, the longer a sleeping one takes to run).
-* queue take (dispatch "queue", CPU): from the turnaround of queue runs when the result has
-  some, else assumed equal to the server's dispatch cost.
+* queue take (a dispatch design simulated as a shared queue, ``queue``; CPU): from the
+  turnaround of such runs when the result has some, else assumed equal to the server's
+  dispatch cost.
 
 "Least loaded runs" are those with the fewest workers (every run when the result has one worker
 count): their stages run with little competition for the cores, so they are close to the costs
@@ -345,7 +346,7 @@ def _calibrate(df: pd.DataFrame, meta: dict) -> Calibration:
     done_send = client_send.at(1)
     notes.append("worker's decode of a WORK: assumed equal to the server's intake of its batch;"
                  " a DONE: a client send at batch 1")
-    ta = _turnarounds(quiet[quiet["dispatch"].astype(str) != "queue"])
+    ta = _turnarounds(quiet[~_queued(quiet)])
     if len(ta):
         rest = (result_wake + worker_result.at(ta["s"]) + done_send
                 + worker_recv.at(ta["s"]) + handoff)
@@ -353,7 +354,7 @@ def _calibrate(df: pd.DataFrame, meta: dict) -> Calibration:
     else:
         thread_wake = 0.0
         notes.append("thread wake: no worker ran two batches in a row: taken as 0")
-    qb = b[b["dispatch"].astype(str) == "queue"]
+    qb = b[_queued(b)]
     qta = _turnarounds(qb[qb["workers"] == qb["workers"].min()]) if len(qb) else qb
     if len(qta):
         rest = (result_wake + worker_result.at(qta["s"]) + worker_recv.at(qta["s"])
@@ -386,12 +387,18 @@ def _idle_wake(b: pd.DataFrame, latency: float, worker_recv: Linear, handoff: fl
     """The extra start delay of a worker's first batch of a run, by worker count (fitted)."""
     keys = [k for k in ("experiment", "run") if k in b.columns] + ["worker"]
     first = b.sort_values("st0").groupby(keys, observed=True).head(1)
-    first = first[first["dispatch"].astype(str) != "queue"]
+    first = first[~_queued(first)]
     if not len(first):
         return Linear(0.0)
     extra = first["st0"] - first["enq"] - latency - worker_recv.at(first["s"]) - handoff
     per = extra.groupby(first["workers"]).median()
     return Linear.fit(per.index, per.to_numpy())
+
+
+def _queued(b: pd.DataFrame) -> pd.Series:
+    """Rows of runs whose local workers took batches from a shared queue (no DONE)."""
+    from ..system.dispatch import simulated_as
+    return b["dispatch"].astype(str).map(lambda d: simulated_as(d) == "shared-queue")
 
 
 def _turnarounds(b: pd.DataFrame) -> pd.DataFrame:

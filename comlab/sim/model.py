@@ -9,13 +9,15 @@ Each process of the real system is a SimPy process here, doing what its code doe
   up to 64 batches while the ledger is not full; intake CPU per batch (t_server_in, then
   t_enqueued), CPU per WORK it sends and per DONE it reads. The ledger is the server's own
   (comlab.system.ledger.Ledger) with the server's own dispatch design (comlab.system.dispatch:
-  ``broker``, ``broker:K``); ``queue`` is the shared queue's rule around the same ledger (local
-  workers take from a FIFO behind one lock, remote workers are brokered without prefetch).
+  ``broker``, ``broker:K``: a design whose ``simulated_as`` is ``ledger``); one simulated as
+  ``shared-queue`` (``queue``) is the shared queue's rule around the same ledger (local workers
+  take from a FIFO behind one lock, remote workers are brokered without prefetch).
 * **worker** (a main thread and its task threads): takes every WORK waiting, runs its batches
-  in order and sends DONE once at most one is left (comlab.system.worker.serve); a batch under
-  thread-per-task costs the main thread one hand-off per task (CPU), each thread wakes (latency),
-  sleeps its wait plus an overshoot drawn from the calibration, ends (CPU per task), then the
-  main thread wakes and packs the RESULTS (CPU).
+  in order and sends DONE once at most one is left (comlab.system.worker.serve); it runs a
+  batch as the strategy's counterpart (``Strategy.simulated_as``: ``sequential``, ``threads``,
+  ``one-core``); a batch on threads (thread-per-task) costs the main thread one hand-off per
+  task (CPU), each thread wakes (latency), sleeps its wait plus an overshoot drawn from the
+  calibration, ends (CPU per task), then the main thread wakes and packs the RESULTS (CPU).
 * **machines**: each has ``cpus`` cores (a SimPy Resource); every CPU cost holds one core, in
   slices of at most ``SLICE_S`` so that short costs of other processes interleave with long
   ones, as a time-sharing kernel lets them. Latencies (hops, wake-ups, sleeps) hold no core.
@@ -44,7 +46,6 @@ from .calibrate import Calibration
 SLICE_S = 100e-6   # longest CPU slice before a core is offered to others
 HWM = 2000         # batches between client and server: PUSH sndhwm + PULL rcvhwm (1000 each)
 PUMP = 64          # messages of each kind per pump round (comlab.system.server)
-STRATEGIES = ("thread-per-task", "thread-pool", "sequential", "cpu-bound")
 
 
 class Work(NamedTuple):
@@ -87,10 +88,10 @@ class Config:
                              f"{self.workers}")
         if self.hosts < 0 or (self.hosts and self.workers < self.hosts):
             raise ValueError(f"{self.workers} workers cannot fill {self.hosts} hosts")
-        name = self.strategy.partition(":")[0]
         strategies.check(self.strategy)
-        if name not in STRATEGIES:
-            raise ValueError(f"the model knows strategies {', '.join(STRATEGIES)}, "
+        if strategies.lookup(self.strategy)[0].simulated_as is None:
+            known = [n for n, c in strategies.known().items() if c.simulated_as is not None]
+            raise ValueError(f"the model knows strategies {', '.join(known)}, "
                              f"not {self.strategy!r}")
         dispatch_mod.check(self.dispatch)
         return self
@@ -120,10 +121,11 @@ class Machine:
         self.name, self.cores = name, simpy.Resource(env, capacity=cpus)
 
 
-class _QueueDesign:
+class _QueueDesign(dispatch_mod.Design):
     """The shared-queue design around the server's ledger: free local workers take from a FIFO;
     remote workers are brokered, strictly (as comlab.system.dispatch.SharedQueue)."""
-    name = "queue"
+    name = "shared-queue"  # the model's counterpart of any design simulated as one
+    simulated_as = "shared-queue"
 
     def __init__(self, sim):
         self.sim = sim
@@ -201,9 +203,8 @@ class Simulation:
         self.shared = Box(env)   # the queue design's FIFO
         self.qlock = simpy.Resource(env, capacity=1)
         local = {w["ident"] for w in self.workers if w["local"]}
-        design = cfg.dispatch.partition(":")[0]
-        policy = _QueueDesign(self) if design == "queue" else dispatch_mod.make(cfg.dispatch)
-        self.queue_design = design == "queue"
+        self.queue_design = dispatch_mod.simulated_as(cfg.dispatch) == "shared-queue"
+        policy = _QueueDesign(self) if self.queue_design else dispatch_mod.make(cfg.dispatch)
         self.ledger = Ledger(self._send, self._fail, policy=policy,
                              local=local, max_pending=2 * max(len(local), 1) + 16,
                              clock=lambda: env.now)
@@ -213,9 +214,8 @@ class Simulation:
         self.by_ident = {w["ident"]: w for w in self.workers}
         self.extra = cfg.latency_s
         self.one = one
-        strat, _, param = cfg.strategy.partition(":")
-        self.strategy, self.pool_size = strat, strategies.ThreadPool.parse(param or None) \
-            if strat == "thread-pool" else None
+        cls, param = strategies.lookup(cfg.strategy)
+        self.runs_as, self.pool_size = cls.simulated_as, cls.threads(param) or None
 
     # -- plumbing --------------------------------------------------------------------------
     def hop(self, a: Machine, b: Machine) -> float:
@@ -382,7 +382,7 @@ class Simulation:
             self.t_started[lo:hi] = self.t_finished[lo:hi] = stamps
         else:
             over = rng.choice(cal.overshoot_s, s)
-            if self.strategy == "sequential":
+            if self.runs_as == "sequential":
                 t0 = env.now
                 yield from self.cpu(m, s * cal.inline_task_s)
                 spans = waits + over
@@ -390,7 +390,7 @@ class Simulation:
                 starts = ends - spans
                 if ends[-1] > env.now:
                     yield env.timeout(ends[-1] - env.now)
-            elif self.strategy == "cpu-bound":
+            elif self.runs_as == "one-core":
                 t0 = env.now
                 yield from self.cpu(m, s * cal.handoff_s)
                 starts = t0 + (k + 1) * cal.handoff_s + cal.thread_wake_s

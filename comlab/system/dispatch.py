@@ -26,13 +26,21 @@ every take is serialised by a short lock, every idle worker wakes for each batch
 server learns of progress only by reading the shared counters. Remote worker hosts keep joining
 through the broker endpoint: an idle remote worker gets a batch before the queue does. The
 queue carries bytes frames between a server and the workers it forked (never a peer's data).
+
+A design is a class implementing ``Design`` (what the ledger, the server and its pool ask of
+it), registered with ``@register`` (the built-in ones at the end of this module); it names its
+counterpart in the model (``simulated_as``, comlab.sim.model), and its ``forms`` are the
+command line's help. No module outside this one tests a design's name: a new design is one
+class and one test (one defined outside comlab: ``COMLAB_PLUGINS``, comlab.system.plugins).
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from abc import ABC, abstractmethod
 
+from . import plugins
 from .protocol import assign
 from .takequeue import NOTHING, TakeQueue
 
@@ -40,10 +48,66 @@ log = logging.getLogger("comlab.dispatch")
 
 DEFAULT = "broker"
 FINISHED_GRACE_S = 0.1  # a queue worker dying this soon after a batch: the batch runs again
+SIMULATED = ("ledger", "shared-queue")  # the model's counterparts (Design.simulated_as)
 
 
-class Broker:
+class Design(ABC):
+    """A dispatch design, as comlab.system.ledger.Ledger (``policy``) and the server ask it.
+
+    ``simulated_as`` names its counterpart in the model (comlab.sim.model), one of SIMULATED:
+    ``ledger``: the model runs this class itself around its own ledger, every worker brokered
+    (WORK / DONE); ``shared-queue``: local workers take from a FIFO behind one lock, with no
+    DONE (the queue design; the calibration measures its take from such runs).
+    """
+
+    name = ""
+    forms: dict[str, str] = {}  # how the command line names it -> its help (default: name)
+    simulated_as = "ledger"
+
+    def __init__(self, param: str | None = None, **resources) -> None:
+        """``resources``: what a server gives it (``mp``: a multiprocessing context, ``slots``:
+        local workers at most); a ledger without a server gives none."""
+
+    @abstractmethod
+    def takes_more(self, w) -> bool:
+        """May this busy worker (comlab.system.ledger's Worker) hold one more batch?"""
+
+    @abstractmethod
+    def place(self, ledger, work) -> bool:
+        """Put a new batch somewhere (``ledger.to_free_worker``, ``ledger.give``, or a queue
+        of the design's own); False: it waits in the ledger's pending queue."""
+
+    def brokers(self, ident: bytes, ledger) -> bool:
+        """Does this worker get its batches through the broker (WORK/DONE)?"""
+        return True
+
+    def queued(self) -> int:
+        """Batches the design holds that no worker has taken yet."""
+        return 0
+
+    def busy(self) -> int:
+        """Local workers holding a batch the ledger does not see (the queue design's)."""
+        return 0
+
+    def drop_run(self, run: int) -> int:
+        """Tasks of a run's batches the design still holds, now dropped (the run ended)."""
+        return 0
+
+    def local_pool_kwargs(self, ident: bytes) -> dict:
+        """What a local worker process is started with (comlab.system.worker.Worker)."""
+        return {}
+
+    def lost_local(self, ident: bytes) -> list:
+        """A local worker died: the batches it held that the ledger does not see."""
+        return []
+
+    def close(self) -> None:
+        pass
+
+
+class Broker(Design):
     name = "broker"
+    forms = {"broker": "load balancing, adaptive prefetch", "broker:K": "prefetch K batches"}
 
     def __init__(self, param: str | None = None, **_) -> None:
         self.prefetch = None if param is None else _count(self.name, param)
@@ -71,36 +135,15 @@ class Broker:
                 return ledger.give(ahead[1], work)
         return False
 
-    def brokers(self, ident: bytes, ledger) -> bool:
-        """Does this worker get its batches through the broker (WORK/DONE)?"""
-        return True
 
-    def queued(self) -> int:
-        return 0
-
-    def busy(self) -> int:
-        """Local workers holding a batch the ledger does not see (the queue design's)."""
-        return 0
-
-    def drop_run(self, run: int) -> int:
-        return 0
-
-    def local_pool_kwargs(self, ident: bytes) -> dict:
-        return {}
-
-    def lost_local(self, ident: bytes) -> list:
-        return []
-
-    def close(self) -> None:
-        pass
-
-
-class SharedQueue:
+class SharedQueue(Design):
     name = "queue"
+    forms = {"queue": "the seed's shared queue"}
+    simulated_as = "shared-queue"
 
     def __init__(self, param: str | None = None, *, mp=None, slots: int = 0) -> None:
         if param:
-            raise ValueError("dispatch 'queue' takes no parameter")
+            raise ValueError(f"dispatch {self.name!r} takes no parameter")
         self.mp = mp
         if mp is not None:
             self.queue = TakeQueue(mp, max(slots, 1))
@@ -179,7 +222,65 @@ class SharedQueue:
             self.queue.close()  # never waits for batches nobody will take
 
 
-DESIGNS = {cls.name: cls for cls in (Broker, SharedQueue)}
+DESIGNS: dict[str, type[Design]] = {}  # the registry: name -> class (``register``)
+
+
+def register(cls: type[Design]) -> type[Design]:
+    """Add a design class to the registry (a class decorator); TypeError for a class that is
+    not one, ValueError for a name that is taken or a counterpart the model does not have."""
+    if not (isinstance(cls, type) and issubclass(cls, Design)):
+        raise TypeError(f"{cls!r} is not a subclass of comlab.system.dispatch.Design")
+    plugins.check_name("dispatch design", cls, DESIGNS)
+    if cls.simulated_as not in SIMULATED:
+        raise ValueError(f"dispatch {cls.name!r}: simulated_as must be one of "
+                         f"{', '.join(SIMULATED)}, not {cls.simulated_as!r}")
+    DESIGNS[cls.name] = cls
+    return cls
+
+
+def unregister(cls: type[Design]) -> None:
+    """Remove a class ``register`` added (a test's own design, when the test ends)."""
+    if DESIGNS.get(cls.name) is cls:
+        del DESIGNS[cls.name]
+
+
+def known() -> dict[str, type[Design]]:
+    """The registry, with the classes COMLAB_PLUGINS names (comlab.system.plugins) added."""
+    for cls in plugins.classes(Design):
+        if DESIGNS.get(cls.name) is not cls:
+            register(cls)
+    return DESIGNS
+
+
+def usage() -> str:
+    """Every design's forms with their help, for ``--help``."""
+    try:
+        classes = known().values()
+    except ValueError:  # a bad COMLAB_PLUGINS: said when a name is looked up, not in --help
+        classes = DESIGNS.values()
+    return "; ".join(f"{form} ({text})" if text else form for cls in classes
+                     for form, text in (cls.forms or {cls.name: ""}).items())
+
+
+def lookup(spec: str) -> tuple[type[Design], str | None]:
+    """(design class, parameter) of a spec ``name`` or ``name:param``; ValueError if bad."""
+    if not isinstance(spec, str):
+        raise ValueError(f"a dispatch design is named by a string, not {type(spec).__name__}")
+    name, _, param = spec.partition(":")
+    cls = DESIGNS.get(name) or known().get(name)
+    if cls is None:
+        raise ValueError(f"unknown dispatch {spec[:60]!r}; known: {', '.join(DESIGNS)} "
+                         f"(one of your own: {plugins.HINT})")
+    return cls, param or None
+
+
+def simulated_as(spec: str) -> str | None:
+    """The model's counterpart of ``spec``'s design; None for a name this process does not
+    know (a result of a design defined elsewhere)."""
+    try:
+        return lookup(spec)[0].simulated_as
+    except ValueError:
+        return None
 
 
 def _count(name: str, param: str) -> int:
@@ -194,12 +295,10 @@ def check(spec: str) -> str:
     return spec
 
 
-def make(spec: str, **kwargs):
-    if not isinstance(spec, str):
-        raise ValueError(f"a dispatch design is named by a string, not {type(spec).__name__}")
-    name, _, param = spec.partition(":")
-    cls = DESIGNS.get(name)
-    if cls is None:
-        raise ValueError(f"unknown dispatch {spec[:60]!r}; known: {', '.join(DESIGNS)}")
-    return cls(param or None, **kwargs)
+def make(spec: str, **kwargs) -> Design:
+    cls, param = lookup(spec)
+    return cls(param, **kwargs)
 
+
+for _cls in (Broker, SharedQueue):
+    register(_cls)

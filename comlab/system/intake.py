@@ -283,8 +283,8 @@ class Intake:
     @strategy.setter
     def strategy(self, spec: str) -> None:
         self._strategy = spec
-        cls, param = strategies.lookup(spec)
-        self.duration = lambda waits: cls.duration(waits, param)
+        strategies.lookup(spec)  # a bad spec is refused here, not at the first batch
+        self.duration = lambda waits: strategies.duration(spec, waits)
 
     def answer_misses(self, t_server_in: int, b: P.Batch, url: str) -> tuple:
         """Answer tasks no worker can run (unknown key, unreachable address) at once; the

@@ -5,9 +5,15 @@ A worker knows nothing of them beyond ``get(spec)``; the server picks the spec (
 same way: wait ``wait`` seconds (sleep, or busy work for cpu-bound), then answer ``response``.
 A task with wait 0 completes inline without calling sleep (sleep(0) costs ~78 us here).
 
-Each strategy class owns its rules: ``parse(param)`` checks its parameter and ``duration(waits,
-param)`` is its ideal-time model (how long a perfect worker takes for one batch; the lab's
-``ideal.py`` asks the strategy), so a new strategy is one class here and one test.
+Each strategy class declares everything about itself, and the rest of comlab reads it from the
+class (through the registry, ``lookup``): ``forms`` (how the command line names it, with help:
+``comlab run --help``), ``parse(param)`` (its parameter), ``duration(waits, param)`` (its
+ideal-time model: how long a perfect worker takes for one batch; comlab.lab.ideal, the server's
+cost of a batch), ``cpu_limited`` (comlab.lab.ideal, comlab.lab.stability) and ``simulated_as``
+(its counterpart in the model, comlab.sim.model). So a new strategy is one class, registered
+with ``@register`` (the built-in ones at the end of this module), and one test; one defined
+outside comlab reaches the lab's other processes through ``COMLAB_PLUGINS``
+(comlab.system.plugins).
 
 Threads: a worker's threaded strategies stay within its share of the machine (``THREADS``, set
 by ``set_threads`` in the server and its workers from comlab.system.limits.thread_share); a
@@ -27,6 +33,7 @@ from array import array as _array
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 
+from . import plugins
 from .gang import MAX_THREADS, Gang
 from .protocol import FAILED, OK
 
@@ -67,11 +74,20 @@ def _positive_int(name: str, param: str | None, default: int) -> int:
     return int(param)
 
 
+SIMULATED = ("sequential", "threads", "one-core")  # the model's counterparts (simulated_as)
+
+
 class Strategy:
+    """A way to run a batch; a subclass names itself and is registered (``register``)."""
+
     name = ""
-    doc = ""
+    forms: dict[str, str] = {}  # how the command line names it -> its help (default: name)
     cpu_limited = False  # True: at most one batch per core runs at once (ideal model)
     inline_zero_waits = True  # a batch of zero-wait tasks runs inline (False: map sees it)
+    # Its counterpart in the model (comlab.sim.model.run_batch), one of SIMULATED: tasks one
+    # after another; on threads (at most ``threads(param)`` at once, 0: one per task); or on
+    # threads that take turns on one core (the GIL). None: the model refuses it.
+    simulated_as: str | None = None
 
     @classmethod
     def parse(cls, param: str | None):
@@ -89,7 +105,8 @@ class Strategy:
 
     @classmethod
     def threads(cls, param: str | None = None) -> int:
-        """Threads one batch needs at once beyond the worker's own (override)."""
+        """Threads one batch needs at once beyond the worker's own (override); the model's
+        threads counterpart runs at most this many tasks at once (0: one thread per task)."""
         return 0
 
     def __init__(self, param: str | None = None) -> None:
@@ -148,7 +165,8 @@ def _columns(rows: list) -> tuple:
 
 class Sequential(Strategy):
     name = "sequential"
-    doc = "one task after another on the worker's main thread"
+    forms = {"sequential": "one task after another on the worker's main thread"}
+    simulated_as = "sequential"
 
     def map(self, responses, waits):
         timed = self.timed
@@ -164,7 +182,8 @@ class ThreadPerTask(Strategy):
     """
 
     name = "thread-per-task"
-    doc = "every task of a batch at once on its own (reused) thread"
+    forms = {"thread-per-task": "every task of a batch at once on its own (kept) thread"}
+    simulated_as = "threads"
 
     @classmethod
     def duration(cls, waits, param=None, threads=None):
@@ -206,7 +225,8 @@ class ThreadPool(Strategy):
     """A bounded pool smaller than a batch: tasks queue for threads. Zero-wait tasks inline."""
 
     name = "thread-pool"
-    doc = "a bounded pool of N threads (thread-pool:N, default 4); tasks queue for threads"
+    forms = {"thread-pool:N": "N threads per worker, default 4; tasks queue for threads"}
+    simulated_as = "threads"
 
     @classmethod
     def parse(cls, param):
@@ -257,8 +277,10 @@ class CpuBound(ThreadPerTask):
     """
 
     name = "cpu-bound"
-    doc = "busy work worth `wait` seconds of CPU per task, thread per task (shows the GIL)"
+    forms = {"cpu-bound": "busy work worth `wait` seconds of CPU per task, thread per task: "
+                          "shows the GIL"}
     cpu_limited = True
+    simulated_as = "one-core"
 
     @classmethod
     def duration(cls, waits, param=None, threads=None):
@@ -282,8 +304,9 @@ class Faulty(Sequential):
     """Fault injection: every Nth task of a batch (faulty:N, default 2) raises."""
 
     name = "faulty"
-    doc = "sequential, but every Nth task of a batch raises (faulty:N): for fault experiments"
+    forms = {"faulty:N": "every Nth task raises, default 2: for fault experiments"}
     inline_zero_waits = False
+    simulated_as = None  # the model runs every task ok
 
     @classmethod
     def parse(cls, param):
@@ -304,8 +327,47 @@ class Faulty(Sequential):
         return rows
 
 
-STRATEGIES = {cls.name: cls for cls in (ThreadPerTask, ThreadPool, Sequential, CpuBound, Faulty)}
+STRATEGIES: dict[str, type[Strategy]] = {}  # the registry: name -> class (``register``)
 DEFAULT = ThreadPerTask.name
+
+
+def register(cls: type[Strategy]) -> type[Strategy]:
+    """Add a strategy class to the registry (a class decorator); TypeError for a class that is
+    not one, ValueError for a name that is taken or cannot be written in a spec."""
+    if not (isinstance(cls, type) and issubclass(cls, Strategy)):
+        raise TypeError(f"{cls!r} is not a subclass of comlab.system.strategies.Strategy")
+    plugins.check_name("strategy", cls, STRATEGIES)
+    if cls.simulated_as is not None and cls.simulated_as not in SIMULATED:
+        raise ValueError(f"strategy {cls.name!r}: simulated_as must be None or one of "
+                         f"{', '.join(SIMULATED)}, not {cls.simulated_as!r}")
+    STRATEGIES[cls.name] = cls
+    _specs.clear()
+    return cls
+
+
+def unregister(cls: type[Strategy]) -> None:
+    """Remove a class ``register`` added (a test's own strategy, when the test ends)."""
+    if STRATEGIES.get(cls.name) is cls:
+        del STRATEGIES[cls.name]
+    _specs.clear()
+
+
+def known() -> dict[str, type[Strategy]]:
+    """The registry, with the classes COMLAB_PLUGINS names (comlab.system.plugins) added."""
+    for cls in plugins.classes(Strategy):
+        if STRATEGIES.get(cls.name) is not cls:
+            register(cls)
+    return STRATEGIES
+
+
+def usage() -> str:
+    """Every strategy's forms with their help, for ``--help``."""
+    try:
+        classes = known().values()
+    except ValueError:  # a bad COMLAB_PLUGINS: said when a name is looked up, not in --help
+        classes = STRATEGIES.values()
+    return "; ".join(f"{form} ({text})" if text else form for cls in classes
+                     for form, text in (cls.forms or {cls.name: ""}).items())
 
 
 def lookup(spec: str) -> tuple[type[Strategy], str | None]:
@@ -315,9 +377,10 @@ def lookup(spec: str) -> tuple[type[Strategy], str | None]:
         if not isinstance(spec, str):
             raise ValueError(f"a strategy is named by a string, not {type(spec).__name__}")
         name, _, param = spec.partition(":")
-        cls = STRATEGIES.get(name)
+        cls = STRATEGIES.get(name) or known().get(name)
         if cls is None:
-            raise ValueError(f"unknown strategy {spec[:60]!r}; known: {', '.join(STRATEGIES)}")
+            raise ValueError(f"unknown strategy {spec[:60]!r}; known: {', '.join(STRATEGIES)}"
+                             f" (one of your own: {plugins.HINT})")
         cls.parse(param or None)
         found = (cls, param or None)
         if len(_specs) < 1024:
@@ -339,11 +402,19 @@ def check(spec: str) -> str:
 
 
 def duration(spec: str, waits: Sequence[float], threads: int | None = None) -> float:
-    """Ideal time of one batch under ``spec``."""
+    """Ideal time of one batch under ``spec`` (the one place that asks the class: the server's
+    cost of a batch, the lab's ideal time, the model)."""
     cls, param = lookup(spec)
     return cls.duration(waits, param, threads) if len(waits) else 0.0
 
 
+def cpu_limited(spec: str) -> bool:
+    """Does ``spec`` compute (at most one batch per core at once)? False for a name this
+    process does not know (a result of a strategy defined elsewhere)."""
+    try:
+        return lookup(spec)[0].cpu_limited
+    except ValueError:
+        return False
 
 
 class Cache:
@@ -363,3 +434,7 @@ class Cache:
         for strategy in self._made.values():
             strategy.close()
         self._made.clear()
+
+
+for _cls in (ThreadPerTask, ThreadPool, Sequential, CpuBound, Faulty):
+    register(_cls)
