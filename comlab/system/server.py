@@ -16,6 +16,7 @@ most: never the process, another client's tasks, or unbounded memory, threads or
 
 from __future__ import annotations
 
+import functools
 import logging
 import multiprocessing
 import os
@@ -112,8 +113,10 @@ class Server(Role):
         mp = multiprocessing.get_context(self.start_method)
         self.policy = dispatch_mod.make(self.dispatch, mp=mp, slots=self.max_workers + 4)
         self.poller = zmq.Poller()  # no context needed: it only lists what to poll
+        # For reading only (register's default adds POLLOUT: always ready).
+        self.watch = functools.partial(self.poller.register, flags=zmq.POLLIN)
         self.pool = Pool(worker_mod.main, (self.local_url, self.log_level, self.security),
-                         start_method=self.start_method, watch=self.poller.register,
+                         start_method=self.start_method, watch=self.watch,
                          unwatch=self.poller.unregister,
                          kwargs_of=lambda ident: {**self.policy.local_pool_kwargs(ident),
                                                   "threads": self.threads})
@@ -145,7 +148,7 @@ class Server(Role):
         if self.workers_url:
             bind_or_explain(self.router, self.workers_url)
         self.control = self.socket(zmq.REP, bind=self.control_url) if self.control_url else None
-        watch = self.poller.register  # for reading (POLLIN)
+        watch = self.watch
         self.clients = ClientSockets(self, monitor=True, watch=watch,
                                      unwatch=self.poller.unregister)
         cpus = os.cpu_count() or 1
