@@ -3,12 +3,18 @@
 Clients PUSH batches to its PULL socket; the intake (comlab.system.intake: runs, handshake,
 look-up) answers tasks no worker can run and turns the rest of each batch into one work item
 for the ledger (comlab.system.ledger: the pending queue, who holds what, retries, the dispatch
-decision). Workers connect a DEALER to the server's ROUTER (READY, then DONE after each batch).
+decision). Workers connect a DEALER to the server's ROUTER (READY, then DONE after each batch);
+their side (comlab.system.workerside) sends them work and takes their messages and losses.
 The local pool (comlab.system.pool) is running before the server reports ready; remote worker
 hosts may join on ``workers_url`` at any time. Lost workers are noticed off the hot path
 (comlab.system.liveness). Results go out through one socket per client
 (comlab.system.clients). When ``pending`` is full the server stops reading its PULL socket and
-ZeroMQ's high-water marks push back on the client.
+ZeroMQ's high-water marks push back on the client. The lab's control socket
+(comlab.system.control) reads the server's ``snapshot()``.
+
+Each part is built in ``setup`` with what it needs (sockets, the ledger, callables); none holds
+the server, and each mutable set has one owner (the ledger's ``silent`` workers, the client
+sockets' ``fed`` URLs, the ack book's tracked runs): the others ask it.
 
 Every peer message is checked (comlab.system.protocol) and costs its sender that message at
 most: never the process, another client's tasks, or unbounded memory, threads or waiting.
