@@ -197,8 +197,8 @@ class Server(Role):
 
     def snapshot(self) -> dict:
         """What the server is doing, as plain data (comlab.system.control formats it)."""
-        ledger, policy, local, idle = self.ledger, self.policy, self.pool.idents(), \
-            set(self.ledger.idle)
+        ledger, policy = self.ledger, self.policy
+        local, idle = self.pool.idents(), set(ledger.idle)
         return {"counters": {**self.stats, **ledger.counts}, "dispatch": self.dispatch,
                 "pending": len(ledger.pending), "queued": policy.queued(),
                 "busy": ledger.busy() + policy.busy(), "idle": len(ledger.idle),
