@@ -1,8 +1,8 @@
 """The clients' side of the server: runs per result URL, the HELLO handshake, the look-up.
 
-Each task key ("ip:command") is looked up in one dict (``Lookup``, built with the server); tasks no worker can run (unknown key,
-address outside ``networks``) are answered at once from here, the rest of a batch becomes one
-work item for the ledger. A result URL has one current run, ended by BYE, the client's connection
+Each task key ("ip:command") is looked up in one dict (``Lookup``, built with the server);
+tasks no worker can run (unknown key, address outside ``networks``) are answered at once from
+here, the rest of a batch becomes one work item for the ledger. A result URL has one current run, ended by BYE, the client's connection
 going away, or a minute idle with nothing in flight. A HELLO of another run on that URL ends it
 only if its client is gone: while the server's socket to the URL is connected, the HELLO waits
 ``HANDOVER_WAIT_S`` for it to leave, then is refused (no peer can end another's run by naming
