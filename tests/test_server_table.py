@@ -1,6 +1,6 @@
-"""The server's intake (look-up, runs), without processes or sockets: a Server is built but never
-run, and the two ways out of on_batch (answers to clients for misses, the ledger for work) are
-captured."""
+"""The server's intake (look-up, runs), without processes or sockets: the look-up and the intake
+are built on their own, with stand-ins for the client sockets, and the two ways out of on_batch
+(answers to clients for misses, the ledger for work) are captured."""
 
 from __future__ import annotations
 
@@ -8,8 +8,11 @@ import numpy as np
 import pytest
 
 from comlab.system import protocol as P
-from comlab.system import strategies
-from comlab.system.server import Server
+from comlab.system import intake as intake_mod, strategies
+from comlab.system.control import Control
+from comlab.system.intake import Intake, Lookup
+from comlab.system.ledger import Ledger
+from comlab.system.server import COUNTERS, Server
 
 TABLE = {"192.168.1.1:foo": (7, 0.0), "192.168.1.1:bar": (8, 0.5),
          "192.168.1.200:foo": (9, 0.25)}
@@ -18,6 +21,8 @@ TABLE = {"192.168.1.1:foo": (7, 0.0), "192.168.1.1:bar": (8, 0.5),
 class FakeClients:
     def __init__(self, sent):
         self.sent = sent
+        self.connected, self.fed = set(), set()
+        self.mark_fed = self.fed.add
 
     def get(self, url):  # the real one checks a reply URL by connecting: no sockets here
         return None
@@ -25,6 +30,9 @@ class FakeClients:
     def send(self, url, frame):
         self.sent.append((url, P.decode(frame)))
         return True
+
+    def release(self, url):
+        self.connected.discard(url)
 
 
 class FakeLedger:
@@ -34,13 +42,17 @@ class FakeLedger:
         self.submit = work.append
 
 
-def make_intake(networks=(), reply_url="tcp://default:1", **kw):
-    server = Server(TABLE, "tcp://127.0.0.1:0", reply_url, 0, networks=networks,
-                    workers_url="tcp://127.0.0.1:0", **kw)
-    intake = server.intake
-    intake.sent, intake.work = [], []
-    intake.clients = FakeClients(intake.sent)
-    intake.ledger = FakeLedger(intake.work)
+def make_lookup(networks=()):
+    return Lookup(TABLE, networks)
+
+
+def make_intake(networks=(), reply_url="tcp://default:1", ledger=None, send=None):
+    sent, work = [], []
+    intake = Intake(Lookup(TABLE, networks), strategies.DEFAULT, dict.fromkeys(COUNTERS, 0),
+                    clients=FakeClients(sent), ledger=ledger or FakeLedger(work),
+                    send=send or (lambda ident, frame: True), info=lambda: {"server": "info"},
+                    reply_url=reply_url)
+    intake.sent, intake.work = sent, work
     return intake
 
 
@@ -66,14 +78,14 @@ def results_of(msg) -> tuple:
 
 
 def test_status_without_networks_is_unknown():
-    s = make_intake()
+    s = make_lookup()
     assert s.status_of("10.0.0.1:foo") == P.UNKNOWN
     assert s.status_of("192.168.1.1:nope") == P.UNKNOWN
     assert s.status_of("not-an-ip:foo") == P.UNKNOWN
 
 
 def test_status_with_networks():
-    s = make_intake(networks=["192.168.1.0/25", "10.0.0.0/8"])
+    s = make_lookup(networks=["192.168.1.0/25", "10.0.0.0/8"])
     assert s.status_of("192.168.1.5:nope") == P.UNKNOWN       # in reach, no such entry
     assert s.status_of("10.1.2.3:foo") == P.UNKNOWN
     assert s.status_of("192.168.1.200:foo") == P.UNREACHABLE  # outside every network
@@ -82,7 +94,7 @@ def test_status_with_networks():
 
 
 def test_status_is_per_ip_and_cached():
-    s = make_intake(networks=["192.168.1.0/25"])
+    s = make_lookup(networks=["192.168.1.0/25"])
     assert s.status_of("192.168.1.200:a") == P.UNREACHABLE
     assert s.status_of("192.168.1.200:b") == P.UNREACHABLE
     assert s.ip_status["192.168.1.200"] == P.UNREACHABLE
@@ -90,7 +102,7 @@ def test_status_is_per_ip_and_cached():
 
 
 def test_networks_are_not_strict():
-    s = make_intake(networks=["192.168.1.7/25"])  # host bits set: still 192.168.1.0/25
+    s = make_lookup(networks=["192.168.1.7/25"])  # host bits set: still 192.168.1.0/25
     assert s.status_of("192.168.1.100:x") == P.UNKNOWN
     assert s.status_of("192.168.1.128:x") == P.UNREACHABLE
 
@@ -171,3 +183,69 @@ def test_strategy_is_checked_at_construction():
 def test_no_local_workers_and_no_worker_endpoint_is_refused():
     with pytest.raises(ValueError, match="workers-url"):
         Server(TABLE, "tcp://127.0.0.1:0", "", 0)
+
+
+def test_intake_and_ledger_stand_alone_through_a_hello(monkeypatch):
+    """No server, no socket: an intake on a real ledger. A HELLO goes to the idle workers; one
+    that never joins is marked silent in the ledger (its owner) and is not waited for by the
+    next HELLO until it shows life; the run is tracked for acknowledgements until its BYE."""
+    monkeypatch.setattr(intake_mod, "HELLO_WAIT_S", 0.0)  # deadlines are due at once
+    ledger = Ledger(lambda ident, work: True, lambda *a: None)
+    for ident in (b"w1", b"w2"):
+        ledger.ready(ident, ident.decode(), "h", 1)
+    to_workers = []
+    s = make_intake(ledger=ledger, send=lambda i, f: to_workers.append((i, P.decode(f))) or True)
+    s.clients.connected.add("tcp://c:1")
+    s.on_hello(P.Hello(7, "tcp://c:1", 0, b"k" * 32))
+    assert sorted(i for i, m in to_workers if type(m) is P.Connect) == [b"w1", b"w2"]
+    s.stop_waiting_for(b"w1")  # w1 joined; w2 never does: the deadline passes
+    assert ledger.silent == {b"w2"} and ledger.idle_answering() == {b"w1"}
+    assert [(u, type(m), m.info) for u, m in s.sent] == [("tcp://c:1", P.Welcome,
+                                                          {"server": "info"})]
+    assert 7 in ledger.acks.tracked
+    ledger.heard_from(b"w2")  # any message from it (WorkerSide.on_frame)
+    assert ledger.idle_answering() == {b"w1", b"w2"}
+    s.on_bye(P.Bye(7, "tcp://c:1"))
+    assert 7 not in ledger.acks.tracked and s.stats["runs_ended"] == 1
+    assert [i for i, m in to_workers if type(m) is P.Forget] == [b"w1", b"w2"]
+
+
+class Clocks:
+    clocks = {"h": {"offset_ns": 5}}
+
+    def __init__(self):
+        self.asked = []
+
+    def sample_clocks(self, chosen, samples):
+        self.asked.append((chosen, samples))
+        return sorted(chosen)
+
+
+def test_control_formats_a_snapshot_without_a_server():
+    workers = [{"ident": b"a", "name": "a", "host": "h1", "pid": 1, "local": False, "idle": False},
+               {"ident": b"b", "name": "b", "host": "h1", "pid": 2, "local": False, "idle": True},
+               {"ident": b"c", "name": "c", "host": "h1", "pid": 3, "local": False, "idle": False},
+               {"ident": b"l", "name": "l", "host": "me", "pid": 4, "local": True, "idle": True}]
+    snap = {"counters": {"batches": 3}, "dispatch": "broker", "pending": 1, "queued": 0,
+            "busy": 2, "idle": 1, "clients": 1, "client_drops": 0, "refused_pongs": 0,
+            "workers": workers, "quarantined_workers": ["why"]}
+    clocks, intake = Clocks(), make_intake()
+    answer = Control(lambda: {"ping": 1}, lambda: snap, intake, clocks).answer
+
+    def ask(op, *args):
+        reply = P.decode(answer(P.Control(op, list(args)).pack()))
+        return reply.op, reply.payload
+
+    assert ask("stats") == ("stats", {
+        "batches": 3, "dispatch": "broker", "pending": 1, "queued": 0, "busy": 2, "idle": 1,
+        "clients": 1, "client_drops": 0, "refused_pongs": 0,
+        "workers": [{"name": n, "host": h, "pid": p} for n, h, p in
+                    (("a", "h1", 1), ("b", "h1", 2), ("c", "h1", 3), ("l", "me", 4))],
+        "quarantined_workers": ["why"]})
+    assert ask("clock-workers", 3) == ("clock-workers", ["h1"])
+    assert clocks.asked == [({"h1": b"b"}, 3)]  # the remote host's idle worker
+    assert ask("worker-clocks") == ("worker-clocks", Clocks.clocks)
+    assert ask("strategy", "thread-per-task") == ("strategy", "thread-per-task")
+    assert intake.strategy == "thread-per-task"
+    assert ask("ping") == ("ping", {"ping": 1})
+    assert P.decode(answer(b"a", b"b")).op == "error"

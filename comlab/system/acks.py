@@ -56,8 +56,9 @@ class AckBook:
     in bulk, from the server's once-a-second chores (and before a forged pair is looked up)."""
 
     def __init__(self, tracked, clock=time.monotonic) -> None:
-        """``tracked``: the runs whose clients acknowledge (a container, kept up to date)."""
-        self.tracked, self.clock = tracked, clock
+        """``tracked``: the runs whose clients acknowledge at first; then ``track`` adds one,
+        ``drop_run`` forgets one."""
+        self.tracked, self.clock = set(tracked), clock
         self.dones: list[tuple] = []  # (t, ident, works) as they came, not yet settled
         self.acks: dict[int, list] = {}  # run -> ACK columns (bytes) not yet settled
         self.early: dict[int, set] = {}  # run -> keys acknowledged before their DONE
@@ -149,7 +150,11 @@ class AckBook:
         keys = [k for k, e in self.waiting.items() if e.ident == ident]
         return [self.waiting.pop(k).work for k in keys]
 
+    def track(self, run: int) -> None:
+        self.tracked.add(run)
+
     def drop_run(self, run: int) -> None:
+        self.tracked.discard(run)
         for k in [k for k in self.waiting if k[0] == run]:
             del self.waiting[k]
         self.acks.pop(run, None)

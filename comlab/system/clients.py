@@ -62,7 +62,8 @@ class ClientSockets:
         self.dropped = 0
         self.opened: dict[str, float] = {}          # url -> when its socket was made
         self.connected: set[str] = set()            # urls someone listens at (monitor only)
-        self.fed: set[str] = set()                  # urls whose run sent a batch (the owner's)
+        self.fed: set[str] = set()                  # urls whose run sent a batch: the owner
+        self.mark_fed = self.fed.add                # says so (per batch: a bare set.add)
         self.waiting: dict[str, int] = {}           # url not connected -> bytes queued to it
         self.waiting_bytes = 0
         self.on_connect = None                      # on_connect(url), on_evict(url, why)
@@ -105,6 +106,18 @@ class ClientSockets:
         self.waiting[url] = self.waiting.get(url, 0) + size
         self.waiting_bytes += size
         return True
+
+    def send_once(self, url: str, frame: bytes, linger_ms: int = 1000) -> None:
+        """Send on a socket of its own, closed at once (an answer to a client there is no
+        room for); nothing if the URL is refused."""
+        sock = self.role.socket(zmq.PUSH, curve_server=False)
+        try:
+            sock.connect(url)
+            sock.send(frame, zmq.NOBLOCK)
+        except zmq.ZMQError:
+            pass
+        finally:
+            self.role.close_socket(sock, linger_ms=linger_ms)
 
     def release(self, url: str, linger_ms: int | None = None) -> None:
         sock = self.socks.pop(url, None)

@@ -1,7 +1,9 @@
 """The server's control socket (the lab's REQ/REP): ping, strategy, stats, clocks.
 
 Requests and answers are ``protocol.Control`` / ``protocol.ControlReply``; a request that is not
-one gets an "error" answer naming why, never an exception in the server.
+one gets an "error" answer naming why, never an exception in the server. What the server is
+doing is read from its ``snapshot()`` (plain data, formatted here); the two requests that act
+go to the part that owns what they change (the intake's strategy, the liveness part's clocks).
 """
 
 from __future__ import annotations
@@ -13,40 +15,50 @@ from . import protocol as P, strategies
 now = time.monotonic_ns
 
 
-def answer(server, frame: bytes) -> bytes:
-    try:
-        req = P.decode(frame, (P.Control,))
-        return P.ControlReply(req.op, _answer(server, req.op, req.args)).pack()
-    except Exception as exc:
-        return P.ControlReply("error", P.preview(str(exc))).pack()
+class Control:
+    def __init__(self, info, snapshot, intake, liveness) -> None:
+        """``info()`` the server's description (ping), ``snapshot()`` its state as plain data
+        (see ``Server.snapshot``); ``intake`` runs the strategy, ``liveness`` samples clocks."""
+        self.info, self.snapshot, self.intake, self.liveness = info, snapshot, intake, liveness
+
+    def answer(self, frame: bytes = b"", *more: bytes) -> bytes:
+        """Every request gets one answer (REP's lock-step): an "error" one for a request of
+        more than one frame (not a comlab message; answering with the rest unread is EFSM)."""
+        if more:
+            return P.ControlReply("error", f"a request of {len(more) + 1} frames; a control "
+                                           "request is one").pack()
+        try:
+            req = P.decode(frame, (P.Control,))
+            return P.ControlReply(req.op, self._answer(req.op, req.args)).pack()
+        except Exception as exc:
+            return P.ControlReply("error", P.preview(str(exc))).pack()
+
+    def _answer(self, op: str, args: list):
+        if op == "ping":
+            return self.info()
+        if op == "strategy":
+            self.intake.strategy = strategies.check(args[0] if args else None)
+            return self.intake.strategy
+        if op == "clock":
+            return now()
+        if op == "clock-workers":
+            chosen: dict[str, bytes] = {}  # a remote host's idle worker if it has one
+            for w in self.snapshot()["workers"]:
+                if not w["local"] and (w["host"] not in chosen or w["idle"]):
+                    chosen[w["host"]] = w["ident"]
+            return self.liveness.sample_clocks(chosen, int(args[0]))
+        if op == "worker-clocks":
+            return self.liveness.clocks
+        if op == "stats":  # counters, what waits where, who is there
+            return stats(self.snapshot())
+        raise P.ProtocolError(f"unknown control request {P.preview(op)}")
 
 
-def _answer(server, op: str, args: list):
-    if op == "ping":
-        return server.info()
-    if op == "strategy":
-        server.intake.strategy = strategies.check(args[0] if args else None)
-        return server.intake.strategy
-    if op == "clock":
-        return now()
-    if op == "clock-workers":
-        local = server.pool.idents()
-        idle = set(server.ledger.idle)
-        chosen: dict[str, bytes] = {}
-        for ident, w in server.ledger.workers.items():
-            if ident not in local and (w.host not in chosen or ident in idle):
-                chosen[w.host] = ident
-        return server.liveness.sample_clocks(chosen, int(args[0]))
-    if op == "worker-clocks":
-        return server.liveness.clocks
-    if op == "stats":  # counters, what waits where, who is there
-        ledger = server.ledger
-        return {**server.stats, **ledger.counts, "dispatch": server.dispatch,
-                "pending": len(ledger.pending), "queued": server.policy.queued(),
-                "busy": ledger.busy() + server.policy.busy(), "idle": len(ledger.idle),
-                "clients": len(server.clients), "client_drops": server.clients.dropped,
-                "refused_pongs": server.liveness.refused_pongs,
-                "workers": [{"name": w.name, "host": w.host, "pid": w.pid}
-                            for w in ledger.workers.values()],
-                "quarantined_workers": list(ledger.quarantined.values())[-64:]}
-    raise P.ProtocolError(f"unknown control request {P.preview(op)}")
+def stats(snap: dict) -> dict:
+    """The "stats" answer: a snapshot without the routing ids."""
+    return {**snap["counters"], **{k: snap[k] for k in (
+        "dispatch", "pending", "queued", "busy", "idle", "clients", "client_drops",
+        "refused_pongs")},
+        "workers": [{"name": w["name"], "host": w["host"], "pid": w["pid"]}
+                    for w in snap["workers"]],
+        "quarantined_workers": snap["quarantined_workers"]}

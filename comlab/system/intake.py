@@ -1,8 +1,8 @@
 """The clients' side of the server: runs per result URL, the HELLO handshake, the look-up.
 
-Each task key ("ip:command") is looked up in one dict; tasks no worker can run (unknown key,
-address outside ``networks``) are answered at once from here, the rest of a batch becomes one
-work item for the ledger. A result URL has one current run, ended by BYE, the client's connection
+Each task key ("ip:command") is looked up in one dict (``Lookup``, built with the server);
+tasks no worker can run (unknown key, address outside ``networks``) are answered at once from
+here, the rest of a batch becomes one work item for the ledger. A result URL has one current run, ended by BYE, the client's connection
 going away, or a minute idle with nothing in flight. A HELLO of another run on that URL ends it
 only if its client is gone: while the server's socket to the URL is connected, the HELLO waits
 ``HANDOVER_WAIT_S`` for it to leave, then is refused (no peer can end another's run by naming
@@ -32,7 +32,6 @@ from collections import OrderedDict
 
 import msgpack
 import numpy as np
-import zmq
 
 from . import protocol as P, strategies
 from .clients import TooManyClients
@@ -77,13 +76,12 @@ def peek_batch(frame: bytes) -> tuple | None:
     return run, url, batch_id, n
 
 
-class Intake:
-    def __init__(self, table: dict, networks, reply_url: str, strategy: str, stats: dict,
-                 role) -> None:
-        """``role`` is the server: its ``clients`` (sockets), ``ledger``, ``to_worker`` and
-        ``info`` are used once it is set up; ``stats`` are its counters."""
+class Lookup:
+    """The task table, ready for the per-task look-up (built once, at the server's
+    construction: a bad entry is refused before anything starts)."""
+
+    def __init__(self, table: dict, networks=()) -> None:
         self.networks = [ipaddress.ip_network(n, strict=False) for n in networks]
-        self.reply_url, self.strategy, self.stats, self.role = reply_url, strategy, stats, role
         self.ip_status: dict[str, int] = {}
         if self.networks:
             # An address out of reach is unreachable even when the map knows it: drop such keys
@@ -94,25 +92,43 @@ class Intake:
         # wait as the WORK column's bytes) and its wait (the batch's expected cost).
         self.entry_of = {k: _entry(k, r, w) for k, (r, w) in table.items()}
         self.wait_of = {k: float(w) for k, (_, w) in table.items()}
+
+    def status_of(self, key: str) -> int:
+        ip = key.partition(":")[0]
+        status = self.ip_status.get(ip)
+        if status is None:
+            status = P.UNKNOWN
+            if self.networks:
+                try:
+                    addr = ipaddress.ip_address(ip)
+                    if not any(addr in net for net in self.networks):
+                        status = P.UNREACHABLE
+                except ValueError:
+                    status = P.UNREACHABLE
+            if len(self.ip_status) < 100_000:
+                self.ip_status[ip] = status
+        return status
+
+
+class Intake:
+    def __init__(self, lookup: Lookup, strategy: str, stats: dict, *, clients, ledger, send,
+                 info, reply_url: str = "") -> None:
+        """``clients`` the server's sockets to result URLs (comlab.system.clients), ``ledger``
+        where work goes (comlab.system.ledger), ``send(ident, frame)`` to a worker, ``info()``
+        what a WELCOME says of the server; ``stats`` its counters."""
+        self.lookup, self.reply_url, self.strategy, self.stats = lookup, reply_url, strategy, stats
+        self.entry_of, self.wait_of = lookup.entry_of, lookup.wait_of  # per task: no hop
+        self.clients, self.ledger, self.to_worker, self.info = clients, ledger, send, info
+        self.mark_fed = clients.mark_fed               # a run that sent a batch keeps its
+                                                       # socket when sockets run short
         self.runs: dict[str, int] = {}                 # reply URL -> its current run
         self.ended: OrderedDict[int, None] = OrderedDict()
         self.hellos: dict[str, tuple] = {}             # reply URL -> (workers not joined, deadline)
-        self.silent: set[bytes] = set()                # workers that never answered a CONNECT
         self.seals: dict[int, P.Seal] = {}             # run -> its batch tokens (its secret)
-        self.fed: set[str] = set()                     # URLs whose run sent a batch (attach:
-                                                       # the client sockets' own set)
         self.connecting: dict[str, P.Hello] = {}       # reply URL -> HELLO, until it connects
         self.deferred: dict[str, tuple] = {}           # reply URL -> (HELLO, deadline): its
                                                        # URL's run is active, its client there
-
-    def attach(self) -> None:
-        """The server is set up: its sockets and ledger exist."""
-        self.clients, self.ledger = self.role.clients, self.role.ledger
-        self.to_worker = self.role.to_worker
-        self.silent = self.ledger.silent
-        self.fed = self.clients.fed
-        self.clients.on_connect = self.on_connected
-        self.clients.on_evict = self.on_evicted
+        clients.on_connect, clients.on_evict = self.on_connected, self.on_evicted
 
     def broadcast(self, frame: bytes) -> None:
         for ident in list(self.ledger.workers):
@@ -160,6 +176,7 @@ class Intake:
             raise
         self.runs[url] = h.run
         self.seals[h.run] = P.Seal(h.secret)
+        self.ledger.track(h.run)
         if url in self.clients.connected:
             self.join_workers(url, h)
         else:  # workers hear of it once someone listens there (``on_connected``)
@@ -172,10 +189,8 @@ class Intake:
             self.join_workers(url, h)
 
     def join_workers(self, url: str, h: P.Hello) -> None:
-        idle = set(self.ledger.idle) - self.silent
-        connect = P.Connect(url, self.strategy, max(0, min(h.warm, MAX_WARM))).pack()
-        self.broadcast(connect)
-        waiting = idle & set(self.ledger.workers)
+        waiting = self.ledger.idle_answering()
+        self.broadcast(P.Connect(url, self.strategy, max(0, min(h.warm, MAX_WARM))).pack())
         if waiting:
             self.hellos[url] = (waiting, time.monotonic() + HELLO_WAIT_S)
         else:
@@ -183,18 +198,11 @@ class Intake:
 
     def refuse(self, url: str, run: int, why: str) -> None:
         """Answer a client there is no room for, on a socket of its own, closed at once."""
-        sock = self.role.socket(zmq.PUSH, curve_server=False)
-        try:
-            sock.connect(url)
-            sock.send(P.Welcome(run, {"refused": why}).pack(), zmq.NOBLOCK)
-        except zmq.ZMQError:
-            pass
-        finally:
-            self.role.close_socket(sock, linger_ms=1000)
+        self.clients.send_once(url, P.Welcome(run, {"refused": why}).pack())
 
     def welcome(self, url: str) -> None:
         self.hellos.pop(url, None)
-        self.clients.send(url, P.Welcome(self.runs.get(url, 0), self.role.info()).pack())
+        self.clients.send(url, P.Welcome(self.runs.get(url, 0), self.info()).pack())
 
     def hello_timeout_ms(self) -> float | None:
         """ms until the next HELLO deadline (workers joining, a deferred HELLO); None: none."""
@@ -235,6 +243,11 @@ class Intake:
                                                    "token": token}).pack())
         return True
 
+    def stop_waiting_for(self, ident: bytes) -> None:
+        """A worker joined a client, or is gone: no HELLO waits for it any more."""
+        if self.hellos:
+            self.on_joined(ident)
+
     def on_joined(self, ident: bytes | None) -> None:
         """A worker finished a CONNECT (ident None: check deadlines only)."""
         t = time.monotonic()
@@ -242,7 +255,7 @@ class Intake:
             waiting.discard(ident)
             if waiting and t >= deadline:
                 # Never joined: not waited for again until it shows life (any message).
-                self.silent |= waiting
+                self.ledger.mark_silent(waiting)
                 log.warning("%d workers did not join client %s within %.0f s", len(waiting),
                             url, HELLO_WAIT_S)
             if not waiting or t >= deadline:
@@ -257,7 +270,7 @@ class Intake:
                 return
             self.clients.get(url)  # a client that never said HELLO: its first batch starts
             self.runs[url] = b.run  # the run (a bad URL is dropped here)
-        self.fed.add(url)  # a run that sent a batch keeps its socket when sockets run short
+        self.mark_fed(url)
         keys, task_ids = b.keys, b.task_ids
         try:
             entries = b"".join(map(self.entry_of.get, keys))  # the look-up: a dict get per task
@@ -295,7 +308,7 @@ class Intake:
         for key in missed:
             if not isinstance(key, str):
                 raise P.ProtocolError(f"task key {P.preview(key)} is not a string")
-        statuses = [self.status_of(key) for key in missed]
+        statuses = [self.lookup.status_of(key) for key in missed]
         for status in statuses:
             self.stats[P.STATUS_NAMES[status]] += 1
         hit = np.array(known, dtype=bool)
@@ -309,27 +322,10 @@ class Intake:
         keys = [k for k, h in zip(b.keys, known) if h]
         return keys, ids[hit].tobytes(), b"".join(map(self.entry_of.__getitem__, keys))
 
-    def status_of(self, key: str) -> int:
-        ip = key.partition(":")[0]
-        status = self.ip_status.get(ip)
-        if status is None:
-            status = P.UNKNOWN
-            if self.networks:
-                try:
-                    addr = ipaddress.ip_address(ip)
-                    if not any(addr in net for net in self.networks):
-                        status = P.UNREACHABLE
-                except ValueError:
-                    status = P.UNREACHABLE
-            if len(self.ip_status) < 100_000:
-                self.ip_status[ip] = status
-        return status
-
     def expire_clients(self) -> None:
         """Let go of clients idle for a minute with no work queued or running: a client that
         vanished without BYE and without a connection to lose (its URL never answered)."""
-        active = {w.run for w in self.ledger.pending}
-        active |= {h.work.run for w in self.ledger.workers.values() for h in w.held}
+        active = self.ledger.active_runs()
         busy = {url for url, run in self.runs.items() if run in active}
         for url in self.clients.expire(in_use=busy):
             self.end_run(url, "idle, nothing in flight")

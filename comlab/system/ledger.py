@@ -61,7 +61,8 @@ class Ledger:
         """``send(ident, work) -> bool``; ``fail(work, worker_name, why)`` answers a batch's
         tasks as failed; a batch's expected run time is its ``cost_s``; ``policy`` a dispatch
         design; ``local`` the routing ids of the server's own workers (a set kept up to date);
-        ``tracked`` the runs whose clients acknowledge results (comlab.system.acks)."""
+        ``tracked`` the runs whose clients acknowledge results at first (comlab.system.acks;
+        then ``track``)."""
         self.send, self.fail = send, fail
         self.policy = policy or Broker()
         self.local = local
@@ -71,7 +72,8 @@ class Ledger:
         self.pending: deque[Work] = deque()
         self.idle: deque[bytes] = deque()
         self.short: deque[bytes] = deque()   # busy workers that may take one more
-        self.silent: set[bytes] = set()      # never answered a CONNECT: no work until they do
+        self.silent: set[bytes] = set()      # no work until they show life: ``mark_silent``,
+                                             # ``heard_from`` (the ledger's alone to change)
         self.proven: set[bytes] = set()      # workers whose results the client acknowledged
         self.quarantined: dict[bytes, str] = {}  # routing id -> why: never given work again
         self.acks = AckBook(tracked, clock)
@@ -90,6 +92,28 @@ class Ledger:
     def holds(self, ident: bytes) -> bool:
         w = self.workers.get(ident)
         return w is not None and bool(w.held)
+
+    def idle_answering(self) -> set[bytes]:
+        """Idle workers known now that are not ``silent``."""
+        return (set(self.idle) - self.silent) & self.workers.keys()
+
+    def active_runs(self) -> set[int]:
+        """Runs with work queued or held."""
+        return {w.run for w in self.pending} \
+            | {h.work.run for w in self.workers.values() for h in w.held}
+
+    # -- who answers -----------------------------------------------------------------------------
+    def mark_silent(self, idents) -> None:
+        """Workers that did not answer (a CONNECT): no work until they show life."""
+        self.silent |= set(idents)
+
+    def heard_from(self, ident: bytes) -> None:
+        """Any message from a worker: it answers again."""
+        self.silent.discard(ident)
+
+    def track(self, run: int) -> None:
+        """This run's client acknowledges results (it said HELLO); until ``drop_run``."""
+        self.acks.track(run)
 
     # -- events --------------------------------------------------------------------------------
     def submit(self, work: Work) -> None:

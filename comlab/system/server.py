@@ -3,12 +3,18 @@
 Clients PUSH batches to its PULL socket; the intake (comlab.system.intake: runs, handshake,
 look-up) answers tasks no worker can run and turns the rest of each batch into one work item
 for the ledger (comlab.system.ledger: the pending queue, who holds what, retries, the dispatch
-decision). Workers connect a DEALER to the server's ROUTER (READY, then DONE after each batch).
+decision). Workers connect a DEALER to the server's ROUTER (READY, then DONE after each batch);
+their side (comlab.system.workerside) sends them work and takes their messages and losses.
 The local pool (comlab.system.pool) is running before the server reports ready; remote worker
 hosts may join on ``workers_url`` at any time. Lost workers are noticed off the hot path
 (comlab.system.liveness). Results go out through one socket per client
 (comlab.system.clients). When ``pending`` is full the server stops reading its PULL socket and
-ZeroMQ's high-water marks push back on the client.
+ZeroMQ's high-water marks push back on the client. The lab's control socket
+(comlab.system.control) reads the server's ``snapshot()``.
+
+Each part is built in ``setup`` with what it needs (sockets, the ledger, callables); none holds
+the server, and each mutable set has one owner (the ledger's ``silent`` workers, the client
+sockets' ``fed`` URLs, the ack book's tracked runs): the others ask it.
 
 Every peer message is checked (comlab.system.protocol) and costs its sender that message at
 most: never the process, another client's tasks, or unbounded memory, threads or waiting.
@@ -16,6 +22,7 @@ most: never the process, another client's tasks, or unbounded memory, threads or
 
 from __future__ import annotations
 
+import functools
 import logging
 import multiprocessing
 import os
@@ -24,26 +31,25 @@ import sys
 import tempfile
 import threading
 import time
-from collections import OrderedDict
 
-import numpy as np
 import zmq
 
 from .. import __version__
-from . import control, dispatch as dispatch_mod, limits, protocol as P, strategies
+from . import dispatch as dispatch_mod, limits, protocol as P, strategies
 from . import worker as worker_mod
 from .clients import ClientSockets
-from .intake import Intake
+from .control import Control
+from .intake import Intake, Lookup
 from .ledger import Ledger
 from .liveness import Liveness
 from .pool import Pool
 from .role import HOST, Role, bind_or_explain
 from .signals import WakeupPipe, ignored_signals
+from .workerside import FailedBatches, Outbox, WorkerSide
 
 log = logging.getLogger("comlab.server")
 # Plain ints: pyzmq's enum flags cost an enum operation per call on the hot path.
-NOBLOCK, SNDMORE, RCVMORE = int(zmq.NOBLOCK), int(zmq.SNDMORE), int(zmq.RCVMORE)
-now = time.monotonic_ns
+NOBLOCK, RCVMORE = int(zmq.NOBLOCK), int(zmq.RCVMORE)
 
 READY_TIMEOUT_S = 30.0
 STOP_GRACE_S = 0.5  # then busy workers are terminated: their clients are being stopped too
@@ -60,7 +66,6 @@ REMOTE_OVERDUE_SLACK_S = 2.0  # ... for a remote worker (its batches are retried
 COUNTERS = ("batches", "tasks", "unknown", "unreachable", "dropped", "stale", "runs_ended",
             "retried", "failed", "worker_deaths", "workers_lost", "overdue", "refused",
             "refused_batches", "runs_reclaimed")
-WORKER_TYPES = (P.Done, P.Ready, P.Joined, P.Pong)
 
 
 class ParentGone(Exception):
@@ -90,9 +95,10 @@ class Server(Role):
         self.threads = limits.check_server(max_workers)
         strategies.set_threads(self.threads)
         self.dispatch = dispatch_mod.check(dispatch)
-        self.stats = dict.fromkeys(COUNTERS, 0)
-        self.intake = Intake(table, networks, reply_url, strategies.check(strategy), self.stats,
-                             self)
+        self.stats = dict.fromkeys(COUNTERS, 0)  # the parts' counters, in one dict
+        self.lookup = Lookup(table, networks)
+        # The intake's, once it is built (setup): it owns the strategy from then on.
+        self.first_strategy, self.reply_url = strategies.check(strategy), reply_url
         self.workers_url, self.control_url = workers_url, control_url
         self.watch_fd, self.on_ready, self.security = watch_fd, on_ready, security
         self.max_pending = max_pending or 2 * max(max_workers, 1) + 16
@@ -102,7 +108,6 @@ class Server(Role):
                            and threading.active_count() == 1)
         self.poller = None
         self.startup_s = None
-        self._failed: OrderedDict[tuple, None] = OrderedDict()  # (run, batch) counted failed
 
     # -- setup ------------------------------------------------------------------------------
     def prepare(self):
@@ -113,8 +118,12 @@ class Server(Role):
         self.local_url, self._ipc_dir = local_endpoint()
         mp = multiprocessing.get_context(self.start_method)
         self.policy = dispatch_mod.make(self.dispatch, mp=mp, slots=self.max_workers + 4)
+        self.poller = zmq.Poller()  # no context needed: it only lists what to poll
+        # For reading only (register's default adds POLLOUT: always ready).
+        self.watch = functools.partial(self.poller.register, flags=zmq.POLLIN)
         self.pool = Pool(worker_mod.main, (self.local_url, self.log_level, self.security),
-                         start_method=self.start_method,
+                         start_method=self.start_method, watch=self.watch,
+                         unwatch=self.poller.unregister,
                          kwargs_of=lambda ident: {**self.policy.local_pool_kwargs(ident),
                                                   "threads": self.threads})
         if self.max_workers and self.fork_first:
@@ -139,24 +148,27 @@ class Server(Role):
                                   heartbeat_ivl=HEARTBEAT_IVL_MS,
                                   heartbeat_timeout=HEARTBEAT_TIMEOUT_MS,
                                   heartbeat_ttl=HEARTBEAT_TIMEOUT_MS)
+        self.outbox = Outbox(self.router)  # what workers are sent
         self.monitor = self.own(self.router.get_monitor_socket(zmq.EVENT_DISCONNECTED))
         self.router.bind(self.local_url)
         if self.workers_url:
             bind_or_explain(self.router, self.workers_url)
         self.control = self.socket(zmq.REP, bind=self.control_url) if self.control_url else None
-        self.poller = zmq.Poller()
-        watch = lambda s: self.poller.register(s, zmq.POLLIN)  # noqa: E731
-        self.pool.watch, self.pool.unwatch = watch, self.poller.unregister
+        watch = self.watch
         self.clients = ClientSockets(self, monitor=True, watch=watch,
                                      unwatch=self.poller.unregister)
         cpus = os.cpu_count() or 1
         self.overdue_factor = 4.0 * max(1.0, self.max_workers / cpus)
-        self.outbox: dict[bytes, list] = {}  # worker -> batches given in this pass
-        self.ledger = Ledger(self.send_work, self.fail_work, policy=self.policy,
-                             local=self.pool.local, max_pending=self.max_pending,
-                             tracked=self.intake.seals)
-        self.liveness = Liveness(self.to_worker)
-        self.intake.attach()
+        self.ledger = Ledger(self.outbox.give, FailedBatches(self.clients, self.stats).fail,
+                             policy=self.policy, local=self.pool.local,
+                             max_pending=self.max_pending)
+        self.liveness = Liveness(self.outbox.send)
+        self.intake = Intake(self.lookup, self.first_strategy, self.stats, clients=self.clients,
+                             ledger=self.ledger, send=self.outbox.send, info=self.info,
+                             reply_url=self.reply_url)
+        self.workers = WorkerSide(self.outbox, self.ledger, self.liveness, self.pool, self.stats,
+                                  stop_waiting_for=self.intake.stop_waiting_for)
+        self.on_control = Control(self.info, self.snapshot, self.intake, self.liveness).answer
         for sock in (self.router, self.pull, self.control, self.watch_fd):
             if sock is not None:
                 watch(sock)
@@ -166,8 +178,6 @@ class Server(Role):
         self.signal_fd = self.wakeup.fd if self.wakeup is not None else None
         if self.signal_fd is not None:
             watch(self.signal_fd)
-        for sentinel in self.pool.procs:
-            watch(sentinel)
         if self.max_workers:
             while len(self.pool.procs) < self.max_workers:
                 self.check_parent()
@@ -185,6 +195,20 @@ class Server(Role):
                 "dispatch": self.dispatch, "threads_per_worker": self.threads,
                 "startup_s": self.startup_s}
 
+    def snapshot(self) -> dict:
+        """What the server is doing, as plain data (comlab.system.control formats it)."""
+        ledger, policy = self.ledger, self.policy
+        local, idle = self.pool.idents(), set(ledger.idle)
+        return {"counters": {**self.stats, **ledger.counts}, "dispatch": self.dispatch,
+                "pending": len(ledger.pending), "queued": policy.queued(),
+                "busy": ledger.busy() + policy.busy(), "idle": len(ledger.idle),
+                "clients": len(self.clients), "client_drops": self.clients.dropped,
+                "refused_pongs": self.liveness.refused_pongs,
+                "workers": [{"ident": i, "name": w.name, "host": w.host, "pid": w.pid,
+                             "local": i in local, "idle": i in idle}
+                            for i, w in ledger.workers.items()],
+                "quarantined_workers": list(ledger.quarantined.values())[-64:]}
+
     def wait_for_workers(self, n: int) -> None:
         deadline = time.monotonic() + READY_TIMEOUT_S
         while len(self.ledger.workers) < n:
@@ -198,7 +222,7 @@ class Server(Role):
                 elif sock == self.watch_fd:
                     self.check_parent()
                 elif sock is self.router:
-                    self.on_worker_frame(*self.router.recv_multipart())
+                    self.workers.on_frame(*self.router.recv_multipart())
                 elif sock in self.pool.procs:
                     proc = self.pool.procs[sock][0]
                     raise RuntimeError(f"worker {proc.name} exited with code {proc.exitcode} "
@@ -207,6 +231,7 @@ class Server(Role):
     # -- loop --------------------------------------------------------------------------------
     def loop(self):
         router, pull, poll = self.router, self.pull, self.poller.poll
+        outbox, flush = self.outbox, self.workers.flush
         while True:
             want_pull = not self.ledger.full
             if want_pull != self._pull_on:
@@ -214,8 +239,8 @@ class Server(Role):
                 self._pull_on = want_pull
             hot = False
             timeout = self.timeout_ms()  # its chores may give out work: sent before we sleep
-            if self.outbox:
-                self.flush()
+            if outbox:
+                flush()
             for sock, _ in poll(timeout):
                 if sock is router or sock is pull:
                     hot = True
@@ -223,8 +248,8 @@ class Server(Role):
                     return
             if hot:
                 self.pump()
-            if self.outbox:
-                self.flush()
+            if outbox:
+                flush()
 
     def pump(self, most: int = 4096) -> None:
         """Move messages while any wait on the worker and client sockets, with no poll between
@@ -232,8 +257,9 @@ class Server(Role):
         other sockets are looked at again."""
         recv_worker, recv_client = self.router.recv, self.pull.recv
         more = self.router.getsockopt
-        on_worker, on_client, ledger = self.on_worker_frame, self.intake.on_client_frame, \
+        on_worker, on_client, ledger = self.workers.on_frame, self.intake.on_client_frame, \
             self.ledger
+        outbox, flush = self.outbox, self.workers.flush
         moved = 0
         while moved < most:
             before = moved
@@ -257,8 +283,8 @@ class Server(Role):
                     break
                 on_client(frame)
                 moved += 1
-            if self.outbox:
-                self.flush()  # what this round gave each worker, one message per worker
+            if outbox:
+                flush()  # what this round gave each worker, one message per worker
             if moved == before:
                 return
 
@@ -273,9 +299,9 @@ class Server(Role):
                 log.info("parent gone (watched fd closed): stopping")
                 return False
         elif sock in self.pool.procs:
-            self.on_worker_exit(sock)
+            self.workers.exited(sock)
         elif sock is self.monitor:
-            self.on_worker_disconnect()
+            self.workers.disconnected(self.monitor)
         elif sock in self.clients.monitors:
             url = self.clients.disconnected(sock)
             if url is not None:
@@ -291,7 +317,7 @@ class Server(Role):
             probe_ms, lost = self.liveness.timeout_ms(lambda: list(self.ledger.workers))
             waits.append(probe_ms)
             for ident in lost:
-                self.lost_worker(ident, "connection lost")
+                self.workers.lost(ident, "connection lost")
         if self.pool.restarts:
             restart = self.pool.restart_due()
             waits.append(None if restart is None else restart * 1000)
@@ -309,15 +335,8 @@ class Server(Role):
     def chores(self) -> None:
         """Once a second: workers holding a batch far past its ideal time are lost (stopped or
         wedged); clients idle with nothing in flight are let go."""
-        for ident in self.ledger.overdue(OVERDUE_SLACK_S, self.overdue_factor,
-                                         REMOTE_OVERDUE_SLACK_S, OVERDUE_PER_TASK_S):
-            self.stats["overdue"] += 1
-            if ident in self.pool.local:
-                self.lost_worker(ident, "holding a batch far past its ideal time")
-            else:
-                log.warning("remote worker %s holds a batch far past its ideal time: its "
-                            "batches are retried elsewhere", P.preview(ident))
-                self.ledger.release(ident)
+        self.workers.overdue(OVERDUE_SLACK_S, self.overdue_factor, REMOTE_OVERDUE_SLACK_S,
+                             OVERDUE_PER_TASK_S)
         self.ledger.judge_unacked()  # DONEs whose results never reached the client
         if len(self.clients) > 8:
             self.intake.expire_clients()
@@ -329,131 +348,6 @@ class Server(Role):
             except Exception as exc:  # keep the list we have; say why once a second
                 log.warning("could not re-read the authorized keys: %s", exc)
 
-    # -- workers ---------------------------------------------------------------------------
-    def to_worker(self, ident: bytes, frame: bytes) -> bool:
-        """Send to a worker; False when its connection is gone (EHOSTUNREACH)."""
-        try:
-            self.router.send(ident, SNDMORE)
-            self.router.send(frame)
-            return True
-        except zmq.ZMQError as exc:
-            if exc.errno != zmq.EHOSTUNREACH:
-                raise
-            return False
-
-    def send_work(self, ident: bytes, work: P.Work) -> bool:
-        """Batches given to a worker wait in its outbox until the end of the server's pass
-        (``flush``): every batch a worker got in one pass goes in one WORK message, so at
-        batch 1 a worker with a window of tiny batches costs one message, not one per batch."""
-        box = self.outbox.get(ident)
-        if box is None:
-            self.outbox[ident] = [work]
-        else:
-            box.append(work)
-        return True
-
-    def flush(self) -> None:
-        """Send every outbox: one WORK per worker and run (a worker's batches in the order the
-        ledger gave them). A worker whose connection is gone gets its batches back in the queue
-        untouched and is lost."""
-        outbox, self.outbox = self.outbox, {}
-        for ident, works in outbox.items():
-            start = 0
-            for i in range(1, len(works) + 1):
-                if i == len(works) or works[i].run != works[start].run \
-                        or works[i].reply_url != works[start].reply_url \
-                        or works[i].strategy != works[start].strategy:
-                    if not self.to_worker(ident, P.assign(works[start:i])):
-                        self.pool.kill(ident)  # a local worker with no connection is stopped
-                        self.ledger.undeliverable(ident, works[start:])  # or wedged
-                        break
-                    start = i
-        if self.outbox:  # the ledger handed the returned batches to other workers
-            self.flush()
-
-    def fail_work(self, work: P.Work, name: str, why: str = "") -> None:
-        """A batch lost twice: its tasks fail (counted once per batch, however it got here;
-        their responses are the ones the batch was given, so its seal holds)."""
-        key = (work.run, work.batch_id)
-        if key not in self._failed:
-            self.stats["failed"] += work.n
-            self._failed[key] = None
-            if len(self._failed) > 65536:
-                self._failed.popitem(last=False)
-        why = why or f"worker {name} died running this batch"
-        log.error("batch %s lost twice (%s): its tasks fail", work.batch_id, why)
-        t = now()
-        n = work.n
-        stamps = P.ids_bytes([t] * n)
-        self.clients.send(work.reply_url, P.Results(
-            work.run, name, HOST, P.heads_bytes([work.head()]), work.task_ids,
-            bytes([P.FAILED]) * n, P.entry_responses(work.entries), stamps, stamps,
-            [f"{why} (attempt {work.attempt + 1})"] * n).pack())
-
-    def on_worker_frame(self, ident: bytes, frame: bytes = b"", *rest) -> None:
-        try:
-            msg = P.decode(frame, WORKER_TYPES)
-        except P.ProtocolError as exc:
-            self.stats["dropped"] += 1
-            log.warning("dropped a worker message from %s: %s", P.preview(ident), exc)
-            return
-        if self.intake.silent:
-            self.intake.silent.discard(ident)
-        kind = type(msg)
-        if kind is P.Done:
-            self.ledger.done(ident, msg.run, msg.batch_id)
-        elif kind is P.Ready:
-            self.ledger.ready(ident, msg.name, msg.host, msg.pid,
-                              local=ident in self.pool.idents())
-        elif kind is P.Joined:
-            if self.intake.hellos:
-                self.intake.on_joined(ident)
-        else:
-            w = self.ledger.workers.get(ident)
-            if w is not None:
-                self.liveness.pong(ident, w.host, msg.nonce, msg.t_worker)
-
-    def lost_worker(self, ident: bytes, why: str) -> None:
-        w = self.ledger.workers.get(ident)
-        if w is None:
-            return
-        self.stats["workers_lost"] += 1
-        log.warning("worker %s is lost (%s): its batches are retried", w.name, why)
-        self.pool.kill(ident)
-        self.ledger.lose(ident)
-        # What it was given in this pass is retried or failed by lose(): sending it on (and
-        # re-queuing it when the send fails) would run or fail those batches twice.
-        self.outbox.pop(ident, None)
-        if self.intake.hellos:
-            self.intake.on_joined(ident)
-
-    def on_worker_exit(self, sentinel: int) -> None:
-        _, ident = self.pool.exited(sentinel)
-        self.stats["worker_deaths"] += 1
-        self.ledger.lose(ident)
-        self.outbox.pop(ident, None)
-        if self.intake.hellos:
-            self.intake.on_joined(ident)
-
-    def on_worker_disconnect(self) -> None:
-        """A worker connection ended (killed, stopped, cut off): probe every worker."""
-        while True:
-            try:
-                self.monitor.recv_multipart(zmq.NOBLOCK)
-            except zmq.Again:
-                break
-        for ident in self.liveness.disconnected(list(self.ledger.workers)):
-            self.lost_worker(ident, "connection lost")
-
-    # -- control ---------------------------------------------------------------------------
-    def on_control(self, frame: bytes = b"", *more: bytes) -> bytes:
-        """Every request gets one answer (REP's lock-step): an "error" one for a request of
-        more than one frame (not a comlab message; answering with the rest unread is EFSM)."""
-        if more:
-            return P.ControlReply("error", f"a request of {len(more) + 1} frames; a control "
-                                           "request is one").pack()
-        return control.answer(self, frame)
-
     # -- teardown --------------------------------------------------------------------------
     def teardown(self):
         with ignored_signals(signal.SIGINT, signal.SIGTERM):
@@ -461,9 +355,9 @@ class Server(Role):
                 pool = getattr(self, "pool", None)
                 if pool is not None:
                     # Local workers only: remote ones stay, reconnect and join the next server.
-                    if getattr(self, "router", None) is not None:
+                    if getattr(self, "outbox", None) is not None:
                         for ident in pool.idents():
-                            self.to_worker(ident, P.STOP_FRAME)
+                            self.outbox.send(ident, P.STOP_FRAME)
                     pool.stop(STOP_GRACE_S)
                     self.policy.close()
             finally:
