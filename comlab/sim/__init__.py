@@ -32,10 +32,10 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 
-import numpy as np
 import pandas as pd
 
 from .calibrate import Calibration, Linear, calibrate, calibrate_each, kind, outside
+from . import workload
 from .model import Config, simulate
 
 __all__ = ["Calibration", "Config", "Linear", "bottleneck", "calibrate", "calibrate_each",
@@ -50,8 +50,8 @@ def configs_of(summary: pd.DataFrame, records: pd.DataFrame | None = None) -> li
     workers as in ``comlab run``; remote workers (``remote_workers``) on worker hosts that
     share the machine (the network-namespace sweep): as many as the records' ``host`` column
     names in that configuration (one without records)."""
-    cols = [c for c in ("batch_size", "workers", "strategy", "dispatch", "remote_workers")
-            if c in summary.columns]
+    cols = [c for c in ("batch_size", "workers", "strategy", "dispatch", "remote_workers",
+                        "rate", "arrivals") if c in summary.columns]
     out = []
     for _, r in summary[cols].drop_duplicates().iterrows():
         remote = int(r["remote_workers"]) if "remote_workers" in r and pd.notna(
@@ -63,8 +63,18 @@ def configs_of(summary: pd.DataFrame, records: pd.DataFrame | None = None) -> li
                           hosts=_hosts_of(r, cols, records) if remote else 0,
                           strategy=str(r.get("strategy", "thread-per-task")),
                           dispatch=str(r.get("dispatch", "broker")),
-                          one_machine=True if remote else None))
+                          one_machine=True if remote else None, **_schedule_of(r)))
     return out
+
+
+def _schedule_of(row) -> dict:
+    """A measured run's open-loop rate and arrival process (none: closed loop)."""
+    rate = row.get("rate")
+    if rate is None or pd.isna(rate):
+        return {}
+    arrivals = row.get("arrivals")
+    return {"rate": float(rate),
+            "arrivals": "constant" if arrivals is None or pd.isna(arrivals) else str(arrivals)}
 
 
 def _hosts_of(row, cols: list, records: pd.DataFrame | None) -> int:
@@ -115,15 +125,16 @@ def predict(result_or_calibration, configs=None, *, repeats: int = 1, seed: int 
     rows, recs = [], []
     run = 0
     for cfg, cal in zip(configs, chosen):
-        waits = _workload(cal, cfg.tasks)
         why = outside(cal, cfg)
         for rep in range(repeats):
+            waits = workload.waits(cal.workload_s, cfg, seed + rep)
             cols, info = simulate(cal, cfg, waits, seed=seed + rep)
             from .model import records as to_records
             df = to_records(cols, waits, cfg, run, rep, label)
             s = summarize(df, cpus=cfg.cpus or cal.cpus).assign(
                 hosts=cfg.hosts, cpus=cfg.cpus or cal.cpus, latency_added_s=cfg.latency_s,
-                extrapolated=bool(why), outside="; ".join(why), **info)
+                extrapolated=bool(why), outside="; ".join(why), arrivals=cfg.arrivals,
+                seed=seed + rep, **info)
             rows.append(s)
             if records:
                 recs.append(df)
@@ -181,14 +192,6 @@ def bottleneck(pred: pd.DataFrame, threshold: float = SATURATED) -> list[str]:
                    f"{server:.0%} busy): the workers do")
         lines.append(f"{where}: {verdict}")
     return lines
-
-
-def _workload(cal: Calibration, tasks: int | None) -> np.ndarray:
-    base = cal.workload_s if len(cal.workload_s) else np.full(512, 0.01)
-    n = len(base) if tasks is None else int(tasks)
-    if n < 1:
-        raise ValueError("tasks must be >= 1")
-    return np.resize(base, n).astype(float)
 
 
 def sweep(**axes) -> list[dict]:

@@ -259,7 +259,7 @@ def outside(cal: Calibration, cfg) -> list[str]:
            if not r[axis][0] <= v <= r[axis][1]]
     if cfg.hosts not in r["hosts"]:
         out.append(f"hosts {cfg.hosts} (measured {', '.join(map(str, r['hosts']))})")
-    if not r["closed_loop"]:
+    if not r["closed_loop"] and getattr(cfg, "rate", None) is None:
         out.append("closed loop (measured open loop only)")
     for axis in ("strategy", "dispatch"):
         if getattr(cfg, axis) not in r[axis]:
