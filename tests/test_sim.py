@@ -184,3 +184,85 @@ def test_cli_predict_refuses_an_unmeasured_strategy_in_one_line(tiny, capsys):
     assert main(["predict", str(tiny), "--workers", "40"]) == 0
     captured = capsys.readouterr()
     assert "True" in captured.out and "note: 2 of 2 configuration(s)" in captured.err
+
+
+# -- the workloads of issue 27: arrival processes and drawn waits --------------------------------
+def test_an_open_loop_run_keeps_its_schedule_drawn_from_the_recorded_seed():
+    from comlab import arrivals
+    cfg = dict(batch_size=2, workers=4, tasks=200, rate=400.0, arrivals="poisson")
+    pred, rec = sim.predict(_cal(), [cfg], seed=7, records=True)
+    assert pred["seed"].tolist() == [7] and pred["arrivals"].tolist() == ["poisson"]
+    assert (rec["rate"] == 400.0).all()
+    due = rec.groupby("batch_id")["t_intended"].first().to_numpy()
+    np.testing.assert_allclose(due, arrivals.parse("poisson").offsets(100, 2, 400.0, seed=7))
+    # the client sends each batch when due, never before; latency counts from then
+    assert (rec["t_sent"] >= rec["t_intended"] - 1e-12).all()
+    assert (rec["t_sent"] - rec["t_intended"]).max() < 1e-3
+    np.testing.assert_allclose(rec["latency_s"], rec["t_received"] - rec["t_intended"])
+    assert pred["makespan_s"].iloc[0] >= due[-1]
+    _, again = sim.predict(_cal(), [cfg], seed=7, records=True)
+    np.testing.assert_array_equal(again["t_intended"], rec["t_intended"])
+    _, other = sim.predict(_cal(), [cfg], seed=8, records=True)
+    assert not np.array_equal(other["t_intended"], rec["t_intended"])
+
+
+def test_an_open_loop_above_capacity_queues():
+    """2 workers of 10 ms tasks serve 200 tasks/s: sent at 100/s, a task waits for no other;
+    at 400/s, latency grows with the backlog (counted from the schedule)."""
+    rows = [dict(batch_size=1, workers=2, tasks=200, rate=r) for r in (100.0, 400.0)]
+    under, over = sim.predict(_cal(), rows)["latency_p99_s"]
+    assert under < 0.012
+    assert over > 0.4  # the last tasks are due at 0.5 s and served near 1 s
+    closed = sim.predict(_cal(), [dict(batch_size=1, workers=2, tasks=200)], records=True)[1]
+    assert "t_intended" not in closed and "rate" not in closed
+
+
+def test_a_trace_is_replayed_and_waits_are_drawn_from_a_distribution(tmp_path):
+    trace = tmp_path / "t.csv"
+    trace.write_text("offset_s,task\n0,10.0.0.1:foo\n0.01,10.0.0.2:foo\n0.5,10.0.0.3:foo\n")
+    _, rec = sim.predict(_cal(), [dict(batch_size=1, workers=2, arrivals=f"trace:{trace}")],
+                         records=True)
+    assert len(rec) == 3  # the trace's tasks
+    np.testing.assert_allclose(rec.sort_values("task_id")["t_intended"], [0, 0.01, 0.5])
+    cfg = dict(batch_size=8, workers=4, tasks=4000, wait="lognormal", wait_mean_s=0.002)
+    _, rec = sim.predict(_cal(), [cfg], records=True, seed=3)
+    w = rec.sort_values("task_id")["wait_s"].to_numpy()
+    assert w.mean() == pytest.approx(0.002, rel=0.1) and np.quantile(w, 0.99) > 4 * np.median(w)
+    _, same = sim.predict(_cal(), [cfg], records=True, seed=3)
+    np.testing.assert_array_equal(same.sort_values("task_id")["wait_s"], w)
+
+
+@pytest.mark.parametrize("cfg,match", [
+    (dict(arrivals="poisson"), "needs a rate"),
+    (dict(arrivals="sometimes", rate=10.0), "expected one of"),
+    (dict(rate=-1.0), "rate must be"),
+    (dict(wait="lognormal:-1"), "lognormal:-1"),
+])
+def test_a_bad_workload_is_one_valueerror(cfg, match):
+    with pytest.raises(ValueError, match=match):
+        sim.predict(_cal(), [dict(batch_size=1, workers=1, **cfg)])
+
+
+def test_an_open_loop_result_is_predicted_open_loop():
+    """configs_of reads a measured sweep's rate: its prediction keeps the same schedule kind,
+    and an open-loop-only calibration is not 'outside' for an open-loop configuration."""
+    _, rec = sim.predict(_cal(), sim.sweep(batch_size=[1, 4], workers=[2], tasks=100,
+                                           rate=300.0, arrivals="poisson"), records=True)
+    pred = sim.predict(rec)
+    assert (pred["rate"] == 300.0).all() and not pred["extrapolated"].any()
+    closed = sim.predict(rec, [dict(batch_size=1, workers=2)])
+    assert "closed loop" in closed["outside"][0]
+
+
+def test_cli_predict_open_loop(tiny, capsys, tmp_path):
+    assert main(["predict", str(tiny), "--workers", "2", "--rate", "100,none", "--arrivals",
+                 "poisson", "--wait", "exponential", "--seed", "5", "--tasks", "100"]) == 0
+    assert "rate" in capsys.readouterr().out
+    assert main(["predict", str(tiny), "--arrivals", "poisson", "--workers", "2"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "needs a rate" in err[0]
+    bad = tmp_path / "bad.csv"
+    bad.write_text("0,10.0.0.1:foo\nsoon,10.0.0.2:foo\n")
+    with pytest.raises(SystemExit) as exc:
+        main(["predict", str(tiny), "--arrivals", f"trace:{bad}"])
+    assert exc.value.code == 2 and f"{bad}:2" in capsys.readouterr().err

@@ -69,12 +69,13 @@ def configs_of(summary: pd.DataFrame, records: pd.DataFrame | None = None) -> li
 
 def _schedule_of(row) -> dict:
     """A measured run's open-loop rate and arrival process (none: closed loop)."""
-    rate = row.get("rate")
-    if rate is None or pd.isna(rate):
-        return {}
-    arrivals = row.get("arrivals")
-    return {"rate": float(rate),
-            "arrivals": "constant" if arrivals is None or pd.isna(arrivals) else str(arrivals)}
+    rate, arrivals = row.get("rate"), row.get("arrivals")
+    out = {} if arrivals is None or pd.isna(arrivals) else {"arrivals": str(arrivals)}
+    if rate is not None and not pd.isna(rate):
+        out["rate"] = float(rate)
+    elif not out.get("arrivals", "").startswith("trace:"):
+        return {}  # closed loop
+    return out
 
 
 def _hosts_of(row, cols: list, records: pd.DataFrame | None) -> int:
