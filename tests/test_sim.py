@@ -237,6 +237,7 @@ def test_a_trace_is_replayed_and_waits_are_drawn_from_a_distribution(tmp_path):
     (dict(arrivals="sometimes", rate=10.0), "expected one of"),
     (dict(rate=-1.0), "rate must be"),
     (dict(wait="lognormal:-1"), "lognormal:-1"),
+    (dict(arrivals="ramp:10,100,1", rate=10.0), "sets its own rate"),
 ])
 def test_a_bad_workload_is_one_valueerror(cfg, match):
     with pytest.raises(ValueError, match=match):
@@ -252,6 +253,26 @@ def test_an_open_loop_result_is_predicted_open_loop():
     assert (pred["rate"] == 300.0).all() and not pred["extrapolated"].any()
     closed = sim.predict(rec, [dict(batch_size=1, workers=2)])
     assert "closed loop" in closed["outside"][0]
+
+
+def test_a_measured_runs_recorded_seed_replays_its_schedule():
+    """meta.json's arrivals_seed per run (the lab's): the prediction draws that run's very
+    schedule, one configuration per seed; a ramp sets its own rate."""
+    import types
+    from comlab import arrivals
+    _, rec = sim.predict(_cal(), [dict(batch_size=2, workers=2, rate=300.0,
+                                       arrivals="poisson")], repeats=2, records=True)
+    result = types.SimpleNamespace(records=rec, meta={"name": "m", "runs": [
+        {"run": 0, "arrivals_seed": 1234}, {"run": 1, "arrivals_seed": 99}]})
+    pred, got = sim.predict(_cal(), measured=result, records=True)
+    assert sorted(pred["arrivals_seed"]) == [99, 1234]
+    for run, seed in ((0, 1234), (1, 99)):
+        due = got[got["run"] == run].groupby("batch_id")["t_intended"].first()
+        np.testing.assert_allclose(due, arrivals.parse("poisson").offsets(32, 2, 300.0, seed))
+    ramp = sim.predict(_cal(), [dict(batch_size=1, workers=2, tasks=50,
+                                     arrivals="ramp:10,100,0.5")], records=True)[1]
+    np.testing.assert_allclose(ramp["t_intended"], arrivals.parse("ramp:10,100,0.5").offsets(
+        50, 1, None))
 
 
 def test_cli_predict_open_loop(tiny, capsys, tmp_path):

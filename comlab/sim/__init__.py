@@ -51,7 +51,7 @@ def configs_of(summary: pd.DataFrame, records: pd.DataFrame | None = None) -> li
     share the machine (the network-namespace sweep): as many as the records' ``host`` column
     names in that configuration (one without records)."""
     cols = [c for c in ("batch_size", "workers", "strategy", "dispatch", "remote_workers",
-                        "rate", "arrivals") if c in summary.columns]
+                        "rate", "arrivals", "arrivals_seed") if c in summary.columns]
     out = []
     for _, r in summary[cols].drop_duplicates().iterrows():
         remote = int(r["remote_workers"]) if "remote_workers" in r and pd.notna(
@@ -69,13 +69,29 @@ def configs_of(summary: pd.DataFrame, records: pd.DataFrame | None = None) -> li
 
 def _schedule_of(row) -> dict:
     """A measured run's open-loop rate and arrival process (none: closed loop)."""
-    rate, arrivals = row.get("rate"), row.get("arrivals")
+    rate, arrivals, seed = (row.get(k) for k in ("rate", "arrivals", "arrivals_seed"))
     out = {} if arrivals is None or pd.isna(arrivals) else {"arrivals": str(arrivals)}
     if rate is not None and not pd.isna(rate):
         out["rate"] = float(rate)
-    elif not out.get("arrivals", "").startswith("trace:"):
+    elif out.get("arrivals", "constant").partition(":")[0] == "constant":
         return {}  # closed loop
+    if seed is not None and not pd.isna(seed):
+        out["arrivals_seed"] = int(seed)
     return out
+
+
+def _with_schedules(summary: pd.DataFrame, df: pd.DataFrame, meta: dict) -> pd.DataFrame:
+    """Each measured run's arrival process (the records') and schedule seed (meta.json's
+    ``arrivals_seed``) as columns: an open-loop run is then predicted on its own schedule
+    (one configuration per seed)."""
+    if "run" not in summary:
+        return summary
+    if "arrivals" in df and "arrivals" not in summary:
+        summary = summary.assign(arrivals=summary["run"].map(
+            df.groupby("run", observed=True)["arrivals"].first()))
+    seeds = {r["run"]: r["arrivals_seed"] for r in (meta or {}).get("runs", [])
+             if r.get("arrivals_seed") is not None and "run" in r}
+    return summary.assign(arrivals_seed=summary["run"].map(seeds)) if seeds else summary
 
 
 def _hosts_of(row, cols: list, records: pd.DataFrame | None) -> int:
@@ -117,8 +133,8 @@ def predict(result_or_calibration, configs=None, *, repeats: int = 1, seed: int 
             raise ValueError("predict(calibration) needs configs: a Calibration does not "
                              "know the result's configurations")
         from .calibrate import _records
-        df, _ = _records(source if measured is None else measured)
-        configs = configs_of(summarize(df), df)
+        df, meta = _records(source if measured is None else measured)
+        configs = configs_of(_with_schedules(summarize(df), df, meta), df)
     configs = _as_configs(configs)
     chosen = [_calibration_for(cals, cfg) for cfg in configs]  # every refusal before any run
     first = next(iter(cals.values()))
@@ -135,7 +151,7 @@ def predict(result_or_calibration, configs=None, *, repeats: int = 1, seed: int 
             s = summarize(df, cpus=cfg.cpus or cal.cpus).assign(
                 hosts=cfg.hosts, cpus=cfg.cpus or cal.cpus, latency_added_s=cfg.latency_s,
                 extrapolated=bool(why), outside="; ".join(why), arrivals=cfg.arrivals,
-                seed=seed + rep, **info)
+                seed=seed + rep, arrivals_seed=_schedule_seed(cfg, seed + rep), **info)
             rows.append(s)
             if records:
                 recs.append(df)
@@ -151,6 +167,13 @@ def predict(result_or_calibration, configs=None, *, repeats: int = 1, seed: int 
     if records:
         return summary, pd.concat(recs, ignore_index=True)
     return summary
+
+
+def _schedule_seed(cfg: Config, seed: int) -> float:
+    """The seed a run's schedule was drawn from (NaN: closed loop, no schedule)."""
+    if not workload.open_loop(cfg):
+        return float("nan")
+    return seed if cfg.arrivals_seed is None else cfg.arrivals_seed
 
 
 def _calibrations(source) -> dict:

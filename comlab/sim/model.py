@@ -77,7 +77,8 @@ class Config:
     as the pipe takes. ``wait``: a comlab.distributions spec (exponential, lognormal[:SIGMA],
     pareto[:ALPHA], empirical:FILE, ...) to draw the waits from, mean ``wait_mean_s`` (default
     the calibration's mean wait); None: the calibration's waits. Both are drawn from the run's
-    seed (comlab.sim.workload).
+    seed (comlab.sim.workload); the schedule from ``arrivals_seed`` instead when set (a
+    measured run's: the same schedule).
     """
     batch_size: int
     workers: int
@@ -93,6 +94,7 @@ class Config:
     arrivals: str = "constant"
     wait: str | None = None
     wait_mean_s: float | None = None
+    arrivals_seed: int | None = None
 
     def check(self) -> Config:
         if self.batch_size < 1 or self.workers < 1:
@@ -514,6 +516,7 @@ def records(cols: dict, waits: np.ndarray, cfg: Config, run: int, repeat: int,
         df["t_intended"] = cols["t_intended"]
         if cfg.rate is not None:
             df["rate"] = float(cfg.rate)
+        df["arrivals"] = cfg.arrivals
     df["latency_s"] = df["t_received"] - df.get("t_intended", df["t_sent"])
     df["overhead_s"] = df["latency_s"] - df["wait_s"]
     return in_schema_order(df)

@@ -11,6 +11,7 @@ Both are drawn from the run's seed before the simulated clock starts, so a predi
 from __future__ import annotations
 
 import math
+import numbers
 import random
 
 import numpy as np
@@ -30,6 +31,11 @@ def check(cfg) -> None:
                          f"not {cfg.rate!r}")
     if cfg.rate is None and process.name != "constant" and process.needs_rate:
         raise ValueError(f"arrivals {cfg.arrivals!r} needs a rate (tasks/s)")
+    if cfg.rate is not None and not process.needs_rate:
+        raise ValueError(f"arrivals {cfg.arrivals!r} sets its own rate: leave rate unset")
+    if cfg.arrivals_seed is not None and (isinstance(cfg.arrivals_seed, bool) or not
+                                          isinstance(cfg.arrivals_seed, numbers.Integral)):
+        raise ValueError(f"arrivals_seed must be an integer, not {cfg.arrivals_seed!r}")
     if cfg.wait_mean_s is not None and not (math.isfinite(cfg.wait_mean_s)
                                             and cfg.wait_mean_s >= 0):
         raise ValueError(f"wait_mean_s must be a number of seconds >= 0, not "
@@ -39,16 +45,20 @@ def check(cfg) -> None:
 
 
 def open_loop(cfg) -> bool:
-    """Whether the client keeps a schedule (a rate, or a replayed trace)."""
-    return cfg.rate is not None or cfg.arrivals.partition(":")[0] == "trace"
+    """Whether the client keeps a schedule: a rate, or a process that sets its own (ramp,
+    step, trace); constant without a rate is the closed loop, as in the lab."""
+    return cfg.rate is not None or cfg.arrivals.partition(":")[0] != "constant"
 
 
 def schedule(cfg, n_batches: int, seed: int) -> np.ndarray | None:
-    """Each batch's intended send time (s from the start), or None in a closed loop."""
+    """Each batch's intended send time (s from the start), or None in a closed loop; drawn
+    from ``cfg.arrivals_seed`` when set (a measured run's, meta.json's ``arrivals_seed``: its
+    very schedule), else from the run's seed."""
     if not open_loop(cfg):
         return None
-    return arrivals_mod.parse(cfg.arrivals).offsets(n_batches, cfg.batch_size, cfg.rate,
-                                                    seed=seed)
+    return arrivals_mod.parse(cfg.arrivals).offsets(
+        n_batches, cfg.batch_size, cfg.rate,
+        seed=seed if cfg.arrivals_seed is None else int(cfg.arrivals_seed))
 
 
 def waits(workload_s: np.ndarray, cfg, seed: int) -> np.ndarray:
