@@ -49,9 +49,10 @@ def configs_of(summary: pd.DataFrame, records: pd.DataFrame | None = None) -> li
     """The configurations of a measured summary (one per distinct axes), as Configs: local
     workers as in ``comlab run``; remote workers (``remote_workers``) on worker hosts that
     share the machine (the network-namespace sweep): as many as the records' ``host`` column
-    names in that configuration (one without records)."""
+    names in that configuration (one without records). As many tasks as each run had, and
+    an open-loop run's rate and arrival process (and its schedule's seed, ``arrivals_seed``)."""
     cols = [c for c in ("batch_size", "workers", "strategy", "dispatch", "remote_workers",
-                        "rate", "arrivals", "arrivals_seed") if c in summary.columns]
+                        "rate", "arrivals", "arrivals_seed", "n_tasks") if c in summary.columns]
     out = []
     for _, r in summary[cols].drop_duplicates().iterrows():
         remote = int(r["remote_workers"]) if "remote_workers" in r and pd.notna(
@@ -63,7 +64,9 @@ def configs_of(summary: pd.DataFrame, records: pd.DataFrame | None = None) -> li
                           hosts=_hosts_of(r, cols, records) if remote else 0,
                           strategy=str(r.get("strategy", "thread-per-task")),
                           dispatch=str(r.get("dispatch", "broker")),
-                          one_machine=True if remote else None, **_schedule_of(r)))
+                          one_machine=True if remote else None,
+                          tasks=int(r["n_tasks"]) if "n_tasks" in r else None,
+                          **_schedule_of(r)))
     return out
 
 
