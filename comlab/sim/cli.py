@@ -77,9 +77,10 @@ def add_parser(sub) -> None:
     p.add_argument("--rate", type=_rates, metavar="R,R,...",
                    help="open loop: tasks/s the client sends at (none: closed loop, as fast as "
                         "the pipe takes; default)")
-    p.add_argument("--arrivals", type=_arrivals, default="constant", metavar="SPEC",
-                   help="when an open-loop client sends: constant, poisson, bursty:ON,OFF, "
-                        "ramp:R0,R1,SECONDS, step:R1@T1,..., trace:FILE (default constant)")
+    p.add_argument("--arrivals", type=_arrivals, action="append", metavar="SPEC",
+                   help="when an open-loop client sends (repeat to sweep): constant, poisson, "
+                        "bursty:ON,OFF (with --rate), ramp:R0,R1,SECONDS, step:R1@T1,..., "
+                        "trace:FILE (default constant: without --rate the closed loop)")
     p.add_argument("--wait", type=_wait_spec, metavar="DIST",
                    help="draw the waits: exponential, lognormal[:SIGMA], pareto[:ALPHA], "
                         "empirical:FILE, ... (default: the result's own waits, cycled)")
@@ -117,7 +118,7 @@ def run(args) -> int:
         return 2
     own = not any(getattr(args, k) for k in ("workers", "hosts", "batch_sizes", "dispatch",
                                              "strategy", "tasks", "cpus", "rate", "wait")) \
-        and not args.latency and args.arrivals == "constant"
+        and not args.latency and not args.arrivals
     t0 = time.perf_counter()
     try:
         if own:
@@ -132,7 +133,8 @@ def run(args) -> int:
                         dispatch=args.dispatch or sorted(map(str, rec["dispatch"].unique())),
                         strategy=args.strategy or sorted(map(str, rec["strategy"].unique())),
                         tasks=args.tasks, cpus=args.cpus, latency_s=args.latency,
-                        rate=args.rate or [None], arrivals=args.arrivals, wait=args.wait,
+                        rate=args.rate or [None], arrivals=args.arrivals or ["constant"],
+                        wait=args.wait,
                         wait_mean_s=args.wait_mean)
             configs = [dict(c, arrivals="constant") if args.rate and c["rate"] is None
                        and not c["arrivals"].startswith("trace:") else c
