@@ -257,6 +257,15 @@ def test_an_open_loop_result_is_predicted_open_loop():
     assert "closed loop" in closed["outside"][0]
 
 
+def test_an_open_loop_calibration_does_not_read_the_schedule_as_send_cost():
+    """Batches sent 0.5 ms apart on average by the schedule: the client's send cost is what
+    it takes when it sends back to back (a few us here), not the schedule's gaps."""
+    _, rec = sim.predict(_cal(), [dict(batch_size=1, workers=2, tasks=400, rate=2000.0,
+                                       arrivals="poisson")], records=True)
+    got = sim.calibrate(rec)
+    assert got.client_send.at(1) < 50e-6, got.client_send
+
+
 def test_a_measured_runs_recorded_seed_replays_its_schedule():
     """meta.json's arrivals_seed per run (the lab's): the prediction draws that run's very
     schedule, one configuration per seed; a ramp sets its own rate."""
