@@ -34,8 +34,8 @@ from collections.abc import Iterable, Mapping
 
 import pandas as pd
 
-from .calibrate import Calibration, Linear, calibrate, calibrate_each, kind, outside
 from . import workload
+from .calibrate import Calibration, Linear, calibrate, calibrate_each, kind, outside
 from .model import Config, simulate
 
 __all__ = ["Calibration", "Config", "Linear", "bottleneck", "calibrate", "calibrate_each",

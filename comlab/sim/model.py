@@ -459,7 +459,8 @@ class Simulation:
         names = [w["ident"].decode() for w in self.workers]
         hosts = [w["host"] for w in self.workers]
         wk = self.b_worker[per_task]
-        planned = {} if self.intended is None else {"t_intended": self.intended[per_task]}
+        due = workload.task_due(self.cfg, self.intended, self.bounds)
+        planned = {} if due is None else {"t_intended": due}
         return {**planned, "batch_id": per_task, "t_sent": self.b_sent[per_task],
                 "t_server_in": self.b_in[per_task], "t_enqueued": self.b_enq[per_task],
                 "t_started": self.t_started, "t_finished": self.t_finished,

@@ -61,6 +61,19 @@ def schedule(cfg, n_batches: int, seed: int) -> np.ndarray | None:
         seed=seed if cfg.arrivals_seed is None else int(cfg.arrivals_seed))
 
 
+def task_due(cfg, batch_due: np.ndarray | None, bounds: list) -> np.ndarray | None:
+    """Each task's intended time: its batch's, but a trace names each task's own (the
+    batch leaves when its last task is due), as the lab's client records them."""
+    if batch_due is None:
+        return None
+    per_task = np.repeat(batch_due, [hi - lo for lo, hi in bounds])
+    trace = arrivals_mod.parse(cfg.arrivals).trace
+    if trace is not None:
+        own = trace.offsets[np.minimum(np.arange(len(per_task)), len(trace.offsets) - 1)]
+        per_task = np.minimum(own, per_task)
+    return per_task
+
+
 def waits(workload_s: np.ndarray, cfg, seed: int) -> np.ndarray:
     """The run's waits: drawn from ``cfg.wait`` (mean ``cfg.wait_mean_s``, default the
     calibration's mean wait), else the calibration's own cycled; ``cfg.tasks`` of them
