@@ -242,6 +242,7 @@ def test_a_trace_is_replayed_and_waits_are_drawn_from_a_distribution(tmp_path):
     (dict(rate=-1.0), "rate must be"),
     (dict(wait="lognormal:-1"), "lognormal:-1"),
     (dict(arrivals="ramp:10,100,1", rate=10.0), "sets its own rate"),
+    (dict(wait="exponential", wait_mean_s="1"), "wait_mean_s must be"),
 ])
 def test_a_bad_workload_is_one_valueerror(cfg, match):
     with pytest.raises(ValueError, match=match):
@@ -295,6 +296,8 @@ def test_cli_predict_open_loop(tiny, capsys, tmp_path):
     assert main(["predict", str(tiny), "--arrivals", "poisson", "--workers", "2"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "needs a rate" in err[0]
+    assert main(["predict", str(tiny), "--wait-mean", "0.1", "--workers", "2"]) == 2
+    assert "--wait-mean needs --wait" in capsys.readouterr().err
     bad = tmp_path / "bad.csv"
     bad.write_text("0,10.0.0.1:foo\nsoon,10.0.0.2:foo\n")
     with pytest.raises(SystemExit) as exc:

@@ -123,10 +123,12 @@ def predict(result_or_calibration, configs=None, *, repeats: int = 1, seed: int 
     ``result_or_calibration``: a Calibration, or anything ``calibrate`` takes (a result
     directory, a ``comlab.load`` Result, records). ``configs``: Configs or dicts of their fields
     (``batch_size``, ``workers``, ``hosts``, ``strategy``, ``dispatch``, ``tasks``, ``cpus``,
-    ``one_machine``, ``latency_s``); default: every configuration of the result itself (needs a
+    ``one_machine``, ``latency_s``; open loop: ``rate``, ``arrivals``, ``arrivals_seed``; drawn
+    waits: ``wait``, ``wait_mean_s``); default: every configuration of the result itself (needs a
     result, not a Calibration; or ``measured=``, another result whose configurations to
-    predict: a sweep over hosts, predicted from a one-host calibration). Repeats draw other overshoots (seed + repeat). With
-    ``records=True``: (summary, per-task records).
+    predict: a sweep over hosts, predicted from a one-host calibration; an open-loop run on its
+    own schedule). Repeats draw other overshoots, schedules and waits (seed + repeat; the rows'
+    ``seed`` and ``arrivals_seed``). With ``records=True``: (summary, per-task records).
     """
     from ..lab.records import summarize
     source = result_or_calibration

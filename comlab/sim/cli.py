@@ -106,6 +106,10 @@ def run(args) -> int:
                                             _result_dir(args.calibration) is None):
         return 2
     source = args.calibration or args.result
+    if args.wait_mean is not None and not args.wait:
+        print("error: --wait-mean needs --wait (the distribution to draw from)",
+              file=sys.stderr)
+        return 2
     for name in ("tasks", "cpus"):
         v = getattr(args, name)
         if v is not None and v < 1:

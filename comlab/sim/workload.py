@@ -26,7 +26,7 @@ def check(cfg) -> None:
     """ValueError naming what is wrong with a Config's arrivals, rate or wait."""
     process = arrivals_mod.parse(cfg.arrivals)
     if cfg.rate is not None and (isinstance(cfg.rate, bool) or not isinstance(
-            cfg.rate, (int, float)) or not math.isfinite(cfg.rate) or cfg.rate <= 0):
+            cfg.rate, numbers.Real) or not math.isfinite(cfg.rate) or cfg.rate <= 0):
         raise ValueError(f"rate must be a number of tasks/s > 0 (or None: closed loop), "
                          f"not {cfg.rate!r}")
     if cfg.rate is None and process.name != "constant" and process.needs_rate:
@@ -36,8 +36,9 @@ def check(cfg) -> None:
     if cfg.arrivals_seed is not None and (isinstance(cfg.arrivals_seed, bool) or not
                                           isinstance(cfg.arrivals_seed, numbers.Integral)):
         raise ValueError(f"arrivals_seed must be an integer, not {cfg.arrivals_seed!r}")
-    if cfg.wait_mean_s is not None and not (math.isfinite(cfg.wait_mean_s)
-                                            and cfg.wait_mean_s >= 0):
+    mean = cfg.wait_mean_s
+    if mean is not None and (isinstance(mean, bool) or not isinstance(mean, numbers.Real)
+                             or not math.isfinite(mean) or mean < 0):
         raise ValueError(f"wait_mean_s must be a number of seconds >= 0, not "
                          f"{cfg.wait_mean_s!r}")
     if cfg.wait is not None:
