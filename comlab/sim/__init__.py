@@ -32,9 +32,9 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 
-import numpy as np
 import pandas as pd
 
+from . import workload
 from .calibrate import Calibration, Linear, calibrate, calibrate_each, kind, outside
 from .model import Config, simulate
 
@@ -49,9 +49,10 @@ def configs_of(summary: pd.DataFrame, records: pd.DataFrame | None = None) -> li
     """The configurations of a measured summary (one per distinct axes), as Configs: local
     workers as in ``comlab run``; remote workers (``remote_workers``) on worker hosts that
     share the machine (the network-namespace sweep): as many as the records' ``host`` column
-    names in that configuration (one without records)."""
-    cols = [c for c in ("batch_size", "workers", "strategy", "dispatch", "remote_workers")
-            if c in summary.columns]
+    names in that configuration (one without records). As many tasks as each run had, and
+    an open-loop run's rate and arrival process (and its schedule's seed, ``arrivals_seed``)."""
+    cols = [c for c in ("batch_size", "workers", "strategy", "dispatch", "remote_workers",
+                        "rate", "arrivals", "arrivals_seed", "n_tasks") if c in summary.columns]
     out = []
     for _, r in summary[cols].drop_duplicates().iterrows():
         remote = int(r["remote_workers"]) if "remote_workers" in r and pd.notna(
@@ -63,8 +64,37 @@ def configs_of(summary: pd.DataFrame, records: pd.DataFrame | None = None) -> li
                           hosts=_hosts_of(r, cols, records) if remote else 0,
                           strategy=str(r.get("strategy", "thread-per-task")),
                           dispatch=str(r.get("dispatch", "broker")),
-                          one_machine=True if remote else None))
+                          one_machine=True if remote else None,
+                          tasks=int(r["n_tasks"]) if "n_tasks" in r else None,
+                          **_schedule_of(r)))
     return out
+
+
+def _schedule_of(row) -> dict:
+    """A measured run's open-loop rate and arrival process (none: closed loop)."""
+    rate, arrivals, seed = (row.get(k) for k in ("rate", "arrivals", "arrivals_seed"))
+    out = {} if arrivals is None or pd.isna(arrivals) else {"arrivals": str(arrivals)}
+    if rate is not None and not pd.isna(rate):
+        out["rate"] = float(rate)
+    elif out.get("arrivals", "constant").partition(":")[0] == "constant":
+        return {}  # closed loop
+    if seed is not None and not pd.isna(seed):
+        out["arrivals_seed"] = int(seed)
+    return out
+
+
+def _with_schedules(summary: pd.DataFrame, df: pd.DataFrame, meta: dict) -> pd.DataFrame:
+    """Each measured run's arrival process (the records') and schedule seed (meta.json's
+    ``arrivals_seed``) as columns: an open-loop run is then predicted on its own schedule
+    (one configuration per seed)."""
+    if "run" not in summary:
+        return summary
+    if "arrivals" in df and "arrivals" not in summary:
+        summary = summary.assign(arrivals=summary["run"].map(
+            df.groupby("run", observed=True)["arrivals"].first()))
+    seeds = {r["run"]: r["arrivals_seed"] for r in (meta or {}).get("runs", [])
+             if r.get("arrivals_seed") is not None and "run" in r}
+    return summary.assign(arrivals_seed=summary["run"].map(seeds)) if seeds else summary
 
 
 def _hosts_of(row, cols: list, records: pd.DataFrame | None) -> int:
@@ -93,10 +123,12 @@ def predict(result_or_calibration, configs=None, *, repeats: int = 1, seed: int 
     ``result_or_calibration``: a Calibration, or anything ``calibrate`` takes (a result
     directory, a ``comlab.load`` Result, records). ``configs``: Configs or dicts of their fields
     (``batch_size``, ``workers``, ``hosts``, ``strategy``, ``dispatch``, ``tasks``, ``cpus``,
-    ``one_machine``, ``latency_s``); default: every configuration of the result itself (needs a
+    ``one_machine``, ``latency_s``; open loop: ``rate``, ``arrivals``, ``arrivals_seed``; drawn
+    waits: ``wait``, ``wait_mean_s``); default: every configuration of the result itself (needs a
     result, not a Calibration; or ``measured=``, another result whose configurations to
-    predict: a sweep over hosts, predicted from a one-host calibration). Repeats draw other overshoots (seed + repeat). With
-    ``records=True``: (summary, per-task records).
+    predict: a sweep over hosts, predicted from a one-host calibration; an open-loop run on its
+    own schedule). Repeats draw other overshoots, schedules and waits (seed + repeat; the rows'
+    ``seed`` and ``arrivals_seed``). With ``records=True``: (summary, per-task records).
     """
     from ..lab.records import summarize
     source = result_or_calibration
@@ -106,8 +138,8 @@ def predict(result_or_calibration, configs=None, *, repeats: int = 1, seed: int 
             raise ValueError("predict(calibration) needs configs: a Calibration does not "
                              "know the result's configurations")
         from .calibrate import _records
-        df, _ = _records(source if measured is None else measured)
-        configs = configs_of(summarize(df), df)
+        df, meta = _records(source if measured is None else measured)
+        configs = configs_of(_with_schedules(summarize(df), df, meta), df)
     configs = _as_configs(configs)
     chosen = [_calibration_for(cals, cfg) for cfg in configs]  # every refusal before any run
     first = next(iter(cals.values()))
@@ -115,15 +147,16 @@ def predict(result_or_calibration, configs=None, *, repeats: int = 1, seed: int 
     rows, recs = [], []
     run = 0
     for cfg, cal in zip(configs, chosen):
-        waits = _workload(cal, cfg.tasks)
         why = outside(cal, cfg)
         for rep in range(repeats):
+            waits = workload.waits(cal.workload_s, cfg, seed + rep)
             cols, info = simulate(cal, cfg, waits, seed=seed + rep)
             from .model import records as to_records
             df = to_records(cols, waits, cfg, run, rep, label)
             s = summarize(df, cpus=cfg.cpus or cal.cpus).assign(
                 hosts=cfg.hosts, cpus=cfg.cpus or cal.cpus, latency_added_s=cfg.latency_s,
-                extrapolated=bool(why), outside="; ".join(why), **info)
+                extrapolated=bool(why), outside="; ".join(why), arrivals=cfg.arrivals,
+                seed=seed + rep, arrivals_seed=_schedule_seed(cfg, seed + rep), **info)
             rows.append(s)
             if records:
                 recs.append(df)
@@ -139,6 +172,13 @@ def predict(result_or_calibration, configs=None, *, repeats: int = 1, seed: int 
     if records:
         return summary, pd.concat(recs, ignore_index=True)
     return summary
+
+
+def _schedule_seed(cfg: Config, seed: int) -> float:
+    """The seed a run's schedule was drawn from (NaN: closed loop, no schedule)."""
+    if not workload.open_loop(cfg):
+        return float("nan")
+    return seed if cfg.arrivals_seed is None else cfg.arrivals_seed
 
 
 def _calibrations(source) -> dict:
@@ -181,14 +221,6 @@ def bottleneck(pred: pd.DataFrame, threshold: float = SATURATED) -> list[str]:
                    f"{server:.0%} busy): the workers do")
         lines.append(f"{where}: {verdict}")
     return lines
-
-
-def _workload(cal: Calibration, tasks: int | None) -> np.ndarray:
-    base = cal.workload_s if len(cal.workload_s) else np.full(512, 0.01)
-    n = len(base) if tasks is None else int(tasks)
-    if n < 1:
-        raise ValueError("tasks must be >= 1")
-    return np.resize(base, n).astype(float)
 
 
 def sweep(**axes) -> list[dict]:

@@ -15,7 +15,8 @@ Where the stamps cannot tell two parts of a stage apart, an assumption splits th
 * hop: one message to a process waiting for it (a wake-up plus loopback TCP): the first batch of
   each run, t_server_in - t_sent, when the server is idle and waiting; median over runs.
 * client send (CPU): gaps between consecutive t_sent before the first result arrives (the client
-  does nothing else then); median per run, fitted over batch sizes.
+  does nothing else then; in an open loop only where the next batch was already due, as the
+  schedule spaces the others); median per run, fitted over batch sizes.
 * client receive (CPU): a result message's decode and check. Gaps between consecutive
   t_received pooled over a batch size's runs, 5th percentile (back-to-back arrivals).
 * server intake (CPU): t_enqueued - t_server_in, median per batch size.
@@ -175,6 +176,8 @@ def batches(df: pd.DataFrame) -> pd.DataFrame:
               worker=("worker", "first"), wait=("wait_s", "max"),
               workers=("workers", "first"), dispatch=("dispatch", "first")
               if "dispatch" in ok.columns else ("workers", "first"))
+    if "t_intended" in ok.columns:  # open loop: when the batch was due (its last task's)
+        b = b.join(g["t_intended"].max().rename("due"))
     return b.reset_index()
 
 
@@ -260,7 +263,7 @@ def outside(cal: Calibration, cfg) -> list[str]:
            if not r[axis][0] <= v <= r[axis][1]]
     if cfg.hosts not in r["hosts"]:
         out.append(f"hosts {cfg.hosts} (measured {', '.join(map(str, r['hosts']))})")
-    if not r["closed_loop"]:
+    if not r["closed_loop"] and getattr(cfg, "rate", None) is None:
         out.append("closed loop (measured open loop only)")
     for axis in ("strategy", "dispatch"):
         if getattr(cfg, axis) not in r[axis]:
@@ -282,9 +285,9 @@ def _calibrate(df: pd.DataFrame, meta: dict) -> Calibration:
 
     send_pts = []
     for _, g in _per_run(quiet):
-        burst = g[g["sent"] < g["rec"].min()]
-        if len(burst) > 1:
-            send_pts.append((g["s"].iloc[0], float(np.median(np.diff(burst["sent"])))))
+        gaps = _send_gaps(g)
+        if len(gaps):
+            send_pts.append((g["s"].iloc[0], float(np.median(gaps))))
     client_send = Linear.fit(*zip(*send_pts)) if send_pts else Linear(0.0)
 
     recv_pts = []
@@ -381,6 +384,18 @@ def _calibrate(df: pd.DataFrame, meta: dict) -> Calibration:
                        server_done, worker_recv, handoff, task_end, thread_wake, overshoot,
                        worker_result, result_wake, done_send, queue_take, inline, idle_wake, workload,
                        source, notes)
+
+
+def _send_gaps(g: pd.DataFrame) -> np.ndarray:
+    """A run's gaps between consecutive sends before its first result, when the client did
+    nothing else: every one in a closed loop; in an open loop only those where the next batch
+    was already due (sent back to back), the others being the schedule's."""
+    burst = g[g["sent"] < g["rec"].min()]
+    sent = burst["sent"].to_numpy()
+    gaps = np.diff(sent)
+    if "due" in burst and burst["due"].notna().any():
+        gaps = gaps[burst["due"].to_numpy()[1:] <= sent[:-1]]
+    return gaps
 
 
 def _idle_wake(b: pd.DataFrame, latency: float, worker_recv: Linear, handoff: float) -> Linear:

@@ -2,7 +2,9 @@
 
 Without ``--workers``/``--hosts``/... it predicts the result's own configurations and prints
 predicted vs measured makespan and p99 with the error of each (the validation table); with
-them, it predicts the configurations given (every combination of the lists).
+them, it predicts the configurations given (every combination of the lists). ``--rate`` with
+``--arrivals`` (comlab.arrivals) simulates an open-loop client, ``--wait`` draws the waits
+(comlab.distributions), both from ``--seed``.
 """
 
 from __future__ import annotations
@@ -42,7 +44,17 @@ def _seconds(text: str) -> float:
     return value
 
 
+def _arrivals(text: str) -> str:
+    from .. import arrivals
+    try:  # a trace is read here, so its errors name file:line
+        arrivals.parse(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
 def add_parser(sub) -> None:
+    from ..cli import _non_negative, _rates, _wait_spec
     p = sub.add_parser("predict", help="predict a sweep with the simulation calibrated from a "
                                        "saved result (default: its own sweep, vs measured)")
     p.add_argument("result", help="a result directory, e.g. results/main")
@@ -62,6 +74,20 @@ def add_parser(sub) -> None:
                                                           "result's machine)")
     p.add_argument("--latency", type=_seconds, default=0.0, metavar="S",
                    help="added to each hop between two machines, in s (default 0)")
+    p.add_argument("--rate", type=_rates, metavar="R,R,...",
+                   help="open loop: tasks/s the client sends at (none: closed loop, as fast as "
+                        "the pipe takes; default)")
+    p.add_argument("--arrivals", type=_arrivals, action="append", metavar="SPEC",
+                   help="when an open-loop client sends (repeat to sweep): constant, poisson, "
+                        "bursty:ON,OFF (with --rate), ramp:R0,R1,SECONDS, step:R1@T1,..., "
+                        "trace:FILE (default constant: without --rate the closed loop)")
+    p.add_argument("--wait", type=_wait_spec, metavar="DIST",
+                   help="draw the waits: exponential, lognormal[:SIGMA], pareto[:ALPHA], "
+                        "empirical:FILE, ... (default: the result's own waits, cycled)")
+    p.add_argument("--wait-mean", type=_non_negative, metavar="S",
+                   help="mean wait of --wait, in s (default: the result's mean wait)")
+    p.add_argument("--seed", type=int, default=0, metavar="N",
+                   help="seed of the arrivals and waits drawn (repeat r: N + r; default 0)")
     p.add_argument("--calibration", metavar="DIR",
                    help="calibrate from this result instead (e.g. a one-host comlab run) and "
                         "predict RESULT's own configurations against its measurements")
@@ -80,6 +106,10 @@ def run(args) -> int:
                                             _result_dir(args.calibration) is None):
         return 2
     source = args.calibration or args.result
+    if args.wait_mean is not None and not args.wait:
+        print("error: --wait-mean needs --wait (the distribution to draw from)",
+              file=sys.stderr)
+        return 2
     for name in ("tasks", "cpus"):
         v = getattr(args, name)
         if v is not None and v < 1:
@@ -91,11 +121,13 @@ def run(args) -> int:
         print(f"error: {source}: cannot calibrate from it: {exc}", file=sys.stderr)
         return 2
     own = not any(getattr(args, k) for k in ("workers", "hosts", "batch_sizes", "dispatch",
-                                             "strategy", "tasks", "cpus")) and not args.latency
+                                             "strategy", "tasks", "cpus", "rate", "wait")) \
+        and not args.latency and not args.arrivals
     t0 = time.perf_counter()
     try:
         if own:
-            pred = predict(cal, measured=args.result, name=Path(args.result).name)
+            pred = predict(cal, measured=args.result, name=Path(args.result).name,
+                           seed=args.seed)
         else:
             from ..lab.results import load_results
             rec = load_results(args.result)
@@ -104,13 +136,19 @@ def run(args) -> int:
                         hosts=args.hosts or [0],
                         dispatch=args.dispatch or sorted(map(str, rec["dispatch"].unique())),
                         strategy=args.strategy or sorted(map(str, rec["strategy"].unique())),
-                        tasks=args.tasks, cpus=args.cpus, latency_s=args.latency)
-            pred = predict(cal, sweep(**axes))
+                        tasks=args.tasks, cpus=args.cpus, latency_s=args.latency,
+                        rate=args.rate or [None], arrivals=args.arrivals or ["constant"],
+                        wait=args.wait,
+                        wait_mean_s=args.wait_mean)
+            configs = [dict(c, arrivals="constant") if args.rate and c["rate"] is None
+                       and not c["arrivals"].startswith("trace:") else c
+                       for c in sweep(**axes)]  # --rate none: that configuration is closed
+            pred = predict(cal, configs, seed=args.seed)
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     wall = time.perf_counter() - t0
-    cols = ["batch_size", "workers", "hosts", "dispatch", "strategy", "makespan_s",
+    cols = ["batch_size", "workers", "hosts", "dispatch", "strategy", "rate", "makespan_s",
             "throughput_tps", "latency_p50_s", "latency_p99_s", "server_utilisation",
             "client_utilisation", "extrapolated"]
     with pd.option_context("display.width", 200, "display.max_rows", 500,
@@ -142,14 +180,16 @@ def validation(result, pred) -> "pd.DataFrame":
     from ..lab.results import load_results
     measured = summarize(load_results(result))
     axes = [c for c in ("batch_size", "workers", "strategy", "dispatch") if c in measured]
+    axes += [c for c in ("rate", "arrivals") if c in measured and c in pred]  # open-loop rows
     for df in (measured, pred):
-        for c in ("strategy", "dispatch"):
-            if c in df:
-                df[c] = df[c].astype(str)
-    m = measured.groupby(axes)[["makespan_s", "latency_p99_s"]].median()
-    p = pred.groupby(axes)[["makespan_s", "latency_p99_s", "server_utilisation"]].median()
+        for c in ("strategy", "dispatch", "arrivals"):
+            if c in df:  # a closed loop's arrivals, if named at all, are constant
+                df[c] = df[c].astype(object).where(df[c].notna(), "constant").astype(str)
+    m = measured.groupby(axes, dropna=False)[["makespan_s", "latency_p99_s"]].median()
+    p = pred.groupby(axes, dropna=False)[["makespan_s", "latency_p99_s",
+                                          "server_utilisation"]].median()
     if "extrapolated" in pred:
-        p = p.join(pred.groupby(axes)["extrapolated"].any())
+        p = p.join(pred.groupby(axes, dropna=False)["extrapolated"].any())
     t = m.join(p, lsuffix="", rsuffix="_pred", how="inner").reset_index()
     out = t[axes].copy()
     for k, label in (("makespan_s", "makespan"), ("latency_p99_s", "p99")):

@@ -41,6 +41,7 @@ import simpy
 from ..system import dispatch as dispatch_mod
 from ..system import strategies
 from ..system.ledger import Ledger
+from . import workload
 from .calibrate import Calibration
 
 SLICE_S = 100e-6   # longest CPU slice before a core is offered to others
@@ -70,6 +71,15 @@ class Config:
     cores per machine (default: the calibration's). ``latency_s``: added to each hop between two
     machines (a real network; 0: the calibrated loopback hop only). ``tasks``: how many
     (default: the calibration's); waits cycle through the calibration's.
+
+    ``rate`` (tasks/s) makes the client open-loop: it sends each batch when ``arrivals`` (a
+    comlab.arrivals spec: constant, poisson, bursty:ON,OFF, ramp:..., step:..., trace:FILE)
+    says it is due, and latency counts from then (``t_intended``); None: closed loop, as fast
+    as the pipe takes. ``wait``: a comlab.distributions spec (exponential, lognormal[:SIGMA],
+    pareto[:ALPHA], empirical:FILE, ...) to draw the waits from, mean ``wait_mean_s`` (default
+    the calibration's mean wait); None: the calibration's waits. Both are drawn from the run's
+    seed (comlab.sim.workload); the schedule from ``arrivals_seed`` instead when set (a
+    measured run's: the same schedule).
     """
     batch_size: int
     workers: int
@@ -81,6 +91,11 @@ class Config:
     one_machine: bool | None = None
     latency_s: float = 0.0
     client_with_server: bool | None = None
+    rate: float | None = None
+    arrivals: str = "constant"
+    wait: str | None = None
+    wait_mean_s: float | None = None
+    arrivals_seed: int | None = None
 
     def check(self) -> Config:
         if self.batch_size < 1 or self.workers < 1:
@@ -94,6 +109,7 @@ class Config:
             raise ValueError(f"the model knows strategies {', '.join(known)}, "
                              f"not {self.strategy!r}")
         dispatch_mod.check(self.dispatch)
+        workload.check(self)
         return self
 
 
@@ -178,6 +194,7 @@ class Simulation:
         self.b_sent, self.b_in, self.b_enq, self.b_rec = (np.full(nb, np.nan) for _ in range(4))
         self.t_started, self.t_finished = np.full(n, np.nan), np.full(n, np.nan)
         self.b_worker = np.zeros(nb, dtype=np.int32)
+        self.intended = workload.schedule(cfg, nb, seed)  # per batch; None: closed loop
         self.busy = {"server": 0.0, "client": 0.0}
         # workers: local ones on the server's machine, or spread over the hosts
         self.workers = []
@@ -251,6 +268,7 @@ class Simulation:
         cal, env, box, m = self.cal, self.env, self.client_box, self.client_m
         nb, sent, left = self.n_batches, 0, len(self.waits)
         to_server = self.hop(m, self.server_m)
+        due = self.intended
         while left > 0:
             while box.q:
                 b = box.q.popleft()
@@ -259,7 +277,8 @@ class Simulation:
                 yield from self.cpu(m, cal.client_recv.at(hi - lo), "client")
                 left -= hi - lo
             self.client_blocked = False
-            while sent < nb and self.in_flight < HWM:
+            while sent < nb and self.in_flight < HWM and (due is None or
+                                                         due[sent] <= env.now + 1e-12):
                 lo, hi = self.bounds[sent]
                 self.b_sent[sent] = env.now
                 yield from self.cpu(m, cal.client_send.at(hi - lo), "client")
@@ -267,8 +286,12 @@ class Simulation:
                 self.later(to_server, self.server_box, ("batch", sent))
                 sent += 1
             if left > 0 and not box.q:
-                self.client_blocked = sent < nb
-                yield box.wait()
+                self.client_blocked = sent < nb and self.in_flight >= HWM
+                if due is not None and sent < nb and not self.client_blocked:
+                    # open loop: a result or the next batch's time, whichever comes first
+                    yield env.any_of([box.wait(), env.timeout(due[sent] - env.now)])
+                else:
+                    yield box.wait()
 
     # -- server ----------------------------------------------------------------------------
     def server(self):
@@ -436,7 +459,9 @@ class Simulation:
         names = [w["ident"].decode() for w in self.workers]
         hosts = [w["host"] for w in self.workers]
         wk = self.b_worker[per_task]
-        return {"batch_id": per_task, "t_sent": self.b_sent[per_task],
+        due = workload.task_due(self.cfg, self.intended, self.bounds)
+        planned = {} if due is None else {"t_intended": due}
+        return {**planned, "batch_id": per_task, "t_sent": self.b_sent[per_task],
                 "t_server_in": self.b_in[per_task], "t_enqueued": self.b_enq[per_task],
                 "t_started": self.t_started, "t_finished": self.t_finished,
                 "t_received": self.b_rec[per_task],
@@ -488,6 +513,11 @@ def records(cols: dict, waits: np.ndarray, cfg: Config, run: int, repeat: int,
                                 "t_finished", "t_received")}})
     if cfg.hosts:
         df["remote_workers"] = cfg.workers
-    df["latency_s"] = df["t_received"] - df["t_sent"]
+    if "t_intended" in cols:  # open loop: latency counts from when the batch was due
+        df["t_intended"] = cols["t_intended"]
+        if cfg.rate is not None:
+            df["rate"] = float(cfg.rate)
+        df["arrivals"] = cfg.arrivals
+    df["latency_s"] = df["t_received"] - df.get("t_intended", df["t_sent"])
     df["overhead_s"] = df["latency_s"] - df["wait_s"]
     return in_schema_order(df)
