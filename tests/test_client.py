@@ -38,6 +38,7 @@ FRAMES = [
     b"junk",                                     # garbage
     results({2: [4]}),                           # part of a batch: taken
     results({2: [5]}, worker="server", status=P.UNKNOWN),  # the server's own: not ACKed
+    results({3: [7, 7]}),                        # a task named twice counts once
     results({2: [5], 3: [6, 7]}),                # two batches, one already answered in part
     results({3: [6, 7]}),                        # duplicate
 ]
@@ -67,13 +68,13 @@ def test_both_acceptance_paths_take_the_same_results_the_same_way(monkeypatch):
     slow, slow_take, slow_taken, slow_garbage = feed(NumpyOnly)
 
     # What the run sees: the same, and what it should be.
-    assert fast_taken == slow_taken == [2, 0, 2, 0, 0, 0, 0, 1, 1, 2, 0]
+    assert fast_taken == slow_taken == [2, 0, 2, 0, 0, 0, 0, 1, 1, 1, 1, 0]
     for run in (fast, slow):
         assert (run.accepted, run.duplicates, run.forged, run.garbage, run.stale) == \
             (8, 3, 1, 2, 1)
     assert fast_garbage == slow_garbage == [FRAMES[5], FRAMES[6]]
     # The ACK: taken (batch, attempt) pairs and forged ones, in the order they came.
-    pairs = [(0, 0), (0, 1), (1, 0), (2, 0), (2, 0), (3, 0), (3, 0)]
+    pairs = [(0, 0), (0, 1), (1, 0), (2, 0), (3, 0), (2, 0), (3, 0), (3, 0)]
     for take in (fast_take, slow_take):
         assert b"".join(take.acked) == b"".join(P.ids_bytes(p) for p in pairs)
         assert b"".join(take.forged) == P.ids_bytes((1, 0))
@@ -85,7 +86,7 @@ def test_both_acceptance_paths_take_the_same_results_the_same_way(monkeypatch):
     assert [P.STATUS_NAMES[s] for s in a["status"]] == \
         ["ok", "ok", "failed", "failed", "ok", "unknown", "ok", "ok"]
     assert list(a["attempt"]) == [0] * N
-    assert list(a["t_received"]) == [1000, 1000, 1002, 1002, 1007, 1008, 1009, 1009]
+    assert list(a["t_received"]) == [1000, 1000, 1002, 1002, 1007, 1008, 1010, 1009]
     assert "fail their seal" in a["error"][2] and a["error"][0] is None
     assert list(a["response"][[0, 1, 4, 6, 7]]) == [100, 101, 104, 106, 107]
 

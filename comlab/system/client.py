@@ -419,12 +419,14 @@ class Acceptance:
         return _sealed(msg, heads, self.seal.tag), _pairs(heads), ids
 
     def _fresh_one(self, ids) -> int:
-        """Mark the tasks not answered before (a memoryview of ids); how many."""
-        answered = self.answered
-        fresh = [i for i in ids if not answered[i]]
-        for i in fresh:
-            answered[i] = 1
-        return len(fresh)
+        """Mark the tasks not answered before (a memoryview of ids); how many (distinct: a
+        frame that names a task twice counts it once, as on the numpy path)."""
+        answered, new = self.answered, 0
+        for i in ids:
+            if not answered[i]:
+                answered[i] = 1
+                new += 1
+        return new
 
     def _fresh_many(self, ids: np.ndarray) -> int:
         """The same for an array: distinct tasks only (a retried batch may answer twice)."""
