@@ -370,7 +370,8 @@ class Acceptance:
                 frame = pull.recv(zmq.NOBLOCK)
             except zmq.Again:
                 return
-            accept(frame, now())  # the t_received stamp (comlab.schema): right after recv
+            t_received = now()  # the t_received stamp (comlab.schema)
+            accept(frame, t_received)
 
     def accept(self, frame: bytes, t_received: int) -> int:
         """Take one frame; the number of tasks it answered first (0: not taken)."""
