@@ -38,6 +38,9 @@ COLUMNS = (
     Column("remote_workers", "int64", "processes", "of which on worker hosts",
            optional="runs with remote workers"),
     Column("rate", "float64", "tasks/s", "open-loop send rate", optional="open-loop runs"),
+    Column("arrivals", "category", "", "the open-loop arrival process (comlab.arrivals: "
+                                       "constant, poisson, bursty, ramp, step, trace)",
+           optional="open-loop runs"),
     Column("task_id", "int64", "", "the task's index in the commands, 0.."),
     Column("batch_id", "int64", "", "the batch's index in sending order, 0.."),
     Column("ip", "category", "", "the task's address"),
@@ -50,8 +53,10 @@ COLUMNS = (
     Column("worker", "category", "", "the worker that ran it; 'server' for answers of the "
                                      "server itself"),
     Column("host", "category", "", "the host that ran it"),
-    Column("t_intended", "float64", "s", "when the open-loop schedule meant to send its batch",
-           "client, Client.send_and_collect (t0 + batch * size / rate)", "open-loop runs"),
+    Column("t_intended", "float64", "s", "when the open-loop schedule meant to send it: its "
+                                         "batch's send time (a trace: the task's own offset)",
+           "client, Client.send_and_collect (t0 + the schedule's offset, drawn before t0)",
+           "open-loop runs"),
     Column("t_sent", "float64", "s", "its batch was handed to the client's PUSH socket",
            "client, _Sending.send_due (just before push.send)"),
     Column("t_server_in", "float64", "s", "the server read its batch",

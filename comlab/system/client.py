@@ -8,7 +8,9 @@ there and that the return path works, and lets the server tell its workers to co
 
 With ``rate`` (tasks per second) the client is open-loop: batch b is due at t0 + b * size / rate
 and its latency is measured from that intended time, so a stall cannot hide (coordinated
-omission); it sleeps on a timerfd (comlab.system.timer) until just before a send is due. The hot
+omission); it sleeps on a timerfd (comlab.system.timer) until just before a send is due. A
+``schedule`` (each batch's send offset, drawn before the clock starts: comlab.arrivals) replaces
+the even spacing; ``task_offsets`` (a replayed trace) gives each task its own intended time. The hot
 loop only checks results (vectorised, on their binary columns) and keeps the accepted frames in a
 ResultLog, streamed to a file when given one; per-task columns are built afterwards, in chunks.
 BATCH frames are assembled from pre-packed keys (protocol.BatchFrames), not built per task.
@@ -47,6 +49,18 @@ def check_batch_limits(keys: P.Keys, batch_size: int) -> None:
         b = int(size.argmax())
         raise ValueError(f"batch {b} would be {int(size[b])} bytes, above the limit of "
                          f"{P.MAX_BATCH_BYTES} bytes per batch: use a smaller batch size")
+
+
+def _offsets(values, n: int, what: str) -> np.ndarray | None:
+    """Send offsets (s) as float64: ``n`` of them, finite, >= 0, non-decreasing."""
+    if values is None:
+        return None
+    out = np.asarray(values, np.float64)
+    if out.shape != (n,):
+        raise ValueError(f"{what}: {out.size} values for {n}")
+    if n and not (np.isfinite(out).all() and out[0] >= 0 and (np.diff(out) >= 0).all()):
+        raise ValueError(f"{what}: expected finite offsets >= 0 in time order")
+    return out
 
 
 class NoServer(RuntimeError):
@@ -125,6 +139,7 @@ class ClientRun:
     t_start: int = 0                 # clock start (after the handshake)
     t_sent: _array = field(default_factory=lambda: _array("q"))   # per batch
     t_intended: np.ndarray | None = None                          # per batch, open-loop only
+    t_task_intended: np.ndarray | None = None  # per task, when the schedule names each (trace)
     accepted: int = 0   # distinct tasks answered (the invariant's count)
     duplicates: int = 0  # messages that answered no task not answered before
     garbage: int = 0     # messages that were not a valid RESULTS for this run's tasks
@@ -140,6 +155,7 @@ class ClientRun:
                 "log_count": self.log.count, "t_start": self.t_start,
                 "t_sent": np.frombuffer(self.t_sent, np.int64) if self.t_sent else
                 np.zeros(0, np.int64), "t_intended": self.t_intended,
+                "t_task_intended": self.t_task_intended,
                 "accepted": self.accepted, "duplicates": self.duplicates,
                 "garbage": self.garbage, "forged": self.forged, "stale": self.stale,
                 "run_id": self.run_id,
@@ -150,6 +166,7 @@ class ClientRun:
         run = cls(d["n_tasks"], d["batch_size"], d["server_url"],
                   log=ResultLog.on_disk(d["log"], d["log_count"]) if d["log"] else ResultLog())
         run.t_start, run.t_intended = d["t_start"], d["t_intended"]
+        run.t_task_intended = d.get("t_task_intended")
         run.t_sent = _array("q", np.asarray(d["t_sent"], np.int64).tobytes())
         for name in ("accepted", "duplicates", "garbage", "stale", "run_id", "server_info"):
             setattr(run, name, d[name])
@@ -194,7 +211,9 @@ class ClientRun:
         cols["t_sent"] = np.full(n, -1, dtype=np.int64)
         has = batch < len(sent)
         cols["t_sent"][has] = sent[batch[has]]
-        if self.t_intended is not None:
+        if self.t_task_intended is not None:
+            cols["t_intended"] = np.asarray(self.t_task_intended, np.int64)
+        elif self.t_intended is not None:
             cols["t_intended"] = np.asarray(self.t_intended, np.int64)[batch]
         for chunk in self.chunks():
             idx = chunk.pop("task_id")
@@ -446,11 +465,15 @@ class Client(Role):
     # due time, ~210 us spinning its last ms); below 1,000/s the client sleeps most of the time
 
     def __init__(self, keys, batch_size: int, bind_url: str, server_url: str, *,
-                 timeout: float = 60.0, rate: float | None = None,
+                 timeout: float = 60.0, rate: float | None = None, schedule=None,
+                 task_offsets=None,
                  hello_timeout: float | None = None, advertise: str | None = None,
                  security=None, log_path: str | None = None) -> None:
         """``keys`` a list of "ip:command" strings or a protocol.Keys; ``log_path`` a file the
-        accepted results are streamed to (memory bounded however long the run)."""
+        accepted results are streamed to (memory bounded however long the run). Open loop:
+        ``rate`` (tasks/s, evenly spaced batches) or ``schedule``, each batch's send offset (s
+        from the clock's start, non-decreasing); ``task_offsets``, each task's intended offset
+        (s; with a schedule whose batches leave when their last task is due: a trace)."""
         super().__init__()
         if batch_size < 1:
             raise ValueError("batch size must be at least 1")
@@ -465,6 +488,13 @@ class Client(Role):
         self.server_url = server_url
         self.timeout = timeout
         self.rate = rate
+        n_batches = -(-len(self.keys) // self.batch_size)
+        if schedule is None and rate is not None:
+            schedule = np.arange(n_batches) * (self.batch_size / rate)
+        self.schedule = _offsets(schedule, n_batches, "schedule (batch send offsets)")
+        self.task_offsets = _offsets(task_offsets, len(self.keys), "task_offsets")
+        if self.task_offsets is not None and self.schedule is None:
+            raise ValueError("task_offsets need a schedule")
         self.hello_timeout = min(timeout, 10.0) if hello_timeout is None else hello_timeout
         self.advertise = advertise
         self.security = security
@@ -541,14 +571,15 @@ class Client(Role):
                           lambda frame: self.check_refused(frame, n_batches))
         sending = _Sending(self.push, P.BatchFrames(self.run_id, self.reply_url, self.keys).frame,
                            n, self.batch_size, run.t_sent)
-        timer = Timer.open() if self.rate else None
+        timer = Timer.open() if self.schedule is not None else None
         if timer is not None:
             precise_sleeps()
         t0 = run.t_start = now()
-        if self.rate:
-            step = self.batch_size / self.rate * 1e9
-            run.t_intended = t0 + (np.arange(n_batches) * step).astype(np.int64)
+        if self.schedule is not None:
+            run.t_intended = t0 + (self.schedule * 1e9).astype(np.int64)
             sending.intended = run.t_intended.tolist()
+            if self.task_offsets is not None:
+                run.t_task_intended = t0 + (self.task_offsets * 1e9).astype(np.int64)
         try:
             self._collect(take, sending, timer, t0 + int(self.timeout * 1e9))
         finally:
