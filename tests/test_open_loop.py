@@ -2,6 +2,9 @@
 seed say, latency counts from it, and the client accounts for how well it kept it."""
 
 import json
+import subprocess
+import sys
+import time
 import warnings
 
 import numpy as np
@@ -9,7 +12,7 @@ import pandas as pd
 import pytest
 
 import comlab
-from comlab import arrivals, cli
+from comlab import arrivals, cli, data
 from comlab.lab import records, stability
 
 N = 2000
@@ -123,3 +126,25 @@ def test_bad_arrivals_on_the_command_line_are_one_line(tmp_path, capsys, argv, m
         code = exc.code
     err = capsys.readouterr().err
     assert code == 2 and message in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.timeout(60)
+def test_the_client_command_replays_a_trace(make_data, server_proc, free_url, tmp_path):
+    client_file, server_file = make_data(n=40, wait=0.0, response=2)
+    keys = [f"{ip}:{command}" for ip, command in data.read_commands(client_file)]
+    trace = tmp_path / "trace.csv"
+    trace.write_text("".join(f"{0.3 * i / 39:.6f},{k}\n" for i, k in enumerate(keys)))
+    server = server_proc(server_file, 1)
+    cmd = [sys.executable, "-m", "comlab.run_client", "-", "4", free_url(), server.url,
+           "--arrivals", f"trace:{trace}", "--json"]
+    t0 = time.monotonic()
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=30)
+    wall = time.monotonic() - t0
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert summary["ok"] == 40 and summary["sum"] == 80
+    assert wall >= 0.3  # the last batch was due 0.3 s after the start
+    cmd[3] = str(client_file)
+    refused = subprocess.run(cmd, capture_output=True, text=True, timeout=30)
+    assert refused.returncode == 2 and "give COMMANDS_FILE as -" in refused.stderr
+    assert len(refused.stderr.strip().splitlines()) == 1
