@@ -239,6 +239,7 @@ class ClientRun:
 _PAIR = struct.Struct("<qq")  # an ACK's (batch_id, attempt)
 _MASK = P.Seal.POSSESSION
 _RESULTS = (P.Results,)
+_decode, _pack_pair = P.decode, _PAIR.pack
 ACK_EVERY_NS = 50_000_000  # ACKs are late by this much at most (the server waits seconds)
 
 
@@ -339,8 +340,8 @@ class _Sending:
     def send_due(self) -> None:
         """Send the batches that are due, while the socket takes them."""
         sent, n, size, intended = self.sent, self.n, self.size, self.intended
-        push, frames, t_sent = self.push, self.frames, self.t_sent
-        while sent < self.n_batches:
+        push, frames, t_sent, n_batches = self.push, self.frames, self.t_sent, self.n_batches
+        while sent < n_batches:
             if intended is not None and intended[sent] > now():
                 break
             lo = sent * size
@@ -371,6 +372,9 @@ class Acceptance:
 
     def __init__(self, run: ClientRun, n_batches: int, seal: "P.Seal", on_garbage=None) -> None:
         self.run, self.n_batches, self.seal, self.on_garbage = run, n_batches, seal, on_garbage
+        self.run_id, self.n, self.size, self.log = run.run_id, run.n_tasks, run.batch_size, \
+            run.log.append  # fewer look-ups per frame (at batch 1, per task)
+        self.tag = seal.tag
         # Checking a batch's possession proof is then an array look-up; the seal's tag over
         # the columns is one keyed hash per batch.
         self.possession = np.fromiter(map(seal.possession, range(n_batches)), np.int64,
@@ -396,11 +400,11 @@ class Acceptance:
         """Take one frame; the number of tasks it answered first (0: not taken)."""
         run = self.run
         try:
-            msg = P.decode(frame, _RESULTS)
-            if msg.run != run.run_id:
+            msg = _decode(frame, _RESULTS)
+            if msg.run != self.run_id:
                 run.stale += 1
                 return 0
-            one = self.check_one(msg, run.n_tasks, run.batch_size)
+            one = self.check_one(msg, self.n, self.size)
             sealed, done, ids = self._one(msg, one) if one is not None else self._many(msg)
         except P.ProtocolError:
             run.garbage += 1
@@ -417,7 +421,7 @@ class Acceptance:
         if not new:
             run.duplicates += 1
             return 0
-        run.log.append(frame, t_received)
+        self.log(frame, t_received)
         self.accounted += new
         return new
 
@@ -426,17 +430,16 @@ class Acceptance:
         b, token, ids, attempt = one
         if not 0 <= b < self.n_batches or self._possession[b] != token & _MASK:
             raise P.ProtocolError("RESULTS with a wrong batch token")
-        return token >> 31 == self.seal.tag(b, msg.task_ids, msg.responses), \
-            _PAIR.pack(b, attempt), ids
+        return token >> 31 == self.tag(b, msg.task_ids, msg.responses), _pack_pair(b, attempt), ids
 
     def _many(self, msg: "P.Results") -> tuple:
         """(sealed, ACK pairs, task ids) of any RESULTS, checked vectorised."""
-        heads, ids, _ = P.check_results(msg, self.run.n_tasks, self.run.batch_size)
+        heads, ids, _ = P.check_results(msg, self.n, self.size)
         b = heads["batch_id"]
         if len(b) and (b.min() < 0 or b.max() >= self.n_batches or
                        not np.array_equal(self.possession[b], heads["token"] & _MASK)):
             raise P.ProtocolError("RESULTS with a wrong batch token")
-        return _sealed(msg, heads, self.seal.tag), _pairs(heads), ids
+        return _sealed(msg, heads, self.tag), _pairs(heads), ids
 
     def _fresh_one(self, ids) -> int:
         """Mark the tasks not answered before (a memoryview of ids); how many (distinct: a
