@@ -207,5 +207,7 @@ def parse(spec: str) -> Arrivals:
     return Arrivals(name, tuple(steps), spec=spec)
 
 
+CONSTANT = Arrivals("constant")  # evenly spaced (with a rate), or the closed loop (without)
+
 _FORMS = {"bursty": "bursty:ON_S,OFF_S", "ramp": "ramp:R0,R1,SECONDS",
           "step": "step:R1@T1,R2@T2,... with T1 = 0", "trace": "trace:FILE"}

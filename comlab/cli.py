@@ -143,6 +143,14 @@ def _popularity_spec(text: str) -> str:
     return text
 
 
+def _arrivals(text: str) -> str:
+    from . import arrivals
+    try:  # a trace is read here, so its errors name file:line
+        return arrivals.parse(text).spec
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def _non_negative(text: str) -> float:
     value = _float(text) if text else float("nan")
     if not value >= 0 or value == float("inf"):
@@ -200,7 +208,7 @@ def cmd_sweep(args) -> int:
             server_address=args.server_address, client_address=args.client_address,
             fresh=args.fresh, confirm=(lambda text: True) if args.yes else _ask,
             hosts=hosts, ssh_config=args.ssh_config, secure=args.secure,
-            on_host_loss=args.on_host_loss)
+            on_host_loss=args.on_host_loss, arrivals=args.arrivals or "constant")
     except (HostLost, DiskFull) as exc:  # mid-sweep: what is saved stays loadable
         print(f"error: {exc}", file=sys.stderr)
         return 1
@@ -467,6 +475,11 @@ def _add_sweep_args(p, defaults: dict) -> None:
     p.add_argument("--rate", type=_rates, default=None, metavar="R,R,...",
                    help="open loop: tasks per second > 0, comma-separated to sweep; none: "
                         "closed loop (default closed loop)")
+    p.add_argument("--arrivals", type=_arrivals, action="append", default=None, metavar="SPEC",
+                   help="open loop: when batches are sent (repeat to sweep): constant (evenly "
+                        "spaced; without --rate the closed loop), poisson, bursty:ON_S,OFF_S "
+                        "(with --rate), ramp:R0,R1,SECONDS, step:R1@T1,R2@T2,... (T1 = 0), "
+                        "trace:FILE (CSV offset_s,ip:command: its tasks) (default constant)")
     p.add_argument("--timeout", type=_timeout, default=None, metavar="SECONDS",
                    help="seconds per run before unanswered tasks count as lost (default: the "
                         "run's ideal time x 3 + 10 s; at most 1e6)")

@@ -28,7 +28,7 @@ from matplotlib.ticker import (EngFormatter, FixedLocator, LogLocator, NullForma
                                NullLocator)
 
 # Swept axes that join the configuration whenever they take more than one value.
-EXTRA_AXES = ("strategy", "transport", "dispatch", "rate")
+EXTRA_AXES = ("strategy", "transport", "dispatch", "rate", "arrivals")
 
 # The stages of a task, in order: (label, from stamp, to stamp).
 STAGES = (

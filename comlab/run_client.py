@@ -10,12 +10,13 @@ import argparse
 import json
 import sys
 
-from . import data
+from . import arrivals, data
 from .lab.checks import batch_size_arg, positive_arg, seconds_arg, url_arg
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("commands_file", help="tasks: lines ip:command")
+    p.add_argument("commands_file", help="tasks: lines ip:command (- with --arrivals "
+                                         "trace:FILE: the trace's tasks)")
     p.add_argument("batch_size", type=batch_size_arg, metavar="TASKS_PER_BATCH",
                    help="tasks per batch, at least 1")
     p.add_argument("bind_url", type=url_arg("BIND_URL"), help="where results come back, e.g. tcp://127.0.0.1:5556")
@@ -25,6 +26,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "handshake with the server has min(10, this) seconds")
     p.add_argument("--rate", type=positive_arg,
                    help="open loop: send this many tasks per second (> 0)")
+    p.add_argument("--arrivals", metavar="SPEC",
+                   help="open loop: when batches are sent (comlab.arrivals): constant or "
+                        "poisson or bursty:ON_S,OFF_S (with --rate), ramp:R0,R1,SECONDS, "
+                        "step:R1@T1,R2@T2,..., trace:FILE (CSV offset_s,ip:command)")
+    p.add_argument("--seed", type=int, default=0,
+                   help="the schedule's random seed (default 0)")
     p.add_argument("--advertise", type=url_arg("--advertise"), help="result URL to give the server, when binding a wildcard")
     p.add_argument("--lenient", action="store_true", help="skip malformed lines (reported)")
     p.add_argument("--curve-keys", metavar="DIR", help="CurveZMQ keys directory")
@@ -51,7 +58,16 @@ def run(args: argparse.Namespace) -> int:
     from .system.role import AddressInUse
     try:
         check_connect_url(args.remote_url, "REMOTE_URL (the server)")
-        tasks = data.read_commands(args.commands_file, lenient=args.lenient)
+        process = arrivals.parse(args.arrivals) if args.arrivals else None
+        if process is not None and not process.needs_rate and args.rate is not None:
+            raise ValueError(f"--arrivals {process.spec} sets its own rate: leave --rate unset")
+        if process is not None and process.trace is not None:
+            if args.commands_file != "-":
+                raise ValueError("with --arrivals trace:FILE the tasks are the trace's: give "
+                                 "COMMANDS_FILE as -")
+            tasks = [tuple(k.split(":")) for k in process.trace.keys]
+        else:
+            tasks = data.read_commands(args.commands_file, lenient=args.lenient)
         security = None
         if args.curve_keys:
             from .system.security import Curve
@@ -59,9 +75,15 @@ def run(args: argparse.Namespace) -> int:
         if args.batch_size > len(tasks) > 0:
             print(f"note: TASKS_PER_BATCH {args.batch_size:,} is more than the {len(tasks):,} "
                   f"tasks: one batch of {len(tasks):,}", file=sys.stderr)
+        schedule = None
+        if process is not None and (args.rate is not None or process.name != "constant"):
+            size = min(args.batch_size, len(tasks)) or 1
+            schedule = process.offsets(-(-len(tasks) // size), size, args.rate, args.seed)
         client = Client([f"{ip}:{cmd}" for ip, cmd in tasks], args.batch_size, args.bind_url,
                         args.remote_url, timeout=args.timeout, rate=args.rate,
-                        advertise=args.advertise, security=security)
+                        schedule=schedule, advertise=args.advertise, security=security,
+                        task_offsets=None if process is None or process.trace is None
+                        else process.trace.offsets)
         result = client.run()
     except (data.DataError, ValueError, NoServer, AddressInUse, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -172,7 +172,7 @@ def test_the_dispatch_table_names_every_design():
 
 
 def _facts():
-    from comlab.lab import compare, experiment, stability
+    from comlab.lab import compare, experiment, records, stability
     from comlab.system import gang, protocol
     from comlab import data
     return [  # (page, a pattern with one number, what the code says)
@@ -186,6 +186,11 @@ def _facts():
         ("how-to/sweeps.md", r"makespans differ by more than (\d+) %",
          stability.SPREAD_LIMIT * 100),
         ("how-to/sweeps.md", r"1 s waits become (\d+) ms", experiment.SEED_WAIT_SCALE * 1000),
+        ("how-to/sweeps.md", r"more than (\d+) % of its batches", stability.LATE_SHARE_LIMIT * 100),
+        ("how-to/sweeps.md", r"`late_share` above (\d+) %", stability.LATE_SHARE_LIMIT * 100),
+        ("how-to/sweeps.md", r"sent more than (\d+) ms late", records.LATE_S * 1000),
+        ("reference/summary.md", r"above ([\d.]+) a stability warning",
+         stability.LATE_SHARE_LIMIT),
         ("explanation/security.md", r"\((\d+) MiB, `MAX_MESSAGE_BYTES`\)",
          protocol.MAX_MESSAGE_BYTES / 2 ** 20),
         ("explanation/security.md", r"its share, ([\d,]+) at most", gang.MAX_THREADS),

@@ -29,7 +29,8 @@ def test_freshly_built_records_follow_the_schema():
     run = ClientRun(2, 1, "tcp://x:1")
     run.t_start, run.t_sent, run.t_intended = 1, array("q", [1, 2]), np.array([1, 2])
     info = {"experiment": "e", "run": 0, "repeat": 0, "batch_size": 1, "workers": 1,
-            "strategy": "sequential", "transport": "tcp", "dispatch": "broker", "rate": 10.0}
+            "strategy": "sequential", "transport": "tcp", "dispatch": "broker", "rate": 10.0,
+            "arrivals": "constant"}
     df = records.build(run.columns(), 1, keys=["10.0.0.1:a", "10.0.0.2:b"], waits=np.zeros(2), run_info=info,
                        open_loop=True, accepted=0)
     assert list(df.columns) == [c.name for c in schema.COLUMNS if c.name != "remote_workers"]

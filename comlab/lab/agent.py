@@ -102,6 +102,7 @@ def serve(inp, out, security=None) -> None:
         try:
             run = Client(keys, req["batch_size"], req["bind_url"], req["server_url"],
                          timeout=req["timeout"], rate=req.get("rate"),
+                         schedule=req.get("schedule"), task_offsets=req.get("task_offsets"),
                          log_path=req["log_path"], security=security).run()
             answer = {"ok": True, "run": run.describe()}
         except (NoServer, ValueError, OSError) as exc:

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from .. import data
+from .. import arrivals as arrivals_mod, data
 from ..system import dispatch as dispatch_mod, strategies
 from ..system.security import is_local_url
 from . import plan as planning
@@ -74,12 +74,17 @@ def run_experiment(batch_sizes=(1, 4, 16, 64), workers=(1, 4, 16, 32), repeats: 
                    client_address: str = "127.0.0.1", server_prefix=(),
                    fresh: bool = False, dispatch=dispatch_mod.DEFAULT,
                    confirm=None, hosts=None, ssh_config=None, secure: bool | None = None,
-                   on_host_loss: str = "stop") -> pd.DataFrame:
+                   on_host_loss: str = "stop", arrivals="constant") -> pd.DataFrame:
     """Run every combination of the swept axes x repeats; return one row per task per run.
 
     ``batch_sizes``, ``workers``, ``strategy``, ``transport``, ``dispatch`` (broker, broker:K,
     queue: comlab.system.dispatch) and ``rate`` (tasks/s, open loop; None = as fast as possible)
-    may each be a value or a list; lists are swept. ``commands`` is
+    may each be a value or a list; lists are swept. ``arrivals`` (a value or a list, swept) is
+    the open-loop arrival process (comlab.arrivals): ``constant`` (evenly spaced batches;
+    without a rate, the closed loop), ``poisson`` and ``bursty:ON,OFF`` (with a rate),
+    ``ramp:R0,R1,SECONDS``, ``step:R1@T1,...`` and ``trace:FILE`` (their own rates: rate None;
+    a trace's tasks are the sweep's commands). Each run's schedule is drawn before its clock
+    starts, from a seed of its own (meta.json's ``arrivals_seed``). ``commands`` is
     a path or a list of "ip:command" strings, ``server_map`` a path or a dict
     ip -> command -> (response, wait); both default to the shipped seed data. Results go to
     ``results_dir/name`` (name None: a timestamp; a plain name, no path separators).
@@ -143,6 +148,7 @@ def run_experiment(batch_sizes=(1, 4, 16, 64), workers=(1, 4, 16, 32), repeats: 
     checks.names(transport, "transport")
     checks.names(dispatch, "dispatch")
     checks.rates(rate)
+    processes = _arrival_processes(arrivals)
     checks.seconds(timeout, "timeout", none_ok=True)
     wait_scale = default_wait_scale(server_map) if wait_scale is None else \
         checks.non_negative(wait_scale, "wait_scale")
@@ -154,10 +160,16 @@ def run_experiment(batch_sizes=(1, 4, 16, 64), workers=(1, 4, 16, 32), repeats: 
         raise ValueError(f"on_host_loss must be 'stop' or 'continue', got {on_host_loss!r}")
     host_list = hosts_mod.parse_hosts(hosts) if hosts is not None else []
     all_remote = remote_workers + sum(h.workers for h in host_list)
-    inputs = load_inputs(commands, server_map, wait_scale, networks)
+    trace = next((a.trace for a in processes if a.trace is not None), None)
+    if trace is not None and commands is not None:
+        raise ValueError("arrivals trace:FILE brings its own tasks: leave commands unset")
+    planning.check_arrivals(processes, planning.as_list(rate))
+    inputs = load_inputs(trace.keys if trace else commands, server_map, wait_scale, networks)
+    if trace is not None:
+        inputs.commands_source = next(a.spec for a in processes if a.trace is not None)
     batch_sizes = checks.batch_sizes_for(batch_sizes, len(inputs.keys))
     specs = planning.plan(batch_sizes, workers, repeats, strategy, transport, rate,
-                          remote_workers=all_remote, dispatch=dispatch)
+                          remote_workers=all_remote, dispatch=dispatch, arrivals=processes)
     _check_remote(remote_workers, workers_url, specs)
     if secure is None:
         secure = bool(host_list)
@@ -175,6 +187,8 @@ def run_experiment(batch_sizes=(1, 4, 16, 64), workers=(1, 4, 16, 32), repeats: 
               "dispatch": planning.as_list(dispatch),
               "wait_scale": wait_scale, "timeout": timeout, "networks": list(networks),
               **inputs.params()}
+    if [a.spec for a in processes] != ["constant"]:  # as before arrivals: resumable
+        params.update(arrivals=[a.spec for a in processes])
     if remote_workers:
         params.update(remote_workers=int(remote_workers), workers_url=workers_url)
     if host_list:
@@ -361,6 +375,14 @@ def _reachable(table: dict, networks) -> dict:
     nets = [ipaddress.ip_network(n, strict=False) for n in networks]
     return {k: v for k, v in table.items()
             if any(ipaddress.ip_address(k.partition(":")[0]) in net for net in nets)}
+
+
+def _arrival_processes(arrivals) -> list:
+    """The swept arrival processes, parsed (ValueError naming a bad spec or trace line)."""
+    values = planning.as_list(arrivals)
+    if not values:
+        raise ValueError("arrivals is empty: give at least one process (constant: as today)")
+    return [arrivals_mod.parse(a) for a in values]
 
 
 def _source(value) -> str:

@@ -9,9 +9,11 @@ names it across sessions (resume).
 
 from __future__ import annotations
 
+import hashlib
 import itertools
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+from .. import arrivals as arrivals_mod
 from ..system import dispatch as dispatch_mod, strategies
 from . import checks, ideal
 
@@ -30,11 +32,30 @@ class RunSpec:
     rate: float | None
     repeat: int
     dispatch: str = dispatch_mod.DEFAULT
+    arrivals: arrivals_mod.Arrivals = field(default=arrivals_mod.CONSTANT, compare=False)
 
     @property
     def key(self) -> str:
-        return (f"{self.transport}|{self.workers}|{self.strategy}|{self.batch_size}|"
-                f"{self.rate}|{self.repeat}|{self.dispatch}")
+        key = (f"{self.transport}|{self.workers}|{self.strategy}|{self.batch_size}|"
+               f"{self.rate}|{self.repeat}|{self.dispatch}")
+        return key if self.arrivals.name == "constant" else f"{key}|{self.arrivals.spec}"
+
+    @property
+    def open_loop(self) -> bool:
+        return self.rate is not None or self.arrivals.name != "constant"
+
+    @property
+    def seed(self) -> int:
+        """The schedule's seed: of the run's key, so a rerun (resume) draws the same one."""
+        return int.from_bytes(hashlib.blake2b(self.key.encode(), digest_size=4).digest(),
+                              "little")
+
+    def schedule(self, n_tasks: int):
+        """Each batch's send offset (s; comlab.arrivals), None in closed loop."""
+        if not self.open_loop:
+            return None
+        return self.arrivals.offsets(-(-n_tasks // self.batch_size), self.batch_size,
+                                     self.rate, self.seed)
 
     @property
     def server(self) -> tuple[str, str, int]:
@@ -44,6 +65,8 @@ class RunSpec:
     def label(self, repeats: int | None = None) -> str:
         """Short description for a progress bar."""
         rate = f" {self.rate:g}/s" if self.rate else ""
+        if self.arrivals.name != "constant":
+            rate += f" {self.arrivals.spec}"
         of = f"/{repeats}" if repeats else ""
         return (f"{self.transport} {self.dispatch} w{self.workers} b{self.batch_size} "
                 f"{self.strategy}{rate} r{self.repeat + 1}{of}")
@@ -55,13 +78,17 @@ def as_list(value) -> list:
 
 def plan(batch_sizes, workers, repeats: int, strategy=strategies.DEFAULT, transport="tcp",
          rate=None, *, remote_workers: int = 0,
-         dispatch=dispatch_mod.DEFAULT) -> list[RunSpec]:
-    """Every combination of the swept axes x repeats, checked, grouped by server."""
+         dispatch=dispatch_mod.DEFAULT, arrivals="constant") -> list[RunSpec]:
+    """Every combination of the swept axes x repeats, checked, grouped by server. ``arrivals``
+    (specs or comlab.arrivals.Arrivals) is swept within ``rate``."""
     sizes = [int(b) for b in as_list(batch_sizes)]
     pools = [int(w) for w in as_list(workers)]
     strats = [strategies.check(s) for s in as_list(strategy)]
     transports, rates = as_list(transport), as_list(rate)
     designs = [dispatch_mod.check(d) for d in as_list(dispatch)]
+    processes = [a if isinstance(a, arrivals_mod.Arrivals) else arrivals_mod.parse(a)
+                 for a in as_list(arrivals)]
+    check_arrivals(processes, rates)
     for t in transports:
         if t not in TRANSPORTS:
             raise ValueError(f"unknown transport {t!r}; use one of {TRANSPORTS}")
@@ -74,9 +101,26 @@ def plan(batch_sizes, workers, repeats: int, strategy=strategies.DEFAULT, transp
     # Repeats outermost: each repeat measures every configuration in turn, so a machine whose
     # load drifts during a sweep spreads that drift over all of them instead of biasing the
     # configurations that happened to run last (each repeat starts its own servers).
-    combos = itertools.product(range(repeats), transports, designs, pools, strats, sizes, rates)
-    return [RunSpec(i, t, w, s, b, None if r is None else float(r), k, d)
-            for i, (k, t, d, w, s, b, r) in enumerate(combos)]
+    combos = itertools.product(range(repeats), transports, designs, pools, strats, sizes, rates,
+                               processes)
+    return [RunSpec(i, t, w, s, b, None if r is None else float(r), k, d, a)
+            for i, (k, t, d, w, s, b, r, a) in enumerate(combos)]
+
+
+def check_arrivals(processes: list, rates: list) -> None:
+    """Each arrival process with each rate: poisson and bursty need one, ramp, step and trace
+    set their own (rate None); constant without a rate is the closed loop."""
+    if not processes:
+        raise ValueError("arrivals is empty: give at least one process (constant: as today)")
+    traces = {a.spec for a in processes if a.name == "trace"}
+    if len(traces) > 1:
+        raise ValueError(f"arrivals: one trace per sweep (its tasks are the sweep's), not "
+                         f"{len(traces)}")
+    for a in processes:
+        if a.needs_rate and a.name != "constant" and None in rates:
+            raise ValueError(f"arrivals {a.spec!r} needs a rate (tasks/s)")
+        if not a.needs_rate and any(r is not None for r in rates):
+            raise ValueError(f"arrivals {a.spec!r} sets its own rate: leave rate unset")
 
 
 def groups(specs: list[RunSpec]) -> list[tuple[tuple[str, str, int], list[RunSpec]]]:
@@ -97,6 +141,9 @@ def ideal_s(spec: RunSpec, waits, remote_workers: int = 0) -> float:
     waits = list(waits)
     t = ideal.ideal_makespan(batches(waits, spec.batch_size), spec.workers + remote_workers,
                              spec.strategy)
+    schedule = spec.schedule(len(waits)) if spec.arrivals.name != "constant" else None
+    if schedule is not None and len(schedule):
+        return max(t, float(schedule[-1]))
     return max(t, len(waits) / spec.rate) if spec.rate else t
 
 

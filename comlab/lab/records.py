@@ -132,7 +132,7 @@ def summarize(df: pd.DataFrame, cpus: int | None = None,
 
 def _summary_row(g: pd.DataFrame, key: tuple, keys: list, cpus, timeouts) -> dict:
     first = g.iloc[0]
-    axes = [a for a in AXES + ("repeat", "rate") if a in g.columns]
+    axes = [a for a in AXES + ("repeat", "rate", "arrivals") if a in g.columns]
     counts = g["status"].value_counts()
     n_status = {f"n_{s}": int(counts.get(s, 0)) for s in P.STATUS_NAMES}
     if sum(n_status.values()) != len(g):  # a record with no known status goes uncounted
@@ -143,8 +143,8 @@ def _summary_row(g: pd.DataFrame, key: tuple, keys: list, cpus, timeouts) -> dic
     makespan = g["t_received"].max() - origin
     waits = g.sort_values("task_id").groupby("batch_id", sort=True)["wait_s"].agg(list)
     releases = None
-    if open_loop:
-        releases = (g.groupby("batch_id", sort=True)["t_intended"].min() - origin).tolist()
+    if open_loop:  # a batch leaves when its last task is due (a trace names each task's time)
+        releases = (g.groupby("batch_id", sort=True)["t_intended"].max() - origin).tolist()
     ideal_s = ideal.ideal_makespan(waits.tolist(), int(first["workers"]),
                                    str(first["strategy"]), releases=releases, cpus=cpus)
     row = {**dict(zip(keys, key)), **{a: first[a] for a in axes}, "n_tasks": len(g),
@@ -152,7 +152,24 @@ def _summary_row(g: pd.DataFrame, key: tuple, keys: list, cpus, timeouts) -> dic
            # zero-wait tasks: no ideal to reach, so no efficiency (NaN, never 0)
            "efficiency": ideal_s / makespan if makespan > 0 and ideal_s > 0 else np.nan,
            "throughput_tps": len(g) / makespan if makespan > 0 else np.nan}
-    return {**row, **_latency_columns(g, _timeout_of(key, keys, timeouts))}
+    return {**row, **_latency_columns(g, _timeout_of(key, keys, timeouts)),
+            **_send_lag(g if open_loop else None)}
+
+
+LATE_S = 0.001  # a batch sent later than this after its intended time is late
+
+
+def _send_lag(g: pd.DataFrame | None) -> dict:
+    """Did the client keep its schedule? ``send_lag_p99_s``: p99 over the run's batches of
+    t_sent - t_intended (a batch's intended time: its last task's); ``late_share``: the share
+    of batches sent more than LATE_S late, a batch never sent counted late. NaN in closed loop."""
+    if g is None:
+        return {"send_lag_p99_s": np.nan, "late_share": np.nan}
+    per_batch = g.groupby("batch_id", sort=False).agg(sent=("t_sent", "max"),
+                                                      intended=("t_intended", "max"))
+    lag = (per_batch["sent"] - per_batch["intended"]).to_numpy(dtype=float)
+    late = np.count_nonzero(np.isnan(lag) | (lag > LATE_S))
+    return {"send_lag_p99_s": _quantile(lag, 0.99), "late_share": late / len(lag)}
 
 
 def _timeout_of(key: tuple, keys: list, timeouts) -> float | None:

@@ -28,7 +28,9 @@ Format history of meta.json (``format_version``; records.parquet is plain parque
   Runs gain ``session``, ``resumed`` (measured by an earlier session), ``timeout_s``,
   ``loadavg_start``, ``loadavg_end`` and ``server`` (the server's counters over the run). ``params`` gain ``data_sha256`` and name the data files
   actually used; ``environment`` gains ``git_dirty``, ``git_diff_sha256``, ``numpy``,
-  ``pyarrow``.
+  ``pyarrow``. Open-loop runs carry ``arrivals`` (the process) and ``arrivals_seed`` (the
+  seed their schedule was drawn from); ``params`` carry ``arrivals`` unless it is only
+  "constant" (so results made before arrivals existed still resume).
 """
 
 from __future__ import annotations

@@ -167,9 +167,12 @@ class Session:
         bind = (f"ipc://{self.workdir}/client-{spec.index}" if spec.transport == "ipc"
                 else f"tcp://{self.client_address}:*")
         log_path = os.path.join(self.workdir, f"results-{spec.index}.log")
+        schedule = spec.schedule(len(keys))  # drawn before the clock starts
+        trace = spec.arrivals.trace
         try:
             run = self.agent.run(keys, server, batch_size=spec.batch_size, bind_url=bind,
-                                 server_url=server.url, timeout=timeout, rate=spec.rate,
+                                 server_url=server.url, timeout=timeout, schedule=schedule,
+                                 task_offsets=None if trace is None else trace.offsets,
                                  log_path=log_path)
             wall = time.perf_counter() - t_run
             conditions = before.end(server)
@@ -192,8 +195,9 @@ class Session:
         info = self.run_info(spec, experiment)
         # Raises InvariantError unless each task sent has exactly one final record.
         df = records.build(columns, run.t_start, keys=keys, waits=waits, run_info=info,
-                           open_loop=spec.rate is not None, accepted=run.accepted)
+                           open_loop=spec.open_loop, accepted=run.accepted)
         entry = {"key": spec.key, **info, "timeout_s": round(timeout, 4),
+                 **({"arrivals_seed": spec.seed} if spec.open_loop else {}),
                  "server_start_s": round(server.start_s, 4), "run_wall_s": round(wall, 4),
                  "duplicates": run.duplicates, "garbage": run.garbage,
                  **conditions,
@@ -210,6 +214,8 @@ class Session:
             info["remote_workers"] = self.remote_workers
         if spec.rate is not None:
             info["rate"] = float(spec.rate)
+        if spec.open_loop:
+            info["arrivals"] = spec.arrivals.spec
         return info
 
 

@@ -14,7 +14,10 @@ Warnings (``check``; printed by run_experiment as ``StabilityWarning`` and kept 
   (the sweep itself then adds up to a core of client and server work; pyperf's rule of thumb);
 * tasks not run: some were answered ``unknown`` (not in the server map), failed or lost;
 * cpu-bound oversubscribed: a cpu-bound configuration runs more computing threads at once
-  (one per busy worker: the GIL) than the machine has cores.
+  (one per busy worker: the GIL) than the machine has cores;
+* schedule not kept: an open-loop run sent more than LATE_SHARE_LIMIT of its batches more than
+  1 ms after their intended time (``late_share``, comlab.lab.records): the load offered was
+  not the schedule's (k6 counts the same as dropped iterations).
 """
 
 from __future__ import annotations
@@ -67,11 +70,13 @@ class RunConditions:
 
 
 # -- per configuration ---------------------------------------------------------------------------
-CONFIG_AXES = ("batch_size", "workers", "strategy", "transport", "rate", "dispatch")
+CONFIG_AXES = ("batch_size", "workers", "strategy", "transport", "rate", "dispatch",
+               "arrivals")
 METRICS = ("makespan_s", "throughput_tps", "latency_p50_s", "latency_p99_s")
 SPREAD_LIMIT = 0.10   # repeats whose makespans differ by more than this fraction: a warning
 BUSY_LOAD_PER_CPU = 0.5  # 1-min load average above half the CPUs at a sweep's start: busy
 COUNTS = ("n_unknown", "n_failed", "n_lost")  # tasks that did not run as the map says
+LATE_SHARE_LIMIT = 0.05  # an open-loop run that sent more of its batches late: a warning
 
 
 class StabilityWarning(UserWarning):
@@ -96,7 +101,8 @@ def spread(values) -> float:
 
 def summarize_configs(summary):
     """One row per configuration of a per-run summary: ``n_repeats``, the median of each
-    metric in ``METRICS``, of ``efficiency``, ``ideal_s`` and ``overhead_p99_s``, ``{metric}_spread`` (the relative range of the
+    metric in ``METRICS``, of ``efficiency``, ``ideal_s``, ``overhead_p99_s``, ``send_lag_p99_s``
+    and ``late_share`` (open loop), ``{metric}_spread`` (the relative range of the
     repeats, (max - min) / median), and ``n_unknown``, ``n_failed``, ``n_lost`` (summed over
     all repeats)."""
     import pandas as pd
@@ -105,7 +111,8 @@ def summarize_configs(summary):
     for key, g in summary.groupby(axes, sort=False, observed=True, dropna=False):
         row = dict(zip(axes, key if isinstance(key, tuple) else (key,)))
         row["n_repeats"] = len(g)
-        for m in METRICS + ("efficiency", "ideal_s", "overhead_p99_s"):
+        for m in METRICS + ("efficiency", "ideal_s", "overhead_p99_s", "send_lag_p99_s",
+                            "late_share"):
             if m in g:
                 row[m] = g[m].median()
                 if m in METRICS or m == "efficiency":
@@ -142,7 +149,24 @@ def check(summary, meta: dict) -> list[str]:
     out += _not_run(summary)
     cpus = meta.get("environment", {}).get("cpu_count") or os.cpu_count() or 1
     out += _busy_at_start(meta, cpus) + _cpu_bound_oversubscribed(summary, cpus, axes)
-    return out
+    return out + _schedule_not_kept(summary, axes)
+
+
+def _schedule_not_kept(summary, axes) -> list[str]:
+    """Open-loop runs whose client sent too many batches late: the server saw less (or
+    burstier) load than the schedule's, so the latencies measured are those of a lighter load."""
+    if "late_share" not in summary:
+        return []
+    late = summary[summary["late_share"] > LATE_SHARE_LIMIT]
+    if late.empty:
+        return []
+    listed = ", ".join(f"{describe(r, axes)} (run {r.get('run')}: {r['late_share']:.0%} late, "
+                       f"p99 lag {r['send_lag_p99_s'] * 1e3:.3g} ms)"
+                       for _, r in late.head(4).iterrows())
+    return [f"the client could not keep the schedule: its latency figures are a lower bound "
+            f"({len(late)} of {int(summary['late_share'].notna().sum())} open-loop runs sent "
+            f"more than {LATE_SHARE_LIMIT:.0%} of their batches over 1 ms late: {listed}"
+            f"{' ...' if len(late) > 4 else ''})"]
 
 
 def _not_run(summary) -> list[str]:

@@ -8,7 +8,9 @@ there and that the return path works, and lets the server tell its workers to co
 
 With ``rate`` (tasks per second) the client is open-loop: batch b is due at t0 + b * size / rate
 and its latency is measured from that intended time, so a stall cannot hide (coordinated
-omission); it sleeps on a timerfd (comlab.system.timer) until just before a send is due. The hot
+omission); it sleeps on a timerfd (comlab.system.timer) until just before a send is due. A
+``schedule`` (each batch's send offset, drawn before the clock starts: comlab.arrivals) replaces
+the even spacing; ``task_offsets`` (a replayed trace) gives each task its own intended time. The hot
 loop only checks results (vectorised, on their binary columns) and keeps the accepted frames in a
 ResultLog, streamed to a file when given one; per-task columns are built afterwards, in chunks.
 BATCH frames are assembled from pre-packed keys (protocol.BatchFrames), not built per task.
@@ -47,6 +49,18 @@ def check_batch_limits(keys: P.Keys, batch_size: int) -> None:
         b = int(size.argmax())
         raise ValueError(f"batch {b} would be {int(size[b])} bytes, above the limit of "
                          f"{P.MAX_BATCH_BYTES} bytes per batch: use a smaller batch size")
+
+
+def _offsets(values, n: int, what: str) -> np.ndarray | None:
+    """Send offsets (s) as float64: ``n`` of them, finite, >= 0, non-decreasing."""
+    if values is None:
+        return None
+    out = np.asarray(values, np.float64)
+    if out.shape != (n,):
+        raise ValueError(f"{what}: {out.size} values for {n}")
+    if n and not (np.isfinite(out).all() and out[0] >= 0 and (np.diff(out) >= 0).all()):
+        raise ValueError(f"{what}: expected finite offsets >= 0 in time order")
+    return out
 
 
 class NoServer(RuntimeError):
@@ -125,6 +139,7 @@ class ClientRun:
     t_start: int = 0                 # clock start (after the handshake)
     t_sent: _array = field(default_factory=lambda: _array("q"))   # per batch
     t_intended: np.ndarray | None = None                          # per batch, open-loop only
+    t_task_intended: np.ndarray | None = None  # per task, when the schedule names each (trace)
     accepted: int = 0   # distinct tasks answered (the invariant's count)
     duplicates: int = 0  # messages that answered no task not answered before
     garbage: int = 0     # messages that were not a valid RESULTS for this run's tasks
@@ -140,6 +155,7 @@ class ClientRun:
                 "log_count": self.log.count, "t_start": self.t_start,
                 "t_sent": np.frombuffer(self.t_sent, np.int64) if self.t_sent else
                 np.zeros(0, np.int64), "t_intended": self.t_intended,
+                "t_task_intended": self.t_task_intended,
                 "accepted": self.accepted, "duplicates": self.duplicates,
                 "garbage": self.garbage, "forged": self.forged, "stale": self.stale,
                 "run_id": self.run_id,
@@ -150,6 +166,7 @@ class ClientRun:
         run = cls(d["n_tasks"], d["batch_size"], d["server_url"],
                   log=ResultLog.on_disk(d["log"], d["log_count"]) if d["log"] else ResultLog())
         run.t_start, run.t_intended = d["t_start"], d["t_intended"]
+        run.t_task_intended = d.get("t_task_intended")
         run.t_sent = _array("q", np.asarray(d["t_sent"], np.int64).tobytes())
         for name in ("accepted", "duplicates", "garbage", "stale", "run_id", "server_info"):
             setattr(run, name, d[name])
@@ -194,7 +211,9 @@ class ClientRun:
         cols["t_sent"] = np.full(n, -1, dtype=np.int64)
         has = batch < len(sent)
         cols["t_sent"][has] = sent[batch[has]]
-        if self.t_intended is not None:
+        if self.t_task_intended is not None:
+            cols["t_intended"] = np.asarray(self.t_task_intended, np.int64)
+        elif self.t_intended is not None:
             cols["t_intended"] = np.asarray(self.t_intended, np.int64)[batch]
         for chunk in self.chunks():
             idx = chunk.pop("task_id")
@@ -218,6 +237,9 @@ class ClientRun:
 
 
 _PAIR = struct.Struct("<qq")  # an ACK's (batch_id, attempt)
+_MASK = P.Seal.POSSESSION
+_RESULTS = (P.Results,)
+_decode, _pack_pair = P.decode, _PAIR.pack
 ACK_EVERY_NS = 50_000_000  # ACKs are late by this much at most (the server waits seconds)
 
 
@@ -288,6 +310,156 @@ def _chunk(parts: list, placed: np.ndarray) -> dict:
     return out
 
 
+class _Sending:
+    """The sending side of a run: which batch goes next, when it is due (open loop), and the
+    t_sent stamps."""
+
+    def __init__(self, push, frames, n_tasks: int, batch_size: int, t_sent: _array) -> None:
+        self.push, self.frames, self.t_sent = push, frames, t_sent
+        self.n, self.size = n_tasks, batch_size
+        self.n_batches = -(-n_tasks // batch_size)
+        self.sent = 0
+        self.intended: list | None = None  # per batch, open loop: monotonic ns
+
+    def wait(self, t: int, wait_ns: int, timer, spin_ns: int) -> tuple[bool, int]:
+        """(whether to poll for sending, how long the poll may wait) at time ``t``: open loop,
+        a batch not yet due arms the timer for just before it is, then spins."""
+        sent = self.sent
+        if sent >= self.n_batches:
+            return False, wait_ns
+        if self.intended is None or self.intended[sent] <= t:
+            return True, wait_ns
+        due = self.intended[sent] - spin_ns
+        if due <= t:
+            return False, 0           # spin the last stretch
+        if timer is not None:
+            timer.at(due)
+            return False, wait_ns
+        return False, min(wait_ns, (due - t) // 1_000_000 * 1_000_000)  # whole ms: spin the rest
+
+    def send_due(self) -> None:
+        """Send the batches that are due, while the socket takes them."""
+        sent, n, size, intended = self.sent, self.n, self.size, self.intended
+        push, frames, t_sent, n_batches = self.push, self.frames, self.t_sent, self.n_batches
+        while sent < n_batches:
+            if intended is not None and intended[sent] > now():
+                break
+            lo = sent * size
+            frame = frames(sent, lo, min(n, lo + size))
+            t_sent_ = now()  # the t_sent stamp (comlab.schema)
+            try:
+                push.send(frame, zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                break
+            t_sent.append(t_sent_)
+            sent += 1
+        self.sent = sent
+
+
+class Acceptance:
+    """Which RESULTS a run takes, and what its next ACK says.
+
+    A frame is dropped as garbage (not a valid RESULTS of this run's batches, or a batch token
+    without the batch's possession proof: not from its holder), stale (another run's), a
+    duplicate (answers no task not answered before: a retried batch answers twice) or taken
+    (into the run's ResultLog; the first answer of each task counts). One whose seal does not
+    hold is taken as failed tasks and goes into the ACK's forged list (its holder changed what
+    it was given). A RESULTS of one batch is checked without numpy (``check_one``: at batch 1
+    there is one per task); any other on the vectorised path; both take the same frames the
+    same way (tests/test_client.py feeds them the same)."""
+
+    check_one = staticmethod(P.check_one_result)  # None: not one batch, the numpy path then
+
+    def __init__(self, run: ClientRun, n_batches: int, seal: "P.Seal", on_garbage=None) -> None:
+        self.run, self.n_batches, self.seal, self.on_garbage = run, n_batches, seal, on_garbage
+        self.run_id, self.n, self.size, self.log = run.run_id, run.n_tasks, run.batch_size, \
+            run.log.append  # fewer look-ups per frame (at batch 1, per task)
+        self.tag = seal.tag
+        # Checking a batch's possession proof is then an array look-up; the seal's tag over
+        # the columns is one keyed hash per batch.
+        self.possession = np.fromiter(map(seal.possession, range(n_batches)), np.int64,
+                                      n_batches)
+        self._possession = self.possession.tolist()  # the one-batch path compares Python ints
+        self.answered = np.zeros(run.n_tasks, np.uint8)  # per task: has a result been taken?
+        self.acked: list = []   # (batch_id, attempt) pairs for the next ACK
+        self.forged: list = []  # the same, of forged results
+        self.accounted = 0      # distinct tasks answered
+
+    def drain(self, pull) -> None:
+        """Take every frame the socket holds now."""
+        accept = self.accept
+        while True:
+            try:
+                frame = pull.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            t_received = now()  # the t_received stamp (comlab.schema)
+            accept(frame, t_received)
+
+    def accept(self, frame: bytes, t_received: int) -> int:
+        """Take one frame; the number of tasks it answered first (0: not taken)."""
+        run = self.run
+        try:
+            msg = _decode(frame, _RESULTS)
+            if msg.run != self.run_id:
+                run.stale += 1
+                return 0
+            one = self.check_one(msg, self.n, self.size)
+            sealed, done, ids = self._one(msg, one) if one is not None else self._many(msg)
+        except P.ProtocolError:
+            run.garbage += 1
+            if self.on_garbage is not None:
+                self.on_garbage(frame)
+            return 0
+        if not sealed:  # its holder changed what it was given
+            run.forged += 1
+            self.forged.append(done)
+            frame = _forged(msg, t_received)
+        elif msg.worker != "server":
+            self.acked.append(done)
+        new = self._fresh_one(ids) if one is not None else self._fresh_many(ids)
+        if not new:
+            run.duplicates += 1
+            return 0
+        self.log(frame, t_received)
+        self.accounted += new
+        return new
+
+    def _one(self, msg: "P.Results", one: tuple) -> tuple:
+        """(sealed, ACK pair, task ids) of a checked one-batch RESULTS: no numpy on the way."""
+        b, token, ids, attempt = one
+        if not 0 <= b < self.n_batches or self._possession[b] != token & _MASK:
+            raise P.ProtocolError("RESULTS with a wrong batch token")
+        return token >> 31 == self.tag(b, msg.task_ids, msg.responses), _pack_pair(b, attempt), ids
+
+    def _many(self, msg: "P.Results") -> tuple:
+        """(sealed, ACK pairs, task ids) of any RESULTS, checked vectorised."""
+        heads, ids, _ = P.check_results(msg, self.n, self.size)
+        b = heads["batch_id"]
+        if len(b) and (b.min() < 0 or b.max() >= self.n_batches or
+                       not np.array_equal(self.possession[b], heads["token"] & _MASK)):
+            raise P.ProtocolError("RESULTS with a wrong batch token")
+        return _sealed(msg, heads, self.tag), _pairs(heads), ids
+
+    def _fresh_one(self, ids) -> int:
+        """Mark the tasks not answered before (a memoryview of ids); how many (distinct: a
+        frame that names a task twice counts it once, as on the numpy path)."""
+        answered, new = self.answered, 0
+        for i in ids:
+            if not answered[i]:
+                answered[i] = 1
+                new += 1
+        return new
+
+    def _fresh_many(self, ids: np.ndarray) -> int:
+        """The same for an array: distinct tasks only (a retried batch may answer twice)."""
+        fresh = ids[self.answered[ids] == 0]
+        if len(fresh) > 1 and not (fresh[1:] > fresh[:-1]).all():
+            fresh = np.unique(fresh)
+        self.answered[fresh] = 1
+        return len(fresh)
+
+
 class Client(Role):
     linger_ms = 0
     SPIN_NS = 1_000_000  # open loop: the last stretch before a send is due is spun, not
@@ -296,11 +468,15 @@ class Client(Role):
     # due time, ~210 us spinning its last ms); below 1,000/s the client sleeps most of the time
 
     def __init__(self, keys, batch_size: int, bind_url: str, server_url: str, *,
-                 timeout: float = 60.0, rate: float | None = None,
+                 timeout: float = 60.0, rate: float | None = None, schedule=None,
+                 task_offsets=None,
                  hello_timeout: float | None = None, advertise: str | None = None,
                  security=None, log_path: str | None = None) -> None:
         """``keys`` a list of "ip:command" strings or a protocol.Keys; ``log_path`` a file the
-        accepted results are streamed to (memory bounded however long the run)."""
+        accepted results are streamed to (memory bounded however long the run). Open loop:
+        ``rate`` (tasks/s, evenly spaced batches) or ``schedule``, each batch's send offset (s
+        from the clock's start, non-decreasing); ``task_offsets``, each task's intended offset
+        (s; with a schedule whose batches leave when their last task is due: a trace)."""
         super().__init__()
         if batch_size < 1:
             raise ValueError("batch size must be at least 1")
@@ -315,6 +491,13 @@ class Client(Role):
         self.server_url = server_url
         self.timeout = timeout
         self.rate = rate
+        n_batches = -(-len(self.keys) // self.batch_size)
+        if schedule is None and rate is not None:
+            schedule = np.arange(n_batches) * (self.batch_size / rate)
+        self.schedule = _offsets(schedule, n_batches, "schedule (batch send offsets)")
+        self.task_offsets = _offsets(task_offsets, len(self.keys), "task_offsets")
+        if self.task_offsets is not None and self.schedule is None:
+            raise ValueError("task_offsets need a schedule")
         self.hello_timeout = min(timeout, 10.0) if hello_timeout is None else hello_timeout
         self.advertise = advertise
         self.security = security
@@ -379,152 +562,70 @@ class Client(Role):
                 gc.enable()
 
     def send_and_collect(self) -> ClientRun:
+        """The run: send each batch when it is due and the socket takes it, take the results
+        (``Acceptance``), ACK them at most every ACK_EVERY_NS, until every task is accounted
+        for or the deadline passes."""
         run = self.result
-        size, n = self.batch_size, len(self.keys)
-        n_batches = -(-n // size)
-        pull, push = self.pull, self.push
-        frames = P.BatchFrames(self.run_id, self.reply_url, self.keys).frame
-        log, t_sent = run.log.append, run.t_sent
-        run_id, decode, check, Results = self.run_id, P.decode, P.check_results, (P.Results,)
-        check_one = P.check_one_result
-        seal = self.seal = P.Seal(self.secret)
-        tag, mask = seal.tag, P.Seal.POSSESSION
-        # Every batch's possession proof before the clock starts: checking one is then an
-        # array look-up; the seal's tag over the columns is one keyed hash per batch.
-        possession = np.fromiter(map(seal.possession, range(n_batches)), np.int64, n_batches)
-        possession_list = possession.tolist()  # the one-batch path compares Python ints
-        acked, forged, pair = [], [], _PAIR.pack  # (batch_id, attempt) for the next ACK
-        ack_at = 0  # when the next ACK may go (at most one per ACK_EVERY_NS: at batch 1 one
-        # per pass would be one more message per task at the server)
-        answered = np.zeros(n, np.uint8)  # per task: has a result been taken?
-        poller = zmq.Poller()
-        poller.register(pull, zmq.POLLIN)
-        poller.register(push, zmq.POLLOUT)
-        timer = Timer.open() if self.rate else None
+        n = len(self.keys)
+        n_batches = -(-n // self.batch_size)
+        # Every batch's possession proof before the clock starts (Acceptance).
+        self.seal = P.Seal(self.secret)
+        take = Acceptance(run, n_batches, self.seal,
+                          lambda frame: self.check_refused(frame, n_batches))
+        sending = _Sending(self.push, P.BatchFrames(self.run_id, self.reply_url, self.keys).frame,
+                           n, self.batch_size, run.t_sent)
+        timer = Timer.open() if self.schedule is not None else None
         if timer is not None:
-            poller.register(timer.fd, zmq.POLLIN)
             precise_sleeps()
-        push_on = True
-        sent = accounted = 0
         t0 = run.t_start = now()
-        deadline = t0 + int(self.timeout * 1e9)
-        intended = None
-        if self.rate:
-            step = size / self.rate * 1e9
-            run.t_intended = t0 + (np.arange(n_batches) * step).astype(np.int64)
-            intended = run.t_intended.tolist()
+        if self.schedule is not None:
+            run.t_intended = t0 + (self.schedule * 1e9).astype(np.int64)
+            sending.intended = run.t_intended.tolist()
+            if self.task_offsets is not None:
+                run.t_task_intended = t0 + (self.task_offsets * 1e9).astype(np.int64)
         try:
-            while accounted < n:
-                t = now()
-                if t >= deadline:
-                    break
-                wait_ns = deadline - t
-                want_push = sent < n_batches
-                if intended is not None and want_push and intended[sent] > t:
-                    want_push = False
-                    due = intended[sent] - self.SPIN_NS
-                    if due <= t:
-                        wait_ns = 0           # spin the last stretch
-                    elif timer is not None:
-                        timer.at(due)
-                    else:  # whole milliseconds only: spin the rest
-                        wait_ns = min(wait_ns, (due - t) // 1_000_000 * 1_000_000)
-                if want_push != push_on:
-                    poller.modify(push, zmq.POLLOUT if want_push else 0)
-                    push_on = want_push
-                if acked or forged:  # an ACK is due: wake up for it
-                    wait_ns = max(0, min(wait_ns, ack_at - t))
-                for sock, _ in poller.poll(-(-wait_ns // 1_000_000)):
-                    if sock is push:
-                        while sent < n_batches:
-                            if intended is not None and intended[sent] > now():
-                                break
-                            lo = sent * size
-                            frame = frames(sent, lo, min(n, lo + size))
-                            t_sent_ = now()  # the t_sent stamp (comlab.schema)
-                            try:
-                                push.send(frame, zmq.NOBLOCK, copy=False)
-                            except zmq.Again:
-                                break
-                            t_sent.append(t_sent_)
-                            sent += 1
-                    elif sock is pull:
-                        while True:
-                            try:
-                                frame = pull.recv(zmq.NOBLOCK)
-                            except zmq.Again:
-                                break
-                            t_received = now()  # the t_received stamp (comlab.schema)
-                            try:
-                                msg = decode(frame, Results)
-                                if msg.run != run_id:
-                                    run.stale += 1
-                                    continue
-                                one = check_one(msg, n, size)
-                                if one is not None:  # one batch: no numpy on the way
-                                    b, token, ids, attempt = one
-                                    if not 0 <= b < n_batches \
-                                            or possession_list[b] != token & mask:
-                                        raise P.ProtocolError("RESULTS with a wrong batch "
-                                                              "token")
-                                    sealed = token >> 31 == tag(b, msg.task_ids, msg.responses)
-                                    done = pair(b, attempt)
-                                else:
-                                    heads, ids, _ = check(msg, n, size)
-                                    b = heads["batch_id"]
-                                    if len(b) and (b.min() < 0 or b.max() >= n_batches or
-                                                   not np.array_equal(possession[b],
-                                                                      heads["token"] & mask)):
-                                        raise P.ProtocolError("RESULTS with a wrong batch "
-                                                              "token")
-                                    sealed = _sealed(msg, heads, tag)
-                                    done = _pairs(heads)
-                            except P.ProtocolError:
-                                run.garbage += 1
-                                self.check_refused(frame, n_batches)
-                                continue
-                            if not sealed:  # its holder changed what it was given
-                                run.forged += 1
-                                forged.append(done)
-                                frame = _forged(msg, t_received)
-                            elif msg.worker != "server":
-                                acked.append(done)
-                            if one is not None:
-                                fresh = [i for i in ids if not answered[i]]
-                                if not fresh:
-                                    run.duplicates += 1
-                                    continue
-                                for i in fresh:
-                                    answered[i] = 1
-                                log(frame, t_received)
-                                accounted += len(fresh)
-                                continue
-                            # distinct tasks only: a retried batch may answer twice
-                            fresh = ids[answered[ids] == 0]
-                            new = len(fresh)
-                            if new > 1 and not (fresh[1:] > fresh[:-1]).all():
-                                fresh = np.unique(fresh)
-                                new = len(fresh)
-                            if not new:
-                                run.duplicates += 1
-                                continue
-                            answered[fresh] = 1
-                            log(frame, t_received)
-                            accounted += new
-                    else:
-                        timer.clear()
-                if (acked or forged) and now() >= ack_at:  # a pass is over: the socket is
-                    self.ack(acked, forged)                 # drained, so the ACK is complete
-                    ack_at = now() + ACK_EVERY_NS
+            self._collect(take, sending, timer, t0 + int(self.timeout * 1e9))
         finally:
             if timer is not None:
                 timer.close()
-        run.accepted = accounted
+        run.accepted = take.accounted
         run.log.spill()
-        if acked or forged:
-            self.ack(acked, forged)
+        if take.acked or take.forged:
+            self.ack(take.acked, take.forged)
         self.bye()
         return run
+
+    def _collect(self, take: "Acceptance", sending: "_Sending", timer, deadline: int) -> None:
+        """The poll loop: one pass sends what is due, drains the results, ACKs if due."""
+        pull, push, n = self.pull, sending.push, take.run.n_tasks
+        poller = zmq.Poller()
+        poller.register(pull, zmq.POLLIN)
+        poller.register(push, zmq.POLLOUT)
+        if timer is not None:
+            poller.register(timer.fd, zmq.POLLIN)
+        push_on, ack_at = True, 0  # at most one ACK per ACK_EVERY_NS: at batch 1 one per pass
+        # would be one more message per task at the server
+        acked, forged, drain, send_due = take.acked, take.forged, take.drain, sending.send_due
+        while take.accounted < n:
+            t = now()
+            if t >= deadline:
+                break
+            want_push, wait_ns = sending.wait(t, deadline - t, timer, self.SPIN_NS)
+            if want_push != push_on:
+                poller.modify(push, zmq.POLLOUT if want_push else 0)
+                push_on = want_push
+            if acked or forged:  # an ACK is due: wake up for it
+                wait_ns = max(0, min(wait_ns, ack_at - t))
+            for sock, _ in poller.poll(-(-wait_ns // 1_000_000)):
+                if sock is push:
+                    send_due()
+                elif sock is pull:
+                    drain(pull)
+                else:
+                    timer.clear()
+            if (acked or forged) and now() >= ack_at:  # a pass is over: the socket is
+                self.ack(acked, forged)                 # drained, so the ACK is complete
+                ack_at = now() + ACK_EVERY_NS
 
     def check_refused(self, frame: bytes, n_batches: int) -> None:
         """A WELCOME refusing one of this run's batches (above the server's limits) ends the
