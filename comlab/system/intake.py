@@ -79,9 +79,11 @@ def peek_batch(frame: bytes) -> tuple | None:
 
 class Intake:
     def __init__(self, table: dict, networks, reply_url: str, strategy: str, stats: dict,
-                 role) -> None:
+                 role, by_index: bool = False) -> None:
         """``role`` is the server: its ``clients`` (sockets), ``ledger``, ``to_worker`` and
-        ``info`` are used once it is set up; ``stats`` are its counters."""
+        ``info`` are used once it is set up; ``stats`` are its counters. ``by_index``: the
+        server runs a task of its own (comlab.system.usertask): an ENTRY carries the entry's
+        index in ``table`` instead of its response, and tokens seal the task ids only."""
         self.networks = [ipaddress.ip_network(n, strict=False) for n in networks]
         self.reply_url, self.strategy, self.stats, self.role = reply_url, strategy, stats, role
         self.ip_status: dict[str, int] = {}
@@ -92,7 +94,9 @@ class Intake:
         self.table = table
         # The look-up's two answers, ready to use: a task's ENTRY record (its response and
         # wait as the WORK column's bytes) and its wait (the batch's expected cost).
-        self.entry_of = {k: _entry(k, r, w) for k, (r, w) in table.items()}
+        self.entry_of = {k: _entry(k, i if by_index else r, w)
+                         for i, (k, (r, w)) in enumerate(table.items())}
+        self.sealed = not by_index  # do tokens seal the responses?
         self.wait_of = {k: float(w) for k, (_, w) in table.items()}
         self.runs: dict[str, int] = {}                 # reply URL -> its current run
         self.ended: OrderedDict[int, None] = OrderedDict()
@@ -270,8 +274,9 @@ class Intake:
             waits = list(map(self.wait_of.__getitem__, keys))
             cost = self.duration(waits) if any(waits) else 0.0
             t_enqueued = now()  # the t_enqueued stamp (comlab.schema): the work item exists
-            token = self.seals.get(b.run, _NO_SEAL).token(b.batch_id, task_ids,
-                                                          P.entry_responses(entries))
+            token = self.seals.get(b.run, _NO_SEAL).token(
+                b.batch_id, task_ids,
+                P.entry_responses(entries) if self.sealed else bytes(len(task_ids)))
             self.ledger.submit(P.Work(b.run, b.batch_id, url, self.strategy, t_server_in,
                                       t_enqueued, 0, task_ids, entries, token, cost,
                                       len(keys)))

@@ -30,7 +30,7 @@ import numpy as np
 import zmq
 
 from .. import __version__
-from . import control, dispatch as dispatch_mod, limits, protocol as P, strategies
+from . import control, dispatch as dispatch_mod, limits, protocol as P, strategies, usertask
 from . import worker as worker_mod
 from .clients import ClientSockets
 from .intake import Intake
@@ -75,9 +75,12 @@ class Server(Role):
                  control_url: str | None = None, watch_fd: int | None = None,
                  on_ready=None, security=None, max_pending: int | None = None,
                  start_method: str = "forkserver", log_level: int = logging.WARNING,
-                 dispatch: str = dispatch_mod.DEFAULT, insecure: bool = False) -> None:
+                 dispatch: str = dispatch_mod.DEFAULT, insecure: bool = False,
+                 task: dict | None = None) -> None:
         """``insecure``: accept plain-TCP worker peers on a ``workers_url`` other hosts can
-        reach (else that needs ``security``: whoever connects there gets the clients' work)."""
+        reach (else that needs ``security``: whoever connects there gets the clients' work).
+        ``task``: the operator's own task (comlab.system.usertask.spec) instead of the
+        emulated sleep; it runs on the local workers only."""
         super().__init__()
         if max_workers < 1 and not workers_url:
             raise ValueError("a server with no local workers needs --workers-url "
@@ -91,8 +94,19 @@ class Server(Role):
         strategies.set_threads(self.threads)
         self.dispatch = dispatch_mod.check(dispatch)
         self.stats = dict.fromkeys(COUNTERS, 0)
+        self.task = self.task_kwargs = None
+        if task is not None:
+            if workers_url:
+                raise ValueError("a task of your own runs on the server's local workers "
+                                 "only: not with a workers URL (remote worker hosts)")
+            self.task = usertask.spec(task.get("function"), task.get("command"),
+                                      task.get("timeout"))
         self.intake = Intake(table, networks, reply_url, strategies.check(strategy), self.stats,
-                             self)
+                             self, by_index=self.task is not None)
+        if self.task is not None:  # what each worker is started with (the map's entries)
+            entries = [(*k.split(":", 1), r) for k, (r, _) in self.intake.table.items()]
+            self.task_kwargs = {"task": {**self.task, "procs": limits.command_share(
+                max_workers)}, "entries": entries}
         self.workers_url, self.control_url = workers_url, control_url
         self.watch_fd, self.on_ready, self.security = watch_fd, on_ready, security
         self.max_pending = max_pending or 2 * max(max_workers, 1) + 16
@@ -116,7 +130,8 @@ class Server(Role):
         self.pool = Pool(worker_mod.main, (self.local_url, self.log_level, self.security),
                          start_method=self.start_method,
                          kwargs_of=lambda ident: {**self.policy.local_pool_kwargs(ident),
-                                                  "threads": self.threads})
+                                                  "threads": self.threads,
+                                                  **(self.task_kwargs or {})})
         if self.max_workers and self.fork_first:
             fork = multiprocessing.get_context("fork")
             for _ in range(self.max_workers):
@@ -183,7 +198,9 @@ class Server(Role):
                 "workers_url": self.workers_url, "control": self.control_url,
                 "workers": len(self.ledger.workers), "strategy": self.intake.strategy,
                 "dispatch": self.dispatch, "threads_per_worker": self.threads,
-                "startup_s": self.startup_s}
+                "startup_s": self.startup_s,
+                # The responses are the task's: clients check the tokens over task ids only.
+                **({"task": usertask.describe(self.task)[:200]} if self.task else {})}
 
     def wait_for_workers(self, n: int) -> None:
         deadline = time.monotonic() + READY_TIMEOUT_S
@@ -309,8 +326,9 @@ class Server(Role):
     def chores(self) -> None:
         """Once a second: workers holding a batch far past its ideal time are lost (stopped or
         wedged); clients idle with nothing in flight are let go."""
+        per_task = OVERDUE_PER_TASK_S + (self.task or {}).get("timeout", 0.0)
         for ident in self.ledger.overdue(OVERDUE_SLACK_S, self.overdue_factor,
-                                         REMOTE_OVERDUE_SLACK_S, OVERDUE_PER_TASK_S):
+                                         REMOTE_OVERDUE_SLACK_S, per_task):
             self.stats["overdue"] += 1
             if ident in self.pool.local:
                 self.lost_worker(ident, "holding a batch far past its ideal time")

@@ -72,6 +72,7 @@ class Strategy:
     doc = ""
     cpu_limited = False  # True: at most one batch per core runs at once (ideal model)
     inline_zero_waits = True  # a batch of zero-wait tasks runs inline (False: map sees it)
+    inline_below = 0.0  # map runs a task with a wait <= this inline, on the worker's thread
 
     @classmethod
     def parse(cls, param: str | None):
@@ -100,6 +101,14 @@ class Strategy:
         if wait > 0:
             time.sleep(wait)
         return response
+
+    def use_task(self, task) -> None:
+        """Run ``task(response, wait)`` for every task instead of the emulation (the server's
+        own task, comlab.system.usertask): a wait is then only the task's input, so no task
+        runs inline, each on the strategy's threads."""
+        self.task = task
+        self.inline_zero_waits = False
+        self.inline_below = -1.0
 
     def timed(self, response, wait) -> tuple:
         """The task with its t_started and t_finished stamps (comlab.schema), taken in the
@@ -181,8 +190,8 @@ class ThreadPerTask(Strategy):
         self.gang = Gang(self.name, THREADS)
 
     def map(self, responses, waits):
-        timed = self.timed
-        rows = [timed(r, w) if w <= 0 else None for r, w in zip(responses, waits)]
+        timed, below = self.timed, self.inline_below
+        rows = [timed(r, w) if w <= below else None for r, w in zip(responses, waits)]
         slow = [i for i, row in enumerate(rows) if row is None]
         if slow:
             done = self.gang.map(timed, [(responses[i], waits[i]) for i in slow])
@@ -229,9 +238,10 @@ class ThreadPool(Strategy):
         self.pool = ThreadPoolExecutor(self.size, thread_name_prefix=self.name)
 
     def map(self, responses, waits):
-        timed = self.timed
+        timed, below = self.timed, self.inline_below
         submit = self.pool.submit
-        rows = [submit(timed, r, w) if w > 0 else timed(r, w) for r, w in zip(responses, waits)]
+        rows = [submit(timed, r, w) if w > below else timed(r, w)
+                for r, w in zip(responses, waits)]
         return [row.result() if not isinstance(row, tuple) else row for row in rows]
 
     def warm(self, n):
@@ -349,14 +359,18 @@ def duration(spec: str, waits: Sequence[float], threads: int | None = None) -> f
 class Cache:
     """One instance per spec for the life of a worker, so pools and threads are kept."""
 
-    def __init__(self) -> None:
+    def __init__(self, task=None) -> None:
+        """``task``: the server's own task for every strategy (``Strategy.use_task``)."""
         self._made: dict[str, Strategy] = {}
+        self.task = task
 
     def get(self, spec: str) -> Strategy:
         strategy = self._made.get(spec)
         if strategy is None:
             cls, param = lookup(spec)
             strategy = self._made[spec] = cls(param)
+            if self.task is not None:
+                strategy.use_task(self.task)
         return strategy
 
     def close(self) -> None:
