@@ -9,7 +9,7 @@ import warnings
 from pathlib import Path
 
 from . import run_client, run_server
-from .system import dispatch, strategies
+from .system import dispatch, strategies, usertask
 
 # The main job: the shipped seed with its waits scaled (run_experiment's default: 10 ms tasks,
 # same shape), 2 repeats, < 2 min. `comlab sweep` and run_experiment share every default but
@@ -480,7 +480,7 @@ def _add_sweep_args(p, defaults: dict) -> None:
                         "and {command} filled in (no shell); exit status 0 is ok")
     p.add_argument("--task-timeout", type=_positive, metavar="SECONDS",
                    help="kill a --task-command still running after this long: the task "
-                        "failed (default 10)")
+                        f"failed (default {usertask.TIMEOUT_S:g})")
     p.add_argument("--commands", default=None, help="commands file (default: shipped seed)")
     p.add_argument("--map", default=None, help="server map file (default: shipped seed)")
     p.add_argument("--network", action="append", default=[], metavar="CIDR",

@@ -16,7 +16,7 @@ from __future__ import annotations
 import select
 import socket
 
-SPIN_PER_S = 5_000_000  # steps of ``spin`` per second of `wait`: roughly a core-second on this
+SPIN_PER_S = 3_500_000  # steps of ``spin`` per second of `wait`: roughly a core-second on this
 # 2-core VM (3.5-9 M steps/s measured under varying load): a fixed amount of work, not a time
 
 

@@ -9,8 +9,11 @@ import shlex
 import subprocess
 import sys
 import textwrap
+import threading
+import time
 import warnings
 
+import pandas as pd
 import pytest
 
 import comlab
@@ -148,7 +151,6 @@ def test_a_command_task_against_namespace_hosts(tmp_path):
               "task_timeout": 5}
         out = run_sweep(kw, prefix=["ip", "netns", "exec", ns["client"]], timeout=60)
     assert {k: v for k, v in out["status"].items() if v} == {"ok": 2, "failed": 1}, out
-    import pandas as pd
     df = pd.read_parquet(tmp_path / "ns" / "records.parquet")
     failed = df[df["status"] == "failed"]
     assert failed["ip"].tolist() == ["10.77.0.99"]
@@ -162,17 +164,29 @@ def test_command_output_is_kept_bounded_and_commands_die_with_close():
     assert code == 0 and len(out) == usertask.OUTPUT_TAIL and out.endswith(b"42\n")
     assert big("1.2.3.4", "c", 7, 0) == 42
     slow = usertask.Command("sleep 30", 30, 1)
-    import threading
     result = {}
     t = threading.Thread(target=lambda: result.setdefault("code", slow.run(slow.argv)[0]))
     t.start()
-    import time
     deadline = time.monotonic() + 5
     while not slow.running and time.monotonic() < deadline:
         time.sleep(0.01)
     slow.close()
     t.join(5)
     assert not t.is_alive() and result["code"] == -9
+
+
+@pytest.mark.timeout(30)
+def test_a_worker_that_cannot_import_the_task_exits_2_naming_it(tmp_path):
+    """The server imports the task first; should a worker still fail to (another path), it
+    says so in one line and exits 2 before it is ready (the server then names its exit)."""
+    code = ("from comlab.system import worker; worker.main('w0', 'ipc://%s/none', "
+            "task={'function': 'no_such_module:f'}, entries=[])" % tmp_path)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=20)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        "comlab worker w0: task 'no_such_module:f' cannot be imported: ModuleNotFoundError: "
+        "No module named 'no_such_module'"]
 
 
 def test_a_function_must_answer_an_int():

@@ -4,6 +4,8 @@ A worker knows nothing of them beyond ``get(spec)``; the server picks the spec (
 ``name:param``) per batch, so it can change between batches. Every strategy emulates a task the
 same way: wait ``wait`` seconds (sleep, or busy work for cpu-bound), then answer ``response``.
 A task with wait 0 completes inline without calling sleep (sleep(0) costs ~78 us here).
+A server running a task of its own (comlab.system.usertask) has every strategy call it instead
+(``use_task``): then no task is inline, a wait is only the task's input.
 
 Each strategy class owns its rules: ``parse(param)`` checks its parameter and ``duration(waits,
 param)`` is its ideal-time model (how long a perfect worker takes for one batch; the lab's
