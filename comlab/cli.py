@@ -9,7 +9,7 @@ import warnings
 from pathlib import Path
 
 from . import run_client, run_server
-from .system import dispatch, strategies
+from .system import dispatch, strategies, usertask
 
 # The main job: the shipped seed with its waits scaled (run_experiment's default: 10 ms tasks,
 # same shape), 2 repeats, < 2 min. `comlab sweep` and run_experiment share every default but
@@ -208,7 +208,8 @@ def cmd_sweep(args) -> int:
             server_address=args.server_address, client_address=args.client_address,
             fresh=args.fresh, confirm=(lambda text: True) if args.yes else _ask,
             hosts=hosts, ssh_config=args.ssh_config, secure=args.secure,
-            on_host_loss=args.on_host_loss, arrivals=args.arrivals or "constant")
+            on_host_loss=args.on_host_loss, arrivals=args.arrivals or "constant",
+            task=args.task, task_command=args.task_command, task_timeout=args.task_timeout)
     except (HostLost, DiskFull) as exc:  # mid-sweep: what is saved stays loadable
         print(f"error: {exc}", file=sys.stderr)
         return 1
@@ -483,6 +484,15 @@ def _add_sweep_args(p, defaults: dict) -> None:
     p.add_argument("--timeout", type=_timeout, default=None, metavar="SECONDS",
                    help="seconds per run before unanswered tasks count as lost (default: the "
                         "run's ideal time x 3 + 10 s; at most 1e6)")
+    p.add_argument("--task", metavar="MODULE:FUNCTION",
+                   help="run function(ip, command, response, wait) for each task instead of "
+                        "the emulated sleep; what it returns is the response")
+    p.add_argument("--task-command", metavar="TEMPLATE",
+                   help="run this command for each task instead of the emulated sleep, {ip} "
+                        "and {command} filled in (no shell); exit status 0 is ok")
+    p.add_argument("--task-timeout", type=_positive, metavar="SECONDS",
+                   help="kill a --task-command still running after this long: the task "
+                        f"failed (default {usertask.TIMEOUT_S:g})")
     p.add_argument("--commands", default=None, help="commands file (default: shipped seed)")
     p.add_argument("--map", default=None, help="server map file (default: shipped seed)")
     p.add_argument("--network", action="append", default=[], metavar="CIDR",

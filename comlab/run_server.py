@@ -15,7 +15,7 @@ import zmq
 
 from . import data
 from .lab.checks import url_arg
-from .system import dispatch, limits, strategies
+from .system import dispatch, limits, strategies, usertask
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -29,6 +29,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dispatch", default=dispatch.DEFAULT,
                    help=f"how batches reach workers: {dispatch.usage()} "
                         f"(default {dispatch.DEFAULT})")
+    p.add_argument("--task", metavar="MODULE:FUNCTION",
+                   help="run this function for each task instead of the emulated sleep, as "
+                        "function(ip, command, response, wait) -> response (see the how-to "
+                        "'your own task')")
+    p.add_argument("--task-command", metavar="TEMPLATE",
+                   help="run this command for each task instead of the emulated sleep, {ip} "
+                        "and {command} filled in (split like a shell would, run without one); "
+                        "exit status 0 is ok")
+    p.add_argument("--task-timeout", type=float, metavar="SECONDS",
+                   help=f"kill a --task-command still running after this long: the task "
+                        f"failed (default {usertask.TIMEOUT_S:g})")
     p.add_argument("--network", action="append", default=[], metavar="CIDR",
                    help="addresses within reach (repeatable); tasks outside are 'unreachable'")
     p.add_argument("--workers-url", type=url_arg("--workers-url"), help="also accept remote worker hosts here, "
@@ -72,6 +83,10 @@ def run(args: argparse.Namespace) -> int:
                              f"MAX_WORKERS {args.max_workers}")
         strategies.set_threads(limits.check_server(args.max_workers))  # a pool must fit
         strategies.check(args.strategy)
+        task = usertask.spec(args.task, args.task_command, args.task_timeout)
+        if task is not None and args.workers_url:
+            raise ValueError("--task and --task-command run on the server's local workers "
+                             "only: not with --workers-url")
         security = None
         if args.curve_keys:
             from .system.security import Curve
@@ -94,6 +109,7 @@ def run(args: argparse.Namespace) -> int:
             print(json.dumps(info), flush=True)
         print(f"comlab server ready on {info['bind']} with {info['workers']} workers "
               f"(strategy {info['strategy']}, dispatch {info['dispatch']}, "
+              + (f"task {info['task']}, " if info.get("task") else "") +
               f"started in {info['startup_s']:.2f} s)",
               file=sys.stderr, flush=True)
 
@@ -103,7 +119,7 @@ def run(args: argparse.Namespace) -> int:
                     workers_url=args.workers_url,
                     control_url=args.control_url, watch_fd=0 if args.watch_stdin else None,
                     on_ready=on_ready, security=security, log_level=level,
-                    insecure=args.insecure)
+                    insecure=args.insecure, task=task)
     try:
         server.run()
     except KeyboardInterrupt:

@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 
 from .. import arrivals as arrivals_mod, data
-from ..system import dispatch as dispatch_mod, strategies
+from ..system import dispatch as dispatch_mod, strategies, usertask
 from ..system.security import is_local_url
 from . import plan as planning
 from . import checks, provenance, records, stability
@@ -74,7 +74,9 @@ def run_experiment(batch_sizes=(1, 4, 16, 64), workers=(1, 4, 16, 32), repeats: 
                    client_address: str = "127.0.0.1", server_prefix=(),
                    fresh: bool = False, dispatch=dispatch_mod.DEFAULT,
                    confirm=None, hosts=None, ssh_config=None, secure: bool | None = None,
-                   on_host_loss: str = "stop", arrivals="constant") -> pd.DataFrame:
+                   on_host_loss: str = "stop", arrivals="constant", task: str | None = None,
+                   task_command: str | None = None,
+                   task_timeout: float | None = None) -> pd.DataFrame:
     """Run every combination of the swept axes x repeats; return one row per task per run.
 
     ``batch_sizes``, ``workers``, ``strategy``, ``transport``, ``dispatch`` (broker, broker:K,
@@ -136,6 +138,12 @@ def run_experiment(batch_sizes=(1, 4, 16, 64), workers=(1, 4, 16, 32), repeats: 
     With ``hosts`` that is the default (``secure=False`` opts out: plain TCP, any peer that
     reaches ``workers_url`` can be a worker); a ``workers_url`` other hosts reach without
     ``hosts`` needs ``secure=False`` said explicitly.
+    Your own task (comlab.system.usertask; the how-to "your own task"): ``task=
+    "module:function"`` runs ``function(ip, command, response, wait)`` for each task instead of
+    the emulated sleep, and what it returns is the record's ``response``; ``task_command=
+    "ping -c1 -W1 {ip}"`` runs that command (no shell) per task, killed after ``task_timeout``
+    s (default 10): exit status 0 is ok. Both are imported or parsed before anything starts,
+    and run on the server's local workers only (not with remote workers or hosts).
     Before each run every host's clock offset against the client's is estimated
     (``comlab.clocks``); stamps of other hosts are converted to the client's clock, and the
     offsets with their uncertainties go into the run's entry in meta.json (``clock``).
@@ -160,6 +168,10 @@ def run_experiment(batch_sizes=(1, 4, 16, 64), workers=(1, 4, 16, 32), repeats: 
         raise ValueError(f"on_host_loss must be 'stop' or 'continue', got {on_host_loss!r}")
     host_list = hosts_mod.parse_hosts(hosts) if hosts is not None else []
     all_remote = remote_workers + sum(h.workers for h in host_list)
+    own_task = usertask.spec(task, task_command, task_timeout)
+    if own_task is not None and all_remote:
+        raise ValueError("task and task_command run on the server's local workers only: not "
+                         "with remote_workers or hosts")
     trace = next((a.trace for a in processes if a.trace is not None), None)
     if trace is not None and commands is not None:
         raise ValueError("arrivals trace:FILE brings its own tasks: leave commands unset")
@@ -195,6 +207,9 @@ def run_experiment(batch_sizes=(1, 4, 16, 64), workers=(1, 4, 16, 32), repeats: 
         params.update(hosts=[h.describe() for h in host_list])
     if secure:
         params.update(secure=True)
+    if own_task is not None:  # only when set: results of the emulation resume as before
+        params.update({"task" if k == "function" else f"task_{k}": v
+                       for k, v in own_task.items()})
     # Before the result exists: a host that is unreachable or has another comlab costs nothing.
     probes = hosts_mod.probe_all(host_list, ssh_config) if host_list else None
     name = name if name is not None else _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
@@ -203,7 +218,7 @@ def run_experiment(batch_sizes=(1, 4, 16, 64), workers=(1, 4, 16, 32), repeats: 
                       workers_url=workers_url, server_address=server_address,
                       client_address=client_address, server_prefix=server_prefix,
                       hosts=host_list, ssh_config=ssh_config, secure=secure,
-                      on_host_loss=on_host_loss, probes=probes)
+                      on_host_loss=on_host_loss, probes=probes, task=own_task)
     with store:
         session.host_log_dir = store.path / "hosts"
         session.log_dir = store.path / "logs"  # a lab process that dies: its log, kept

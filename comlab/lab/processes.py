@@ -150,10 +150,11 @@ class ServerProcess(_Child):
                  networks=(), workers_url: str | None = None, strategy: str | None = None,
                  ready_timeout: float = 60.0, address: str = "127.0.0.1",
                  prefix=(), dispatch: str | None = None, curve_keys: str | None = None,
-                 keep_dir=None, insecure: bool = False) -> None:
+                 keep_dir=None, insecure: bool = False, task: dict | None = None) -> None:
         """``address``: the interface its tcp batch socket binds; ``prefix``: a command to run
         it under (e.g. ``ip netns exec NS``, ``taskset -c 0``); ``insecure``: plain-TCP worker
-        peers on a ``workers_url`` other hosts reach (run_server --insecure)."""
+        peers on a ``workers_url`` other hosts reach (run_server --insecure); ``task``: the
+        server's own task (comlab.system.usertask.spec)."""
         self.workdir = workdir
         bind = f"ipc://{workdir}/server" if transport == "ipc" else f"tcp://{address}:*"
         self.control_url = f"ipc://{workdir}/control"
@@ -171,6 +172,10 @@ class ServerProcess(_Child):
             args += ["--curve-keys", curve_keys]
         if insecure and workers_url and not curve_keys:
             args += ["--insecure"]
+        if task and "function" in task:
+            args += ["--task", task["function"]]
+        elif task:
+            args += ["--task-command", task["command"], "--task-timeout", repr(task["timeout"])]
         t0 = time.perf_counter()
         self._ctl = None
         super().__init__(args, os.path.join(workdir, f"server-{workers}-{transport}.log"),

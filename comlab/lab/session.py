@@ -49,8 +49,10 @@ class Session:
                  workers_url: str | None = None, server_address: str = "127.0.0.1",
                  client_address: str = "127.0.0.1", server_prefix=(), hosts=None,
                  ssh_config: str | None = None, secure: bool | None = None,
-                 host_log_dir=None, on_host_loss: str = "stop", probes=None) -> None:
+                 host_log_dir=None, on_host_loss: str = "stop", probes=None,
+                 task: dict | None = None) -> None:
         self.smap = smap
+        self.task = task  # the servers' own task (comlab.system.usertask.spec)
         self.networks = list(networks)
         self.hosts_spec = list(hosts or ())
         self.ssh_config = ssh_config
@@ -125,7 +127,8 @@ class Session:
                            networks=self.networks, strategy=strategy, dispatch=dispatch,
                            workers_url=self.workers_url, address=self.server_address,
                            prefix=self.server_prefix, curve_keys=self.keys_dir,
-                           keep_dir=self.log_dir, insecure=self.insecure) as server:
+                           keep_dir=self.log_dir, insecure=self.insecure,
+                           task=self.task) as server:
             if self.remote_workers:
                 server.wait_for_workers(workers + self.remote_workers, REMOTE_JOIN_TIMEOUT_S,
                                         names=self.hosts.worker_names() if self.hosts else ())

@@ -80,7 +80,10 @@ class Lookup:
     """The task table, ready for the per-task look-up (built once, at the server's
     construction: a bad entry is refused before anything starts)."""
 
-    def __init__(self, table: dict, networks=()) -> None:
+    def __init__(self, table: dict, networks=(), by_index: bool = False) -> None:
+        """``by_index``: the server runs a task of its own (comlab.system.usertask): an ENTRY
+        carries the entry's index in ``table`` instead of its response, and tokens seal the
+        task ids only."""
         self.networks = [ipaddress.ip_network(n, strict=False) for n in networks]
         self.ip_status: dict[str, int] = {}
         if self.networks:
@@ -90,7 +93,9 @@ class Lookup:
         self.table = table
         # The look-up's two answers, ready to use: a task's ENTRY record (its response and
         # wait as the WORK column's bytes) and its wait (the batch's expected cost).
-        self.entry_of = {k: _entry(k, r, w) for k, (r, w) in table.items()}
+        self.entry_of = {k: _entry(k, i if by_index else r, w)
+                         for i, (k, (r, w)) in enumerate(table.items())}
+        self.sealed = not by_index  # do tokens seal the responses?
         self.wait_of = {k: float(w) for k, (_, w) in table.items()}
 
     def status_of(self, key: str) -> int:
@@ -118,6 +123,7 @@ class Intake:
         what a WELCOME says of the server; ``stats`` its counters."""
         self.lookup, self.reply_url, self.strategy, self.stats = lookup, reply_url, strategy, stats
         self.entry_of, self.wait_of = lookup.entry_of, lookup.wait_of  # per task: no hop
+        self.sealed = lookup.sealed  # do tokens seal the responses?
         self.clients, self.ledger, self.to_worker, self.info = clients, ledger, send, info
         self.mark_fed = clients.mark_fed               # a run that sent a batch keeps its
                                                        # socket when sockets run short
@@ -283,8 +289,9 @@ class Intake:
             waits = list(map(self.wait_of.__getitem__, keys))
             cost = self.duration(waits) if any(waits) else 0.0
             t_enqueued = now()  # the t_enqueued stamp (comlab.schema): the work item exists
-            token = self.seals.get(b.run, _NO_SEAL).token(b.batch_id, task_ids,
-                                                          P.entry_responses(entries))
+            token = self.seals.get(b.run, _NO_SEAL).token(
+                b.batch_id, task_ids,
+                P.entry_responses(entries) if self.sealed else bytes(len(task_ids)))
             self.ledger.submit(P.Work(b.run, b.batch_id, url, self.strategy, t_server_in,
                                       t_enqueued, 0, task_ids, entries, token, cost,
                                       len(keys)))

@@ -92,6 +92,13 @@ def thread_share(workers: int) -> int:
     return max(1, min(GANG_MAX, per_worker))
 
 
+def command_share(workers: int) -> int:
+    """Commands (comlab.system.usertask) each of ``workers`` local workers may run at once:
+    half its thread share, since a command is a process and the thread waiting for it another
+    task of the kernel's, so threads and commands together stay within the share."""
+    return max(1, thread_share(workers) // 2)
+
+
 def check_server(workers: int) -> int:
     """A server with ``workers`` local workers: ValueError (one line) unless they fit in what is
     free now, each with one thread to run tasks; else the threads each may run (thread_share)."""

@@ -35,7 +35,7 @@ import time
 import zmq
 
 from .. import __version__
-from . import dispatch as dispatch_mod, limits, protocol as P, strategies
+from . import dispatch as dispatch_mod, limits, protocol as P, strategies, usertask
 from . import worker as worker_mod
 from .clients import ClientSockets
 from .control import Control
@@ -80,9 +80,12 @@ class Server(Role):
                  control_url: str | None = None, watch_fd: int | None = None,
                  on_ready=None, security=None, max_pending: int | None = None,
                  start_method: str = "forkserver", log_level: int = logging.WARNING,
-                 dispatch: str = dispatch_mod.DEFAULT, insecure: bool = False) -> None:
+                 dispatch: str = dispatch_mod.DEFAULT, insecure: bool = False,
+                 task: dict | None = None) -> None:
         """``insecure``: accept plain-TCP worker peers on a ``workers_url`` other hosts can
-        reach (else that needs ``security``: whoever connects there gets the clients' work)."""
+        reach (else that needs ``security``: whoever connects there gets the clients' work).
+        ``task``: the operator's own task (comlab.system.usertask.spec) instead of the
+        emulated sleep; it runs on the local workers only."""
         super().__init__()
         if max_workers < 1 and not workers_url:
             raise ValueError("a server with no local workers needs --workers-url "
@@ -96,7 +99,18 @@ class Server(Role):
         strategies.set_threads(self.threads)
         self.dispatch = dispatch_mod.check(dispatch)
         self.stats = dict.fromkeys(COUNTERS, 0)  # the parts' counters, in one dict
-        self.lookup = Lookup(table, networks)
+        self.task = self.task_kwargs = None
+        if task is not None:
+            if workers_url:
+                raise ValueError("a task of your own runs on the server's local workers "
+                                 "only: not with a workers URL (remote worker hosts)")
+            self.task = usertask.spec(task.get("function"), task.get("command"),
+                                      task.get("timeout"))
+        self.lookup = Lookup(table, networks, by_index=self.task is not None)
+        if self.task is not None:  # what each worker is started with (the map's entries)
+            entries = [(*k.split(":", 1), r) for k, (r, _) in self.lookup.table.items()]
+            self.task_kwargs = {"task": {**self.task, "procs": limits.command_share(
+                max_workers)}, "entries": entries}
         # The intake's, once it is built (setup): it owns the strategy from then on.
         self.first_strategy, self.reply_url = strategies.check(strategy), reply_url
         self.workers_url, self.control_url = workers_url, control_url
@@ -125,7 +139,8 @@ class Server(Role):
                          start_method=self.start_method, watch=self.watch,
                          unwatch=self.poller.unregister,
                          kwargs_of=lambda ident: {**self.policy.local_pool_kwargs(ident),
-                                                  "threads": self.threads})
+                                                  "threads": self.threads,
+                                                  **(self.task_kwargs or {})})
         if self.max_workers and self.fork_first:
             fork = multiprocessing.get_context("fork")
             for _ in range(self.max_workers):
@@ -193,7 +208,9 @@ class Server(Role):
                 "workers_url": self.workers_url, "control": self.control_url,
                 "workers": len(self.ledger.workers), "strategy": self.intake.strategy,
                 "dispatch": self.dispatch, "threads_per_worker": self.threads,
-                "startup_s": self.startup_s}
+                "startup_s": self.startup_s,
+                # The responses are the task's: clients check the tokens over task ids only.
+                **({"task": usertask.describe(self.task)[:200]} if self.task else {})}
 
     def snapshot(self) -> dict:
         """What the server is doing, as plain data (comlab.system.control formats it)."""
@@ -335,8 +352,9 @@ class Server(Role):
     def chores(self) -> None:
         """Once a second: workers holding a batch far past its ideal time are lost (stopped or
         wedged); clients idle with nothing in flight are let go."""
+        per_task = OVERDUE_PER_TASK_S + (self.task or {}).get("timeout", 0.0)
         self.workers.overdue(OVERDUE_SLACK_S, self.overdue_factor, REMOTE_OVERDUE_SLACK_S,
-                             OVERDUE_PER_TASK_S)
+                             per_task)
         self.ledger.judge_unacked()  # DONEs whose results never reached the client
         if len(self.clients) > 8:
             self.intake.expire_clients()

@@ -4,6 +4,8 @@ A worker knows nothing of them beyond ``get(spec)``; the server picks the spec (
 ``name:param``) per batch, so it can change between batches. Every strategy emulates a task the
 same way: wait ``wait`` seconds (sleep, or busy work for cpu-bound), then answer ``response``.
 A task with wait 0 completes inline without calling sleep (sleep(0) costs ~78 us here).
+A server running a task of its own (comlab.system.usertask) has every strategy call it instead
+(``use_task``): then no task is inline, a wait is only the task's input.
 
 Each strategy class declares everything about itself, and the rest of comlab reads it from the
 class (through the registry, ``lookup``): ``forms`` (how the command line names it, with help:
@@ -88,6 +90,7 @@ class Strategy:
     # after another; on threads (at most ``threads(param)`` at once, 0: one per task); or on
     # threads that take turns on one core (the GIL). None: the model refuses it.
     simulated_as: str | None = None
+    inline_below = 0.0  # map runs a task with a wait <= this inline, on the worker's thread
 
     @classmethod
     def parse(cls, param: str | None):
@@ -117,6 +120,14 @@ class Strategy:
         if wait > 0:
             time.sleep(wait)
         return response
+
+    def use_task(self, task) -> None:
+        """Run ``task(response, wait)`` for every task instead of the emulation (the server's
+        own task, comlab.system.usertask): a wait is then only the task's input, so no task
+        runs inline, each on the strategy's threads."""
+        self.task = task
+        self.inline_zero_waits = False
+        self.inline_below = -1.0
 
     def timed(self, response, wait) -> tuple:
         """The task with its t_started and t_finished stamps (comlab.schema), taken in the
@@ -200,8 +211,8 @@ class ThreadPerTask(Strategy):
         self.gang = Gang(self.name, THREADS)
 
     def map(self, responses, waits):
-        timed = self.timed
-        rows = [timed(r, w) if w <= 0 else None for r, w in zip(responses, waits)]
+        timed, below = self.timed, self.inline_below
+        rows = [timed(r, w) if w <= below else None for r, w in zip(responses, waits)]
         slow = [i for i, row in enumerate(rows) if row is None]
         if slow:
             done = self.gang.map(timed, [(responses[i], waits[i]) for i in slow])
@@ -249,9 +260,10 @@ class ThreadPool(Strategy):
         self.pool = ThreadPoolExecutor(self.size, thread_name_prefix=self.name)
 
     def map(self, responses, waits):
-        timed = self.timed
+        timed, below = self.timed, self.inline_below
         submit = self.pool.submit
-        rows = [submit(timed, r, w) if w > 0 else timed(r, w) for r, w in zip(responses, waits)]
+        rows = [submit(timed, r, w) if w > below else timed(r, w)
+                for r, w in zip(responses, waits)]
         return [row.result() if not isinstance(row, tuple) else row for row in rows]
 
     def warm(self, n):
@@ -420,14 +432,18 @@ def cpu_limited(spec: str) -> bool:
 class Cache:
     """One instance per spec for the life of a worker, so pools and threads are kept."""
 
-    def __init__(self) -> None:
+    def __init__(self, task=None) -> None:
+        """``task``: the server's own task for every strategy (``Strategy.use_task``)."""
         self._made: dict[str, Strategy] = {}
+        self.task = task
 
     def get(self, spec: str) -> Strategy:
         strategy = self._made.get(spec)
         if strategy is None:
             cls, param = lookup(spec)
             strategy = self._made[spec] = cls(param)
+            if self.task is not None:
+                strategy.use_task(self.task)
         return strategy
 
     def close(self) -> None:

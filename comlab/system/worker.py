@@ -23,7 +23,7 @@ from collections import OrderedDict, deque
 
 import zmq
 
-from . import protocol as P, strategies, takequeue
+from . import protocol as P, strategies, takequeue, usertask
 from .clients import ClientSockets
 from .role import HOST, Role
 from .strategies import Cache, lookup, now
@@ -120,16 +120,18 @@ class Worker(Role):
 
     def __init__(self, server_url: str, name: str, *, ident: str | None = None,
                  watch_parent: bool = True, security=None, queue=None,
-                 slot: int = 0) -> None:
+                 slot: int = 0, task=None) -> None:
         """``queue``/``slot``: the shared queue design (comlab.system.dispatch): batches come
-        from ``queue`` (a comlab.system.takequeue.TakeQueue), where ``slot`` is this worker's."""
+        from ``queue`` (a comlab.system.takequeue.TakeQueue), where ``slot`` is this worker's.
+        ``task``: the server's own task (comlab.system.usertask.make), run by every strategy."""
         super().__init__()
         self.server_url = server_url
         self.name = name
         self.ident = ident or name  # the routing id (local workers: name + a secret token)
         self.watch_parent = watch_parent
         self.security = security
-        self.strategies = Cache()
+        self.strategies = Cache(task)
+        self.task = task
         self.queue, self.slot = queue, slot
         self.ended: OrderedDict[int, None] = OrderedDict()  # runs whose batches are skipped
         self.backlog: deque[Unit] = deque()                  # batches given, not yet run
@@ -350,6 +352,8 @@ class Worker(Role):
 
     def teardown(self):
         self.strategies.close()
+        if self.task is not None:
+            self.task.close()  # no command of ours outlives us
 
 
 def die_with_parent() -> None:
@@ -363,14 +367,24 @@ def die_with_parent() -> None:
 
 
 def main(name: str, server_url: str, log_level: int = logging.WARNING, security=None, *,
-         ident: str | None = None, threads: int | None = None, **queue) -> None:
+         ident: str | None = None, threads: int | None = None, task: dict | None = None,
+         entries: list | None = None, **queue) -> None:
     """Entry point of a worker process (a multiprocessing target: lives in the package);
-    ``threads``: its share of the machine's threads (comlab.system.limits.thread_share)."""
+    ``threads``: its share of the machine's threads (comlab.system.limits.thread_share);
+    ``task``/``entries``: the server's own task and its map's entries (usertask), imported
+    here, once: a worker that cannot import it exits (code 2) with one line naming it."""
     die_with_parent()
     if threads is not None:
         strategies.set_threads(threads)
+    runner = None
+    if task is not None:
+        try:
+            runner = usertask.make(task, entries or [], task.get("procs", 1))
+        except ValueError as exc:
+            print(f"comlab worker {name}: {exc}", file=sys.stderr, flush=True)
+            sys.exit(2)
     precise_sleeps()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the server's to handle
     signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a forked worker inherits the server's
     logging.basicConfig(level=log_level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    Worker(server_url, name, ident=ident, security=security, **queue).run()
+    Worker(server_url, name, ident=ident, security=security, task=runner, **queue).run()
