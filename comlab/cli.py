@@ -622,7 +622,7 @@ def _add_data_commands(sub) -> None:
     g.set_defaults(func=cmd_gen_data)
 
     k = sub.add_parser("keys", help="create CurveZMQ keys: server, client, worker keypairs "
-                                    "and DIR/authorized (see comlab.security)")
+                                    "and DIR/authorized (see comlab.system.security)")
     k.add_argument("dir", help="directory to write the keys into")
     k.add_argument("--force", action="store_true", help="replace existing keys")
     k.add_argument("--host", action="append", default=[], metavar="NAME",
@@ -658,7 +658,7 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _print_warning(message, category, filename, lineno, file=None, line=None) -> None:
+def _print_warning(message, _category, _filename, _lineno, file=None, line=None) -> None:
     print(f"warning: {message}", file=sys.stderr)
 
 

@@ -478,7 +478,7 @@ def throughput_vs_workers(summary_or_df: pd.DataFrame, ax=None, cpus: int | None
     """Throughput (tasks / makespan) against workers, one line per batch size; ideal dashed.
 
     Solid: median over repeats (band: min..max of the repeats). Dashed, same color: the ideal
-    throughput n_tasks / ideal_s of that batch size (comlab.ideal), drawn and listed only where
+    throughput n_tasks / ideal_s of that batch size (comlab.lab.ideal), drawn and listed only where
     there is one (zero-wait tasks have none). With a single worker count the x axis is the
     batch size instead (one line per worker count then), so that the figure still has lines.
     """

@@ -132,7 +132,7 @@ def run_experiment(batch_sizes=(1, 4, 16, 64), workers=(1, 4, 16, 32), repeats: 
     reaches ``workers_url`` can be a worker); a ``workers_url`` other hosts reach without
     ``hosts`` needs ``secure=False`` said explicitly.
     Before each run every host's clock offset against the client's is estimated
-    (``comlab.clocks``); stamps of other hosts are converted to the client's clock, and the
+    (``comlab.lab.clocks``); stamps of other hosts are converted to the client's clock, and the
     offsets with their uncertainties go into the run's entry in meta.json (``clock``).
     """
     checks.counts(batch_sizes, "batch_sizes")
@@ -198,7 +198,7 @@ def run_experiment(batch_sizes=(1, 4, 16, 64), workers=(1, 4, 16, 32), repeats: 
 
 def _sweep(specs, inputs: Inputs, store: ResultStore, session: Session, timeout, progress,
            remote_workers: int) -> pd.DataFrame:
-    """Measure the runs not saved yet, one server per (transport, workers) group."""
+    """Measure the runs not saved yet, one server per (transport, dispatch, workers) group (plan.groups)."""
     saved = store.finished()
     todo = [s for s in specs if s.key not in saved]
     weights = {s.index: planning.weight(s, inputs.waits, remote_workers) for s in specs}

@@ -118,7 +118,7 @@ class ResultStore:
     def __enter__(self) -> "ResultStore":
         return self
 
-    def __exit__(self, exc_type, exc, tb) -> None:
+    def __exit__(self, exc_type, exc, _tb) -> None:
         try:
             if exc_type is not None and not issubclass(exc_type, DiskFull):
                 self._finish_after_failure()
