@@ -9,12 +9,12 @@ import warnings
 from pathlib import Path
 
 from . import run_client, run_server
+from .lab import defaults
 from .system import dispatch, strategies
 
-# The main job: the shipped seed with its waits scaled (run_experiment's default: 10 ms tasks,
-# same shape), 2 repeats, < 2 min. `comlab sweep` and run_experiment share every default but
-# the axes swept.
-RUN_DEFAULTS = dict(batch_sizes=[1, 4, 16, 64], workers=[1, 4, 16, 32], name="main")
+# `comlab run`'s defaults (comlab.lab.defaults: `comlab sweep` and run_experiment share every
+# default but the axes swept and the name).
+RUN_DEFAULTS = defaults.of_verb("run")
 TABLE_COLUMNS = ["n_repeats", "makespan_s", "makespan_s_spread", "ideal_s", "efficiency",
                  "throughput_tps", "latency_p50_s", "latency_p99_s", "overhead_p99_s",
                  "n_unknown", "n_failed", "n_lost"]
@@ -343,28 +343,14 @@ def _one_line(exc: BaseException) -> str:
 
 
 def _result_dir(path: str) -> Path | None:
-    """A saved result's directory, or None after one line on stderr saying why not (a missing
-    or unreadable meta.json is named)."""
-    import json
-    p = Path(path)
-    if not (p / "meta.json").is_file():  # worded as comlab plot says it
-        what = "no such directory" if not p.is_dir() else "no meta.json in it"
-        print(f"error: {p}: not a saved comlab result ({what})", file=sys.stderr)
-        return None
-    from .lab.results import ResultError, check_format
+    """A saved result's directory, or None after one line on stderr saying why not
+    (comlab.lab.results.saved_dir)."""
+    from .lab.results import ResultError, saved_dir
     try:
-        meta = json.loads((p / "meta.json").read_text())
-        if not isinstance(meta, dict):
-            raise ValueError("not a JSON object")
-    except (OSError, ValueError) as exc:
-        print(f"error: {p / 'meta.json'}: unreadable: {_one_line(exc)}", file=sys.stderr)
-        return None
-    try:
-        check_format(meta, p)
+        return saved_dir(path)
     except ResultError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return None
-    return p
 
 
 def cmd_show(args) -> int:
@@ -441,34 +427,36 @@ def cmd_report(args) -> int:
     return 0
 
 
-def _add_sweep_args(p, defaults: dict) -> None:
-    d = {"batch_sizes": [1, 4, 16], "workers": [1, 4, 16], **defaults}
+def _add_sweep_args(p, verb: str) -> None:
+    d = defaults.of_verb(verb)
     p.add_argument("--batch-sizes", type=_ints_at_least(1), default=d["batch_sizes"],
                    metavar="B,B,...",
                    help=f"tasks per batch, comma-separated to sweep (default {_csv(d['batch_sizes'])})")
     p.add_argument("--workers", type=_ints_at_least(0), default=d["workers"], metavar="W,W,...",
                    help=f"local worker processes, comma-separated to sweep (default "
                         f"{_csv(d['workers'])}; 0 only with --remote-workers)")
-    p.add_argument("--repeats", type=_int_at_least(1), default=2,
-                   help="runs of each configuration (default 2; 2 or more to see noise)")
+    p.add_argument("--repeats", type=_int_at_least(1), default=d["repeats"],
+                   help=f"runs of each configuration (default {d['repeats']}; 2 or more to see "
+                        f"noise)")
     p.add_argument("--strategy", type=_checked_list(strategies.check, "strategies"),
-                   default=[strategies.DEFAULT], metavar="S,S,...",
+                   default=[d["strategy"]], metavar="S,S,...",
                    help="how a worker runs a batch, comma-separated to sweep: "
-                        + ", ".join(STRATEGY_FORMS) + f" (default {strategies.DEFAULT})")
+                        + ", ".join(STRATEGY_FORMS) + f" (default {d['strategy']})")
     p.add_argument("--transport", type=_checked_list(_transport, "transports"),
-                   default=["tcp"], help="tcp, ipc or tcp,ipc (default tcp)")
+                   default=[d["transport"]],
+                   help=f"tcp, ipc or tcp,ipc (default {d['transport']})")
     p.add_argument("--dispatch", type=_checked_list(dispatch.check, "dispatch designs"),
-                   default=[dispatch.DEFAULT], metavar="D,D,...",
+                   default=[d["dispatch"]], metavar="D,D,...",
                    help="how batches reach workers, comma-separated to sweep: broker (adaptive "
                         "prefetch), broker:K (prefetch K batches), queue (the seed's shared "
-                        f"queue) (default {dispatch.DEFAULT})")
-    p.add_argument("--wait-scale", type=_non_negative, default=None, metavar="S",
+                        f"queue) (default {d['dispatch']})")
+    p.add_argument("--wait-scale", type=_non_negative, default=d["wait_scale"], metavar="S",
                    help="multiply every task's wait by S, >= 0 (0: zero-wait tasks; default 0.01 for the shipped seed "
                         "map: 10 ms tasks, same shape; 1 for a --map of your own)")
-    p.add_argument("--rate", type=_rates, default=None, metavar="R,R,...",
+    p.add_argument("--rate", type=_rates, default=d["rate"], metavar="R,R,...",
                    help="open loop: tasks per second > 0, comma-separated to sweep; none: "
                         "closed loop (default closed loop)")
-    p.add_argument("--timeout", type=_timeout, default=None, metavar="SECONDS",
+    p.add_argument("--timeout", type=_timeout, default=d["timeout"], metavar="SECONDS",
                    help="seconds per run before unanswered tasks count as lost (default: the "
                         "run's ideal time x 3 + 10 s; at most 1e6)")
     p.add_argument("--commands", default=None, help="commands file (default: shipped seed)")
@@ -476,12 +464,12 @@ def _add_sweep_args(p, defaults: dict) -> None:
     p.add_argument("--network", action="append", default=[], metavar="CIDR",
                    help="only addresses in CIDR are reachable (repeatable); others are "
                         "answered 'unreachable'")
-    p.add_argument("--remote-workers", type=_int_at_least(0), default=0, metavar="N",
-                   help="wait for N workers of worker hosts (comlab worker-host) on each server")
+    p.add_argument("--remote-workers", type=_int_at_least(0), default=d["remote_workers"],
+                   metavar="N", help="wait for N workers of worker hosts (comlab worker-host) on each server")
     p.add_argument("--workers-url", type=_url, help="where worker hosts connect, e.g. tcp://0.0.0.0:5558")
-    p.add_argument("--server-address", default="127.0.0.1", type=_address,
+    p.add_argument("--server-address", default=d["server_address"], type=_address,
                    help="interface of the server's batch socket (default loopback)")
-    p.add_argument("--client-address", default="127.0.0.1", type=_address,
+    p.add_argument("--client-address", default=d["client_address"], type=_address,
                    help="interface of the client's result socket: reachable by worker hosts")
     p.add_argument("--hosts", type=_strs, metavar="ENTRY,ENTRY,...",
                    help="worker hosts the lab starts and stops: ssh://[user@]host[:port], local "
@@ -490,20 +478,20 @@ def _add_sweep_args(p, defaults: dict) -> None:
     p.add_argument("--hosts-file", metavar="FILE",
                    help="worker hosts, one entry per line as in --hosts (# comments)")
     p.add_argument("--ssh-config", metavar="FILE", help="ssh client config for the hosts (-F)")
-    p.add_argument("--on-host-loss", choices=["stop", "continue"], default="stop",
+    p.add_argument("--on-host-loss", choices=["stop", "continue"], default=d["on_host_loss"],
                    help="a host lost mid-sweep fails its run; then stop the sweep (default) or "
                         "start the host again and continue")
-    p.add_argument("--secure", action="store_true", default=None,
+    p.add_argument("--secure", action="store_true", default=d["secure"],
                    help="CurveZMQ on every socket, with keys made for this sweep (each host "
                         "gets its own over ssh); the default with --hosts")
     p.add_argument("--insecure", dest="secure", action="store_false",
                    help="plain TCP even with --hosts: any peer that reaches the worker "
                         "endpoint can be a worker")
-    p.add_argument("--name", default=d.get("name"), type=_plain_name,
+    p.add_argument("--name", default=d["name"], type=_plain_name,
                    help="result name: a plain directory name under --results-dir (default "
-                        + (d["name"] if d.get("name") else "a timestamp") + ")")
-    p.add_argument("--results-dir", default="results", type=_results_dir,
-                   help="where results go (default results)")
+                        + (d["name"] or "a timestamp") + ")")
+    p.add_argument("--results-dir", default=d["results_dir"], type=_results_dir,
+                   help=f"where results go (default {d['results_dir']})")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--no-plots", action="store_true", help="do not write figures")
     p.add_argument("--yes", action="store_true",
@@ -648,9 +636,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_system_commands(sub)
     r = sub.add_parser("run", help="the main job: a default sweep on the shipped data (< 2 min)")
-    _add_sweep_args(r, RUN_DEFAULTS)
+    _add_sweep_args(r, "run")
     sw = sub.add_parser("sweep", help="sweep batch sizes, workers, strategies from a shell")
-    _add_sweep_args(sw, {})
+    _add_sweep_args(sw, "sweep")
     _add_result_commands(sub)
     _add_data_commands(sub)
     from .sim.cli import add_parser as add_predict  # comlab.sim's own verb

@@ -132,3 +132,23 @@ def test_sweep_resumes_refuses_and_starts_fresh(tmp_path):
     assert run["server"]["retried"] == 0 and "workers" not in run["server"]
     bad_name = _comlab(*base[:-4], "--name", "../y", "--no-plots", "--no-progress")
     assert bad_name.returncode == 2 and "plain name" in bad_name.stderr
+
+
+def test_the_cli_and_the_api_take_their_defaults_from_one_place(monkeypatch):
+    """comlab.lab.defaults.DEFAULTS is the only copy: run_experiment's signature is it, and a
+    change there is what `comlab run` and `comlab sweep` parse to."""
+    import inspect
+
+    from comlab.lab import defaults
+    from comlab.lab.experiment import run_experiment
+    api = inspect.signature(run_experiment).parameters
+    assert {k: api[k].default for k in defaults.DEFAULTS} == defaults.DEFAULTS
+    monkeypatch.setitem(defaults.DEFAULTS, "repeats", 5)
+    monkeypatch.setitem(defaults.DEFAULTS, "transport", "ipc")
+    sub = next(a for a in cli.build_parser()._actions
+               if isinstance(a, cli.argparse._SubParsersAction))
+    for verb in ("run", "sweep"):
+        args = sub.choices[verb].parse_args([])
+        assert (args.repeats, args.transport) == (5, ["ipc"]), verb
+    assert sub.choices["sweep"].parse_args([]).batch_sizes == list(
+        defaults.VERBS["sweep"]["batch_sizes"])

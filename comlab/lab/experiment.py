@@ -22,10 +22,11 @@ import numpy as np
 import pandas as pd
 
 from .. import data
-from ..system import dispatch as dispatch_mod, strategies
+from ..system import strategies
 from ..system.security import is_local_url
 from . import plan as planning
 from . import checks, provenance, records, stability
+from .defaults import DEFAULTS
 from . import hosts as hosts_mod
 from .hosts import HostLost
 from .results import ResultStore, check_name
@@ -64,18 +65,24 @@ def load_inputs(commands, server_map, wait_scale: float, networks=()) -> Inputs:
     return Inputs(keys, waits, smap, _source(commands), _source(server_map))
 
 
-def run_experiment(batch_sizes=(1, 4, 16, 64), workers=(1, 4, 16, 32), repeats: int = 2,
-                   commands=None, server_map=None, strategy=strategies.DEFAULT,
-                   transport="tcp", wait_scale: float | None = None,
-                   timeout: float | None = None,
-                   progress: bool = True, results_dir="results", name: str | None = None,
-                   rate=None, networks=(), resume: bool = True, remote_workers: int = 0,
-                   workers_url: str | None = None, server_address: str = "127.0.0.1",
-                   client_address: str = "127.0.0.1", server_prefix=(),
-                   fresh: bool = False, dispatch=dispatch_mod.DEFAULT,
-                   confirm=None, hosts=None, ssh_config=None, secure: bool | None = None,
-                   on_host_loss: str = "stop") -> pd.DataFrame:
+def run_experiment(batch_sizes=DEFAULTS["batch_sizes"], workers=DEFAULTS["workers"],
+                   repeats: int = DEFAULTS["repeats"], commands=None, server_map=None,
+                   strategy=DEFAULTS["strategy"], transport=DEFAULTS["transport"],
+                   wait_scale: float | None = DEFAULTS["wait_scale"],
+                   timeout: float | None = DEFAULTS["timeout"],
+                   progress: bool = True, results_dir=DEFAULTS["results_dir"],
+                   name: str | None = DEFAULTS["name"], rate=DEFAULTS["rate"], networks=(),
+                   resume: bool = True, remote_workers: int = DEFAULTS["remote_workers"],
+                   workers_url: str | None = None,
+                   server_address: str = DEFAULTS["server_address"],
+                   client_address: str = DEFAULTS["client_address"], server_prefix=(),
+                   fresh: bool = False, dispatch=DEFAULTS["dispatch"],
+                   confirm=None, hosts=None, ssh_config=None,
+                   secure: bool | None = DEFAULTS["secure"],
+                   on_host_loss: str = DEFAULTS["on_host_loss"]) -> pd.DataFrame:
     """Run every combination of the swept axes x repeats; return one row per task per run.
+
+    Its defaults are ``comlab.lab.defaults.DEFAULTS``, the command line's too.
 
     ``batch_sizes``, ``workers``, ``strategy``, ``transport``, ``dispatch`` (broker, broker:K,
     queue: comlab.system.dispatch) and ``rate`` (tasks/s, open loop; None = as fast as possible)

@@ -338,6 +338,25 @@ def load_meta(path: str | os.PathLike) -> dict:
     return check_format(json.loads((path / META).read_text()), path)
 
 
+def saved_dir(path) -> Path:
+    """A saved result's directory, checked before anything reads it: ``ResultError`` saying
+    why not (no such directory, no meta.json, an unreadable one, another tool's, a newer
+    format) in one line."""
+    p = Path(path)
+    if not (p / META).is_file():
+        what = "no such directory" if not p.is_dir() else f"no {META} in it"
+        raise ResultError(f"{p}: not a saved comlab result ({what})")
+    try:
+        meta = json.loads((p / META).read_text())
+        if not isinstance(meta, dict):
+            raise ValueError("not a JSON object")
+    except (OSError, ValueError) as exc:
+        why = " ".join(str(exc).split())[:300] or type(exc).__name__
+        raise ResultError(f"{p / META}: unreadable: {why}") from None
+    check_format(meta, p)
+    return p
+
+
 def check_format(meta, path) -> dict:
     """A meta.json this comlab can read: a JSON object of a format_version it knows."""
     if not isinstance(meta, dict):

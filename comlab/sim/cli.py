@@ -75,9 +75,13 @@ def run(args) -> int:
 
     from . import predict, sweep
     from .calibrate import calibrate_each
-    from ..cli import _result_dir
-    if _result_dir(args.result) is None or (args.calibration and
-                                            _result_dir(args.calibration) is None):
+    from ..lab.results import ResultError, saved_dir
+    try:
+        for path in (args.result, args.calibration):
+            if path is not None:
+                saved_dir(path)
+    except ResultError as exc:
+        print(f"error: {exc}", file=sys.stderr)
         return 2
     source = args.calibration or args.result
     for name in ("tasks", "cpus"):
