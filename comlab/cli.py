@@ -9,7 +9,7 @@ import warnings
 from pathlib import Path
 
 from . import run_client, run_server
-from .lab import defaults
+from .lab import checks, defaults
 from .system import dispatch, strategies
 
 # `comlab run`'s defaults (comlab.lab.defaults: `comlab sweep` and run_experiment share every
@@ -28,99 +28,10 @@ class Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
-def _list(text: str, one, what: str) -> list:
-    values = [x.strip() for x in text.split(",") if x.strip()]
-    if not values:
-        raise argparse.ArgumentTypeError(f"expected comma-separated {what}, got {text!r}")
-    try:
-        return [one(x) for x in values]
-    except (TypeError, ValueError) as exc:
-        raise argparse.ArgumentTypeError(f"{exc}") from None
-
-
-def _int_at_least(minimum: int):
-    def one(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
-        return value
-    one.__name__ = "integer"
-    return one
-
-
-def _ints_at_least(minimum: int):
-    one = _int_at_least(minimum)
-    return lambda text: _list(text, one, f"integers >= {minimum}")
-
-
-def _float(text: str) -> float:
-    try:
-        return float(text)
-    except ValueError:
-        raise ValueError(f"expected a number, got {text!r}") from None
-
-
-def _positive(text: str) -> float:
-    from .lab import checks
-    try:
-        return checks.positive(_float(text), "value")
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc).replace("value ", "")) from None
-
-
-def _timeout(text: str) -> float:
-    from .lab import checks
-    try:
-        return checks.seconds(_float(text), "value")
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc).replace("value ", "")) from None
-
-
 def _rates(text: str) -> list:
     def one(x):
-        return None if x in ("none", "max") else _positive(x)
-    return _list(text, one, "rates (tasks/s) or none")
-
-
-def _checked_list(check, what: str):
-    def parse(text: str) -> list[str]:
-        return _list(text, check, what)
-    return parse
-
-
-def _results_dir(text: str) -> str:
-    from .lab import checks
-    try:
-        checks.results_dir(text, "")
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc).strip()) from None
-    return text
-
-
-def _address(text: str) -> str:
-    """An IPv4 address of this machine (checks.local_address)."""
-    from .lab import checks
-    try:
-        return checks.local_address(text, "")
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc).strip()) from None
-
-
-def _url(text: str) -> str:
-    from .lab import checks
-    return checks.url_arg("")(text)
-
-
-def _output(text: str) -> str:
-    from .lab import checks
-    return checks.output_file_arg("")(text)
-
-
-def _out_dir(text: str) -> str:
-    return _results_dir(text)
+        return None if x in ("none", "max") else checks.positive_arg(x)
+    return checks.listed(one, "rates (tasks/s) or none")(text)
 
 
 def _wait_spec(text: str) -> str:
@@ -141,13 +52,6 @@ def _popularity_spec(text: str) -> str:
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
     return text
-
-
-def _non_negative(text: str) -> float:
-    value = _float(text) if text else float("nan")
-    if not value >= 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {text!r}")
-    return value
 
 
 def _strs(text: str) -> list[str]:
@@ -429,34 +333,34 @@ def cmd_report(args) -> int:
 
 def _add_sweep_args(p, verb: str) -> None:
     d = defaults.of_verb(verb)
-    p.add_argument("--batch-sizes", type=_ints_at_least(1), default=d["batch_sizes"],
+    p.add_argument("--batch-sizes", type=checks.listed(checks.at_least_arg(1), "integers >= 1"), default=d["batch_sizes"],
                    metavar="B,B,...",
                    help=f"tasks per batch, comma-separated to sweep (default {_csv(d['batch_sizes'])})")
-    p.add_argument("--workers", type=_ints_at_least(0), default=d["workers"], metavar="W,W,...",
+    p.add_argument("--workers", type=checks.listed(checks.at_least_arg(0), "integers >= 0"), default=d["workers"], metavar="W,W,...",
                    help=f"local worker processes, comma-separated to sweep (default "
                         f"{_csv(d['workers'])}; 0 only with --remote-workers)")
-    p.add_argument("--repeats", type=_int_at_least(1), default=d["repeats"],
+    p.add_argument("--repeats", type=checks.at_least_arg(1), default=d["repeats"],
                    help=f"runs of each configuration (default {d['repeats']}; 2 or more to see "
                         f"noise)")
-    p.add_argument("--strategy", type=_checked_list(strategies.check, "strategies"),
+    p.add_argument("--strategy", type=checks.listed(strategies.check, "strategies"),
                    default=[d["strategy"]], metavar="S,S,...",
                    help="how a worker runs a batch, comma-separated to sweep: "
                         + ", ".join(STRATEGY_FORMS) + f" (default {d['strategy']})")
-    p.add_argument("--transport", type=_checked_list(_transport, "transports"),
+    p.add_argument("--transport", type=checks.listed(_transport, "transports"),
                    default=[d["transport"]],
                    help=f"tcp, ipc or tcp,ipc (default {d['transport']})")
-    p.add_argument("--dispatch", type=_checked_list(dispatch.check, "dispatch designs"),
+    p.add_argument("--dispatch", type=checks.listed(dispatch.check, "dispatch designs"),
                    default=[d["dispatch"]], metavar="D,D,...",
                    help="how batches reach workers, comma-separated to sweep: broker (adaptive "
                         "prefetch), broker:K (prefetch K batches), queue (the seed's shared "
                         f"queue) (default {d['dispatch']})")
-    p.add_argument("--wait-scale", type=_non_negative, default=d["wait_scale"], metavar="S",
+    p.add_argument("--wait-scale", type=checks.non_negative_arg, default=d["wait_scale"], metavar="S",
                    help="multiply every task's wait by S, >= 0 (0: zero-wait tasks; default 0.01 for the shipped seed "
                         "map: 10 ms tasks, same shape; 1 for a --map of your own)")
     p.add_argument("--rate", type=_rates, default=d["rate"], metavar="R,R,...",
                    help="open loop: tasks per second > 0, comma-separated to sweep; none: "
                         "closed loop (default closed loop)")
-    p.add_argument("--timeout", type=_timeout, default=d["timeout"], metavar="SECONDS",
+    p.add_argument("--timeout", type=checks.seconds_arg, default=d["timeout"], metavar="SECONDS",
                    help="seconds per run before unanswered tasks count as lost (default: the "
                         "run's ideal time x 3 + 10 s; at most 1e6)")
     p.add_argument("--commands", default=None, help="commands file (default: shipped seed)")
@@ -464,12 +368,14 @@ def _add_sweep_args(p, verb: str) -> None:
     p.add_argument("--network", action="append", default=[], metavar="CIDR",
                    help="only addresses in CIDR are reachable (repeatable); others are "
                         "answered 'unreachable'")
-    p.add_argument("--remote-workers", type=_int_at_least(0), default=d["remote_workers"],
+    p.add_argument("--remote-workers", type=checks.at_least_arg(0), default=d["remote_workers"],
                    metavar="N", help="wait for N workers of worker hosts (comlab worker-host) on each server")
-    p.add_argument("--workers-url", type=_url, help="where worker hosts connect, e.g. tcp://0.0.0.0:5558")
-    p.add_argument("--server-address", default=d["server_address"], type=_address,
+    p.add_argument("--workers-url", type=checks.url_arg(""), help="where worker hosts connect, e.g. tcp://0.0.0.0:5558")
+    p.add_argument("--server-address", default=d["server_address"],
+                   type=checks.local_address_arg,
                    help="interface of the server's batch socket (default loopback)")
-    p.add_argument("--client-address", default=d["client_address"], type=_address,
+    p.add_argument("--client-address", default=d["client_address"],
+                   type=checks.local_address_arg,
                    help="interface of the client's result socket: reachable by worker hosts")
     p.add_argument("--hosts", type=_strs, metavar="ENTRY,ENTRY,...",
                    help="worker hosts the lab starts and stops: ssh://[user@]host[:port], local "
@@ -490,7 +396,7 @@ def _add_sweep_args(p, verb: str) -> None:
     p.add_argument("--name", default=d["name"], type=_plain_name,
                    help="result name: a plain directory name under --results-dir (default "
                         + (d["name"] or "a timestamp") + ")")
-    p.add_argument("--results-dir", default=d["results_dir"], type=_results_dir,
+    p.add_argument("--results-dir", default=d["results_dir"], type=checks.results_dir_arg,
                    help=f"where results go (default {d['results_dir']})")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--no-plots", action="store_true", help="do not write figures")
@@ -564,7 +470,7 @@ def _add_result_commands(sub) -> None:
                                         "configuration: is B faster than A, and is it real?")
     cp.add_argument("a", metavar="A", help="the baseline result directory")
     cp.add_argument("b", metavar="B", help="the result compared with it (ratios are B / A)")
-    cp.add_argument("--csv", metavar="FILE", type=_output, help="also write every column of the comparison")
+    cp.add_argument("--csv", metavar="FILE", type=checks.output_file_arg(), help="also write every column of the comparison")
     cp.add_argument("--fail-slower", type=float, metavar="FACTOR",
                     help="for CI: exit 1 when B is slower (confirmed or marked '?') by a "
                          "makespan ratio of FACTOR or more in any configuration, e.g. 1.1; "
@@ -576,7 +482,7 @@ def _add_result_commands(sub) -> None:
     rp.add_argument("result", help="a result directory, e.g. results/main")
     rp.add_argument("--compare", metavar="OTHER",
                     help="another result to compare with (OTHER is a, this result b)")
-    rp.add_argument("-o", "--output", metavar="FILE", type=_output,
+    rp.add_argument("-o", "--output", metavar="FILE", type=checks.output_file_arg(),
                     help="where to write (default <result>/report.html)")
     rp.set_defaults(func=cmd_report)
 
@@ -584,8 +490,8 @@ def _add_result_commands(sub) -> None:
 def _add_data_commands(sub) -> None:
     text = "write a workload: client_data.txt (tasks) and server_data.txt (the map)"
     g = sub.add_parser("gen-data", help=text, description=text)
-    g.add_argument("out_dir", type=_out_dir, help="directory to write the two files into")
-    g.add_argument("--hosts", type=_int_at_least(1), default=256,
+    g.add_argument("out_dir", type=checks.results_dir_arg, help="directory to write the two files into")
+    g.add_argument("--hosts", type=checks.at_least_arg(1), default=256,
                    help="addresses, the first of --network (default 256)")
     g.add_argument("--commands", type=_strs, default=["foo", "bar"],
                    help="comma-separated commands per address (default foo,bar)")
@@ -599,13 +505,13 @@ def _add_data_commands(sub) -> None:
                    help="which keys the tasks name: uniform or zipf[:S] (rank k weighs "
                         "1/k^S, S default 1); default uniform (with no --tasks: every key "
                         "once, in order)")
-    g.add_argument("--tasks", type=_int_at_least(1), default=None,
+    g.add_argument("--tasks", type=checks.at_least_arg(1), default=None,
                    help="tasks in client_data.txt, keys drawn by --popularity (default: one "
                         "per key)")
-    g.add_argument("--wait-mean", type=_non_negative, default=1.0,
+    g.add_argument("--wait-mean", type=checks.non_negative_arg, default=1.0,
                    help="mean wait in seconds, >= 0 (default 1)")
     g.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    g.add_argument("--unknown", type=_int_at_least(0), default=0,
+    g.add_argument("--unknown", type=checks.at_least_arg(0), default=0,
                    help="extra tasks absent from the map (answered 'unknown'; default 0)")
     g.set_defaults(func=cmd_gen_data)
 
@@ -646,7 +552,7 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _print_warning(message, _category, _filename, _lineno, file=None, line=None) -> None:
+def _print_warning(message, _category, _filename, _lineno, _file=None, _line=None) -> None:
     print(f"warning: {message}", file=sys.stderr)
 
 
