@@ -219,7 +219,7 @@ def output_file(path, name: str) -> Path:
     return p
 
 
-# -- the same checks as argparse types (comlab/cli.py, run_client, run_server, worker_host) -------
+# -- the same checks as argparse types (comlab/cli.py, run_client, run_server, worker_host) --
 def arg(check, parse=float, what: str = "a number", *, name: str = "", as_given: bool = False,
         **options):
     """argparse type: the text parsed by ``parse`` ("expected WHAT, got 'TEXT'" when it does
