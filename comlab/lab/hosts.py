@@ -397,7 +397,8 @@ class HostProcess:
 
     def reap(self, grace_s: float) -> None:
         """The lab's stop policy (comlab.lab.processes.end) on the local process (ssh, or the
-        worker host itself): ``grace_s`` to exit, SIGTERM, 0.5 s, SIGKILL its group; close up."""
+        worker host itself): ``grace_s`` to exit, SIGTERM, TERM_GRACE_S, SIGKILL of its group;
+        close up."""
         proc = self.proc
         processes.end(proc, grace_s, TERM_GRACE_S)
         with contextlib.suppress(OSError, ValueError):
