@@ -205,7 +205,8 @@ def run_experiment(batch_sizes=DEFAULTS["batch_sizes"], workers=DEFAULTS["worker
 
 def _sweep(specs, inputs: Inputs, store: ResultStore, session: Session, timeout, progress,
            remote_workers: int) -> pd.DataFrame:
-    """Measure the runs not saved yet, one server per (transport, dispatch, workers) group (plan.groups)."""
+    """Measure the runs not saved yet, one server per (transport, dispatch, workers) group
+    (plan.groups)."""
     saved = store.finished()
     todo = [s for s in specs if s.key not in saved]
     weights = {s.index: planning.weight(s, inputs.waits, remote_workers) for s in specs}
