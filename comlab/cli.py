@@ -9,12 +9,12 @@ import warnings
 from pathlib import Path
 
 from . import run_client, run_server
+from .lab import checks, defaults
 from .system import dispatch, strategies, usertask
 
-# The main job: the shipped seed with its waits scaled (run_experiment's default: 10 ms tasks,
-# same shape), 2 repeats, < 2 min. `comlab sweep` and run_experiment share every default but
-# the axes swept.
-RUN_DEFAULTS = dict(batch_sizes=[1, 4, 16, 64], workers=[1, 4, 16, 32], name="main")
+# `comlab run`'s defaults (comlab.lab.defaults: `comlab sweep` and run_experiment share every
+# default but the axes swept and the name).
+RUN_DEFAULTS = defaults.of_verb("run")
 TABLE_COLUMNS = ["n_repeats", "makespan_s", "makespan_s_spread", "ideal_s", "efficiency",
                  "throughput_tps", "latency_p50_s", "latency_p99_s", "overhead_p99_s",
                  "n_unknown", "n_failed", "n_lost"]
@@ -28,99 +28,10 @@ class Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
-def _list(text: str, one, what: str) -> list:
-    values = [x.strip() for x in text.split(",") if x.strip()]
-    if not values:
-        raise argparse.ArgumentTypeError(f"expected comma-separated {what}, got {text!r}")
-    try:
-        return [one(x) for x in values]
-    except (TypeError, ValueError) as exc:
-        raise argparse.ArgumentTypeError(f"{exc}") from None
-
-
-def _int_at_least(minimum: int):
-    def one(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
-        return value
-    one.__name__ = "integer"
-    return one
-
-
-def _ints_at_least(minimum: int):
-    one = _int_at_least(minimum)
-    return lambda text: _list(text, one, f"integers >= {minimum}")
-
-
-def _float(text: str) -> float:
-    try:
-        return float(text)
-    except ValueError:
-        raise ValueError(f"expected a number, got {text!r}") from None
-
-
-def _positive(text: str) -> float:
-    from .lab import checks
-    try:
-        return checks.positive(_float(text), "value")
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc).replace("value ", "")) from None
-
-
-def _timeout(text: str) -> float:
-    from .lab import checks
-    try:
-        return checks.seconds(_float(text), "value")
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc).replace("value ", "")) from None
-
-
 def _rates(text: str) -> list:
     def one(x):
-        return None if x in ("none", "max") else _positive(x)
-    return _list(text, one, "rates (tasks/s) or none")
-
-
-def _checked_list(check, what: str):
-    def parse(text: str) -> list[str]:
-        return _list(text, check, what)
-    return parse
-
-
-def _results_dir(text: str) -> str:
-    from .lab import checks
-    try:
-        checks.results_dir(text, "")
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc).strip()) from None
-    return text
-
-
-def _address(text: str) -> str:
-    """An IPv4 address of this machine (checks.local_address)."""
-    from .lab import checks
-    try:
-        return checks.local_address(text, "")
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc).strip()) from None
-
-
-def _url(text: str) -> str:
-    from .lab import checks
-    return checks.url_arg("")(text)
-
-
-def _output(text: str) -> str:
-    from .lab import checks
-    return checks.output_file_arg("")(text)
-
-
-def _out_dir(text: str) -> str:
-    return _results_dir(text)
+        return None if x in ("none", "max") else checks.positive_arg(x)
+    return checks.listed(one, "rates (tasks/s) or none")(text)
 
 
 def _wait_spec(text: str) -> str:
@@ -149,13 +60,6 @@ def _arrivals(text: str) -> str:
         return arrivals.parse(text).spec
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
-
-
-def _non_negative(text: str) -> float:
-    value = _float(text) if text else float("nan")
-    if not value >= 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {text!r}")
-    return value
 
 
 def _strs(text: str) -> list[str]:
@@ -352,28 +256,14 @@ def _one_line(exc: BaseException) -> str:
 
 
 def _result_dir(path: str) -> Path | None:
-    """A saved result's directory, or None after one line on stderr saying why not (a missing
-    or unreadable meta.json is named)."""
-    import json
-    p = Path(path)
-    if not (p / "meta.json").is_file():  # worded as comlab plot says it
-        what = "no such directory" if not p.is_dir() else "no meta.json in it"
-        print(f"error: {p}: not a saved comlab result ({what})", file=sys.stderr)
-        return None
-    from .lab.results import ResultError, check_format
+    """A saved result's directory, or None after one line on stderr saying why not
+    (comlab.lab.results.saved_dir)."""
+    from .lab.results import ResultError, saved_dir
     try:
-        meta = json.loads((p / "meta.json").read_text())
-        if not isinstance(meta, dict):
-            raise ValueError("not a JSON object")
-    except (OSError, ValueError) as exc:
-        print(f"error: {p / 'meta.json'}: unreadable: {_one_line(exc)}", file=sys.stderr)
-        return None
-    try:
-        check_format(meta, p)
+        return saved_dir(path)
     except ResultError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return None
-    return p
 
 
 def cmd_show(args) -> int:
@@ -450,30 +340,32 @@ def cmd_report(args) -> int:
     return 0
 
 
-def _add_sweep_args(p, defaults: dict) -> None:
-    d = {"batch_sizes": [1, 4, 16], "workers": [1, 4, 16], **defaults}
-    p.add_argument("--batch-sizes", type=_ints_at_least(1), default=d["batch_sizes"],
+def _add_sweep_args(p, verb: str) -> None:
+    d = defaults.of_verb(verb)
+    p.add_argument("--batch-sizes", type=checks.listed(checks.at_least_arg(1), "integers >= 1"), default=d["batch_sizes"],
                    metavar="B,B,...",
                    help=f"tasks per batch, comma-separated to sweep (default {_csv(d['batch_sizes'])})")
-    p.add_argument("--workers", type=_ints_at_least(0), default=d["workers"], metavar="W,W,...",
+    p.add_argument("--workers", type=checks.listed(checks.at_least_arg(0), "integers >= 0"), default=d["workers"], metavar="W,W,...",
                    help=f"local worker processes, comma-separated to sweep (default "
                         f"{_csv(d['workers'])}; 0 only with --remote-workers)")
-    p.add_argument("--repeats", type=_int_at_least(1), default=2,
-                   help="runs of each configuration (default 2; 2 or more to see noise)")
-    p.add_argument("--strategy", type=_checked_list(strategies.check, "strategies"),
-                   default=[strategies.DEFAULT], metavar="S,S,...",
+    p.add_argument("--repeats", type=checks.at_least_arg(1), default=d["repeats"],
+                   help=f"runs of each configuration (default {d['repeats']}; 2 or more to see "
+                        f"noise)")
+    p.add_argument("--strategy", type=checks.listed(strategies.check, "strategies"),
+                   default=[d["strategy"]], metavar="S,S,...",
                    help="how a worker runs a batch, comma-separated to sweep: "
-                        + strategies.usage() + f" (default {strategies.DEFAULT})")
-    p.add_argument("--transport", type=_checked_list(_transport, "transports"),
-                   default=["tcp"], help="tcp, ipc or tcp,ipc (default tcp)")
-    p.add_argument("--dispatch", type=_checked_list(dispatch.check, "dispatch designs"),
-                   default=[dispatch.DEFAULT], metavar="D,D,...",
+                        + strategies.usage() + f" (default {d['strategy']})")
+    p.add_argument("--transport", type=checks.listed(_transport, "transports"),
+                   default=[d["transport"]],
+                   help=f"tcp, ipc or tcp,ipc (default {d['transport']})")
+    p.add_argument("--dispatch", type=checks.listed(dispatch.check, "dispatch designs"),
+                   default=[d["dispatch"]], metavar="D,D,...",
                    help="how batches reach workers, comma-separated to sweep: "
-                        + dispatch.usage() + f" (default {dispatch.DEFAULT})")
-    p.add_argument("--wait-scale", type=_non_negative, default=None, metavar="S",
+                        + dispatch.usage() + f" (default {d['dispatch']})")
+    p.add_argument("--wait-scale", type=checks.non_negative_arg, default=d["wait_scale"], metavar="S",
                    help="multiply every task's wait by S, >= 0 (0: zero-wait tasks; default 0.01 for the shipped seed "
                         "map: 10 ms tasks, same shape; 1 for a --map of your own)")
-    p.add_argument("--rate", type=_rates, default=None, metavar="R,R,...",
+    p.add_argument("--rate", type=_rates, default=d["rate"], metavar="R,R,...",
                    help="open loop: tasks per second > 0, comma-separated to sweep; none: "
                         "closed loop (default closed loop)")
     p.add_argument("--arrivals", type=_arrivals, action="append", default=None, metavar="SPEC",
@@ -481,7 +373,7 @@ def _add_sweep_args(p, defaults: dict) -> None:
                         "spaced; without --rate the closed loop), poisson, bursty:ON_S,OFF_S "
                         "(with --rate), ramp:R0,R1,SECONDS, step:R1@T1,R2@T2,... (T1 = 0), "
                         "trace:FILE (CSV offset_s,ip:command: its tasks) (default constant)")
-    p.add_argument("--timeout", type=_timeout, default=None, metavar="SECONDS",
+    p.add_argument("--timeout", type=checks.seconds_arg, default=d["timeout"], metavar="SECONDS",
                    help="seconds per run before unanswered tasks count as lost (default: the "
                         "run's ideal time x 3 + 10 s; at most 1e6)")
     p.add_argument("--task", metavar="MODULE:FUNCTION",
@@ -490,7 +382,7 @@ def _add_sweep_args(p, defaults: dict) -> None:
     p.add_argument("--task-command", metavar="TEMPLATE",
                    help="run this command for each task instead of the emulated sleep, {ip} "
                         "and {command} filled in (no shell); exit status 0 is ok")
-    p.add_argument("--task-timeout", type=_positive, metavar="SECONDS",
+    p.add_argument("--task-timeout", type=checks.positive_arg, metavar="SECONDS",
                    help="kill a --task-command still running after this long: the task "
                         f"failed (default {usertask.TIMEOUT_S:g})")
     p.add_argument("--commands", default=None, help="commands file (default: shipped seed)")
@@ -498,12 +390,14 @@ def _add_sweep_args(p, defaults: dict) -> None:
     p.add_argument("--network", action="append", default=[], metavar="CIDR",
                    help="only addresses in CIDR are reachable (repeatable); others are "
                         "answered 'unreachable'")
-    p.add_argument("--remote-workers", type=_int_at_least(0), default=0, metavar="N",
-                   help="wait for N workers of worker hosts (comlab worker-host) on each server")
-    p.add_argument("--workers-url", type=_url, help="where worker hosts connect, e.g. tcp://0.0.0.0:5558")
-    p.add_argument("--server-address", default="127.0.0.1", type=_address,
+    p.add_argument("--remote-workers", type=checks.at_least_arg(0), default=d["remote_workers"],
+                   metavar="N", help="wait for N workers of worker hosts (comlab worker-host) on each server")
+    p.add_argument("--workers-url", type=checks.url_arg(""), help="where worker hosts connect, e.g. tcp://0.0.0.0:5558")
+    p.add_argument("--server-address", default=d["server_address"],
+                   type=checks.local_address_arg,
                    help="interface of the server's batch socket (default loopback)")
-    p.add_argument("--client-address", default="127.0.0.1", type=_address,
+    p.add_argument("--client-address", default=d["client_address"],
+                   type=checks.local_address_arg,
                    help="interface of the client's result socket: reachable by worker hosts")
     p.add_argument("--hosts", type=_strs, metavar="ENTRY,ENTRY,...",
                    help="worker hosts the lab starts and stops: ssh://[user@]host[:port], local "
@@ -512,20 +406,20 @@ def _add_sweep_args(p, defaults: dict) -> None:
     p.add_argument("--hosts-file", metavar="FILE",
                    help="worker hosts, one entry per line as in --hosts (# comments)")
     p.add_argument("--ssh-config", metavar="FILE", help="ssh client config for the hosts (-F)")
-    p.add_argument("--on-host-loss", choices=["stop", "continue"], default="stop",
+    p.add_argument("--on-host-loss", choices=["stop", "continue"], default=d["on_host_loss"],
                    help="a host lost mid-sweep fails its run; then stop the sweep (default) or "
                         "start the host again and continue")
-    p.add_argument("--secure", action="store_true", default=None,
+    p.add_argument("--secure", action="store_true", default=d["secure"],
                    help="CurveZMQ on every socket, with keys made for this sweep (each host "
                         "gets its own over ssh); the default with --hosts")
     p.add_argument("--insecure", dest="secure", action="store_false",
                    help="plain TCP even with --hosts: any peer that reaches the worker "
                         "endpoint can be a worker")
-    p.add_argument("--name", default=d.get("name"), type=_plain_name,
+    p.add_argument("--name", default=d["name"], type=_plain_name,
                    help="result name: a plain directory name under --results-dir (default "
-                        + (d["name"] if d.get("name") else "a timestamp") + ")")
-    p.add_argument("--results-dir", default="results", type=_results_dir,
-                   help="where results go (default results)")
+                        + (d["name"] or "a timestamp") + ")")
+    p.add_argument("--results-dir", default=d["results_dir"], type=checks.results_dir_arg,
+                   help=f"where results go (default {d['results_dir']})")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--no-plots", action="store_true", help="do not write figures")
     p.add_argument("--yes", action="store_true",
@@ -594,7 +488,7 @@ def _add_result_commands(sub) -> None:
                                         "configuration: is B faster than A, and is it real?")
     cp.add_argument("a", metavar="A", help="the baseline result directory")
     cp.add_argument("b", metavar="B", help="the result compared with it (ratios are B / A)")
-    cp.add_argument("--csv", metavar="FILE", type=_output, help="also write every column of the comparison")
+    cp.add_argument("--csv", metavar="FILE", type=checks.output_file_arg(), help="also write every column of the comparison")
     cp.add_argument("--fail-slower", type=float, metavar="FACTOR",
                     help="for CI: exit 1 when B is slower (confirmed or marked '?') by a "
                          "makespan ratio of FACTOR or more in any configuration, e.g. 1.1; "
@@ -606,7 +500,7 @@ def _add_result_commands(sub) -> None:
     rp.add_argument("result", help="a result directory, e.g. results/main")
     rp.add_argument("--compare", metavar="OTHER",
                     help="another result to compare with (OTHER is a, this result b)")
-    rp.add_argument("-o", "--output", metavar="FILE", type=_output,
+    rp.add_argument("-o", "--output", metavar="FILE", type=checks.output_file_arg(),
                     help="where to write (default <result>/report.html)")
     rp.set_defaults(func=cmd_report)
 
@@ -614,8 +508,8 @@ def _add_result_commands(sub) -> None:
 def _add_data_commands(sub) -> None:
     text = "write a workload: client_data.txt (tasks) and server_data.txt (the map)"
     g = sub.add_parser("gen-data", help=text, description=text)
-    g.add_argument("out_dir", type=_out_dir, help="directory to write the two files into")
-    g.add_argument("--hosts", type=_int_at_least(1), default=256,
+    g.add_argument("out_dir", type=checks.results_dir_arg, help="directory to write the two files into")
+    g.add_argument("--hosts", type=checks.at_least_arg(1), default=256,
                    help="addresses, the first of --network (default 256)")
     g.add_argument("--commands", type=_strs, default=["foo", "bar"],
                    help="comma-separated commands per address (default foo,bar)")
@@ -629,18 +523,18 @@ def _add_data_commands(sub) -> None:
                    help="which keys the tasks name: uniform or zipf[:S] (rank k weighs "
                         "1/k^S, S default 1); default uniform (with no --tasks: every key "
                         "once, in order)")
-    g.add_argument("--tasks", type=_int_at_least(1), default=None,
+    g.add_argument("--tasks", type=checks.at_least_arg(1), default=None,
                    help="tasks in client_data.txt, keys drawn by --popularity (default: one "
                         "per key)")
-    g.add_argument("--wait-mean", type=_non_negative, default=1.0,
+    g.add_argument("--wait-mean", type=checks.non_negative_arg, default=1.0,
                    help="mean wait in seconds, >= 0 (default 1)")
     g.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    g.add_argument("--unknown", type=_int_at_least(0), default=0,
+    g.add_argument("--unknown", type=checks.at_least_arg(0), default=0,
                    help="extra tasks absent from the map (answered 'unknown'; default 0)")
     g.set_defaults(func=cmd_gen_data)
 
     k = sub.add_parser("keys", help="create CurveZMQ keys: server, client, worker keypairs "
-                                    "and DIR/authorized (see comlab.security)")
+                                    "and DIR/authorized (see comlab.system.security)")
     k.add_argument("dir", help="directory to write the keys into")
     k.add_argument("--force", action="store_true", help="replace existing keys")
     k.add_argument("--host", action="append", default=[], metavar="NAME",
@@ -666,9 +560,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_system_commands(sub)
     r = sub.add_parser("run", help="the main job: a default sweep on the shipped data (< 2 min)")
-    _add_sweep_args(r, RUN_DEFAULTS)
+    _add_sweep_args(r, "run")
     sw = sub.add_parser("sweep", help="sweep batch sizes, workers, strategies from a shell")
-    _add_sweep_args(sw, {})
+    _add_sweep_args(sw, "sweep")
     _add_result_commands(sub)
     _add_data_commands(sub)
     from .sim.cli import add_parser as add_predict  # comlab.sim's own verb
@@ -676,7 +570,7 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _print_warning(message, category, filename, lineno, file=None, line=None) -> None:
+def _print_warning(message, _category, _filename, _lineno, _file=None, _line=None) -> None:
     print(f"warning: {message}", file=sys.stderr)
 
 

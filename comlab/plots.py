@@ -380,6 +380,30 @@ def _ecdf_facets(df, ok, ax, cols, facet):
     return ax
 
 
+def _heat_norm(value: str, finite: np.ndarray, is_time: bool):
+    """Times on a log scale when they span 20x; efficiency from 0 to at least 1."""
+    if is_time and _log_ok(finite, 20):
+        return LogNorm(vmin=finite.min(), vmax=finite.max())
+    if value == "efficiency":
+        return Normalize(vmin=0.0, vmax=max(1.0, finite.max() if len(finite) else 1.0))
+    lo, hi = (finite.min(), finite.max()) if len(finite) else (0.0, 1.0)
+    return Normalize(vmin=lo, vmax=hi if hi > lo else lo + 1)
+
+
+def _annotate_cells(ax, data: np.ndarray, no_ideal: np.ndarray, fmt, color_of) -> None:
+    """Each cell's value, legible on its colour; n/a where the ideal is 0, – where none."""
+    size = "medium" if data.size <= 36 else "small" if data.size <= 100 else "x-small"
+    for i in range(data.shape[0]):
+        for j in range(data.shape[1]):
+            v = data[i, j]
+            if np.isfinite(v):
+                ax.text(j, i, fmt(v), ha="center", va="center", fontsize=size,
+                        color=_text_color(color_of(v)))
+            else:
+                ax.text(j, i, "n/a" if no_ideal[i, j] else "–", ha="center", va="center",
+                        fontsize=size, color="0.3")
+
+
 def efficiency_heatmap(summary_or_df: pd.DataFrame, ax=None, value: str = "efficiency",
                        cpus: int | None = None):
     """Batch size x workers heatmap of ``value`` (median over repeats), cells annotated.
@@ -407,13 +431,7 @@ def efficiency_heatmap(summary_or_df: pd.DataFrame, ax=None, value: str = "effic
         data = np.where(no_ideal, np.nan, data)
     finite = data[np.isfinite(data)]
     is_time = value.endswith("_s")
-    if is_time and _log_ok(finite, 20):
-        norm = LogNorm(vmin=finite.min(), vmax=finite.max())
-    elif value == "efficiency":
-        norm = Normalize(vmin=0.0, vmax=max(1.0, finite.max() if len(finite) else 1.0))
-    else:
-        lo, hi = (finite.min(), finite.max()) if len(finite) else (0.0, 1.0)
-        norm = Normalize(vmin=lo, vmax=hi if hi > lo else lo + 1)
+    norm = _heat_norm(value, finite, is_time)
     cmap = colormaps["viridis_r" if is_time else "viridis"].with_extremes(bad="0.85")
     im = ax.imshow(np.ma.masked_invalid(data), cmap=cmap, norm=norm, aspect="auto",
                    interpolation="nearest")
@@ -421,16 +439,7 @@ def efficiency_heatmap(summary_or_df: pd.DataFrame, ax=None, value: str = "effic
         fmt = fmt_s
     else:
         fmt = (lambda v: f"{v:.2f}") if value == "efficiency" else (lambda v: f"{v:.3g}")
-    size = "medium" if data.size <= 36 else "small" if data.size <= 100 else "x-small"
-    for i in range(data.shape[0]):
-        for j in range(data.shape[1]):
-            v = data[i, j]
-            if np.isfinite(v):
-                ax.text(j, i, fmt(v), ha="center", va="center", fontsize=size,
-                        color=_text_color(cmap(norm(v))))
-            else:
-                ax.text(j, i, "n/a" if no_ideal[i, j] else "–", ha="center", va="center",
-                        fontsize=size, color="0.3")
+    _annotate_cells(ax, data, no_ideal, fmt, lambda v: cmap(norm(v)))
     ax.set_xticks(range(data.shape[1]), [f"{w:g}" for w in tab.columns])
     labels = []
     for key in tab.index:
@@ -469,7 +478,7 @@ def throughput_vs_workers(summary_or_df: pd.DataFrame, ax=None, cpus: int | None
     """Throughput (tasks / makespan) against workers, one line per batch size; ideal dashed.
 
     Solid: median over repeats (band: min..max of the repeats). Dashed, same color: the ideal
-    throughput n_tasks / ideal_s of that batch size (comlab.ideal), drawn and listed only where
+    throughput n_tasks / ideal_s of that batch size (comlab.lab.ideal), drawn and listed only where
     there is one (zero-wait tasks have none). With a single worker count the x axis is the
     batch size instead (one line per worker count then), so that the figure still has lines.
     """
@@ -635,6 +644,63 @@ def _worker_rows(g: pd.DataFrame) -> tuple[list[str], int]:
     return seen, 0
 
 
+def _busy_row(ax, i: int, name: str, start, width, span: float, pixel: float) -> str:
+    """A worker's busy periods as one bar row; its label with the share of time busy."""
+    busy = _busy_periods(start, start + width, pixel)
+    ax.broken_barh(busy, (i - 0.4, 0.8), facecolors="tab:blue", edgecolors="none",
+                   label="_busy")
+    share = sum(w for _, w in _busy_periods(start, start + width, 0.0)) / span
+    return f"{name} ({share:.0%} busy)" if share >= 0.005 or not share else f"{name} (<1% busy)"
+
+
+def _task_row(ax, i: int, start, width, batch, wide: bool, row_px: float) -> int:
+    """A worker's tasks, each a rectangle in its own lane (concurrent tasks of a worker, e.g.
+    a thread-per-task batch, stack instead of hiding each other); returns the lanes used."""
+    cmap = colormaps["tab10"]  # no pale colors: thin lanes stay visible
+    lane, n_lanes = _pack_lanes(start, start + width)
+    h = 0.8 / n_lanes
+    edge = (dict(edgecolors="white", linewidths=0.4) if wide and row_px * h > 4
+            else dict(edgecolors="none"))
+    colors = [cmap(int(b) % 10) for b in batch]
+    verts = [[(x0, y0), (x0, y0 + h), (x0 + w, y0 + h), (x0 + w, y0)]
+             for x0, w, y0 in zip(start, width, i - 0.4 + lane * h)]
+    # one collection per worker
+    ax.add_collection(PolyCollection(verts, facecolors=colors, label="_tasks", **edge),
+                      autolim=True)
+    return n_lanes
+
+
+def _timeline_title(g: pd.DataFrame, run, n_rows: int, n_idle: int, ran: pd.DataFrame,
+                    aggregate: bool, max_lanes: int) -> str:
+    """What is drawn, the run's configuration and the tasks not drawn."""
+    first = g.iloc[0]
+    desc = [f"run {run}"]
+    for col in ("batch_size", "workers", "strategy", "transport", "dispatch", "rate", "repeat"):
+        if col not in g.columns or pd.isna(first[col]):
+            continue
+        v = first[col]
+        if col == "batch_size":
+            desc.append(f"batch size {v}")
+        elif col == "workers":
+            desc.append(f"{v} worker" + ("s" if v != 1 else ""))
+        else:
+            desc.append(_fmt_value(col, v))
+    extra = []
+    if n_idle:
+        extra.append(f"{n_idle} of {n_rows} workers ran no task")
+    n_server = int((g["worker"].astype(str) == "server").sum())
+    n_missing = int(len(g) - len(ran) - n_server)
+    if n_server:
+        extra.append(f"{n_server} answered by the server, not shown")
+    if n_missing:
+        extra.append(f"{n_missing} never ran (lost/failed before start), not shown")
+    lanes = f"; concurrent tasks in up to {max_lanes} lanes" if max_lanes > 1 else ""
+    what = (f"Busy periods per worker ({len(ran)} tasks' t_started → t_finished merged: too "
+            f"many or too short to draw one by one)" if aggregate else
+            f"Tasks per worker, t_started → t_finished, color = batch (cycled){lanes}")
+    return f"{what}\n" + ", ".join(desc) + ("; " + "; ".join(extra) if extra else "")
+
+
 def timeline(df: pd.DataFrame, run=None, ax=None, color_by: str = "batch_id",
              aggregate: bool | None = None):
     """Gantt chart of one run (default: the first): a row per worker, a bar per task.
@@ -660,9 +726,7 @@ def timeline(df: pd.DataFrame, run=None, ax=None, color_by: str = "batch_id",
             & (g["worker"].astype(str) != "server")]
     if ran.empty:
         return _note(ax, f"run {run}: no task ran on a worker")
-    cmap = colormaps["tab10"]  # no pale colors: thin lanes stay visible
     worker_str = ran["worker"].astype(str)
-    max_lanes = 1
     span = max(float(np.nanmax(ran["t_finished"].to_numpy(float))),
                float(np.nanmax(g["t_received"].to_numpy(float))), 1e-9)
     px = ax.figure.get_figwidth() * ax.figure.dpi * 0.8
@@ -670,11 +734,8 @@ def timeline(df: pd.DataFrame, run=None, ax=None, color_by: str = "batch_id",
     per_row = len(ran) / max(worker_str.nunique(), 1)
     if aggregate is None:  # too thin to tell apart: a bar under ~3 px, or too many in a row
         aggregate = task_px < 3 or per_row > px / 3
-    # white outlines separate back-to-back tasks of one batch, when tasks are wide enough
-    wide = task_px > 4
     row_px = ax.figure.get_figheight() * ax.figure.dpi * 0.75 / max(len(names), 1)
-    pixel = span / px
-    labels = list(names)
+    labels, max_lanes = list(names), 1
     for i, name in enumerate(names):
         sub = ran[worker_str == name].sort_values("t_started")
         if sub.empty:
@@ -682,26 +743,10 @@ def timeline(df: pd.DataFrame, run=None, ax=None, color_by: str = "batch_id",
         start = sub["t_started"].to_numpy(float)
         width = np.maximum(sub["t_finished"].to_numpy(float) - start, 0.0)
         if aggregate:
-            busy = _busy_periods(start, start + width, pixel)
-            ax.broken_barh(busy, (i - 0.4, 0.8), facecolors="tab:blue", edgecolors="none",
-                           label="_busy")
-            exact = sum(w for _, w in _busy_periods(start, start + width, 0.0))
-            share = exact / span
-            labels[i] = f"{name} ({share:.0%} busy)" if share >= 0.005 or not share \
-                else f"{name} (<1% busy)"
-            continue
-        lane, n_lanes = _pack_lanes(start, start + width)
-        max_lanes = max(max_lanes, n_lanes)
-        h = 0.8 / n_lanes
-        edge = (dict(edgecolors="white", linewidths=0.4) if wide and row_px * h > 4
-                else dict(edgecolors="none"))
-        colors = [cmap(int(b) % 10) for b in sub[color_by]]
-        # one collection per worker: each task a rectangle in its own lane (concurrent tasks
-        # of a worker, e.g. a thread-per-task batch, stack instead of hiding each other)
-        verts = [[(x0, y0), (x0, y0 + h), (x0 + w, y0 + h), (x0 + w, y0)]
-                 for x0, w, y0 in zip(start, width, i - 0.4 + lane * h)]
-        ax.add_collection(PolyCollection(verts, facecolors=colors, label="_tasks", **edge),
-                          autolim=True)
+            labels[i] = _busy_row(ax, i, name, start, width, span, span / px)
+        else:  # white outlines separate back-to-back tasks of a batch, when wide enough
+            max_lanes = max(max_lanes, _task_row(ax, i, start, width, sub[color_by],
+                                                 task_px > 4, row_px))
     ax.autoscale_view()
     end = g["t_received"].max()
     if np.isfinite(end):
@@ -712,33 +757,7 @@ def timeline(df: pd.DataFrame, run=None, ax=None, color_by: str = "batch_id",
     ax.xaxis.set_major_formatter(_seconds())
     ax.set_xlabel("time since run start")
     ax.set_ylabel("worker")
-    first = g.iloc[0]
-    desc = [f"run {run}"]
-    for col in ("batch_size", "workers", "strategy", "transport", "dispatch", "rate", "repeat"):
-        if col not in g.columns or pd.isna(first[col]):
-            continue
-        v = first[col]
-        if col == "batch_size":
-            desc.append(f"batch size {v}")
-        elif col == "workers":
-            desc.append(f"{v} worker" + ("s" if v != 1 else ""))
-        else:
-            desc.append(_fmt_value(col, v))
-    extra = []
-    if n_idle:
-        extra.append(f"{n_idle} of {len(names)} workers ran no task")
-    n_server = int((g["worker"].astype(str) == "server").sum())
-    n_missing = int(len(g) - len(ran) - n_server)
-    if n_server:
-        extra.append(f"{n_server} answered by the server, not shown")
-    if n_missing:
-        extra.append(f"{n_missing} never ran (lost/failed before start), not shown")
-    lanes = f"; concurrent tasks in up to {max_lanes} lanes" if max_lanes > 1 else ""
-    what = (f"Busy periods per worker ({len(ran)} tasks' t_started → t_finished merged: too "
-            f"many or too short to draw one by one)" if aggregate else
-            f"Tasks per worker, t_started → t_finished, color = batch (cycled){lanes}")
-    ax.set_title(f"{what}\n"
-                 + ", ".join(desc) + ("; " + "; ".join(extra) if extra else ""),
+    ax.set_title(_timeline_title(g, run, len(names), n_idle, ran, aggregate, max_lanes),
                  fontsize="medium")
     ax.grid(True, axis="x", alpha=0.3)
     ax.set_axisbelow(True)

@@ -1,6 +1,7 @@
 """mkdocs hook: pages say ``<!-- gen: NAME -->`` on a line of its own where a block generated
 from the code goes (the CLI's help, the record schema, the defaults, the notebooks, the
-strategies and dispatch designs), so the reference never drifts from the code it describes.
+strategies and dispatch designs, ARCHITECTURE.md), so the reference never drifts from the code
+it describes.
 
 An unknown NAME fails the build. tests/test_docs.py builds the site with ``--strict``.
 """
@@ -138,8 +139,15 @@ def gen_notebooks() -> str:
     return "\n".join(rows)
 
 
+def gen_architecture() -> str:
+    """ARCHITECTURE.md (kept at the top of the repository, beside the code), its title left to
+    the page."""
+    text = (ROOT / "ARCHITECTURE.md").read_text()
+    return text.split("\n", 1)[1].lstrip("\n") if text.startswith("# ") else text
+
+
 GENERATORS = {"cli": gen_cli, "schema": gen_schema, "defaults": gen_defaults,
-              "notebooks": gen_notebooks}
+              "notebooks": gen_notebooks, "architecture": gen_architecture}
 
 
 def expand(markdown: str, where: str = "") -> str:

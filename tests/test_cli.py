@@ -132,3 +132,44 @@ def test_sweep_resumes_refuses_and_starts_fresh(tmp_path):
     assert run["server"]["retried"] == 0 and "workers" not in run["server"]
     bad_name = _comlab(*base[:-4], "--name", "../y", "--no-plots", "--no-progress")
     assert bad_name.returncode == 2 and "plain name" in bad_name.stderr
+
+
+def test_the_cli_and_the_api_take_their_defaults_from_one_place(monkeypatch):
+    """comlab.lab.defaults.DEFAULTS is the only copy: run_experiment's signature is it, and a
+    change there is what `comlab run` and `comlab sweep` parse to."""
+    import inspect
+
+    from comlab.lab import defaults
+    from comlab.lab.experiment import run_experiment
+    api = inspect.signature(run_experiment).parameters
+    assert {k: api[k].default for k in defaults.DEFAULTS} == defaults.DEFAULTS
+    monkeypatch.setitem(defaults.DEFAULTS, "repeats", 5)
+    monkeypatch.setitem(defaults.DEFAULTS, "transport", "ipc")
+    sub = next(a for a in cli.build_parser()._actions
+               if isinstance(a, cli.argparse._SubParsersAction))
+    for verb in ("run", "sweep"):
+        args = sub.choices[verb].parse_args([])
+        assert (args.repeats, args.transport) == (5, ["ipc"]), verb
+    assert sub.choices["sweep"].parse_args([]).batch_sizes == list(
+        defaults.VERBS["sweep"]["batch_sizes"])
+
+
+@pytest.mark.parametrize("argv, says", [
+    (["sweep", "--wait-scale", "x"], "argument --wait-scale: expected a number, got 'x'"),
+    (["client", "f", "1", "tcp://127.0.0.1:1", "tcp://127.0.0.1:2", "--timeout", "x"],
+     "argument --timeout: expected a number, got 'x'"),
+    (["run", "--timeout", "0"], "argument --timeout: must be a finite number > 0, not 0.0"),
+    (["run", "--repeats", "0"], "argument --repeats: must be at least 1, not 0"),
+    (["predict", "r", "--workers", "-1"], "argument --workers: must be at least 0, not -1"),
+])
+def test_a_flag_is_checked_as_the_api_checks_its_argument(argv, says, capsys):
+    """One set of checks (comlab.lab.checks): the command line's message is the API's, with
+    the flag named by argparse instead of the parameter."""
+    from comlab.lab import checks
+    with pytest.raises(SystemExit) as exc:
+        cli.main(argv)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert says in err and err.count("\n") == 1, err
+    with pytest.raises(ValueError, match="^timeout must be a finite number > 0, not 0.0$"):
+        checks.seconds(0.0, "timeout")

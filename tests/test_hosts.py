@@ -458,3 +458,50 @@ def test_a_garbled_probe_answer_is_an_error_naming_the_host(tmp_path):
     liar.chmod(0o755)
     with pytest.raises(H.HostError, match=r"host local .*its probe answered 'COMLAB-PROBE"):
         H.probe(H.parse_entry(f"local python={liar}"))
+
+
+STUBBORN = ("import os, signal, sys, time\n"
+            "signal.signal(signal.SIGTERM, signal.SIG_IGN)  # and so does the child it forks\n"
+            "child = os.fork()\n"
+            "if child == 0:\n"
+            "    time.sleep(60)\n"
+            "    os._exit(0)\n"
+            "open(os.environ['COMLAB_TEST_PIDFILE'], 'w').write(str(child))\n"
+            "time.sleep(60)\n")
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("kind", ["host", "lab process"])
+def test_one_stop_policy_ends_a_stubborn_child_and_what_it_forked(kind, tmp_path, free_url,
+                                                                  monkeypatch):
+    """Worker hosts and the lab's own processes stop the same way (processes.end): a child
+    deaf to EOF and SIGTERM is SIGKILLed with its whole process group, within the bound."""
+    from comlab.lab import processes
+    stubborn = tmp_path / "python"
+    stubborn.write_text(f"#!{sys.executable}\n{STUBBORN}")
+    stubborn.chmod(0o755)
+    pidfile = tmp_path / "child.pid"
+    monkeypatch.setenv("COMLAB_TEST_PIDFILE", str(pidfile))
+    if kind == "host":
+        p = H.HostProcess(H.parse_entry(f"local python={stubborn}"), free_url(),
+                          tmp_path / "host.log")
+    else:
+        p = processes._Child([str(stubborn)], str(tmp_path / "child.log"))
+    child = None
+    try:
+        deadline = time.monotonic() + 10
+        while not (pidfile.exists() and pidfile.read_text()) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        child = psutil.Process(int(pidfile.read_text()))
+        t0 = time.monotonic()
+        p.stop(0.4)
+        took = time.monotonic() - t0
+        assert p.proc.returncode is not None and took < 3.0, took
+        assert psutil.wait_procs([child], timeout=2)[1] == [], "its child outlived it"
+    finally:
+        if child is not None and child.is_running():
+            child.kill()
+            child.wait(5)
+        if p.proc.returncode is None:
+            p.proc.kill()
+            p.proc.wait()

@@ -1,6 +1,6 @@
 """The lab's client process: runs one client per request, for as long as the lab lives.
 
-The lab starts it once per experiment (``python -m comlab.agent``) instead of one client process
+The lab starts it once per experiment (``python -m comlab.lab.agent``) instead of one client process
 per run, so a run costs no interpreter start-up (0.3 s here). Requests and answers are
 length-prefixed msgpack frames on stdin/stdout: a request carries the run's keys packed
 (protocol.Keys) when they change, and the path of the file the client streams its accepted

@@ -1,5 +1,9 @@
 """Checks of ``run_experiment``'s arguments, before any file is written or process started: a
-TypeError or ValueError that names the parameter, never a silent truncation (``repeats=2.5``)."""
+TypeError or ValueError that names the parameter, never a silent truncation (``repeats=2.5``).
+
+The command lines check their flags with the same functions (``arg``, ``listed``): a check
+called with the name ``""`` says what is wrong without naming it, and argparse names the flag.
+"""
 
 from __future__ import annotations
 
@@ -12,12 +16,17 @@ from pathlib import Path
 MAX_TIMEOUT_S = 1e6
 
 
+def _named(name: str, text: str) -> str:
+    """A check's message about ``name`` ("": the flag argparse names)."""
+    return f"{name} {text}" if name else text
+
+
 def count(value, name: str, minimum: int = 1) -> int:
     """An integer >= ``minimum`` (bool and 2.5 refused; numpy integers accepted)."""
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name} must be an integer, not {value!r}")
+        raise TypeError(_named(name, f"must be an integer, not {value!r}"))
     if value < minimum:
-        raise ValueError(f"{name} must be at least {minimum}, not {value}")
+        raise ValueError(_named(name, f"must be at least {minimum}, not {value}"))
     return int(value)
 
 
@@ -35,16 +44,16 @@ def seconds(value, name: str, *, maximum: float = MAX_TIMEOUT_S, none_ok: bool =
         return None
     positive(value, name)
     if value > maximum:
-        raise ValueError(f"{name} must be at most {maximum:g} s, not {value!r}")
+        raise ValueError(_named(name, f"must be at most {maximum:g} s, not {value!r}"))
     return float(value)
 
 
 def positive(value, name: str) -> float:
     """A finite number > 0."""
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name} must be a number, not {value!r}")
+        raise TypeError(_named(name, f"must be a number, not {value!r}"))
     if not math.isfinite(value) or value <= 0:
-        raise ValueError(f"{name} must be a finite number > 0, not {value!r}")
+        raise ValueError(_named(name, f"must be a finite number > 0, not {value!r}"))
     return float(value)
 
 
@@ -72,53 +81,27 @@ def results_dir(path, name: str = "results_dir") -> Path:
     is a writable directory)."""
     p = Path(path)
     if p.exists() and not p.is_dir():
-        raise ValueError(f"{name} {str(p)!r} is a file, not a directory")
+        raise ValueError(_named(name, f"{str(p)!r} is a file, not a directory"))
     existing = p
     while not existing.exists():
         existing = existing.parent
     if not existing.is_dir():
-        raise ValueError(f"{name} {str(p)!r}: {str(existing)!r} is a file, not a directory")
+        raise ValueError(_named(name, f"{str(p)!r}: {str(existing)!r} is a file, not a "
+                                      f"directory"))
     if not os.access(existing, os.W_OK | os.X_OK):
-        raise ValueError(f"{name} {str(p)!r}: {str(existing)!r} is not writable")
+        raise ValueError(_named(name, f"{str(p)!r}: {str(existing)!r} is not writable"))
     return p
 
 
-def seconds_arg(text: str) -> float:
-    """argparse type of a timeout in seconds: finite, > 0, at most MAX_TIMEOUT_S."""
-    import argparse
-    try:
-        return seconds(float(text), "timeout")
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc).replace("timeout ", "")) from None
-
-
-def positive_arg(text: str) -> float:
-    """argparse type of a finite number > 0."""
-    import argparse
-    try:
-        return positive(float(text), "value")
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc).replace("value ", "")) from None
-
-
-def batch_size_arg(text: str) -> int:
-    """argparse type of a batch size: an integer >= 1."""
-    import argparse
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
-def non_negative(value, name: str) -> float:
-    """A finite number >= 0 (a wait scale of 0: zero-wait tasks, the harness alone)."""
+def non_negative(value, name: str, *, maximum: float = math.inf) -> float:
+    """A finite number >= 0 and <= ``maximum`` (a wait scale of 0: zero-wait tasks, the
+    harness alone)."""
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name} must be a number, not {value!r}")
+        raise TypeError(_named(name, f"must be a number, not {value!r}"))
     if not math.isfinite(value) or value < 0:
-        raise ValueError(f"{name} must be a finite number >= 0, not {value!r}")
+        raise ValueError(_named(name, f"must be a finite number >= 0, not {value!r}"))
+    if value > maximum:
+        raise ValueError(_named(name, f"must be at most {maximum:g}, not {value!r}"))
     return float(value)
 
 
@@ -180,17 +163,18 @@ def local_address(address, name: str) -> str:
         try:
             ip = ipaddress.ip_address(socket.getaddrinfo(text, None, socket.AF_INET)[0][4][0])
         except (OSError, UnicodeError, IndexError):
-            raise ValueError(f"{name} {text!r} is not an IPv4 address (nor a name of one)") \
-                from None
+            raise ValueError(_named(name, f"{text!r} is not an IPv4 address (nor a name of "
+                                          f"one)")) from None
     if ip.version != 4:
-        raise ValueError(f"{name} {text!r} is IPv6: the lab binds IPv4 addresses only "
-                         f"(127.0.0.1 for loopback)")
+        raise ValueError(_named(name, f"{text!r} is IPv6: the lab binds IPv4 addresses only "
+                                      f"(127.0.0.1 for loopback)"))
     try:
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
             sock.bind((str(ip), 0))
     except OSError as exc:
-        raise ValueError(f"{name} {text!r} is not an address of this machine ({exc.strerror}): "
-                         f"use one of its interfaces, 127.0.0.1 or 0.0.0.0") from None
+        raise ValueError(_named(name, f"{text!r} is not an address of this machine "
+                                      f"({exc.strerror}): use one of its interfaces, 127.0.0.1 "
+                                      f"or 0.0.0.0")) from None
     return text
 
 
@@ -202,22 +186,9 @@ def tcp_port(url, name: str) -> str:
         return text
     host, sep, port = text[len("tcp://"):].rpartition(":")
     if sep and host and port != "*" and not (port.isdigit() and 1 <= int(port) <= 65535):
-        raise ValueError(f"{name} {text!r}: port {port!r} is not in 1-65535 (or * for a free "
-                         f"one)")
+        raise ValueError(_named(name, f"{text!r}: port {port!r} is not in 1-65535 (or * for a "
+                                      f"free one)"))
     return text
-
-
-def url_arg(name: str):
-    """argparse type of a URL argument named ``name``: its port checked by ``tcp_port``."""
-    import argparse
-
-    def url(text: str) -> str:
-        try:
-            return tcp_port(text, name)
-        except ValueError as exc:
-            raise argparse.ArgumentTypeError(str(exc).strip()) from None
-    url.__name__ = "URL"
-    return url
 
 
 def name_max(folder) -> int:
@@ -236,27 +207,75 @@ def output_file(path, name: str) -> Path:
     Checked before the work whose result it keeps."""
     p = Path(path)
     if p.is_dir():
-        raise ValueError(f"{name} {str(p)!r} is a directory, not a file")
+        raise ValueError(_named(name, f"{str(p)!r} is a directory, not a file"))
     parent = p.parent if str(p.parent) else Path(".")
     if not parent.is_dir():
-        raise ValueError(f"{name} {str(p)!r}: no directory {str(parent)!r}")
+        raise ValueError(_named(name, f"{str(p)!r}: no directory {str(parent)!r}"))
     if not os.access(parent, os.W_OK | os.X_OK) or (p.exists() and not os.access(p, os.W_OK)):
-        raise ValueError(f"{name} {str(p)!r} is not writable")
+        raise ValueError(_named(name, f"{str(p)!r} is not writable"))
     if len(p.name.encode()) > name_max(parent):
-        raise ValueError(f"{name} {str(p)!r}: the file name is longer than the file system "
-                         f"takes ({name_max(parent)} bytes)")
+        raise ValueError(_named(name, f"{str(p)!r}: the file name is longer than the file "
+                                      f"system takes ({name_max(parent)} bytes)"))
     return p
 
 
-def output_file_arg(name: str):
-    """argparse type of an output file (``output_file``)."""
+# -- the same checks as argparse types (comlab/cli.py, run_client, run_server, worker_host) --
+def arg(check, parse=float, what: str = "a number", *, name: str = "", as_given: bool = False,
+        **options):
+    """argparse type: the text parsed by ``parse`` ("expected WHAT, got 'TEXT'" when it does
+    not), then ``check(value, name, **options)``, whose message says what is wrong (argparse
+    names the flag). ``as_given``: the text itself once checked (a path stays a string)."""
     import argparse
 
-    def file(text: str) -> str:
+    def typed(text: str):
         try:
-            output_file(text, name)
-        except ValueError as exc:
-            raise argparse.ArgumentTypeError(str(exc).strip()) from None
-        return text
-    file.__name__ = "file"
-    return file
+            value = parse(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+        try:
+            checked = check(value, name, **options)
+        except (TypeError, ValueError) as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+        return text if as_given else checked
+    typed.__name__ = what
+    return typed
+
+
+def listed(one, what: str):
+    """argparse type of a comma-separated list, each item by ``one`` (an argparse type, or a
+    function raising ValueError/TypeError saying what is wrong)."""
+    import argparse
+
+    def typed(text: str) -> list:
+        values = [x.strip() for x in text.split(",") if x.strip()]
+        if not values:
+            raise argparse.ArgumentTypeError(f"expected comma-separated {what}, got {text!r}")
+        try:
+            return [one(x) for x in values]
+        except (TypeError, ValueError) as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+    typed.__name__ = what
+    return typed
+
+
+def at_least_arg(minimum: int):
+    """argparse type of an integer >= ``minimum``."""
+    return arg(count, int, "an integer", minimum=minimum)
+
+
+def url_arg(name: str):
+    """argparse type of a URL argument named ``name``: its port checked by ``tcp_port``."""
+    return arg(tcp_port, str, "a URL", name=name)
+
+
+def output_file_arg(name: str = ""):
+    """argparse type of an output file (``output_file``), kept as given."""
+    return arg(output_file, str, "a file", name=name, as_given=True)
+
+
+seconds_arg = arg(seconds)  # a timeout: finite, > 0, at most MAX_TIMEOUT_S
+positive_arg = arg(positive)  # a finite number > 0
+non_negative_arg = arg(non_negative)  # a finite number >= 0
+batch_size_arg = at_least_arg(1)
+results_dir_arg = arg(results_dir, str, "a directory", as_given=True)
+local_address_arg = arg(local_address, str, "an address")

@@ -57,8 +57,6 @@ ALPHA = 0.05
 FACTOR = 1.1   # asv's default --factor
 NOISE = 0.02   # confirmed changes smaller than this are "same" (criterion: 0.01; drift here)
 WORKLOAD_KEYS = ("wait_scale", "data_sha256", "n_tasks", "networks")
-CONFIRMED = ("faster", "slower")
-MARKED = ("faster?", "slower?")
 WORKLOAD_DIFFERS = "workload differs"
 
 

@@ -22,10 +22,11 @@ import numpy as np
 import pandas as pd
 
 from .. import arrivals as arrivals_mod, data
-from ..system import dispatch as dispatch_mod, strategies, usertask
+from ..system import strategies, usertask
 from ..system.security import is_local_url
 from . import plan as planning
 from . import checks, provenance, records, stability
+from .defaults import DEFAULTS
 from . import hosts as hosts_mod
 from .hosts import HostLost
 from .results import ResultStore, check_name
@@ -64,20 +65,24 @@ def load_inputs(commands, server_map, wait_scale: float, networks=()) -> Inputs:
     return Inputs(keys, waits, smap, _source(commands), _source(server_map))
 
 
-def run_experiment(batch_sizes=(1, 4, 16, 64), workers=(1, 4, 16, 32), repeats: int = 2,
-                   commands=None, server_map=None, strategy=strategies.DEFAULT,
-                   transport="tcp", wait_scale: float | None = None,
-                   timeout: float | None = None,
-                   progress: bool = True, results_dir="results", name: str | None = None,
-                   rate=None, networks=(), resume: bool = True, remote_workers: int = 0,
-                   workers_url: str | None = None, server_address: str = "127.0.0.1",
-                   client_address: str = "127.0.0.1", server_prefix=(),
-                   fresh: bool = False, dispatch=dispatch_mod.DEFAULT,
-                   confirm=None, hosts=None, ssh_config=None, secure: bool | None = None,
-                   on_host_loss: str = "stop", arrivals="constant", task: str | None = None,
-                   task_command: str | None = None,
-                   task_timeout: float | None = None) -> pd.DataFrame:
+def run_experiment(batch_sizes=DEFAULTS["batch_sizes"], workers=DEFAULTS["workers"],
+                   repeats: int = DEFAULTS["repeats"], commands=None, server_map=None,
+                   strategy=DEFAULTS["strategy"], transport=DEFAULTS["transport"],
+                   wait_scale: float | None = DEFAULTS["wait_scale"],
+                   timeout: float | None = DEFAULTS["timeout"],
+                   progress: bool = True, results_dir=DEFAULTS["results_dir"],
+                   name: str | None = DEFAULTS["name"], rate=DEFAULTS["rate"], networks=(),
+                   resume: bool = True, remote_workers: int = DEFAULTS["remote_workers"],
+                   workers_url: str | None = None,
+                   server_address: str = DEFAULTS["server_address"],
+                   client_address: str = DEFAULTS["client_address"], server_prefix=(),
+                   fresh: bool = False, dispatch=DEFAULTS["dispatch"],
+                   confirm=None, hosts=None, ssh_config=None,
+                   secure: bool | None = DEFAULTS["secure"],
+                   on_host_loss: str = DEFAULTS["on_host_loss"]) -> pd.DataFrame:
     """Run every combination of the swept axes x repeats; return one row per task per run.
+
+    Its defaults are ``comlab.lab.defaults.DEFAULTS``, the command line's too.
 
     ``batch_sizes``, ``workers``, ``strategy``, ``transport``, ``dispatch`` (broker, broker:K,
     queue: comlab.system.dispatch) and ``rate`` (tasks/s, open loop; None = as fast as possible)
@@ -145,7 +150,7 @@ def run_experiment(batch_sizes=(1, 4, 16, 64), workers=(1, 4, 16, 32), repeats: 
     s (default 10): exit status 0 is ok. Both are imported or parsed before anything starts,
     and run on the server's local workers only (not with remote workers or hosts).
     Before each run every host's clock offset against the client's is estimated
-    (``comlab.clocks``); stamps of other hosts are converted to the client's clock, and the
+    (``comlab.lab.clocks``); stamps of other hosts are converted to the client's clock, and the
     offsets with their uncertainties go into the run's entry in meta.json (``clock``).
     """
     checks.counts(batch_sizes, "batch_sizes")
@@ -227,7 +232,8 @@ def run_experiment(batch_sizes=(1, 4, 16, 64), workers=(1, 4, 16, 32), repeats: 
 
 def _sweep(specs, inputs: Inputs, store: ResultStore, session: Session, timeout, progress,
            remote_workers: int) -> pd.DataFrame:
-    """Measure the runs not saved yet, one server per (transport, workers) group."""
+    """Measure the runs not saved yet, one server per (transport, dispatch, workers) group
+    (plan.groups)."""
     saved = store.finished()
     todo = [s for s in specs if s.key not in saved]
     weights = {s.index: planning.weight(s, inputs.waits, remote_workers) for s in specs}

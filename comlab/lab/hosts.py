@@ -41,6 +41,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from . import processes
+
 OPTIONS = ("workers", "python", "workdir", "name")
 HEARTBEAT_S = 1.0
 DEATH_TIMEOUT_S = 10.0     # long enough for a lab busy in one long C call (GIL held)
@@ -48,6 +50,7 @@ PROBE_TIMEOUT_S = 30.0
 READY_TIMEOUT_S = 60.0     # a remote Python and its workers start: slow on a loaded machine
 READY_LINE_MAX = 1 << 20  # bytes of stdout before the ready line (a login banner is fine)
 STOP_GRACE_S = 3.0         # stdin closed -> the host's own 2 s stop -> ssh exits
+TERM_GRACE_S = 0.5         # after a SIGTERM, before the SIGKILL
 SSH_OPTIONS = ("-T", "-o", "BatchMode=yes", "-o", "ConnectTimeout=10",
                "-o", "ServerAliveInterval=2", "-o", "ServerAliveCountMax=3",
                "-o", "ControlMaster=no", "-o", "ControlPath=none")
@@ -286,14 +289,6 @@ def _last_line(text: str) -> str:
     return lines[-1] if lines else ""
 
 
-def tail(path, lines: int = 10) -> str:
-    try:
-        with open(path, errors="replace") as f:
-            return "".join(f.readlines()[-lines:])
-    except OSError:
-        return ""
-
-
 def _each(fn, items: list) -> list:
     """``fn`` over items in parallel (a hundred ssh logins one after another take minutes);
     the first error in the items' order is raised."""
@@ -388,7 +383,7 @@ class HostProcess:
 
     def failure(self, what: str, cls=HostError) -> HostError:
         self._log.flush()
-        last = tail(self.log_path)
+        last = processes.tail(self.log_path, 10)
         last = "\n".join(x for x in last.splitlines() if not x.startswith("--- comlab lab:"))
         return cls(f"{self.where}: {what}; its log {self.log_path}"
                    + (f", last lines:\n{last}" if last.strip() else " is empty"))
@@ -401,17 +396,11 @@ class HostProcess:
         self.reap(grace_s)
 
     def reap(self, grace_s: float) -> None:
-        """Wait ``grace_s`` for the local process, then SIGTERM, then SIGKILL it; close up."""
+        """The lab's stop policy (comlab.lab.processes.end) on the local process (ssh, or the
+        worker host itself): ``grace_s`` to exit, SIGTERM, TERM_GRACE_S, SIGKILL of its group;
+        close up."""
         proc = self.proc
-        try:
-            proc.wait(grace_s)
-        except subprocess.TimeoutExpired:
-            proc.terminate()
-            try:
-                proc.wait(0.5)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        processes.end(proc, grace_s, TERM_GRACE_S)
         with contextlib.suppress(OSError, ValueError):
             proc.stdout.close()
         if not self._log.closed:
@@ -460,11 +449,9 @@ class HostGroup:
                 p.proc.stdin.close()
         deadline = time.monotonic() + STOP_GRACE_S  # one bound for all, however many hosts
         for p in procs:
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                p.proc.wait(max(0.0, deadline - time.monotonic()))
+            processes.exits_within(p.proc, max(0.0, deadline - time.monotonic()))
         for p in procs:
-            if p.proc.poll() is None:
-                p.proc.terminate()  # ssh gone: the remote side sees EOF all the same
+            processes.terminate(p.proc)  # ssh gone: the remote side sees EOF all the same
         for p in procs:
             p.reap(max(0.0, deadline + 1.0 - time.monotonic()))
         if self._beat is not None:

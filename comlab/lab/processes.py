@@ -9,6 +9,7 @@ server taking its workers with it (dask's "parent alive" pipe).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import selectors
@@ -34,12 +35,65 @@ class ProcessDied(RuntimeError):
         self.exit_code = exit_code
 
 
-def _tail(path: str, lines: int = 15) -> str:
+def tail(path, lines: int = 15) -> str:
+    """The last ``lines`` lines of a log ("" when it cannot be read)."""
     try:
         with open(path, errors="replace") as f:
             return "".join(f.readlines()[-lines:])
     except OSError:
         return ""
+
+
+# -- the lab's one stop policy for the children it starts (here and comlab.lab.hosts) -------
+def exit_code(proc: subprocess.Popen) -> int | None:
+    """The exit code (as Popen's: -N for signal N), or None while it runs. The child is not
+    reaped: while it is a zombie its pid, and so its process group, cannot be reused, and
+    ``kill_group`` can still reach what it left in the group."""
+    if proc.returncode is not None:
+        return proc.returncode
+    try:
+        info = os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+    except ChildProcessError:
+        return proc.poll()
+    if info is None:
+        return None
+    return info.si_status if info.si_code == os.CLD_EXITED else -info.si_status
+
+
+def exits_within(proc: subprocess.Popen, timeout: float) -> bool:
+    """Whether the child exits within ``timeout`` s (not reaped)."""
+    deadline = time.monotonic() + timeout
+    while exit_code(proc) is None:
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.01)
+    return True
+
+
+def terminate(proc: subprocess.Popen) -> None:
+    """SIGTERM, unless it has exited (unreaped: the pid is still the child's)."""
+    if exit_code(proc) is None:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(proc.pid, signal.SIGTERM)
+
+
+def kill_group(proc: subprocess.Popen) -> None:
+    """SIGKILL the child's whole process group at once (a pool it is still forking too), then
+    reap it."""
+    if proc.returncode is None:  # not reaped: the group id is still ours
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
+def end(proc: subprocess.Popen, grace_s: float, term_s: float) -> None:
+    """Stop a child that leads its own session, once asked politely (its stdin closed, by the
+    caller): ``grace_s`` to exit, then SIGTERM and ``term_s`` more, then SIGKILL of its group
+    and reaped. Bounded: grace_s + term_s and a reap."""
+    if not exits_within(proc, grace_s):
+        terminate(proc)
+        exits_within(proc, term_s)
+    kill_group(proc)
 
 
 def _one_line(text: str, lines: int = TAIL_LINES, width: int = 400) -> str:
@@ -71,33 +125,17 @@ class _Child:
         self.stop()
 
     def exit_code(self) -> int | None:
-        """The exit code (as Popen's: -N for signal N), or None while it runs. The child is
-        not reaped: while it is a zombie its pid, and so its process group, cannot be reused,
-        and ``kill`` can still reach what it left in the group."""
-        if self.proc.returncode is not None:
-            return self.proc.returncode
-        try:
-            info = os.waitid(os.P_PID, self.proc.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
-        except ChildProcessError:
-            return self.proc.poll()
-        if info is None:
-            return None
-        return info.si_status if info.si_code == os.CLD_EXITED else -info.si_status
+        return exit_code(self.proc)
 
     def _exits_within(self, timeout: float) -> bool:
-        deadline = time.monotonic() + timeout
-        while self.exit_code() is None:
-            if time.monotonic() >= deadline:
-                return False
-            time.sleep(0.01)
-        return True
+        return exits_within(self.proc, timeout)
 
     def failure(self, what: str) -> ProcessDied:
         """``what`` happened: the one-line error, its log kept in ``keep_dir``."""
         code = self.exit_code()
         state = "still running" if code is None else f"exit code {code}"
         log = self._keep_log()
-        last = _one_line(_tail(self.log_path))
+        last = _one_line(tail(self.log_path))
         return ProcessDied(f"{self.what} (pid {self.proc.pid}, {state}) {what}; its log {log}"
                            + (f" ends: {last}" if last else " is empty"), code)
 
@@ -112,27 +150,16 @@ class _Child:
             return self.log_path
 
     def kill(self) -> None:
-        """SIGKILL the child's whole process group at once (a pool it is still forking too),
-        then reap it."""
-        if self.proc.returncode is None:  # not reaped: the group id is still ours
-            try:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
-        self.proc.wait()
+        kill_group(self.proc)
 
     def stop(self, grace_s: float = 2.0) -> None:
-        """Close stdin (the polite stop), then SIGTERM, then SIGKILL of its group: bounded."""
+        """Close stdin (the polite stop), then ``end``: half the grace each to exit before and
+        after a SIGTERM, then SIGKILL of its group."""
         proc = self.proc
         if self.exit_code() is None:
-            try:
+            with contextlib.suppress(OSError):
                 proc.stdin.close()
-            except OSError:
-                pass
-            if not self._exits_within(grace_s / 2):
-                os.kill(proc.pid, signal.SIGTERM)  # unreaped: still this pid
-                self._exits_within(grace_s / 2)
-        self.kill()
+        end(proc, grace_s / 2, grace_s / 2)
         for stream in (proc.stdin, proc.stdout):
             try:
                 stream.close()

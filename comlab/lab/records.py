@@ -90,7 +90,7 @@ def to_client_clock(columns: dict, offsets: dict, server_host: str) -> dict:
     """The client's columns with stamps of other hosts moved to the client's clock (for
     ``build``): t_server_in / t_enqueued by the server host's offset, t_started / t_finished by
     the offset of the host that ran the task (its ``host`` column). ``offsets`` maps host name ->
-    (that host's clock - the client's) in ns (comlab.clocks); a host not in it is unchanged."""
+    (that host's clock - the client's) in ns (comlab.lab.clocks); a host not in it is unchanged."""
     if not offsets:
         return columns
     out = dict(columns)

@@ -120,7 +120,7 @@ class ResultStore:
     def __enter__(self) -> "ResultStore":
         return self
 
-    def __exit__(self, exc_type, exc, tb) -> None:
+    def __exit__(self, exc_type, exc, _tb) -> None:
         try:
             if exc_type is not None and not issubclass(exc_type, DiskFull):
                 self._finish_after_failure()
@@ -338,6 +338,25 @@ def load_meta(path: str | os.PathLike) -> dict:
     if not (path / META).is_file():
         raise FileNotFoundError(f"{path}: not a comlab result (no {META})")
     return check_format(json.loads((path / META).read_text()), path)
+
+
+def saved_dir(path) -> Path:
+    """A saved result's directory, checked before anything reads it: ``ResultError`` saying
+    why not (no such directory, no meta.json, an unreadable one, another tool's, a newer
+    format) in one line."""
+    p = Path(path)
+    if not (p / META).is_file():
+        what = "no such directory" if not p.is_dir() else f"no {META} in it"
+        raise ResultError(f"{p}: not a saved comlab result ({what})")
+    try:
+        meta = json.loads((p / META).read_text())
+        if not isinstance(meta, dict):
+            raise ValueError("not a JSON object")
+    except (OSError, ValueError) as exc:
+        why = " ".join(str(exc).split())[:300] or type(exc).__name__
+        raise ResultError(f"{p / META}: unreadable: {why}") from None
+    check_format(meta, p)
+    return p
 
 
 def check_format(meta, path) -> dict:

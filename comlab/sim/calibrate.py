@@ -272,6 +272,7 @@ def outside(cal: Calibration, cfg) -> list[str]:
 
 
 def _calibrate(df: pd.DataFrame, meta: dict) -> Calibration:
+    """Each stage's estimator in turn (the module's docstring says how and why)."""
     b = batches(df)
     if not len(b):
         raise ValueError("no task came back ok: nothing to calibrate from")
@@ -279,28 +280,80 @@ def _calibrate(df: pd.DataFrame, meta: dict) -> Calibration:
     quiet_w = int(b["workers"].min())
     quiet = b[b["workers"] == quiet_w]
     runs = list(_per_run(b))
+    hop = float(np.median([g.iloc[0].sin - g.iloc[0].sent for _, g in runs]))
+    client_send = _client_send(quiet)
+    client_recv = _client_recv(b)
+    server_intake = Linear.fit(*zip(*[(s, float(np.median(g["enq"] - g["sin"])))
+                                       for s, g in b.groupby("s")]))
+    server_dispatch = _server_dispatch(runs, server_intake, notes)
+    handoff, task_end = _handoff_and_task_end(quiet, notes)
+    overshoot = _overshoot(df, quiet_w, notes)
 
-    first = [g.iloc[0] for _, g in runs]
-    hop = float(np.median([r.sin - r.sent for r in first]))
+    worker_result = client_recv
+    notes.append("worker's RESULTS pack and send: assumed equal to the client's receive cost")
+    rp = quiet.assign(rp=quiet["rec"] - quiet["f1"])
+    result_wake = max(float(np.median(rp["rp"] - hop - worker_result.at(rp["s"]))), 0.0)
+    worker_recv = server_intake
+    done_send = client_send.at(1)
+    notes.append("worker's decode of a WORK: assumed equal to the server's intake of its batch;"
+                 " a DONE: a client send at batch 1")
+    # What a worker's turnaround holds besides the wake of a parked thread (and, for the
+    # queue design, the take from the queue).
+    thread_wake = _remainder(_turnarounds(quiet[~_queued(quiet)]),
+                             lambda s: result_wake + worker_result.at(s) + done_send
+                             + worker_recv.at(s) + handoff)
+    if thread_wake is None:
+        thread_wake = 0.0
+        notes.append("thread wake: no worker ran two batches in a row: taken as 0")
+    qb = b[_queued(b)]
+    queue_take = _remainder(_turnarounds(qb[qb["workers"] == qb["workers"].min()]) if len(qb)
+                            else qb, lambda s: result_wake + worker_result.at(s)
+                            + worker_recv.at(s) + handoff + thread_wake)
+    if queue_take is None:
+        queue_take = server_dispatch.at(1)
+        notes.append("queue take: no queue-design run: assumed equal to a dispatch at batch 1")
 
-    send_pts = []
+    source = {"result": str(meta.get("name", "")), "runs": len(runs), "quiet_workers": quiet_w,
+              "batches": len(b), "loadavg": _loadavg(meta),
+              "cpu_count": (meta.get("environment") or {}).get("cpu_count")}
+    first_run = df[(df["run"] == df["run"].min())] if "run" in df else df
+    return Calibration(
+        cpus=int(source["cpu_count"] or df.attrs.get("cpu_count") or 2), hop_s=hop,
+        client_send=client_send, client_recv=client_recv, server_intake=server_intake,
+        server_dispatch=server_dispatch, server_done_s=server_dispatch.at(1),
+        worker_recv=worker_recv, handoff_s=handoff, task_end_s=task_end,
+        thread_wake_s=thread_wake, overshoot_s=overshoot, worker_result=worker_result,
+        result_wake_s=result_wake, done_send_s=done_send, queue_take_s=queue_take,
+        inline_task_s=_inline_task(df),
+        idle_wake=_idle_wake(b, hop + thread_wake, worker_recv, handoff),
+        workload_s=first_run.sort_values("task_id")["wait_s"].to_numpy(float),
+        source=source, notes=notes)
+
+
+def _client_send(quiet: pd.DataFrame) -> Linear:
+    """Gaps between sends before the first result arrives (the client does nothing else)."""
+    pts = []
     for _, g in _per_run(quiet):
         gaps = _send_gaps(g)
         if len(gaps):
-            send_pts.append((g["s"].iloc[0], float(np.median(gaps))))
-    client_send = Linear.fit(*zip(*send_pts)) if send_pts else Linear(0.0)
+            pts.append((g["s"].iloc[0], float(np.median(gaps))))
+    return Linear.fit(*zip(*pts)) if pts else Linear(0.0)
 
-    recv_pts = []
+
+def _client_recv(b: pd.DataFrame) -> Linear:
+    """Back-to-back arrivals: the 5th percentile of the gaps between receipts, per size."""
+    pts = []
     for s, g in b.groupby("s"):
         gaps = np.concatenate([np.diff(np.sort(r["rec"].to_numpy())) for _, r in _per_run(g)])
         gaps = gaps[gaps > 0]
         if len(gaps):
-            recv_pts.append((s, float(np.percentile(gaps, 5))))
-    client_recv = Linear.fit(*zip(*recv_pts))
+            pts.append((s, float(np.percentile(gaps, 5))))
+    return Linear.fit(*zip(*pts))
 
-    intake_pts = [(s, float(np.median(g["enq"] - g["sin"]))) for s, g in b.groupby("s")]
-    server_intake = Linear.fit(*zip(*intake_pts))
 
+def _server_dispatch(runs, server_intake: Linear, notes: list) -> Linear:
+    """During each run's first burst: the next batch's arrival after this one's enqueue,
+    while it was already waiting."""
     disp = []
     for _, g in runs:
         w = int(g["workers"].iloc[0])
@@ -311,79 +364,52 @@ def _calibrate(df: pd.DataFrame, meta: dict) -> Calibration:
         waiting = sent[1:k + 1] < enq[:k]
         gaps = (sin[1:k + 1] - enq[:k])[waiting]
         disp += [(g["s"].iloc[0], x) for x in gaps]
-    if disp:
-        d = pd.DataFrame(disp, columns=["s", "gap"]).groupby("s")["gap"].median()
-        server_dispatch = Linear.fit(d.index, d.to_numpy())
-    else:
-        server_dispatch = server_intake
+    if not disp:
         notes.append("server dispatch: no run with 2+ workers: assumed equal to the intake")
-    server_done = server_dispatch.at(1)
+        return server_intake
+    d = pd.DataFrame(disp, columns=["s", "gap"]).groupby("s")["gap"].median()
+    return Linear.fit(d.index, d.to_numpy())
 
+
+def _handoff_and_task_end(quiet: pd.DataFrame, notes: list) -> tuple[float, float]:
+    """Per task: the spread of starts within a batch, and that of ends beyond it."""
     multi = quiet[quiet["s"] > 1]
-    if len(multi):
-        handoff = float(np.median((multi["st1"] - multi["st0"]) / (multi["s"] - 1)))
-        end = float(np.median(((multi["f1"] - multi["f0"]) - (multi["st1"] - multi["st0"]))
-                              / (multi["s"] - 1)))
-        task_end = max(end, 0.0)
-    else:
-        handoff, task_end = 0.0, 0.0
+    if not len(multi):
         notes.append("thread hand-off and task end: no batch of 2+ tasks: taken as 0")
+        return 0.0, 0.0
+    handoff = float(np.median((multi["st1"] - multi["st0"]) / (multi["s"] - 1)))
+    end = float(np.median(((multi["f1"] - multi["f0"]) - (multi["st1"] - multi["st0"]))
+                          / (multi["s"] - 1)))
+    return handoff, max(end, 0.0)
 
-    ov_src = df[(df["status"] == "ok") & (df["workers"] == quiet_w) & (df["wait_s"] > 0)]
-    small = ov_src[ov_src["batch_size"] == ov_src["batch_size"].min()] if len(ov_src) else ov_src
+
+def _overshoot(df: pd.DataFrame, quiet_w: int, notes: list) -> np.ndarray:
+    """Sleep overshoots of the smallest batches on the least loaded runs (a sample)."""
+    src = df[(df["status"] == "ok") & (df["workers"] == quiet_w) & (df["wait_s"] > 0)]
+    small = src[src["batch_size"] == src["batch_size"].min()] if len(src) else src
     overshoot = (small["t_finished"] - small["t_started"] - small["wait_s"]).to_numpy(float)
     overshoot = np.clip(overshoot[np.isfinite(overshoot)], 0.0, None)
     if len(overshoot) > OVERSHOOT_SAMPLES:
         overshoot = np.random.default_rng(0).choice(overshoot, OVERSHOOT_SAMPLES, replace=False)
     if not len(overshoot):
-        overshoot = np.zeros(1)
         notes.append("sleep overshoot: no task with a wait: taken as 0")
+        return np.zeros(1)
+    return overshoot
 
-    worker_result = client_recv
-    notes.append("worker's RESULTS pack and send: assumed equal to the client's receive cost")
-    rp = quiet.assign(rp=quiet["rec"] - quiet["f1"])
-    result_wake = float(np.median(rp["rp"] - hop - worker_result.at(rp["s"])))
-    result_wake = max(result_wake, 0.0)
 
-    worker_recv = server_intake
-    done_send = client_send.at(1)
-    notes.append("worker's decode of a WORK: assumed equal to the server's intake of its batch;"
-                 " a DONE: a client send at batch 1")
-    ta = _turnarounds(quiet[~_queued(quiet)])
-    if len(ta):
-        rest = (result_wake + worker_result.at(ta["s"]) + done_send
-                + worker_recv.at(ta["s"]) + handoff)
-        thread_wake = max(float(np.median(ta["gap"] - rest)), 0.0)
-    else:
-        thread_wake = 0.0
-        notes.append("thread wake: no worker ran two batches in a row: taken as 0")
-    qb = b[_queued(b)]
-    qta = _turnarounds(qb[qb["workers"] == qb["workers"].min()]) if len(qb) else qb
-    if len(qta):
-        rest = (result_wake + worker_result.at(qta["s"]) + worker_recv.at(qta["s"])
-                + handoff + thread_wake)
-        queue_take = max(float(np.median(qta["gap"] - rest)), 0.0)
-    else:
-        queue_take = server_dispatch.at(1)
-        notes.append("queue take: no queue-design run: assumed equal to a dispatch at batch 1")
+def _remainder(turnarounds: pd.DataFrame, known) -> float | None:
+    """Median of the turnarounds less the ``known(batch size)`` part (>= 0); None: none."""
+    if not len(turnarounds):
+        return None
+    return max(float(np.median(turnarounds["gap"] - known(turnarounds["s"]))), 0.0)
 
-    idle_wake = _idle_wake(b, hop + thread_wake, worker_recv, handoff)
 
+def _inline_task(df: pd.DataFrame) -> float:
+    """Start-to-start gaps of zero-wait tasks (a task run inline), at most 100 us."""
     zero = df[(df["status"] == "ok") & (df["wait_s"] == 0)]
     inline = float(np.median(np.diff(zero.sort_values(["run", "task_id"])["t_started"]))) \
         if len(zero) > 1 else 2e-6
-    inline = min(max(inline, 0.0), 1e-4)
-
-    source = {"result": str(meta.get("name", "")), "runs": len(runs), "quiet_workers": quiet_w,
-              "batches": len(b), "loadavg": _loadavg(meta),
-              "cpu_count": (meta.get("environment") or {}).get("cpu_count")}
-    cpus = int(source["cpu_count"] or df.attrs.get("cpu_count") or 2)
-    first_run = df[(df["run"] == df["run"].min())] if "run" in df else df
-    workload = first_run.sort_values("task_id")["wait_s"].to_numpy(float)
-    return Calibration(cpus, hop, client_send, client_recv, server_intake, server_dispatch,
-                       server_done, worker_recv, handoff, task_end, thread_wake, overshoot,
-                       worker_result, result_wake, done_send, queue_take, inline, idle_wake, workload,
-                       source, notes)
+    return min(max(inline, 0.0), 1e-4)
 
 
 def _send_gaps(g: pd.DataFrame) -> np.ndarray:

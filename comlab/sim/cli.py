@@ -9,39 +9,15 @@ them, it predicts the configurations given (every combination of the lists). ``-
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from pathlib import Path
 
-from ..lab.checks import output_file_arg
+from ..lab import checks
 
-
-def _ints(text: str) -> list[int]:
-    try:
-        values = [int(x) for x in text.split(",") if x]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}")
-    if not values or min(values) < 0:
-        raise argparse.ArgumentTypeError(f"expected integers >= 0, got {text!r}")
-    return values
-
-
-def _strs(text: str) -> list[str]:
-    values = [x for x in text.split(",") if x]
-    if not values:
-        raise argparse.ArgumentTypeError("expected at least one name")
-    return values
-
-
-def _seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected seconds, got {text!r}")
-    if not 0 <= value < 3600:
-        raise argparse.ArgumentTypeError(f"expected seconds in [0, 3600), got {text!r}")
-    return value
+_ints = checks.listed(checks.at_least_arg(0), "integers >= 0")
+_strs = checks.listed(str, "names")
+_seconds = checks.arg(checks.non_negative, maximum=3600.0)  # a hop's added latency
 
 
 def _arrivals(text: str) -> str:
@@ -91,7 +67,7 @@ def add_parser(sub) -> None:
     p.add_argument("--calibration", metavar="DIR",
                    help="calibrate from this result instead (e.g. a one-host comlab run) and "
                         "predict RESULT's own configurations against its measurements")
-    p.add_argument("--csv", metavar="FILE", type=output_file_arg(""),
+    p.add_argument("--csv", metavar="FILE", type=checks.output_file_arg(),
                    help="also write every predicted column")
     p.set_defaults(func=run)
 
@@ -101,9 +77,13 @@ def run(args) -> int:
 
     from . import predict, sweep
     from .calibrate import calibrate_each
-    from ..cli import _result_dir
-    if _result_dir(args.result) is None or (args.calibration and
-                                            _result_dir(args.calibration) is None):
+    from ..lab.results import ResultError, saved_dir
+    try:
+        for path in (args.result, args.calibration):
+            if path is not None:
+                saved_dir(path)
+    except ResultError as exc:
+        print(f"error: {exc}", file=sys.stderr)
         return 2
     source = args.calibration or args.result
     if args.wait_mean is not None and not args.wait:

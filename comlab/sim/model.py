@@ -13,7 +13,7 @@ Each process of the real system is a SimPy process here, doing what its code doe
   ``shared-queue`` (``queue``) is the shared queue's rule around the same ledger (local workers
   take from a FIFO behind one lock, remote workers are brokered without prefetch).
 * **worker** (a main thread and its task threads): takes every WORK waiting, runs its batches
-  in order and sends DONE once at most one is left (comlab.system.worker.serve); it runs a
+  in order and sends DONE once at most one is left (comlab.system.worker.Worker.serve); it runs a
   batch as the strategy's counterpart (``Strategy.simulated_as``: ``sequential``, ``threads``,
   ``one-core``); a batch on threads (thread-per-task) costs the main thread one hand-off per
   task (CPU), each thread wakes (latency), sleeps its wait plus an overshoot drawn from the
@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import NamedTuple
 
 import numpy as np
@@ -491,10 +491,6 @@ def simulate(cal: Calibration, cfg: Config, waits: np.ndarray, seed: int = 0) ->
             "client_utilisation": sim.busy["client"] / makespan if makespan > 0 else np.nan,
             "sim_wall_s": time.perf_counter() - t0}
     return cols, info
-
-
-def with_defaults(cfg: Config, **kw) -> Config:
-    return replace(cfg, **{k: v for k, v in kw.items() if getattr(cfg, k) is None})
 
 
 def records(cols: dict, waits: np.ndarray, cfg: Config, run: int, repeat: int,

@@ -36,7 +36,7 @@ class Role:
 
     def __init__(self) -> None:
         self._sockets: list[zmq.Socket] = []
-        self.security = None  # a comlab.security.Curve, when keys are configured
+        self.security = None  # a comlab.system.security.Curve, when keys are configured
 
     # -- the template ---------------------------------------------------------------------
     def run(self):

@@ -61,7 +61,6 @@ class WorkerHost:
         self.n = workers
         self.on_ready = on_ready
         self.watch_fd, self.death_timeout = watch_fd, death_timeout
-        self.why_stopped = None
         from . import worker
         self.pool = Pool(worker.main, (server_url, log_level, security),
                          start_method=start_method, backoff_s=RESTART_BACKOFF_S,
@@ -130,7 +129,6 @@ class WorkerHost:
         return max(0.0, self._last_word + self.death_timeout - time.monotonic())
 
     def _stop_because(self, why: str) -> None:
-        self.why_stopped = why
         log.warning("stopping: %s", why)
         self._stop = True
 
@@ -244,7 +242,7 @@ def _ready(info: dict, as_json: bool) -> None:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m comlab.worker_host", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m comlab.system.worker_host", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     add_arguments(p)
     return run(p.parse_args(argv))
