@@ -28,22 +28,6 @@ class Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
-def _rates(text: str) -> list:
-    def one(x):
-        return None if x in ("none", "max") else checks.positive_arg(x)
-    return checks.listed(one, "rates (tasks/s) or none")(text)
-
-
-def _wait_spec(text: str) -> str:
-    import random
-    from . import distributions
-    try:  # the file of an empirical spec is read, so its errors name file:line here
-        distributions.wait_sampler(text, 1.0, random.Random(0))
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-    return text
-
-
 def _popularity_spec(text: str) -> str:
     import random
     from . import distributions
@@ -52,14 +36,6 @@ def _popularity_spec(text: str) -> str:
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
     return text
-
-
-def _arrivals(text: str) -> str:
-    from . import arrivals
-    try:  # a trace is read here, so its errors name file:line
-        return arrivals.parse(text).spec
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _strs(text: str) -> list[str]:
@@ -365,10 +341,10 @@ def _add_sweep_args(p, verb: str) -> None:
     p.add_argument("--wait-scale", type=checks.non_negative_arg, default=d["wait_scale"], metavar="S",
                    help="multiply every task's wait by S, >= 0 (0: zero-wait tasks; default 0.01 for the shipped seed "
                         "map: 10 ms tasks, same shape; 1 for a --map of your own)")
-    p.add_argument("--rate", type=_rates, default=d["rate"], metavar="R,R,...",
+    p.add_argument("--rate", type=checks.rates_arg, default=d["rate"], metavar="R,R,...",
                    help="open loop: tasks per second > 0, comma-separated to sweep; none: "
                         "closed loop (default closed loop)")
-    p.add_argument("--arrivals", type=_arrivals, action="append", default=None, metavar="SPEC",
+    p.add_argument("--arrivals", type=checks.arrivals_arg, action="append", default=None, metavar="SPEC",
                    help="open loop: when batches are sent (repeat to sweep): constant (evenly "
                         "spaced; without --rate the closed loop), poisson, bursty:ON_S,OFF_S "
                         "(with --rate), ramp:R0,R1,SECONDS, step:R1@T1,R2@T2,... (T1 = 0), "
@@ -390,6 +366,25 @@ def _add_sweep_args(p, verb: str) -> None:
     p.add_argument("--network", action="append", default=[], metavar="CIDR",
                    help="only addresses in CIDR are reachable (repeatable); others are "
                         "answered 'unreachable'")
+    _add_host_args(p, d)
+    p.add_argument("--name", default=d["name"], type=_plain_name,
+                   help="result name: a plain directory name under --results-dir (default "
+                        + (d["name"] or "a timestamp") + ")")
+    p.add_argument("--results-dir", default=d["results_dir"], type=checks.results_dir_arg,
+                   help=f"where results go (default {d['results_dir']})")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--no-plots", action="store_true", help="do not write figures")
+    p.add_argument("--yes", action="store_true",
+                   help="start a sweep whose ideal time exceeds 10 min without asking")
+    p.add_argument("--fresh", action="store_true",
+                   help="start afresh even if the result exists (it is moved aside to "
+                        "NAME.<its start time>, not deleted); without it a rerun resumes only "
+                        "an identical sweep and refuses otherwise")
+    p.set_defaults(func=cmd_sweep)
+
+
+def _add_host_args(p, d: dict) -> None:
+    """Worker hosts, remote workers and addresses of a sweep (comlab.lab.hosts)."""
     p.add_argument("--remote-workers", type=checks.at_least_arg(0), default=d["remote_workers"],
                    metavar="N", help="wait for N workers of worker hosts (comlab worker-host) on each server")
     p.add_argument("--workers-url", type=checks.url_arg(""), help="where worker hosts connect, e.g. tcp://0.0.0.0:5558")
@@ -415,20 +410,6 @@ def _add_sweep_args(p, verb: str) -> None:
     p.add_argument("--insecure", dest="secure", action="store_false",
                    help="plain TCP even with --hosts: any peer that reaches the worker "
                         "endpoint can be a worker")
-    p.add_argument("--name", default=d["name"], type=_plain_name,
-                   help="result name: a plain directory name under --results-dir (default "
-                        + (d["name"] or "a timestamp") + ")")
-    p.add_argument("--results-dir", default=d["results_dir"], type=checks.results_dir_arg,
-                   help=f"where results go (default {d['results_dir']})")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.add_argument("--no-plots", action="store_true", help="do not write figures")
-    p.add_argument("--yes", action="store_true",
-                   help="start a sweep whose ideal time exceeds 10 min without asking")
-    p.add_argument("--fresh", action="store_true",
-                   help="start afresh even if the result exists (it is moved aside to "
-                        "NAME.<its start time>, not deleted); without it a rerun resumes only "
-                        "an identical sweep and refuses otherwise")
-    p.set_defaults(func=cmd_sweep)
 
 
 def _transport(text: str) -> str:
@@ -515,7 +496,7 @@ def _add_data_commands(sub) -> None:
                    help="comma-separated commands per address (default foo,bar)")
     g.add_argument("--network", default="192.168.1.0/24",
                    help="where the addresses come from (default 192.168.1.0/24)")
-    g.add_argument("--wait", type=_wait_spec, default="constant", metavar="DIST",
+    g.add_argument("--wait", type=checks.wait_spec_arg, default="constant", metavar="DIST",
                    help="distribution of the waits: constant, uniform, exponential, "
                         "lognormal[:SIGMA], pareto[:ALPHA] (mean --wait-mean each) or "
                         "empirical:FILE (durations in seconds, one a line; default constant)")

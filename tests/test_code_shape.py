@@ -11,8 +11,6 @@ import comlab
 ROOT = Path(comlab.__file__).parent
 MAX_BODY = 80
 MAX_SERVER = 300
-# Being split by another branch: the lead empties this list once those branches are merged.
-KNOWN_LONG = {("plots.py", "timeline"), ("sim/calibrate.py", "_calibrate")}
 
 
 def body_lines(node) -> int:
@@ -38,13 +36,7 @@ def test_body_lines_counts_from_the_first_statement_after_the_docstring():
 
 def test_no_function_over_80_lines_of_body():
     long = {(rel, f.name): body_lines(f) for rel, f in functions() if body_lines(f) > MAX_BODY}
-    assert set(long) - KNOWN_LONG == set(), long
-
-
-def test_known_long_functions_still_exist():
-    """A name on the known list that is gone or short again: take it off the list."""
-    long = {(rel, f.name) for rel, f in functions() if body_lines(f) > MAX_BODY}
-    assert KNOWN_LONG <= long
+    assert long == {}, long
 
 
 def test_server_class_within_300_lines():

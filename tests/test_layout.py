@@ -1,6 +1,5 @@
 """The layout says what runs where: the system under test never loads the lab's heavy libraries."""
 
-import ast
 import subprocess
 import sys
 from pathlib import Path
@@ -33,29 +32,3 @@ def test_vulture_finds_no_dead_code():
     assert found.returncode == 0, found.stdout + found.stderr
 
 
-LONG_FUNCTION_LINES = 80
-# The parts whose long functions were split (issue 26); comlab/system/ is split on its own.
-SHORT_FUNCTIONS = ["comlab/plots.py", "comlab/sim", "comlab/lab", "comlab/cli.py",
-                   "comlab/notebook.py", "comlab/data.py"]
-
-
-def _body_lines(fn) -> int:
-    """Lines of a function's body, its docstring not counted."""
-    first = fn.body[0]
-    docstring = (isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant)
-                 and isinstance(first.value.value, str))
-    body = fn.body[1:] if docstring and len(fn.body) > 1 else fn.body
-    return fn.end_lineno - body[0].lineno + 1
-
-
-def test_no_function_has_more_than_80_lines_of_body():
-    long = []
-    for where in SHORT_FUNCTIONS:
-        path = ROOT / where
-        for f in sorted(path.rglob("*.py")) if path.is_dir() else [path]:
-            for node in ast.walk(ast.parse(f.read_text())):
-                if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
-                    if _body_lines(node) > LONG_FUNCTION_LINES:
-                        long.append(f"{f.relative_to(ROOT)}:{node.lineno} {node.name} "
-                                    f"({_body_lines(node)} lines)")
-    assert not long, long

@@ -279,3 +279,40 @@ non_negative_arg = arg(non_negative)  # a finite number >= 0
 batch_size_arg = at_least_arg(1)
 results_dir_arg = arg(results_dir, str, "a directory", as_given=True)
 local_address_arg = arg(local_address, str, "an address")
+
+
+def _spec_arg(parse):
+    """argparse type of a spec that ``parse`` reads (a file it names is read here, so its
+    errors name file:line), kept as given."""
+    import argparse
+
+    def typed(text: str) -> str:
+        try:
+            parse(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+        return text
+    return typed
+
+
+def _rate(text: str):
+    return None if text in ("none", "max") else positive_arg(text)
+
+
+rates_arg = listed(_rate, "rates (tasks/s) or none")  # open loop, or none: the closed loop
+
+
+def _arrivals(text: str):
+    from .. import arrivals
+    return arrivals.parse(text)
+
+
+def _wait(text: str):
+    import random
+
+    from .. import distributions
+    return distributions.wait_sampler(text, 1.0, random.Random(0))
+
+
+arrivals_arg = _spec_arg(_arrivals)  # comlab.arrivals: constant, poisson, ..., trace:FILE
+wait_spec_arg = _spec_arg(_wait)  # comlab.distributions: constant, ..., empirical:FILE

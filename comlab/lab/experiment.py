@@ -79,7 +79,10 @@ def run_experiment(batch_sizes=DEFAULTS["batch_sizes"], workers=DEFAULTS["worker
                    fresh: bool = False, dispatch=DEFAULTS["dispatch"],
                    confirm=None, hosts=None, ssh_config=None,
                    secure: bool | None = DEFAULTS["secure"],
-                   on_host_loss: str = DEFAULTS["on_host_loss"]) -> pd.DataFrame:
+                   on_host_loss: str = DEFAULTS["on_host_loss"],
+                   arrivals=DEFAULTS["arrivals"], task: str | None = DEFAULTS["task"],
+                   task_command: str | None = DEFAULTS["task_command"],
+                   task_timeout: float | None = DEFAULTS["task_timeout"]) -> pd.DataFrame:
     """Run every combination of the swept axes x repeats; return one row per task per run.
 
     Its defaults are ``comlab.lab.defaults.DEFAULTS``, the command line's too.

@@ -20,17 +20,7 @@ _strs = checks.listed(str, "names")
 _seconds = checks.arg(checks.non_negative, maximum=3600.0)  # a hop's added latency
 
 
-def _arrivals(text: str) -> str:
-    from .. import arrivals
-    try:  # a trace is read here, so its errors name file:line
-        arrivals.parse(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-    return text
-
-
 def add_parser(sub) -> None:
-    from ..cli import _non_negative, _rates, _wait_spec
     p = sub.add_parser("predict", help="predict a sweep with the simulation calibrated from a "
                                        "saved result (default: its own sweep, vs measured)")
     p.add_argument("result", help="a result directory, e.g. results/main")
@@ -50,17 +40,17 @@ def add_parser(sub) -> None:
                                                           "result's machine)")
     p.add_argument("--latency", type=_seconds, default=0.0, metavar="S",
                    help="added to each hop between two machines, in s (default 0)")
-    p.add_argument("--rate", type=_rates, metavar="R,R,...",
+    p.add_argument("--rate", type=checks.rates_arg, metavar="R,R,...",
                    help="open loop: tasks/s the client sends at (none: closed loop, as fast as "
                         "the pipe takes; default)")
-    p.add_argument("--arrivals", type=_arrivals, action="append", metavar="SPEC",
+    p.add_argument("--arrivals", type=checks.arrivals_arg, action="append", metavar="SPEC",
                    help="when an open-loop client sends (repeat to sweep): constant, poisson, "
                         "bursty:ON,OFF (with --rate), ramp:R0,R1,SECONDS, step:R1@T1,..., "
                         "trace:FILE (default constant: without --rate the closed loop)")
-    p.add_argument("--wait", type=_wait_spec, metavar="DIST",
+    p.add_argument("--wait", type=checks.wait_spec_arg, metavar="DIST",
                    help="draw the waits: exponential, lognormal[:SIGMA], pareto[:ALPHA], "
                         "empirical:FILE, ... (default: the result's own waits, cycled)")
-    p.add_argument("--wait-mean", type=_non_negative, metavar="S",
+    p.add_argument("--wait-mean", type=checks.non_negative_arg, metavar="S",
                    help="mean wait of --wait, in s (default: the result's mean wait)")
     p.add_argument("--seed", type=int, default=0, metavar="N",
                    help="seed of the arrivals and waits drawn (repeat r: N + r; default 0)")

@@ -99,18 +99,10 @@ class Server(Role):
         strategies.set_threads(self.threads)
         self.dispatch = dispatch_mod.check(dispatch)
         self.stats = dict.fromkeys(COUNTERS, 0)  # the parts' counters, in one dict
-        self.task = self.task_kwargs = None
-        if task is not None:
-            if workers_url:
-                raise ValueError("a task of your own runs on the server's local workers "
-                                 "only: not with a workers URL (remote worker hosts)")
-            self.task = usertask.spec(task.get("function"), task.get("command"),
-                                      task.get("timeout"))
+        self.task = usertask.for_server(task, workers_url)
         self.lookup = Lookup(table, networks, by_index=self.task is not None)
-        if self.task is not None:  # what each worker is started with (the map's entries)
-            entries = [(*k.split(":", 1), r) for k, (r, _) in self.lookup.table.items()]
-            self.task_kwargs = {"task": {**self.task, "procs": limits.command_share(
-                max_workers)}, "entries": entries}
+        self.task_kwargs = self.task and usertask.worker_kwargs(
+            self.task, self.lookup.table, limits.command_share(max_workers))
         # The intake's, once it is built (setup): it owns the strategy from then on.
         self.first_strategy, self.reply_url = strategies.check(strategy), reply_url
         self.workers_url, self.control_url = workers_url, control_url
@@ -172,8 +164,7 @@ class Server(Role):
         watch = self.watch
         self.clients = ClientSockets(self, monitor=True, watch=watch,
                                      unwatch=self.poller.unregister)
-        cpus = os.cpu_count() or 1
-        self.overdue_factor = 4.0 * max(1.0, self.max_workers / cpus)
+        self.overdue_factor = 4.0 * max(1.0, self.max_workers / (os.cpu_count() or 1))
         self.ledger = Ledger(self.outbox.give, FailedBatches(self.clients, self.stats).fail,
                              policy=self.policy, local=self.pool.local,
                              max_pending=self.max_pending)
@@ -184,15 +175,12 @@ class Server(Role):
         self.workers = WorkerSide(self.outbox, self.ledger, self.liveness, self.pool, self.stats,
                                   stop_waiting_for=self.intake.stop_waiting_for)
         self.on_control = Control(self.info, self.snapshot, self.intake, self.liveness).answer
-        for sock in (self.router, self.pull, self.control, self.watch_fd):
-            if sock is not None:
-                watch(sock)
-        self._pull_on = True
-        self._chores_due = 0.0
         self.wakeup = WakeupPipe.open()
         self.signal_fd = self.wakeup.fd if self.wakeup is not None else None
-        if self.signal_fd is not None:
-            watch(self.signal_fd)
+        for sock in (self.router, self.pull, self.control, self.watch_fd, self.signal_fd):
+            if sock is not None:
+                watch(sock)
+        self._pull_on, self._chores_due = True, 0.0
         if self.max_workers:
             while len(self.pool.procs) < self.max_workers:
                 self.check_parent()
@@ -208,8 +196,7 @@ class Server(Role):
                 "workers_url": self.workers_url, "control": self.control_url,
                 "workers": len(self.ledger.workers), "strategy": self.intake.strategy,
                 "dispatch": self.dispatch, "threads_per_worker": self.threads,
-                "startup_s": self.startup_s,
-                # The responses are the task's: clients check the tokens over task ids only.
+                "startup_s": self.startup_s,  # with a task, clients seal task ids only:
                 **({"task": usertask.describe(self.task)[:200]} if self.task else {})}
 
     def snapshot(self) -> dict:

@@ -73,6 +73,24 @@ def spec(task: str | None = None, command: str | None = None,
     return None
 
 
+def for_server(task: dict | None, workers_url: str | None) -> dict | None:
+    """A server's task from its ``task`` argument (keys function, command, timeout), checked
+    (``spec``); a task runs on the server's local workers only."""
+    if task is None:
+        return None
+    if workers_url:
+        raise ValueError("a task of your own runs on the server's local workers only: not "
+                         "with a workers URL (remote worker hosts)")
+    return spec(task.get("function"), task.get("command"), task.get("timeout"))
+
+
+def worker_kwargs(task: dict, table: dict, procs: int) -> dict:
+    """What each local worker is started with: the task, the map's entries (ip, command,
+    response) in the table's order (an ENTRY carries the index), and its command share."""
+    entries = [(*k.split(":", 1), r) for k, (r, _) in table.items()]
+    return {"task": {**task, "procs": procs}, "entries": entries}
+
+
 def describe(task: dict) -> str:
     """One line for logs and the server's info."""
     if "function" in task:
