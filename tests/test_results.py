@@ -141,7 +141,7 @@ def test_resume_refused_on_any_mismatch(tmp_path, env, change):
 
 def test_fresh_moves_the_earlier_result_aside(tmp_path, env):
     path = saved(tmp_path)
-    with pytest.warns(UserWarning, match="moved to"):
+    with pytest.warns(comlab.ComlabWarning, match="moved to"):
         store = ResultStore(tmp_path, "x", {**PARAMS, "repeats": 5}, resume=False)
     with store:
         assert store.finished() == {}

@@ -22,6 +22,8 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
+from .. import ComlabWarning
+
 GAUGES = ("pending", "busy", "idle")  # the server's stats that are levels, not counters
 
 
@@ -74,7 +76,7 @@ BUSY_LOAD_PER_CPU = 0.5  # 1-min load average above half the CPUs at a sweep's s
 COUNTS = ("n_unknown", "n_failed", "n_lost")  # tasks that did not run as the map says
 
 
-class StabilityWarning(UserWarning):
+class StabilityWarning(ComlabWarning):
     """A result whose figures may not be trustworthy (comlab.lab.stability)."""
 
 
