@@ -75,6 +75,15 @@ def test_meta_carries_the_format_version_and_records_keep_their_dtypes(tmp_path,
     assert df.attrs["timeouts"] == {("x", 0): 5.0, ("x", 1): 5.0}
 
 
+def test_the_committed_example_is_in_the_current_format():
+    """results/example is what the notebooks, the docs and the report show: remade (`comlab run
+    --results-dir DIR --name example`, then its meta.json, records.parquet and figures/) when
+    the format changes."""
+    meta = comlab.load_meta(EXAMPLE)
+    assert meta["format_version"] == results.FORMAT_VERSION and meta["complete"] is True
+    assert len(comlab.load_results(EXAMPLE)) == 512 * len(meta["runs"])
+
+
 def test_a_result_of_format_1_still_loads():
     meta = comlab.load_meta(FORMAT_1)
     assert "format_version" not in meta  # written before versions: format 1
