@@ -11,9 +11,14 @@ _LAZY = {
     "write_report": "lab.report", "summarize_configs": "lab.stability",
     "ResultError": "lab.results", "ResumeRefused": "lab.results", "ResultLocked": "lab.results",
     "read_commands": "data",
-    "read_server_map": "data", "DataError": "data", "generate_data": "data",
+    "read_server_map": "data", "StabilityWarning": "lab.stability", "DataError": "data", "generate_data": "data",
 }
-__all__ = [*_LAZY, "__version__"]
+__all__ = [*_LAZY, "__version__", "ComlabWarning"]
+
+
+class ComlabWarning(UserWarning):
+    """The category of every warning comlab gives (``warnings.simplefilter("error",
+    comlab.ComlabWarning)`` makes them errors); ``StabilityWarning`` is one kind."""
 
 
 def __getattr__(name):

@@ -12,6 +12,11 @@ gets an ssh client config (``Host h1 10.78.0.11`` ...) whose known_hosts holds e
 ``ip netns exec LAB ssh -F CONFIG h1 true`` logs in with no prompt. The namespaces share the
 PID namespace of the tests: psutil sees remote processes.
 
+Every namespace is named ``comlab-ssh{br,lab,1,2..}-PIDxTAG``, PID the test process that made it.
+A test run killed before its teardown (SIGKILL, a lost terminal) leaves its namespaces and sshds
+behind: the next ``ssh_namespaces`` stops and deletes those whose maker is gone
+(``clear_leftovers``), never those of a run still in progress.
+
 ``ssh_namespaces`` skips (pytest.skip.Exception) where the machine cannot host this (not root,
 no iproute2 or OpenSSH, namespaces refused); an sshd that will not start is a failure. On exit
 every process in our namespaces is stopped (SIGTERM, then SIGKILL) and the namespaces deleted.
@@ -24,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -37,6 +43,9 @@ import pytest
 LAB_IP = "10.78.0.1"
 SSHD = "/usr/sbin/sshd"
 READY_TIMEOUT_S = 10.0
+# ours: comlab-sshbr-, comlab-sshlab-, comlab-ssh1- ... then the maker's pid (names without
+# one, made by an older version of this file, are left alone: their maker may be running)
+OUR_NAMESPACE = re.compile(r"comlab-ssh(?:br|lab|\d+)-(\d+)x[0-9a-f]+")
 STOP_GRACE_S = 2.0
 
 
@@ -142,6 +151,8 @@ def _client_config(hosts: list[SshHost], client_key: Path, known_hosts: Path) ->
 def _sshd_config(ip: str, host_key: Path, authorized_keys: Path, pid_file: Path,
                  options: dict[str, str]) -> str:
     extra = "".join(f"{k} {v}\n" for k, v in options.items())  # first value wins in sshd
+    if os.environ.get("PYTHONPATH"):  # remote sessions import the comlab under test, not an
+        extra += f'SetEnv PYTHONPATH="{os.environ["PYTHONPATH"]}"\n'  # installed copy
     return extra + f"""ListenAddress {ip}:22
 HostKey {host_key}
 PidFile {pid_file}
@@ -166,6 +177,29 @@ def processes_in(ns: str) -> list[psutil.Process]:
         with contextlib.suppress(psutil.Error, ValueError):
             procs.append(psutil.Process(int(pid)))
     return procs
+
+
+def _maker_alive(ns: str, pid: str) -> bool:
+    """Whether the process that made ``ns`` still runs: its pid, started before the namespace
+    (a pid reused since then is another process)."""
+    try:
+        made = os.stat(f"/run/netns/{ns}").st_mtime
+        return psutil.Process(int(pid)).create_time() <= made + 1
+    except (OSError, psutil.Error):
+        return False
+
+
+def clear_leftovers() -> list[str]:
+    """Stop every process in, and delete, the namespaces of ours whose maker is gone (a killed
+    earlier run); returns their names."""
+    listed = _run("ip", "netns", "list", check=False).stdout.split("\n")
+    names = [line.split()[0] for line in listed if line.strip()]
+    left = [ns for ns in names if (m := OUR_NAMESPACE.fullmatch(ns))
+            and not _maker_alive(ns, m.group(1))]
+    _stop_namespace_processes(left, [])
+    for ns in left:
+        _run("ip", "netns", "del", ns, check=False)
+    return left
 
 
 def _stop_namespace_processes(namespaces: list[str], children: list[subprocess.Popen]) -> None:
@@ -225,7 +259,8 @@ def ssh_namespaces(tmp_dir, n_hosts: int = 3, sshd_options: dict[str, str] | Non
         pytest.skip(f"no {SSHD} (install openssh-server)")
     tmp = Path(tmp_dir) / "sshlab"
     tmp.mkdir(parents=True, exist_ok=False)
-    tag = uuid.uuid4().hex[:6]
+    clear_leftovers()
+    tag = f"{os.getpid()}x{uuid.uuid4().hex[:4]}"
     bridge, lab_ns = f"comlab-sshbr-{tag}", f"comlab-sshlab-{tag}"
     made: list[str] = []
     procs: list[subprocess.Popen] = []

@@ -234,7 +234,7 @@ def test_a_sweep_longer_than_ten_minutes_warns_before_it_starts():
     inputs = experiment.Inputs(keys=["10.0.0.1:foo"] * 100, waits=np.full(100, 10.0), smap={},
                                commands_source="x", map_source="y")
     long_runs = plan.plan([1], [1], 1)  # 100 tasks of 10 s on one worker: 1000 s ideal
-    with pytest.warns(UserWarning, match="ideal time alone is 16.7 min"):
+    with pytest.warns(comlab.ComlabWarning, match="ideal time alone is 16.7 min"):
         experiment._confirm_if_long(long_runs, inputs, 0, None)
     short = plan.plan([100], [1], 1)  # one batch, thread-per-task: 10 s
     import warnings

@@ -19,6 +19,7 @@ import uuid
 import psutil
 import pytest
 
+import comlab
 from comlab.lab.processes import ProcessDied, ServerProcess, workdir as make_workdir
 from comlab.system.pool import FORK_DELAY_ENV
 
@@ -224,7 +225,7 @@ def test_a_sweep_with_a_batch_above_its_tasks_runs_them_as_one_batch(make_data, 
     import json
     from comlab.lab import experiment
     client_file, server_file = make_data(n=4)
-    with pytest.warns(UserWarning, match="batch sizes above the 4 tasks run as 4") as caught:
+    with pytest.warns(comlab.ComlabWarning, match="batch sizes above the 4 tasks run as 4") as caught:
         df = experiment.run_experiment(batch_sizes=[10**13, 2, 4], workers=[1], repeats=1,
                                        commands=str(client_file), server_map=str(server_file),
                                        results_dir=tmp_path, name="b", progress=False)

@@ -110,6 +110,19 @@ def test_notebooks_have_parameters_cell_with_quick_flag():
         assert "lab.cleanup()" in last.source, f"{path.name}: quick runs' folder not removed"
 
 
+def test_every_cell_has_an_id():
+    """nbformat 4.5 cell ids (a missing one is a future hard error), read from the raw JSON:
+    nbformat's reader would fill them in and hide it."""
+    import json
+    for path in PATHS:
+        raw = json.loads(path.read_text())
+        assert (raw["nbformat"], raw["nbformat_minor"]) >= (4, 5), path.name
+        missing = [i for i, cell in enumerate(raw["cells"]) if not cell.get("id")]
+        assert not missing, f"{path.name}: cells {missing} have no id (nbformat.validator.normalize)"
+        ids = [cell["id"] for cell in raw["cells"]]
+        assert len(set(ids)) == len(ids), f"{path.name}: two cells share an id"
+
+
 def test_committed_notebooks_have_no_outputs():
     for path in PATHS:
         nb = nbformat.read(path, as_version=4)

@@ -19,6 +19,8 @@ from comlab.lab.records import STATUS
 from comlab.lab.results import ResultLocked, ResultStore, ResumeRefused
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "results" / "example"
+# runs 0 and 1 of the example as comlab wrote it before meta.json had a format_version
+FORMAT_1 = Path(__file__).resolve().parent / "data" / "format1"
 PARAMS = {"batch_sizes": [1, 4], "workers": [2], "repeats": 2, "data_sha256": "abc"}
 
 
@@ -73,11 +75,20 @@ def test_meta_carries_the_format_version_and_records_keep_their_dtypes(tmp_path,
     assert df.attrs["timeouts"] == {("x", 0): 5.0, ("x", 1): 5.0}
 
 
-def test_example_result_of_format_1_still_loads():
+def test_the_committed_example_is_in_the_current_format():
+    """results/example is what the notebooks, the docs and the report show: remade (`comlab run
+    --results-dir DIR --name example`, then its meta.json, records.parquet and figures/) when
+    the format changes."""
     meta = comlab.load_meta(EXAMPLE)
+    assert meta["format_version"] == results.FORMAT_VERSION and meta["complete"] is True
+    assert len(comlab.load_results(EXAMPLE)) == 512 * len(meta["runs"])
+
+
+def test_a_result_of_format_1_still_loads():
+    meta = comlab.load_meta(FORMAT_1)
     assert "format_version" not in meta  # written before versions: format 1
-    df = comlab.load_results(EXAMPLE)
-    assert len(df) == 512 * len(meta["runs"])
+    df = comlab.load_results(FORMAT_1)
+    assert len(df) == 512 * len(meta["runs"]) > 0
     for col in ("strategy", "transport", "experiment", "worker", "status"):
         assert str(df[col].dtype) == "category", col
     assert str(df["response"].dtype) == "Int64"
@@ -86,7 +97,7 @@ def test_example_result_of_format_1_still_loads():
 
 
 def test_a_format_1_result_is_not_resumed(tmp_path, env):
-    shutil.copytree(EXAMPLE, tmp_path / "x")
+    shutil.copytree(FORMAT_1, tmp_path / "x")
     with pytest.raises(ResumeRefused, match="format 1"):
         ResultStore(tmp_path, "x", PARAMS)
 
@@ -141,7 +152,7 @@ def test_resume_refused_on_any_mismatch(tmp_path, env, change):
 
 def test_fresh_moves_the_earlier_result_aside(tmp_path, env):
     path = saved(tmp_path)
-    with pytest.warns(UserWarning, match="moved to"):
+    with pytest.warns(comlab.ComlabWarning, match="moved to"):
         store = ResultStore(tmp_path, "x", {**PARAMS, "repeats": 5}, resume=False)
     with store:
         assert store.finished() == {}

@@ -94,17 +94,27 @@ def test_predict_rejects_what_the_model_cannot_run():
 
 
 @pytest.mark.timeout(120)
+def test_a_sweep_predicts_each_of_its_configurations(tiny):
+    """What predict guarantees whatever the machine's load: one row per measured configuration,
+    a makespan no shorter than the ideal one, and a summary compare takes."""
+    pred = sim.predict(tiny).set_index(["batch_size", "workers"])
+    measured = summarize(comlab.load(tiny).records).set_index(["batch_size", "workers"])
+    assert sorted(pred.index) == sorted(measured.index) and len(pred) == 4
+    assert (pred["makespan_s"] >= pred["ideal_s"]).all() and np.isfinite(pred["makespan_s"]).all()
+    assert len(comlab.compare(tiny, sim.predict(tiny))) == 4
+
+
+@pytest.mark.validation
+@pytest.mark.timeout(120)
 def test_prediction_is_close_to_a_tiny_measured_sweep(tiny):
     """Its own calibration predicts the sweep it came from: makespan within 25 % for each
-    configuration (the README's table holds the 10 % goal on the default sweep; a 64-task run
-    on a shared, noisy machine is too short to hold that)."""
+    configuration (the docs' table holds the 10 % goal on the default sweep; a 64-task run on a
+    shared, noisy machine is too short to hold that). How close a model comes depends on the
+    machine's load: a validation (``-m validation``, run by .ci/run), not in the default run."""
     measured = summarize(comlab.load(tiny).records).set_index(["batch_size", "workers"])
     pred = sim.predict(tiny).set_index(["batch_size", "workers"])
-    assert len(pred) == 4
     err = pred["makespan_s"] / measured.loc[pred.index, "makespan_s"] - 1
     assert (err.abs() < 0.25).all(), err.to_dict()
-    # a prediction is a summary compare takes, configuration by configuration
-    assert len(comlab.compare(tiny, sim.predict(tiny))) == 4
 
 
 @pytest.mark.timeout(120)

@@ -149,16 +149,20 @@ def test_a_host_that_cannot_start_is_named(fault, lab, make_data, tmp_path):
 
 @pytest.mark.timeout(90)
 def test_host_killed_mid_run_is_named_and_nothing_is_left(lab, make_data, tmp_path):
+    """The kill is sent 0.3 s into run 1; on a loaded machine it may land in a later run (or
+    between two): whichever run it hit is the one refused, named, and the sweep's last. Six
+    repeats so that it always lands inside the sweep; "stop" measures none after it."""
     tag = uuid.uuid4().hex[:8]
-    kw = sweep_kw(lab, make_data, tmp_path, tag, wait=0.05, repeats=3, kill_host_in_run=2,
+    kw = sweep_kw(lab, make_data, tmp_path, tag, wait=0.05, repeats=6, kill_host_in_run=2,
                   kill_host=f"{lab.hosts[1].alias}-{tag}")
     code, out, err = run_lab(kw, prefix=in_lab(lab), timeout=80)
     name = f"{lab.hosts[1].alias}-{tag}"
     assert code == 3 and out.startswith(f"HostLost: host {name} (ssh://"), (out, err[-2000:])
     assert "was lost (exit code" in out
     meta = json.loads((tmp_path / "results" / "ssh" / "meta.json").read_text())
-    assert [r["run"] for r in meta["runs"]] == [0] and not meta["complete"]
-    assert [f["run"] for f in meta["failed_runs"]] == [1]
+    hit, = [f["run"] for f in meta["failed_runs"]]
+    assert hit >= 1 and f"host {name} (ssh://" in meta["failed_runs"][0]["error"]
+    assert [r["run"] for r in meta["runs"]] == list(range(hit)) and not meta["complete"]
     assert not gone_within(lab, tag, 2.0)
 
 

@@ -14,7 +14,8 @@ import time
 import psutil
 import pytest
 
-from sshd import LAB_IP, processes_in, ssh_lab, ssh_namespaces  # noqa: F401  (ssh_lab is a fixture)
+from sshd import (LAB_IP, processes_in, ssh_lab,  # noqa: F401  (ssh_lab is a fixture)
+                  ssh_namespaces)
 
 
 def _netns_inode(ns: str) -> int:
@@ -106,11 +107,11 @@ def _start_remote_cat(lab, alias):
     """A local ssh running ``cat`` on the host; returns (ssh Popen, the remote cat process)."""
     ssh = subprocess.Popen(lab.ssh(alias, "echo $$; exec cat"), stdin=subprocess.PIPE,
                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    remote = psutil.Process(int(ssh.stdout.readline()))
-    assert remote.name() == "cat"
+    remote = psutil.Process(int(ssh.stdout.readline()))  # the shell's pid, cat's after its exec
     ssh.stdin.write(b"ping\n")
     ssh.stdin.flush()
     assert ssh.stdout.readline() == b"ping\n"  # the pipe works end to end
+    assert remote.name() == "cat"  # only cat echoes: the exec has happened (not so before ping)
     return ssh, remote
 
 
@@ -179,3 +180,47 @@ def test_a_remote_command_that_ignores_stdin_outlives_its_ssh(ssh_lab):
     assert sleeper.is_running() and sleeper.status() != psutil.STATUS_ZOMBIE
     assert sleeper.ppid() != sessions[-1].pid
     assert [p.pid for p in ssh_lab.remote_processes()] == [sleeper.pid]
+
+
+def _dead_pid() -> int:
+    """The pid of a process that has ended (and been reaped)."""
+    gone = subprocess.Popen(["true"])
+    gone.wait(timeout=10)
+    return gone.pid
+
+
+@pytest.mark.timeout(60)
+def test_what_a_killed_run_left_is_cleared_by_the_next(tmp_path):
+    """A pytest killed before its teardown leaves namespaces and a daemon in them; the next
+    ssh_namespaces removes them, but not the namespaces of a run still in progress (here: ours,
+    made by this live process)."""
+    if os.geteuid() != 0 or subprocess.run(["ip", "netns", "list"],
+                                           capture_output=True).returncode != 0:
+        pytest.skip("network namespaces need root and iproute2")
+    dead, tag = _dead_pid(), os.urandom(2).hex()
+    left = [f"comlab-sshbr-{dead}x{tag}", f"comlab-ssh1-{dead}x{tag}", f"comlab-sshlab-{dead}x{tag}"]
+    alive = f"comlab-ssh7-{os.getpid()}x{tag}"
+    daemon = None
+    try:
+        for ns in [*left, alive]:
+            subprocess.run(["ip", "netns", "add", ns], check=True, timeout=10)
+        # a daemon as the fixture starts sshd: its own session, inside a host namespace
+        daemon = subprocess.Popen(["ip", "netns", "exec", left[1], "sleep", "300"],
+                                  start_new_session=True)
+        deadline = time.monotonic() + 10
+        while [p.pid for p in processes_in(left[1])] != [daemon.pid]:
+            assert time.monotonic() < deadline, "the daemon never entered its namespace"
+            time.sleep(0.02)
+        with ssh_namespaces(tmp_path, n_hosts=1) as lab:
+            listed = _our_namespaces()
+            assert not set(left) & set(listed), listed
+            assert alive in listed  # a live maker's namespace is not a leftover
+            assert daemon.wait(timeout=5) is not None  # stopped, not merely orphaned
+            assert lab.hosts[0].ns.split("-")[-1].startswith(f"{os.getpid()}x")
+    finally:
+        if daemon is not None and daemon.poll() is None:
+            daemon.kill()
+            daemon.wait(timeout=5)
+        for ns in [*left, alive]:
+            subprocess.run(["ip", "netns", "del", ns], capture_output=True, timeout=10)
+    assert alive not in _our_namespaces()

@@ -12,6 +12,8 @@ import numbers
 import os
 from pathlib import Path
 
+from .. import ComlabWarning
+
 # Longest timeout accepted (s): libzmq's poll takes milliseconds in a C int (about 24 days).
 MAX_TIMEOUT_S = 1e6
 
@@ -143,7 +145,8 @@ def batch_sizes_for(batch_sizes, n_tasks: int) -> list[int]:
     over = [b for b in sizes if b > n_tasks]
     if over:
         warnings.warn(f"batch sizes above the {n_tasks:,} tasks run as {n_tasks:,} (all tasks "
-                      f"in one batch): {', '.join(f'{b:,}' for b in over)}", stacklevel=3)
+                      f"in one batch): {', '.join(f'{b:,}' for b in over)}", ComlabWarning,
+                      stacklevel=3)
     return list(dict.fromkeys(min(b, n_tasks) for b in sizes))
 # --- addresses, ports, names, output files (issue 25: every argument checked up front) ----------
 ANY_INTERFACE = ("*", "0.0.0.0")

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from .. import arrivals as arrivals_mod, data
+from .. import ComlabWarning, arrivals as arrivals_mod, data
 from ..system import strategies, usertask
 from ..system.security import is_local_url
 from . import plan as planning
@@ -271,7 +271,7 @@ def _sweep(specs, inputs: Inputs, store: ResultStore, session: Session, timeout,
         warnings.warn(f"{store.path}: {len(failed)} of {len(todo)} runs failed because a host "
                       f"or worker was lost, and are not in the result (a rerun measures them): "
                       f"{first}",
-                      stacklevel=3)
+                      ComlabWarning, stacklevel=3)
     return df
 
 
@@ -288,7 +288,8 @@ def _warn_unstable(df: pd.DataFrame, store: ResultStore) -> None:
     if resumed:
         warnings.warn(f"{store.path}: {resumed} of {len(store.meta['runs'])} runs were measured "
                       f"by an earlier session (started {store.meta['started']}), not now; "
-                      f"fresh=True (comlab run/sweep --fresh) measures them again", stacklevel=4)
+                      f"fresh=True (comlab run/sweep --fresh) measures them again", ComlabWarning,
+                      stacklevel=4)
     for text in found:
         warnings.warn(f"{store.path.name}: {text}", stability.StabilityWarning, stacklevel=4)
 
@@ -311,7 +312,7 @@ def _confirm_if_long(specs, inputs: Inputs, remote_workers: int, confirm) -> Non
     text = (f"this sweep's ideal time alone is {total / 60:.1f} min ({len(specs)} runs): "
             f"expect longer; fewer repeats or a smaller wait scale shorten it")
     if confirm is None:
-        warnings.warn(text, stacklevel=3)
+        warnings.warn(text, ComlabWarning, stacklevel=3)
     elif not confirm(text):
         raise SweepDeclined(f"{text}; not started (confirm with --yes)")
 

@@ -45,6 +45,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from .. import ComlabWarning
 from . import atomic
 from .atomic import DiskFull
 from .provenance import differences, environment  # noqa: F401  (environment: bench uses it)
@@ -161,7 +162,7 @@ class ResultStore:
             target, n = self.path.with_name(f"{self.path.name}.{stamp}-{n}"), n + 1
         self.path.rename(target)
         warnings.warn(f"starting {self.path} afresh: the earlier result was moved to {target}",
-                      stacklevel=4)
+                      ComlabWarning, stacklevel=4)
 
     def _new_meta(self, name: str, params: dict, old: dict | None) -> dict:
         old = old or {}
@@ -209,7 +210,8 @@ class ResultStore:
         try:
             self.finish(complete=False)  # join what finished; never mask what got us here
         except Exception as exc:
-            warnings.warn(f"could not join the finished runs of {self.path}: {exc}")
+            warnings.warn(f"could not join the finished runs of {self.path}: {exc}",
+                          ComlabWarning)
 
 
 def _acquire(lock_path: Path, result: Path):

@@ -25,6 +25,8 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
+from .. import ComlabWarning
+
 GAUGES = ("pending", "busy", "idle")  # the server's stats that are levels, not counters
 
 
@@ -79,7 +81,7 @@ COUNTS = ("n_unknown", "n_failed", "n_lost")  # tasks that did not run as the ma
 LATE_SHARE_LIMIT = 0.05  # an open-loop run that sent more of its batches late: a warning
 
 
-class StabilityWarning(UserWarning):
+class StabilityWarning(ComlabWarning):
     """A result whose figures may not be trustworthy (comlab.lab.stability)."""
 
 
