@@ -231,6 +231,6 @@ def test_readme_is_short_and_points_at_what_exists():
     assert f"    {test_command}\n" in readme
     ci = (ROOT / ".ci" / "run").read_text()
     install, run = test_command.split(" && ")
-    assert f"python -m {install}" in ci.replace("-q ", "") and ci.rstrip().endswith(run)
+    assert f"python -m {install}" in ci.replace("-q ", "") and run in ci.splitlines()
     for target in re.findall(r"\]\(([^)#:]+)(?:#[^)]*)?\)", readme):
         assert (ROOT / target).exists(), target

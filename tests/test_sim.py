@@ -2,6 +2,7 @@
 sweep, and the ``comlab predict`` verb."""
 
 import inspect
+import os
 
 import numpy as np
 import pandas as pd
@@ -10,6 +11,7 @@ import pytest
 import comlab
 import comlab.sim as sim
 from comlab.cli import main
+from comlab.lab import stability
 from comlab.lab.records import summarize
 
 COMMANDS = [f"10.0.0.{i}:foo" for i in range(64)]
@@ -110,8 +112,17 @@ def test_prediction_is_close_to_a_tiny_measured_sweep(tiny):
     """Its own calibration predicts the sweep it came from: makespan within 25 % for each
     configuration (the docs' table holds the 10 % goal on the default sweep; a 64-task run on a
     shared, noisy machine is too short to hold that). How close a model comes depends on the
-    machine's load: a validation (``-m validation``, run by .ci/run), not in the default run."""
-    measured = summarize(comlab.load(tiny).records).set_index(["batch_size", "workers"])
+    machine's load: a validation (``-m validation``, run by .ci/run), not in the default run,
+    and one measured on a busy machine (comlab's own warning: over 0.5 per CPU while any of
+    its runs was measured) is no evidence either way: it skips, saying so."""
+    result = comlab.load(tiny)
+    cpus = os.cpu_count() or 1
+    loads = [x for r in result.meta["runs"] for k in ("loadavg_start", "loadavg_end")
+             for x in (r.get(k) or [0.0])[:1]]
+    if max(loads) > stability.BUSY_LOAD_PER_CPU * cpus:
+        pytest.skip(f"the machine was busy while the sweep was measured (1-min load up to "
+                    f"{max(loads):g} on {cpus} CPUs): accuracy is checked on a quiet machine")
+    measured = summarize(result.records).set_index(["batch_size", "workers"])
     pred = sim.predict(tiny).set_index(["batch_size", "workers"])
     err = pred["makespan_s"] / measured.loc[pred.index, "makespan_s"] - 1
     assert (err.abs() < 0.25).all(), err.to_dict()
