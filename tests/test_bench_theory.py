@@ -37,6 +37,7 @@ def _records(n=2000, c=4, rate=200.0, service=0.01, extra=0.001, seed=1, design=
         "experiment": "x", "run": 0, "workers": c, "rate": rate, "dispatch": design,
         "task_id": np.arange(n), "t_intended": t, "wait_s": wait, "status": "ok",
         "t_enqueued": t + extra / 2, "t_started": t + extra / 2 + queued,
+        "t_finished": t + extra / 2 + queued + wait + extra / 4,
         "latency_s": sojourn + extra})
 
 
@@ -60,6 +61,9 @@ def test_table_theory_columns_at_nominal_and_realised_rates():
     # the records are the ideal queue's path + 1 ms: the path column sees exactly that
     assert row["mean_ms"] - row["path_mean_ms"] == pytest.approx(1.0)
     assert row["overhead_ms"] == pytest.approx(1.0)  # latency - wait - queued
+    assert row["sleep_over_ms"] == pytest.approx(0.25)
+    assert row["err_net_pct"] == pytest.approx((kept["latency_s"].mean() * 1e3 - 1.0)
+                                               / row["mmc_mean_ms"] * 100 - 100)
     assert row["within_10pct"] == (abs(row["err_mean_pct"]) <= 10)
 
 
