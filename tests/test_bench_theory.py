@@ -35,6 +35,7 @@ def _records(n=2000, c=4, rate=200.0, service=0.01, extra=0.001, seed=1, design=
     queued = sojourn - wait
     return pd.DataFrame({
         "experiment": "x", "run": 0, "workers": c, "rate": rate, "dispatch": design,
+        "worker": [f"w{i}" for i in np.arange(n) % c],
         "task_id": np.arange(n), "t_intended": t, "wait_s": wait, "status": "ok",
         "t_enqueued": t + extra / 2, "t_started": t + extra / 2 + queued,
         "t_finished": t + extra / 2 + queued + wait + extra / 4,
@@ -65,6 +66,18 @@ def test_table_theory_columns_at_nominal_and_realised_rates():
     assert row["err_net_pct"] == pytest.approx((kept["latency_s"].mean() * 1e3 - 1.0)
                                                / row["mmc_mean_ms"] * 100 - 100)
     assert row["within_10pct"] == (abs(row["err_mean_pct"]) <= 10)
+    eff = theory.mmc(4, rate, 1 / (service + (row["sleep_over_ms"] + row["handoff_ms"]) / 1e3))
+    assert row["mmc_eff_mean_ms"] == pytest.approx(
+        (eff.mean_wait_s + service) * 1e3 + row["overhead_ms"])
+    assert row["err_eff_pct"] == pytest.approx((row["mean_ms"] / row["mmc_eff_mean_ms"] - 1) * 100)
+
+
+def test_handoffs_count_only_a_busy_workers_gaps():
+    g = pd.DataFrame({"worker": ["w0", "w0", "w0", "w1"], "t_enqueued": [0.0, 0.5, 3.0, 0.0],
+                      "t_started": [0.0, 1.2, 3.1, 0.0], "t_finished": [1.0, 2.0, 4.0, 5.0]})
+    # w0's second task was queued (0.5) before the first ended (1.0): a 0.2 s gap; its third
+    # arrived after the second ended, so that gap is idle time, not a hand-off
+    assert bt.handoffs(g).tolist() == pytest.approx([0.2])
 
 
 def test_table_rows_per_run_and_verdicts():
