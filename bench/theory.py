@@ -248,7 +248,12 @@ def load(path) -> tuple[pd.DataFrame, dict]:
     """A saved theory.json (or its folder) -> (the table, the rest of the document)."""
     path = Path(path)
     path = path / "theory.json" if path.is_dir() else path
-    doc = json.loads(path.read_text())
+    if not path.is_file():
+        raise ValueError(f"{path}: no such file (a bench.theory result has theory.json)")
+    try:
+        doc = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{path}: not a bench.theory result ({exc})") from None
     return pd.DataFrame(doc.pop("rows"), columns=list(COLUMNS)), doc
 
 
@@ -290,7 +295,11 @@ def main(argv=None) -> int:
                                                     "of a saved run (no run)")
     args = p.parse_args(argv)
     if args.rebuild:
-        path = rebuild(args.rebuild)
+        try:
+            path = rebuild(args.rebuild)
+        except (OSError, ValueError) as exc:  # a user's mistake: one line, no traceback
+            print(f"python -m bench.theory: {exc}", file=sys.stderr)
+            return 2
         print(render(load(path)[0]))
         return 0
     profile = "quick" if args.quick else "full"

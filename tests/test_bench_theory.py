@@ -106,3 +106,12 @@ def test_saved_table_loads_back(tmp_path):
     back, doc = bt.load(path.parent)
     assert doc["verdict_uses"] == bt.VERDICT_USES and doc["profile"] == "tiny"
     pd.testing.assert_frame_equal(back, t, check_dtype=False)
+
+
+def test_rebuild_of_a_folder_without_a_result_is_one_line(tmp_path, capsys):
+    assert bt.main(["--rebuild", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "theory.json" in err and str(tmp_path) in err
+    (tmp_path / "theory.json").write_text("{not json")
+    assert bt.main(["--rebuild", str(tmp_path)]) == 2
+    assert "not a bench.theory result" in capsys.readouterr().err
