@@ -9,6 +9,9 @@ overhead at batch 1 under open-loop load next to a raw REQ/REP round trip (bench
 5 pool start-up and the per-run overhead of a sweep, 6 concurrent.futures and Dask on the seed
 and zero-wait workloads, 7 the client agent's peak memory over 1,000,000 zero-wait tasks
 (bench/soak.py). ``--quick`` takes under 2 minutes, the full bench under 15.
+
+Beside it, run on their own: ``python -m bench.theory`` (the queue and broker designs against
+M/M/c queueing theory), ``bench.cpu``, ``bench.soak``, ``bench.wire``, ``bench.chaos``.
 """
 
 from __future__ import annotations
