@@ -131,6 +131,17 @@ def wait_gone(procs, timeout: float) -> list[psutil.Process]:
     return left
 
 
+# Tests that build network namespaces run one after another on one xdist worker (they are
+# self-contained, but a namespace set-up is heavy and its names are per process).
+NETNS_FILES = {"test_ssh_hosts.py", "test_sshd_fixture.py", "test_remote.py"}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if item.path.name in NETNS_FILES or "namespace" in item.name or "partition" in item.name:
+            item.add_marker(pytest.mark.xdist_group("netns"))
+
+
 @pytest.fixture(autouse=True)
 def no_process_leak():
     before = _suspects()

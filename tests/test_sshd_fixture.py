@@ -132,8 +132,11 @@ def test_remote_command_ends_with_its_local_ssh(ssh_lab):
 
 
 def _our_namespaces() -> list[str]:
+    """This process's namespaces (their names end in its pid and a tag): another pytest on the
+    machine (an xdist worker, a second user) makes and deletes its own meanwhile."""
     listed = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
-    return [line.split()[0] for line in listed.splitlines() if "comlab-ssh" in line]
+    names = [line.split()[0] for line in listed.splitlines() if "comlab-ssh" in line]
+    return [n for n in names if n.rsplit("-", 1)[-1].startswith(f"{os.getpid()}x")]
 
 
 @pytest.mark.timeout(60)
